@@ -1,0 +1,20 @@
+//! lnpd's wire contracts, generated from `signer.proto` and `node.proto`.
+//!
+//! Without the `grpc` feature this crate is `no_std` + `alloc` and holds the
+//! message types only (the firmware uses them on the USB wire).
+#![cfg_attr(not(feature = "grpc"), no_std)]
+
+/// Node <-> signer messages and (with `grpc`) the `Signer` service.
+pub mod signer {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/lnpd.signer.v1.rs"));
+}
+
+/// The node's admin API and (with `grpc`) the `Node` service.
+pub mod node {
+    #![allow(missing_docs, clippy::all)]
+    include!(concat!(env!("OUT_DIR"), "/lnpd.node.v1.rs"));
+}
+
+/// Version of the node <-> signer protocol; the major part must match.
+pub const SIGNER_PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,293 @@
+//! `lnpd-signer`: the policy-enforcing signer daemon of an lnpd node.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin::Network;
+use clap::{Args, Parser, Subcommand};
+use lnpd_signer::daemon::config::ConfigFile;
+use lnpd_signer::daemon::server::{self, SignerService};
+use lnpd_signer::daemon::store_redb::RedbStore;
+use lnpd_signer::daemon::{seed_file, tls, DataDir};
+use lnpd_signer::{Seed, Signer};
+use zeroize::Zeroizing;
+
+/// The lnpd signer: holds the seed, keeps channel state, enforces policy,
+/// and signs for one lnpd node over gRPC with mutual TLS.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// Signer data directory (seed, state, TLS files, signer.toml).
+    #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+    data_dir: String,
+    /// File holding the seed passphrase (else LNPD_SIGNER_PASSPHRASE, else asked on stdin).
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new seed (or restore one), encrypt it, and make the TLS material.
+    ///
+    /// The 24-word mnemonic is shown once: write it down. Files written:
+    /// seed.enc (encrypted seed), signer.toml, tls/ca.pem, tls/server.*, and
+    /// tls/node.pem + tls/node.key + tls/ca.pem for the node.
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Bitcoin network: bitcoin, testnet, signet or regtest.
+        #[arg(long)]
+        network: String,
+        /// Restore from a BIP 39 mnemonic read from standard input instead of creating a seed.
+        #[arg(long)]
+        restore: bool,
+        /// Address the signer will listen on (written to signer.toml).
+        #[arg(long, default_value = "127.0.0.1:9736")]
+        listen: String,
+        /// Host names or IP addresses the node uses to reach the signer (server certificate SANs).
+        #[arg(long = "tls-host", default_values = ["localhost", "127.0.0.1", "::1"])]
+        tls_hosts: Vec<String>,
+        /// Argon2id memory cost in KiB for the seed encryption (default 64 MiB).
+        #[arg(long, default_value_t = seed_file::DEFAULT_M_COST_KIB)]
+        kdf_memory_kib: u32,
+        /// Do not print the mnemonic (for scripted test set-ups only).
+        #[arg(long, hide = true)]
+        no_show_mnemonic: bool,
+    },
+    /// Serve the node over gRPC with mutual TLS until interrupted.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address; overrides signer.toml. Port 0 picks a free port
+        /// (the address is written to <data-dir>/signer.addr).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log filter (overrides signer.toml and RUST_LOG), e.g. "info" or "lnpd_signer=debug".
+        #[arg(long)]
+        log: Option<String>,
+    },
+    /// Show the node id, the wallet descriptors and the channels the signer knows.
+    Info {
+        #[command(flatten)]
+        common: Common,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn expand(dir: &str) -> PathBuf {
+    match (dir.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(dir),
+    }
+}
+
+fn parse_network(s: &str) -> Result<Network> {
+    Network::from_core_arg(s).map_err(|_| anyhow!("unknown network {s:?}: use bitcoin, testnet, signet or regtest"))
+}
+
+fn init_logging(filter: &str) {
+    let filter = std::env::var("RUST_LOG").ok().filter(|_| filter.is_empty()).unwrap_or_else(|| filter.to_string());
+    let filter = if filter.is_empty() { "info".to_string() } else { filter };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn random32() -> [u8; 32] {
+    let mut b = [0u8; 32];
+    // getrandom only fails if the OS has no entropy source; nothing safe can go on then.
+    if let Err(e) = getrandom::fill(&mut b) {
+        eprintln!("fatal: no OS randomness: {e}");
+        std::process::exit(1);
+    }
+    b
+}
+
+struct Opened {
+    dir: DataDir,
+    config: ConfigFile,
+    signer: Signer<RedbStore>,
+}
+
+fn open(common: &Common) -> Result<Opened> {
+    let dir = DataDir(expand(&common.data_dir));
+    if !dir.seed().exists() {
+        bail!("no seed at {}: run `lnpd-signer init --data-dir {}` first", dir.seed().display(), dir.path().display());
+    }
+    let config = ConfigFile::load(&dir.config())?;
+    let network = parse_network(config.network.as_deref().ok_or_else(|| {
+        anyhow!("{}: `network` is missing", dir.config().display())
+    })?)?;
+    let policy = config.policy()?;
+    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref()).context("reading the passphrase")?;
+    let seed = seed_file::read(&dir.seed(), pass.as_bytes()).with_context(|| format!("opening {}", dir.seed().display()))?;
+    let store = RedbStore::open(&dir.state()).map_err(|e| anyhow!("{e}"))?;
+    let signer = Signer::new(&seed, network, policy, store, Box::new(random32)).map_err(|e| anyhow!("{e}"))?;
+    Ok(Opened { dir, config, signer })
+}
+
+fn init(
+    common: Common,
+    network: String,
+    restore: bool,
+    listen: String,
+    tls_hosts: Vec<String>,
+    kdf_memory_kib: u32,
+    no_show_mnemonic: bool,
+) -> Result<()> {
+    let network = parse_network(&network)?;
+    listen.parse::<SocketAddr>().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    let dir = DataDir(expand(&common.data_dir));
+    if dir.seed().exists() {
+        bail!("{} already holds a seed; refusing to overwrite it", dir.path().display());
+    }
+    std::fs::create_dir_all(dir.path()).with_context(|| format!("creating {}", dir.path().display()))?;
+    let mnemonic = if restore {
+        eprintln!("Enter the BIP 39 mnemonic (one line):");
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().read_line(&mut line)?;
+        bip39::Mnemonic::parse_normalized(line.trim()).map_err(|e| anyhow!("invalid mnemonic: {e}"))?
+    } else {
+        let entropy = Zeroizing::new(random32());
+        bip39::Mnemonic::from_entropy(&entropy[..]).map_err(|e| anyhow!("{e}"))?
+    };
+    let seed = Seed::new(mnemonic.to_seed("").to_vec()).map_err(|e| anyhow!("{e}"))?;
+    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())?;
+    if pass.is_empty() {
+        bail!("an empty passphrase is not allowed: the seed is encrypted under it");
+    }
+    seed_file::write(&dir.seed(), &seed, pass.as_bytes(), kdf_memory_kib, seed_file::DEFAULT_T_COST)?;
+    let files = tls::generate(&dir.tls(), &tls_hosts)?;
+    let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
+    std::fs::write(dir.config(), config).with_context(|| format!("writing {}", dir.config().display()))?;
+
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let keys = lnpd_signer::keys::KeyRing::from_seed(&seed, network, &secp).map_err(|e| anyhow!("{e}"))?;
+    if !restore && !no_show_mnemonic {
+        println!("Your 24-word recovery mnemonic (shown once; write it down, keep it offline):\n");
+        println!("    {mnemonic}\n");
+    }
+    println!("node id:     {}", keys.node_id(&secp));
+    println!("network:     {}", network.to_core_arg());
+    println!("seed:        {} (encrypted)", dir.seed().display());
+    println!("config:      {}", dir.config().display());
+    println!("node TLS:    give the node {}, {} and {}", files.ca_cert.display(), files.node_cert.display(), files.node_key.display());
+    println!("next:        lnpd-signer run --data-dir {}", dir.path().display());
+    Ok(())
+}
+
+async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Result<()> {
+    let Opened { dir, config, signer } = open(&common)?;
+    init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
+    let listen = listen.or(config.listen.clone()).unwrap_or_else(|| "127.0.0.1:9736".into());
+    let addr: SocketAddr = listen.parse().with_context(|| format!("listen address {listen:?} is not address:port"))?;
+    let tls_files = tls::TlsFiles::in_dir(&dir.tls());
+    let tls_config = server::tls_config(&tls_files)?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    std::fs::write(dir.listen_addr_file(), local.to_string())?;
+    tracing::info!(
+        node_id = %signer.node_id(),
+        network = signer.network().to_core_arg(),
+        channels = signer.channels().count(),
+        "lnpd-signer listening on {local} (mutual TLS)"
+    );
+    println!("listening on {local}");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+        }
+        tracing::info!("shutting down");
+    };
+    server::serve(SignerService::new(signer), listener, tls_config, shutdown).await?;
+    let _ = std::fs::remove_file(dir.listen_addr_file());
+    Ok(())
+}
+
+fn info(common: Common, json: bool) -> Result<()> {
+    let Opened { mut signer, .. } = open(&common)?;
+    let desc = signer
+        .handle(lnpd_proto::signer::request::Body::GetWalletDescriptor(Default::default()))
+        .map_err(|e| anyhow!("{e}"))?;
+    let lnpd_proto::signer::reply::Body::GetWalletDescriptor(desc) = desc else { bail!("unexpected reply") };
+    let channels: Vec<_> = signer
+        .channels()
+        .map(|(id, c)| {
+            (
+                hex::encode(id.0),
+                c.setup.as_ref().map(|s| s.channel_value_sat),
+                c.holder_number(),
+                c.counterparty_number(),
+                c.closing_signed,
+            )
+        })
+        .collect();
+    if json {
+        let chans: Vec<String> = channels
+            .iter()
+            .map(|(id, v, h, c, closed)| {
+                format!(
+                    "{{\"channel_keys_id\":\"{id}\",\"value_sat\":{},\"holder_commitment\":{},\"counterparty_commitment\":{},\"closing_signed\":{closed}}}",
+                    v.map_or("null".into(), |v| v.to_string()),
+                    h.map_or("null".into(), |v| v.to_string()),
+                    c.map_or("null".into(), |v| v.to_string())
+                )
+            })
+            .collect();
+        println!(
+            "{{\"node_id\":\"{}\",\"network\":\"{}\",\"external_descriptor\":\"{}\",\"internal_descriptor\":\"{}\",\"channels\":[{}]}}",
+            signer.node_id(),
+            signer.network().to_core_arg(),
+            desc.external_descriptor,
+            desc.internal_descriptor,
+            chans.join(",")
+        );
+    } else {
+        println!("node id:     {}", signer.node_id());
+        println!("network:     {}", signer.network().to_core_arg());
+        println!("receive:     {}", desc.external_descriptor);
+        println!("change:      {}", desc.internal_descriptor);
+        println!("channels:    {}", channels.len());
+        for (id, v, h, c, closed) in channels {
+            println!(
+                "  {id}  value={}  holder=#{}  counterparty=#{}{}",
+                v.map_or("not set up".into(), |v| format!("{v} sat")),
+                h.map_or("-".into(), |v| v.to_string()),
+                c.map_or("-".into(), |v| v.to_string()),
+                if closed { "  (closing signed)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init { common, network, restore, listen, tls_hosts, kdf_memory_kib, no_show_mnemonic } => {
+            init(common, network, restore, listen, tls_hosts, kdf_memory_kib, no_show_mnemonic)
+        }
+        Command::Run { common, listen, log } => match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt.block_on(run(common, listen, log)),
+            Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
+        },
+        Command::Info { common, json } => info(common, json),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+

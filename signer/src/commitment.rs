@@ -1,0 +1,366 @@
+//! Rebuilding commitment and HTLC transactions (BOLT 3) from the channel's
+//! recorded parameters and a request's typed fields. The node's own bytes are
+//! never signed: whatever it sends is turned back into a transaction here.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::{ecdsa::Signature, All, Message, PublicKey, Secp256k1};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{Amount, ScriptBuf, Transaction, Txid};
+use lightning::chain::transaction::OutPoint as LdkOutPoint;
+use lightning::ln::chan_utils::{
+    self, ChannelPublicKeys, ChannelTransactionParameters, CommitmentTransaction,
+    CounterpartyChannelTransactionParameters, HTLCOutputInCommitment,
+};
+use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
+use lightning::types::features::ChannelTypeFeatures;
+use lightning::types::payment::PaymentHash;
+use lnpd_proto::signer::{self as pb, ChannelType, CommitmentData, HtlcDirection, SetupChannelRequest};
+
+use crate::error::SignerError;
+use crate::policy::{PolicyConfig, RuleId};
+use crate::types::CommitmentNumber;
+
+/// Value of each anchor output (BOLT 3).
+pub const ANCHOR_OUTPUT_VALUE_SAT: u64 = 330;
+
+/// Parses a 33-byte compressed public key field.
+pub fn parse_pubkey(field: &str, bytes: &[u8]) -> Result<PublicKey, SignerError> {
+    PublicKey::from_slice(bytes)
+        .map_err(|_| SignerError::invalid(format!("{field} is not a valid public key")))
+}
+
+/// Parses a 64-byte compact ECDSA signature field.
+pub fn parse_signature(field: &str, bytes: &[u8]) -> Result<Signature, SignerError> {
+    Signature::from_compact(bytes)
+        .map_err(|_| SignerError::invalid(format!("{field} is not a valid 64-byte signature")))
+}
+
+/// Parses a 32-byte hash field.
+pub fn parse_32(field: &str, bytes: &[u8]) -> Result<[u8; 32], SignerError> {
+    bytes
+        .try_into()
+        .map_err(|_| SignerError::invalid(format!("{field} must be 32 bytes, got {}", bytes.len())))
+}
+
+/// Parses a wire outpoint.
+pub fn parse_outpoint(op: Option<&pb::OutPoint>) -> Result<bitcoin::OutPoint, SignerError> {
+    let op = op.ok_or_else(|| SignerError::invalid("missing outpoint"))?;
+    Ok(bitcoin::OutPoint {
+        txid: Txid::from_byte_array(parse_32("txid", &op.txid)?),
+        vout: op.vout,
+    })
+}
+
+/// Converts wire channel public keys.
+pub fn parse_channel_keys(keys: Option<&pb::ChannelPublicKeys>) -> Result<ChannelPublicKeys, SignerError> {
+    let k = keys.ok_or_else(|| SignerError::invalid("missing channel public keys"))?;
+    Ok(ChannelPublicKeys {
+        funding_pubkey: parse_pubkey("funding_pubkey", &k.funding_pubkey)?,
+        revocation_basepoint: RevocationBasepoint::from(parse_pubkey(
+            "revocation_basepoint",
+            &k.revocation_basepoint,
+        )?),
+        payment_point: parse_pubkey("payment_point", &k.payment_point)?,
+        delayed_payment_basepoint: DelayedPaymentBasepoint::from(parse_pubkey(
+            "delayed_payment_basepoint",
+            &k.delayed_payment_basepoint,
+        )?),
+        htlc_basepoint: HtlcBasepoint::from(parse_pubkey("htlc_basepoint", &k.htlc_basepoint)?),
+    })
+}
+
+/// Converts channel public keys to their wire form.
+pub fn channel_keys_to_wire(k: &ChannelPublicKeys) -> pb::ChannelPublicKeys {
+    pb::ChannelPublicKeys {
+        funding_pubkey: k.funding_pubkey.serialize().to_vec(),
+        revocation_basepoint: k.revocation_basepoint.to_public_key().serialize().to_vec(),
+        payment_point: k.payment_point.serialize().to_vec(),
+        delayed_payment_basepoint: k.delayed_payment_basepoint.to_public_key().serialize().to_vec(),
+        htlc_basepoint: k.htlc_basepoint.to_public_key().serialize().to_vec(),
+    }
+}
+
+/// Whether the channel uses anchors with zero-fee HTLC transactions.
+pub fn is_anchors(setup: &SetupChannelRequest) -> bool {
+    setup.channel_type == ChannelType::AnchorsZeroFeeHtlcTx as i32
+}
+
+/// LDK's feature set for a channel type the signer supports.
+pub fn channel_type_features(setup: &SetupChannelRequest) -> Result<ChannelTypeFeatures, SignerError> {
+    match ChannelType::try_from(setup.channel_type) {
+        Ok(ChannelType::StaticRemoteKey) => Ok(ChannelTypeFeatures::only_static_remote_key()),
+        Ok(ChannelType::AnchorsZeroFeeHtlcTx) => {
+            Ok(ChannelTypeFeatures::anchors_zero_htlc_fee_and_dependencies())
+        }
+        _ => Err(SignerError::policy(
+            RuleId::ChannelTypeSafe,
+            "only static_remote_key and anchors_zero_fee_htlc_tx channels can be validated",
+        )),
+    }
+}
+
+/// The channel's parameters in LDK's form, from what was recorded at set-up.
+pub fn channel_parameters(
+    setup: &SetupChannelRequest,
+    holder_pubkeys: ChannelPublicKeys,
+) -> Result<ChannelTransactionParameters, SignerError> {
+    let funding = parse_outpoint(setup.funding_outpoint.as_ref())?;
+    let index = u16::try_from(funding.vout)
+        .map_err(|_| SignerError::invalid("funding output index above 65535"))?;
+    let delay = |v: u32, what: &str| {
+        u16::try_from(v).map_err(|_| SignerError::invalid(format!("{what} above 65535")))
+    };
+    Ok(ChannelTransactionParameters {
+        holder_pubkeys,
+        holder_selected_contest_delay: delay(
+            setup.holder_selected_contest_delay,
+            "holder_selected_contest_delay",
+        )?,
+        is_outbound_from_holder: setup.is_outbound,
+        counterparty_parameters: Some(CounterpartyChannelTransactionParameters {
+            pubkeys: parse_channel_keys(setup.counterparty_keys.as_ref())?,
+            selected_contest_delay: delay(
+                setup.counterparty_selected_contest_delay,
+                "counterparty_selected_contest_delay",
+            )?,
+        }),
+        funding_outpoint: Some(LdkOutPoint { txid: funding.txid, index }),
+        splice_parent_funding_txid: None,
+        channel_type_features: channel_type_features(setup)?,
+        channel_value_satoshis: setup.channel_value_sat,
+    })
+}
+
+/// Fee of a commitment transaction with `num_htlcs` non-dust HTLCs (BOLT 3).
+pub fn commitment_fee_sat(feerate_per_kw: u32, num_htlcs: usize, anchors: bool) -> u64 {
+    let base: u64 = if anchors { 1124 } else { 724 };
+    (feerate_per_kw as u64).saturating_mul(base + 172 * num_htlcs as u64) / 1000
+}
+
+/// Fee of the second-stage HTLC transaction spending an HTLC of this direction.
+pub fn htlc_tx_fee_sat(feerate_per_kw: u32, offered: bool, anchors: bool) -> u64 {
+    if anchors {
+        return 0;
+    }
+    let weight: u64 = if offered { 663 } else { 703 };
+    (feerate_per_kw as u64).saturating_mul(weight) / 1000
+}
+
+/// A commitment rebuilt from a request, with the values policy looks at.
+pub struct Rebuilt {
+    /// LDK's commitment transaction (keys, outputs, HTLC indices).
+    pub tx: CommitmentTransaction,
+    /// Its number, counting up.
+    pub number: CommitmentNumber,
+}
+
+/// Parses the HTLCs of a commitment.
+pub fn parse_htlcs(data: &CommitmentData) -> Result<Vec<HTLCOutputInCommitment>, SignerError> {
+    data.htlcs
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let offered = match HtlcDirection::try_from(h.direction) {
+                Ok(HtlcDirection::Offered) => true,
+                Ok(HtlcDirection::Received) => false,
+                Err(_) => return Err(SignerError::invalid(format!("htlc {i}: unknown direction"))),
+            };
+            Ok(HTLCOutputInCommitment {
+                offered,
+                amount_msat: h.amount_msat,
+                cltv_expiry: h.cltv_expiry,
+                payment_hash: PaymentHash(parse_32("payment_hash", &h.payment_hash)?),
+                transaction_output_index: None,
+            })
+        })
+        .collect()
+}
+
+/// Rebuilds a commitment transaction. `holder_is_broadcaster` selects whose
+/// commitment it is. Runs the structural rules that keep the builder sound
+/// (values conserved, dust trimmed, limits) before building.
+pub fn rebuild(
+    params: &ChannelTransactionParameters,
+    setup: &SetupChannelRequest,
+    holder_is_broadcaster: bool,
+    data: &CommitmentData,
+    policy: &PolicyConfig,
+    secp: &Secp256k1<All>,
+) -> Result<Rebuilt, SignerError> {
+    let number = CommitmentNumber::new(data.commitment_number)?;
+    let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
+    let htlcs = parse_htlcs(data)?;
+    let anchors = is_anchors(setup);
+    let dust_limit = if holder_is_broadcaster {
+        setup.holder_dust_limit_sat
+    } else {
+        setup.counterparty_dust_limit_sat
+    };
+
+    policy.check(RuleId::CommitmentHtlcCountMax, htlcs.len() <= policy.max_htlcs, || {
+        format!("{} HTLCs, limit {}", htlcs.len(), policy.max_htlcs)
+    })?;
+    // Beyond the protocol's 483 the builder and the chain are unsafe whatever the mode.
+    if htlcs.len() > 483 {
+        return Err(SignerError::invalid("more than 483 HTLCs in one commitment"));
+    }
+    let feerate_ok = (policy.min_feerate_per_kw..=policy.max_feerate_per_kw).contains(&data.feerate_per_kw);
+    policy.check(RuleId::CommitmentFeeRange, feerate_ok, || {
+        format!(
+            "feerate {} sat/kw outside [{}, {}]",
+            data.feerate_per_kw, policy.min_feerate_per_kw, policy.max_feerate_per_kw
+        )
+    })?;
+
+    // Every HTLC present must be above the broadcaster's dust limit plus its
+    // second-stage fee (BOLT 3 trimming); below that it must have been trimmed.
+    // This also guarantees the HTLC transaction's output value is positive.
+    let mut htlc_total_sat: u64 = 0;
+    for (i, h) in htlcs.iter().enumerate() {
+        let amount_sat = h.amount_msat / 1000;
+        let second_stage = htlc_tx_fee_sat(data.feerate_per_kw, h.offered, anchors);
+        let floor = dust_limit.saturating_add(second_stage);
+        if amount_sat < floor || amount_sat <= second_stage {
+            return Err(SignerError::policy(
+                RuleId::CommitmentDustTrimmed,
+                format!("htlc {i} of {amount_sat} sat is dust (below {floor} sat) and must be trimmed"),
+            ));
+        }
+        htlc_total_sat = htlc_total_sat
+            .checked_add(amount_sat)
+            .ok_or_else(|| SignerError::invalid("HTLC values overflow"))?;
+    }
+    for (what, v) in [
+        ("to_broadcaster", data.to_broadcaster_value_sat),
+        ("to_countersignatory", data.to_countersignatory_value_sat),
+    ] {
+        if v != 0 && v < dust_limit {
+            return Err(SignerError::policy(
+                RuleId::CommitmentDustTrimmed,
+                format!("{what} output of {v} sat is below the dust limit {dust_limit} and must be trimmed"),
+            ));
+        }
+    }
+
+    let anchors_sat = if anchors { 2 * ANCHOR_OUTPUT_VALUE_SAT } else { 0 };
+    let fee = commitment_fee_sat(data.feerate_per_kw, htlcs.len(), anchors);
+    let total = data
+        .to_broadcaster_value_sat
+        .checked_add(data.to_countersignatory_value_sat)
+        .and_then(|v| v.checked_add(htlc_total_sat))
+        .ok_or_else(|| SignerError::invalid("output values overflow"))?;
+    let total_with_fees = total.saturating_add(fee).saturating_add(anchors_sat);
+    policy.check(
+        RuleId::CommitmentBalanceConserved,
+        total_with_fees <= setup.channel_value_sat || total <= setup.channel_value_sat && anchors_sat == 0 && fee == 0,
+        || {
+            format!(
+                "outputs ({total} sat) plus fee ({fee} sat) and anchors ({anchors_sat} sat) exceed the channel value {} sat",
+                setup.channel_value_sat
+            )
+        },
+    )?;
+    // Whatever the mode, never build a transaction paying out more than the funding.
+    if total > setup.channel_value_sat {
+        return Err(SignerError::invalid("outputs exceed the channel value"));
+    }
+
+    let directed = if holder_is_broadcaster {
+        params.as_holder_broadcastable()
+    } else {
+        params.as_counterparty_broadcastable()
+    };
+    let tx = CommitmentTransaction::new(
+        number.to_ldk(),
+        &point,
+        data.to_broadcaster_value_sat,
+        data.to_countersignatory_value_sat,
+        data.feerate_per_kw,
+        htlcs,
+        &directed,
+        secp,
+    );
+    Ok(Rebuilt { tx, number })
+}
+
+/// The 2-of-2 funding witness script.
+pub fn funding_script(params: &ChannelTransactionParameters) -> ScriptBuf {
+    let cp = params
+        .counterparty_parameters
+        .as_ref()
+        .map(|c| c.pubkeys.funding_pubkey)
+        .unwrap_or(params.holder_pubkeys.funding_pubkey);
+    chan_utils::make_funding_redeemscript(&params.holder_pubkeys.funding_pubkey, &cp)
+}
+
+/// SIGHASH_ALL digest of input 0 of a transaction spending the funding output.
+pub fn funding_sighash(
+    tx: &Transaction,
+    params: &ChannelTransactionParameters,
+) -> Result<Message, SignerError> {
+    p2wsh_sighash(tx, 0, &funding_script(params), params.channel_value_satoshis, EcdsaSighashType::All)
+}
+
+/// Segwit v0 digest of one P2WSH input.
+pub fn p2wsh_sighash(
+    tx: &Transaction,
+    input: usize,
+    witness_script: &bitcoin::Script,
+    value_sat: u64,
+    ty: EcdsaSighashType,
+) -> Result<Message, SignerError> {
+    let h = SighashCache::new(tx)
+        .p2wsh_signature_hash(input, witness_script, Amount::from_sat(value_sat), ty)
+        .map_err(|e| SignerError::invalid(format!("cannot compute sighash: {e}")))?;
+    Ok(Message::from_digest(h.to_byte_array()))
+}
+
+/// The sighash type the countersignatory uses on HTLC transactions.
+pub fn htlc_countersignature_type(anchors: bool) -> EcdsaSighashType {
+    if anchors {
+        EcdsaSighashType::SinglePlusAnyoneCanPay
+    } else {
+        EcdsaSighashType::All
+    }
+}
+
+/// Rebuilds the HTLC transactions of a commitment, each with the digest the
+/// countersignatory signs. `contest_delay` is the delay on the broadcaster.
+pub fn htlc_sighashes(
+    tx: &CommitmentTransaction,
+    contest_delay: u16,
+    anchors: bool,
+) -> Result<Vec<(Transaction, Message)>, SignerError> {
+    let trusted = tx.trust();
+    let keys = trusted.keys();
+    let txid = trusted.txid();
+    let features = trusted.channel_type_features();
+    let mut out = Vec::with_capacity(tx.nondust_htlcs().len());
+    for h in tx.nondust_htlcs() {
+        if h.transaction_output_index.is_none() {
+            return Err(SignerError::internal("rebuilt HTLC has no output index"));
+        }
+        let htlc_tx = chan_utils::build_htlc_transaction(
+            &txid,
+            tx.negotiated_feerate_per_kw(),
+            contest_delay,
+            h,
+            features,
+            &keys.broadcaster_delayed_payment_key,
+            &keys.revocation_key,
+        );
+        let script = chan_utils::get_htlc_redeemscript(h, features, keys);
+        let msg = p2wsh_sighash(
+            &htlc_tx,
+            0,
+            &script,
+            h.amount_msat / 1000,
+            htlc_countersignature_type(anchors),
+        )?;
+        out.push((htlc_tx, msg));
+    }
+    Ok(out)
+}

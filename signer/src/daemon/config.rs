@@ -1,0 +1,147 @@
+//! The signer's config file (`signer.toml` in the data directory), merged
+//! with command-line flags. Every limit has a safe default.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::policy::{PolicyConfig, RuleId, RuleMode};
+
+/// The config file.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Bitcoin network: bitcoin, testnet, signet, regtest.
+    pub network: Option<String>,
+    /// Address the gRPC server listens on, e.g. "127.0.0.1:9736".
+    pub listen: Option<String>,
+    /// Log filter, e.g. "info" or "lnpd_signer=debug".
+    pub log: Option<String>,
+    /// Policy limits and rule modes.
+    #[serde(default)]
+    pub policy: PolicySection,
+}
+
+/// `[policy]`: limits, and `[policy.rules]`: per-rule "enforce" or "warn".
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySection {
+    /// Shortest to_self_delay either side may have (blocks).
+    pub min_to_self_delay: Option<u16>,
+    /// Longest to_self_delay either side may have (blocks).
+    pub max_to_self_delay: Option<u16>,
+    /// Largest channel (sat).
+    pub max_channel_value_sat: Option<u64>,
+    /// Smallest dust limit (sat).
+    pub min_dust_limit_sat: Option<u64>,
+    /// Largest dust limit (sat).
+    pub max_dust_limit_sat: Option<u64>,
+    /// Lowest commitment feerate (sat/kw).
+    pub min_feerate_per_kw: Option<u32>,
+    /// Highest commitment feerate (sat/kw).
+    pub max_feerate_per_kw: Option<u32>,
+    /// Most HTLCs in one commitment.
+    pub max_htlcs: Option<usize>,
+    /// Rule id -> "enforce" | "warn".
+    #[serde(default)]
+    pub rules: BTreeMap<String, String>,
+}
+
+/// Why the config is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Bad TOML or unknown key.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ConfigFile {
+    /// Reads the file; a missing file is an empty config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(s) => toml::from_str(&s)
+                .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
+            Err(source) => Err(ConfigError::Io { path: path.display().to_string(), source }),
+        }
+    }
+
+    /// The policy this config describes.
+    pub fn policy(&self) -> Result<PolicyConfig, ConfigError> {
+        let p = &self.policy;
+        let d = PolicyConfig::default();
+        let mut cfg = PolicyConfig {
+            modes: Default::default(),
+            min_to_self_delay: p.min_to_self_delay.unwrap_or(d.min_to_self_delay),
+            max_to_self_delay: p.max_to_self_delay.unwrap_or(d.max_to_self_delay),
+            max_channel_value_sat: p.max_channel_value_sat.unwrap_or(d.max_channel_value_sat),
+            min_dust_limit_sat: p.min_dust_limit_sat.unwrap_or(d.min_dust_limit_sat),
+            max_dust_limit_sat: p.max_dust_limit_sat.unwrap_or(d.max_dust_limit_sat),
+            min_feerate_per_kw: p.min_feerate_per_kw.unwrap_or(d.min_feerate_per_kw),
+            max_feerate_per_kw: p.max_feerate_per_kw.unwrap_or(d.max_feerate_per_kw),
+            max_htlcs: p.max_htlcs.unwrap_or(d.max_htlcs),
+        };
+        if cfg.min_to_self_delay > cfg.max_to_self_delay
+            || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat
+            || cfg.min_feerate_per_kw > cfg.max_feerate_per_kw
+        {
+            return Err(ConfigError::Invalid("[policy]: a min_* limit is above its max_*".into()));
+        }
+        for (id, mode) in &p.rules {
+            let rule = RuleId::parse(id)
+                .ok_or_else(|| ConfigError::Invalid(format!("[policy.rules]: unknown rule id {id:?}")))?;
+            let mode = match mode.as_str() {
+                "enforce" => RuleMode::Enforce,
+                "warn" => RuleMode::Warn,
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "[policy.rules]: {id} = {other:?}; use \"enforce\" or \"warn\""
+                    )))
+                }
+            };
+            cfg.modes.insert(rule, mode);
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_limits_and_modes() {
+        let c: ConfigFile = toml::from_str(
+            "network = \"regtest\"\n[policy]\nmax_htlcs = 10\n[policy.rules]\n\"commitment-fee-range\" = \"warn\"\n",
+        )
+        .unwrap();
+        let p = c.policy().unwrap();
+        assert_eq!(p.max_htlcs, 10);
+        assert_eq!(p.mode(RuleId::CommitmentFeeRange), RuleMode::Warn);
+        assert_eq!(p.mode(RuleId::CommitmentHtlcCountMax), RuleMode::Enforce);
+    }
+
+    #[test]
+    fn rejects_unknown_rules_and_keys() {
+        let c: ConfigFile = toml::from_str("[policy.rules]\n\"no-such-rule\" = \"warn\"\n").unwrap();
+        assert!(c.policy().is_err());
+        assert!(toml::from_str::<ConfigFile>("netwrk = \"regtest\"\n").is_err());
+    }
+}

@@ -1,0 +1,41 @@
+//! The `lnpd-signer` daemon (feature `std`): configuration, the encrypted
+//! seed file, TLS material, the durable store and the gRPC server.
+
+pub mod config;
+pub mod seed_file;
+pub mod server;
+pub mod store_redb;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+
+/// Files of a signer data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    /// The encrypted seed.
+    pub fn seed(&self) -> PathBuf {
+        self.0.join("seed.enc")
+    }
+    /// The state database.
+    pub fn state(&self) -> PathBuf {
+        self.0.join("state.redb")
+    }
+    /// The TLS directory.
+    pub fn tls(&self) -> PathBuf {
+        self.0.join("tls")
+    }
+    /// The config file.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("signer.toml")
+    }
+    /// Where `run` writes the address it listens on.
+    pub fn listen_addr_file(&self) -> PathBuf {
+        self.0.join("signer.addr")
+    }
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}

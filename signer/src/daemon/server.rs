@@ -1,0 +1,135 @@
+//! The gRPC server: each rpc of `signer.proto` is handed to the core's
+//! request handler, under one lock (requests for one node are serialized,
+//! which the state machine needs anyway).
+
+use std::sync::{Arc, Mutex};
+
+use lnpd_proto::signer::{self as pb, reply, request, signer_server};
+use tonic::{Request, Response, Status};
+
+use crate::error::{ErrorKind, SignerError};
+use crate::handler::Signer;
+use crate::store::Store;
+
+/// The tonic service wrapping a [`Signer`].
+pub struct SignerService<S: Store> {
+    inner: Arc<Mutex<Signer<S>>>,
+}
+
+impl<S: Store> SignerService<S> {
+    /// Wraps a signer.
+    pub fn new(signer: Signer<S>) -> Self {
+        SignerService { inner: Arc::new(Mutex::new(signer)) }
+    }
+
+    /// Shares the signer (for in-process use next to the server).
+    pub fn shared(&self) -> Arc<Mutex<Signer<S>>> {
+        self.inner.clone()
+    }
+
+    fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
+        let mut signer = self.inner.lock().map_err(|_| Status::internal("signer state lock poisoned"))?;
+        signer.handle(body).map_err(|e| to_status(&e))
+    }
+}
+
+/// Turns a signer error into a gRPC status; a policy refusal carries its
+/// rule id in the `lnpd-rule` metadata entry and in the message.
+pub fn to_status(e: &SignerError) -> Status {
+    let code = match e.kind {
+        ErrorKind::Invalid => tonic::Code::InvalidArgument,
+        ErrorKind::NotFound => tonic::Code::NotFound,
+        ErrorKind::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorKind::Policy => tonic::Code::PermissionDenied,
+        ErrorKind::Internal => tonic::Code::Internal,
+    };
+    let mut status = Status::new(code, e.to_string());
+    if let Some(rule) = e.rule {
+        if let Ok(v) = rule.as_str().parse() {
+            status.metadata_mut().insert("lnpd-rule", v);
+        }
+    }
+    if e.kind != ErrorKind::Policy {
+        tracing::info!(kind = ?e.kind, "request failed: {}", e.message);
+    }
+    status
+}
+
+macro_rules! rpcs {
+    ($($method:ident($req:ident) -> $rep:ident via $q:ident => $a:ident;)*) => {
+        #[tonic::async_trait]
+        impl<S: Store + Send + 'static> signer_server::Signer for SignerService<S> {
+            $(
+                async fn $method(&self, request: Request<pb::$req>) -> Result<Response<pb::$rep>, Status> {
+                    match self.call(request::Body::$q(request.into_inner()))? {
+                        reply::Body::$a(r) => Ok(Response::new(r)),
+                        _ => Err(Status::internal("signer produced a reply of the wrong type")),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+rpcs! {
+    ping(PingRequest) -> PingReply via Ping => Ping;
+    info(InfoRequest) -> InfoReply via Info => Info;
+    get_node_id(GetNodeIdRequest) -> GetNodeIdReply via GetNodeId => GetNodeId;
+    ecdh(EcdhRequest) -> EcdhReply via Ecdh => Ecdh;
+    sign_invoice(SignInvoiceRequest) -> RecoverableSignatureReply via SignInvoice => RecoverableSignature;
+    sign_bolt12_invoice(SignBolt12InvoiceRequest) -> SchnorrSignatureReply via SignBolt12Invoice => SchnorrSignature;
+    sign_gossip(SignGossipRequest) -> SignatureReply via SignGossip => Signature;
+    sign_message(SignMessageRequest) -> SignMessageReply via SignMessage => SignMessage;
+    get_node_keys(GetNodeKeysRequest) -> GetNodeKeysReply via GetNodeKeys => GetNodeKeys;
+    new_channel_keys_id(NewChannelKeysIdRequest) -> NewChannelKeysIdReply via NewChannelKeysId => NewChannelKeysId;
+    get_channel_public_keys(GetChannelPublicKeysRequest) -> ChannelPublicKeys via GetChannelPublicKeys => ChannelPublicKeys;
+    setup_channel(SetupChannelRequest) -> SetupChannelReply via SetupChannel => SetupChannel;
+    get_destination_script(GetDestinationScriptRequest) -> ScriptReply via GetDestinationScript => Script;
+    get_shutdown_script(GetShutdownScriptRequest) -> ScriptReply via GetShutdownScript => Script;
+    get_per_commitment_point(GetPerCommitmentPointRequest) -> GetPerCommitmentPointReply via GetPerCommitmentPoint => GetPerCommitmentPoint;
+    release_commitment_secret(ReleaseCommitmentSecretRequest) -> ReleaseCommitmentSecretReply via ReleaseCommitmentSecret => ReleaseCommitmentSecret;
+    validate_holder_commitment(ValidateHolderCommitmentRequest) -> ValidateHolderCommitmentReply via ValidateHolderCommitment => ValidateHolderCommitment;
+    validate_counterparty_revocation(ValidateCounterpartyRevocationRequest) -> ValidateCounterpartyRevocationReply via ValidateCounterpartyRevocation => ValidateCounterpartyRevocation;
+    sign_counterparty_commitment(SignCounterpartyCommitmentRequest) -> SignCounterpartyCommitmentReply via SignCounterpartyCommitment => SignCounterpartyCommitment;
+    sign_holder_commitment(SignHolderCommitmentRequest) -> SignatureReply via SignHolderCommitment => Signature;
+    sign_holder_htlc_transaction(SignHolderHtlcTransactionRequest) -> SignatureReply via SignHolderHtlcTransaction => Signature;
+    sign_counterparty_htlc_sweep(SignCounterpartyHtlcSweepRequest) -> SignatureReply via SignCounterpartyHtlcSweep => Signature;
+    sign_justice_revoked_output(SignJusticeRevokedOutputRequest) -> SignatureReply via SignJusticeRevokedOutput => Signature;
+    sign_justice_revoked_htlc(SignJusticeRevokedHtlcRequest) -> SignatureReply via SignJusticeRevokedHtlc => Signature;
+    sign_closing_transaction(SignClosingTransactionRequest) -> SignatureReply via SignClosingTransaction => Signature;
+    sign_channel_announcement(SignChannelAnnouncementRequest) -> SignChannelAnnouncementReply via SignChannelAnnouncement => SignChannelAnnouncement;
+    sign_holder_anchor_input(SignHolderAnchorInputRequest) -> SignatureReply via SignHolderAnchorInput => Signature;
+    spend_spendable_outputs(SpendSpendableOutputsRequest) -> SpendSpendableOutputsReply via SpendSpendableOutputs => SpendSpendableOutputs;
+    get_wallet_descriptor(GetWalletDescriptorRequest) -> GetWalletDescriptorReply via GetWalletDescriptor => GetWalletDescriptor;
+    sign_psbt(SignPsbtRequest) -> SignPsbtReply via SignPsbt => SignPsbt;
+}
+
+/// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.
+pub async fn serve<S: Store + Send + 'static>(
+    service: SignerService<S>,
+    listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(tls)?
+        .add_service(
+            signer_server::SignerServer::new(service)
+                .max_decoding_message_size(crate::handler::MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// Mutual-TLS server configuration: our certificate, and only client
+/// certificates issued by our CA are accepted.
+pub fn tls_config(files: &super::tls::TlsFiles) -> Result<tonic::transport::ServerTlsConfig, super::tls::TlsError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let cert = super::tls::read_pem(&files.server_cert)?;
+    let key = super::tls::read_pem(&files.server_key)?;
+    let ca = super::tls::read_pem(&files.ca_cert)?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(false))
+}

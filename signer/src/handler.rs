@@ -1,0 +1,253 @@
+//! The request handler: decode -> look up state -> rebuild -> policy ->
+//! persist -> sign -> encode. One `Signer` serves one node.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::Network;
+use lnpd_proto::signer::{self as pb, reply, request};
+use prost::Message;
+
+use crate::error::{ErrorKind, SignerError};
+use crate::keys::{KeyRing, Seed};
+use crate::policy::PolicyConfig;
+use crate::state::{ChannelRecord, MetaRecord};
+use crate::store::{Store, Write};
+use crate::types::ChannelKeysId;
+
+/// Largest encoded request the signer accepts (a PSBT or a spend of many
+/// outputs fits well within it).
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// Source of randomness for the few things that need it (channel keys ids).
+pub trait Entropy: Send {
+    /// 32 fresh random bytes.
+    fn random_bytes(&mut self) -> [u8; 32];
+}
+
+impl<F: FnMut() -> [u8; 32] + Send> Entropy for F {
+    fn random_bytes(&mut self) -> [u8; 32] {
+        self()
+    }
+}
+
+/// The signer: keys, per-channel state and policy over a durable store.
+pub struct Signer<S: Store> {
+    pub(crate) secp: Secp256k1<All>,
+    pub(crate) keys: KeyRing,
+    pub(crate) policy: PolicyConfig,
+    pub(crate) store: S,
+    pub(crate) channels: BTreeMap<ChannelKeysId, ChannelRecord>,
+    pub(crate) meta: MetaRecord,
+    pub(crate) entropy: Box<dyn Entropy>,
+    pub(crate) wallet_scripts: crate::wallet::WalletScripts,
+}
+
+impl<S: Store> core::fmt::Debug for Signer<S> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Signer")
+            .field("network", &self.keys.network())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Signer<S> {
+    /// Opens a signer over `store`, loading the state it holds.
+    pub fn new(
+        seed: &Seed,
+        network: Network,
+        policy: PolicyConfig,
+        store: S,
+        entropy: Box<dyn Entropy>,
+    ) -> Result<Self, SignerError> {
+        let secp = Secp256k1::new();
+        let keys = KeyRing::from_seed(seed, network, &secp)?;
+        let snapshot = store.load()?;
+        let mut channels = BTreeMap::new();
+        for (id, bytes) in &snapshot.channels {
+            channels.insert(ChannelKeysId(*id), ChannelRecord::decode_record(bytes)?);
+        }
+        let meta = match &snapshot.meta {
+            Some(b) => MetaRecord::decode_record(b)?,
+            None => MetaRecord::default(),
+        };
+        let wallet_scripts = crate::wallet::WalletScripts::new(&keys, &secp, meta.next_internal_index)?;
+        Ok(Signer { secp, keys, policy, store, channels, meta, entropy, wallet_scripts })
+    }
+
+    /// The node id this signer signs for.
+    pub fn node_id(&self) -> bitcoin::secp256k1::PublicKey {
+        self.keys.node_id(&self.secp)
+    }
+
+    /// The network of the keys.
+    pub fn network(&self) -> Network {
+        self.keys.network()
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &PolicyConfig {
+        &self.policy
+    }
+
+    /// Known channels, by keys id.
+    pub fn channels(&self) -> impl Iterator<Item = (&ChannelKeysId, &ChannelRecord)> {
+        self.channels.iter()
+    }
+
+    /// The store (for the daemon's maintenance commands).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Persists a channel record (and optionally the meta record) durably,
+    /// then makes it the in-memory state. On error nothing changes.
+    pub(crate) fn commit_channel(
+        &mut self,
+        id: ChannelKeysId,
+        record: ChannelRecord,
+        meta: Option<MetaRecord>,
+    ) -> Result<(), SignerError> {
+        let mut writes = Vec::with_capacity(2);
+        writes.push(Write::Channel(id.0, record.encode_record()));
+        if let Some(m) = &meta {
+            writes.push(Write::Meta(m.encode_to_vec()));
+        }
+        self.store.commit(writes)?;
+        self.channels.insert(id, record);
+        if let Some(m) = meta {
+            self.meta = m;
+        }
+        Ok(())
+    }
+
+    /// Persists the meta record alone.
+    pub(crate) fn commit_meta(&mut self, meta: MetaRecord) -> Result<(), SignerError> {
+        self.store.commit(alloc::vec![Write::Meta(meta.encode_to_vec())])?;
+        self.meta = meta;
+        Ok(())
+    }
+
+    /// The record of a channel the signer knows.
+    pub(crate) fn channel(&self, id: &ChannelKeysId) -> Result<&ChannelRecord, SignerError> {
+        self.channels
+            .get(id)
+            .ok_or_else(|| SignerError::not_found(format!("unknown channel {id}")))
+    }
+
+    /// Handles one typed request.
+    pub fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
+        use request::Body as Q;
+        use reply::Body as A;
+        Ok(match body {
+            Q::Ping(r) => A::Ping(pb::PingReply { nonce: r.nonce }),
+            Q::Info(_) => A::Info(self.info()),
+            Q::GetNodeId(r) => A::GetNodeId(self.get_node_id(&r)?),
+            Q::Ecdh(r) => A::Ecdh(self.ecdh(&r)?),
+            Q::SignInvoice(r) => A::RecoverableSignature(self.sign_invoice(&r)?),
+            Q::SignBolt12Invoice(r) => A::SchnorrSignature(self.sign_bolt12_invoice(&r)?),
+            Q::SignGossip(r) => A::Signature(self.sign_gossip(&r)?),
+            Q::SignMessage(r) => A::SignMessage(self.sign_message(&r)),
+            Q::GetNodeKeys(_) => A::GetNodeKeys(self.get_node_keys()),
+            Q::NewChannelKeysId(r) => A::NewChannelKeysId(self.new_channel_keys_id(&r)?),
+            Q::GetChannelPublicKeys(r) => A::ChannelPublicKeys(self.get_channel_public_keys(&r)?),
+            Q::SetupChannel(r) => A::SetupChannel(self.setup_channel(r)?),
+            Q::GetDestinationScript(r) => A::Script(self.get_destination_script(&r)?),
+            Q::GetShutdownScript(_) => A::Script(self.get_shutdown_script()?),
+            Q::GetPerCommitmentPoint(r) => A::GetPerCommitmentPoint(self.get_per_commitment_point(&r)?),
+            Q::ReleaseCommitmentSecret(r) => {
+                A::ReleaseCommitmentSecret(self.release_commitment_secret(&r)?)
+            }
+            Q::ValidateHolderCommitment(r) => {
+                A::ValidateHolderCommitment(self.validate_holder_commitment(r)?)
+            }
+            Q::ValidateCounterpartyRevocation(r) => {
+                A::ValidateCounterpartyRevocation(self.validate_counterparty_revocation(&r)?)
+            }
+            Q::SignCounterpartyCommitment(r) => {
+                A::SignCounterpartyCommitment(self.sign_counterparty_commitment(&r)?)
+            }
+            Q::SignHolderCommitment(r) => A::Signature(self.sign_holder_commitment(&r)?),
+            Q::SignHolderHtlcTransaction(r) => A::Signature(self.sign_holder_htlc_transaction(&r)?),
+            Q::SignCounterpartyHtlcSweep(r) => A::Signature(self.sign_counterparty_htlc_sweep(&r)?),
+            Q::SignJusticeRevokedOutput(r) => A::Signature(self.sign_justice_revoked_output(&r)?),
+            Q::SignJusticeRevokedHtlc(r) => A::Signature(self.sign_justice_revoked_htlc(&r)?),
+            Q::SignClosingTransaction(r) => A::Signature(self.sign_closing_transaction(&r)?),
+            Q::SignChannelAnnouncement(r) => {
+                A::SignChannelAnnouncement(self.sign_channel_announcement(&r)?)
+            }
+            Q::SignHolderAnchorInput(r) => A::Signature(self.sign_holder_anchor_input(&r)?),
+            Q::SpendSpendableOutputs(r) => A::SpendSpendableOutputs(self.spend_spendable_outputs(&r)?),
+            Q::GetWalletDescriptor(_) => A::GetWalletDescriptor(self.wallet_descriptor()),
+            Q::SignPsbt(r) => A::SignPsbt(self.sign_psbt(&r)?),
+        })
+    }
+
+    /// Handles an envelope; errors become an `Error` reply.
+    pub fn handle_request(&mut self, req: pb::Request) -> pb::Reply {
+        let body = match req.body {
+            Some(b) => self.handle(b).unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e))),
+            None => reply::Body::Error(error_to_wire(&SignerError::invalid("empty request"))),
+        };
+        pb::Reply { id: req.id, body: Some(body) }
+    }
+
+    /// Decodes an encoded `Request`, handles it and encodes the `Reply`
+    /// (the USB wire's entry point). Never panics on any input.
+    pub fn handle_bytes(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let reply = if bytes.len() > MAX_REQUEST_BYTES {
+            pb::Reply {
+                id: 0,
+                body: Some(reply::Body::Error(error_to_wire(&SignerError::invalid(
+                    "request too large",
+                )))),
+            }
+        } else {
+            match pb::Request::decode(bytes) {
+                Ok(req) => self.handle_request(req),
+                Err(_) => pb::Reply {
+                    id: 0,
+                    body: Some(reply::Body::Error(error_to_wire(&SignerError::invalid(
+                        "malformed request: not a valid protobuf Request",
+                    )))),
+                },
+            }
+        };
+        reply.encode_to_vec()
+    }
+
+    fn info(&self) -> pb::InfoReply {
+        pb::InfoReply {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            signer_version: env!("CARGO_PKG_VERSION").to_string(),
+            network: self.keys.network().to_core_arg().to_string(),
+            node_id: self.node_id().serialize().to_vec(),
+            capabilities: ["static_remote_key", "anchors_zero_fee_htlc_tx", "psbt", "bolt12"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            channel_count: self.channels.values().filter(|c| c.setup.is_some()).count() as u32,
+        }
+    }
+}
+
+/// The wire form of an error.
+pub fn error_to_wire(e: &SignerError) -> pb::Error {
+    let kind = match e.kind {
+        ErrorKind::Invalid => pb::ErrorKind::Invalid,
+        ErrorKind::NotFound => pb::ErrorKind::NotFound,
+        ErrorKind::FailedPrecondition => pb::ErrorKind::FailedPrecondition,
+        ErrorKind::Policy => pb::ErrorKind::Policy,
+        ErrorKind::Internal => pb::ErrorKind::Internal,
+    };
+    pb::Error {
+        kind: kind as i32,
+        rule: e.rule.map(|r| r.as_str().to_string()).unwrap_or_default(),
+        message: e.message.clone(),
+    }
+}

@@ -1,0 +1,188 @@
+//! The signer's policy: the rule catalogue, its configuration and the check
+//! helper every rule goes through. A rule lives in the file named after the
+//! transaction kind it guards (`channel.rs`, `commitment.rs`, ...).
+
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+
+use crate::error::SignerError;
+
+pub mod channel;
+pub mod close;
+
+macro_rules! rules {
+    ($($variant:ident => $id:literal,)*) => {
+        /// A policy rule of the catalogue, by id.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum RuleId { $(#[doc = $id] $variant,)* }
+
+        impl RuleId {
+            /// Every rule of the catalogue.
+            pub const ALL: &'static [RuleId] = &[$(RuleId::$variant,)*];
+            /// The rule's id as it appears in errors, logs and config.
+            pub fn as_str(self) -> &'static str {
+                match self { $(RuleId::$variant => $id,)* }
+            }
+            /// Looks a rule up by its id.
+            pub fn parse(s: &str) -> Option<RuleId> {
+                match s { $($id => Some(RuleId::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+rules! {
+    ChannelTypeSafe => "channel-type-safe",
+    ChannelToSelfDelayRange => "channel-to-self-delay-range",
+    ChannelValueMax => "channel-value-max",
+    ChannelDustLimitRange => "channel-dust-limit-range",
+    ChannelKeysIdUnique => "channel-keys-id-unique",
+    ChannelParamsImmutable => "channel-params-immutable",
+    OnchainOutputsKnown => "onchain-outputs-known",
+    OnchainFundingOutputMatches => "onchain-funding-output-matches",
+    OnchainInitialCommitmentFirst => "onchain-initial-commitment-first",
+    OnchainFundingSegwitInputs => "onchain-funding-segwit-inputs",
+    OnchainNoPush => "onchain-no-push",
+    OnchainFeeRange => "onchain-fee-range",
+    OnchainFormatStandard => "onchain-format-standard",
+    CommitmentInputFunding => "commitment-input-funding",
+    CommitmentFormat => "commitment-format",
+    CommitmentKeys => "commitment-keys",
+    CommitmentOutputsRecognized => "commitment-outputs-recognized",
+    CommitmentToSelfDelay => "commitment-to-self-delay",
+    CommitmentNumberSequence => "commitment-number-sequence",
+    CommitmentFirstNoHtlcs => "commitment-first-no-htlcs",
+    CommitmentBalanceConserved => "commitment-balance-conserved",
+    CommitmentSettledPreimage => "commitment-settled-preimage",
+    CommitmentPreviousRevoked => "commitment-previous-revoked",
+    CommitmentHolderNotRevoked => "commitment-holder-not-revoked",
+    CommitmentFeeRange => "commitment-fee-range",
+    CommitmentHtlcCountMax => "commitment-htlc-count-max",
+    CommitmentHtlcInflightMax => "commitment-htlc-inflight-max",
+    CommitmentHtlcCltvRange => "commitment-htlc-cltv-range",
+    CommitmentDustTrimmed => "commitment-dust-trimmed",
+    CommitmentAnchors => "commitment-anchors",
+    RevokeNextValidated => "revoke-next-validated",
+    RevokeNotClosed => "revoke-not-closed",
+    RevokeSecretValid => "revoke-secret-valid",
+    HtlcFormat => "htlc-format",
+    HtlcKeys => "htlc-keys",
+    HtlcFeeRange => "htlc-fee-range",
+    CloseDestinationAllowed => "close-destination-allowed",
+    CloseValueMatches => "close-value-matches",
+    CloseFeeRange => "close-fee-range",
+    CloseNoPendingHtlcs => "close-no-pending-htlcs",
+    CloseThenFrozen => "close-then-frozen",
+    SweepDestinationAllowed => "sweep-destination-allowed",
+    SweepFeeRange => "sweep-fee-range",
+    SweepLocktimeRange => "sweep-locktime-range",
+    PaymentVelocity => "payment-velocity",
+    PaymentMax => "payment-max",
+    PaymentInvoiced => "payment-invoiced",
+    PaymentPayeeAllowlist => "payment-payee-allowlist",
+    PaymentApproval => "payment-approval",
+    RoutingBalanced => "routing-balanced",
+    MerchantNoSends => "merchant-no-sends",
+}
+
+/// Whether a rule refuses (`Enforce`) or only logs (`Warn`) a violation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum RuleMode {
+    /// Refuse the request (the default).
+    #[default]
+    Enforce,
+    /// Log the violation and sign anyway.
+    Warn,
+}
+
+/// Limits and per-rule modes. Defaults are safe for a mainnet node.
+#[derive(Clone, Debug)]
+pub struct PolicyConfig {
+    /// Per-rule override of the default `Enforce`.
+    pub modes: BTreeMap<RuleId, RuleMode>,
+    /// Shortest `to_self_delay` either side may have (blocks).
+    pub min_to_self_delay: u16,
+    /// Longest `to_self_delay` either side may have (blocks).
+    pub max_to_self_delay: u16,
+    /// Largest channel value (sat).
+    pub max_channel_value_sat: u64,
+    /// Smallest dust limit either side may have (sat).
+    pub min_dust_limit_sat: u64,
+    /// Largest dust limit either side may have (sat).
+    pub max_dust_limit_sat: u64,
+    /// Lowest commitment feerate (sat per 1000 weight).
+    pub min_feerate_per_kw: u32,
+    /// Highest commitment feerate (sat per 1000 weight).
+    pub max_feerate_per_kw: u32,
+    /// Most non-dust HTLCs in one commitment.
+    pub max_htlcs: usize,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            modes: BTreeMap::new(),
+            min_to_self_delay: 6,
+            max_to_self_delay: 2016,
+            max_channel_value_sat: 100_000_000,
+            min_dust_limit_sat: 330,
+            max_dust_limit_sat: 10_000,
+            min_feerate_per_kw: 253,
+            max_feerate_per_kw: 100_000,
+            max_htlcs: 483,
+        }
+    }
+}
+
+impl PolicyConfig {
+    /// The mode a rule runs in.
+    pub fn mode(&self, rule: RuleId) -> RuleMode {
+        self.modes.get(&rule).copied().unwrap_or_default()
+    }
+
+    /// Applies `rule`: when `ok` is false, refuses (or, in warn mode, logs and
+    /// lets the request through). `why` is only evaluated on a violation.
+    pub fn check(
+        &self,
+        rule: RuleId,
+        ok: bool,
+        why: impl FnOnce() -> String,
+    ) -> Result<(), SignerError> {
+        if ok {
+            return Ok(());
+        }
+        let reason = why();
+        match self.mode(rule) {
+            RuleMode::Enforce => {
+                tracing::warn!(rule = rule.as_str(), "refused: {reason}");
+                Err(SignerError::policy(rule, reason))
+            }
+            RuleMode::Warn => {
+                tracing::warn!(rule = rule.as_str(), "policy violation allowed (warn mode): {reason}");
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_ids_round_trip() {
+        for r in RuleId::ALL {
+            assert_eq!(RuleId::parse(r.as_str()), Some(*r));
+        }
+        assert_eq!(RuleId::parse("no-such-rule"), None);
+    }
+
+    #[test]
+    fn warn_mode_lets_a_violation_through() {
+        let mut cfg = PolicyConfig::default();
+        let err = cfg.check(RuleId::CommitmentFeeRange, false, || "too high".into()).unwrap_err();
+        assert_eq!(err.rule, Some(RuleId::CommitmentFeeRange));
+        cfg.modes.insert(RuleId::CommitmentFeeRange, RuleMode::Warn);
+        assert!(cfg.check(RuleId::CommitmentFeeRange, false, || "too high".into()).is_ok());
+    }
+}

@@ -1,0 +1,107 @@
+//! What the signer remembers, per channel and globally. Encoded with prost
+//! (the same encoding as the wire), so the store holds versionable records.
+
+use alloc::vec::Vec;
+
+use lnpd_proto::signer::{CommitmentData, SetupChannelRequest, ValidateHolderCommitmentRequest};
+use prost::Message;
+
+use crate::error::SignerError;
+
+/// The latest holder commitment the peer countersigned and we validated.
+#[derive(Clone, PartialEq, Message)]
+pub struct HolderRecord {
+    /// The commitment as rebuilt by the signer.
+    #[prost(message, optional, tag = "1")]
+    pub commitment: Option<CommitmentData>,
+    /// The peer's signature of it (64 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub counterparty_signature: Vec<u8>,
+    /// The peer's HTLC transaction signatures, in output order.
+    #[prost(bytes = "vec", repeated, tag = "3")]
+    pub htlc_signatures: Vec<Vec<u8>>,
+}
+
+/// Everything the signer keeps about one channel.
+#[derive(Clone, PartialEq, Message)]
+pub struct ChannelRecord {
+    /// The channel keys id (32 bytes).
+    #[prost(bytes = "vec", tag = "1")]
+    pub keys_id: Vec<u8>,
+    /// Parameters recorded at set-up; immutable once present.
+    #[prost(message, optional, tag = "2")]
+    pub setup: Option<SetupChannelRequest>,
+    /// Latest validated holder commitment.
+    #[prost(message, optional, tag = "3")]
+    pub holder: Option<HolderRecord>,
+    /// Highest holder commitment number whose secret we released (revoked).
+    #[prost(uint64, optional, tag = "4")]
+    pub holder_revoked_through: Option<u64>,
+    /// Latest counterparty commitment we signed.
+    #[prost(message, optional, tag = "5")]
+    pub counterparty: Option<CommitmentData>,
+    /// The counterparty commitment before it, until the peer revokes it.
+    #[prost(message, optional, tag = "6")]
+    pub counterparty_previous: Option<CommitmentData>,
+    /// The peer's revocation secrets (BOLT 3 compact storage, LDK encoding).
+    #[prost(bytes = "vec", tag = "7")]
+    pub counterparty_secrets: Vec<u8>,
+    /// A mutual close was signed: no further commitment is.
+    #[prost(bool, tag = "8")]
+    pub closing_signed: bool,
+    /// A holder commitment validation that arrived before the channel's
+    /// parameters (inbound channels); validated at set-up.
+    #[prost(message, optional, tag = "9")]
+    pub parked_holder_validation: Option<ValidateHolderCommitmentRequest>,
+    /// Number of the holder commitment signed for broadcast (force close), if any.
+    #[prost(uint64, optional, tag = "10")]
+    pub holder_signed_number: Option<u64>,
+    /// Whether the signer issued this keys id itself.
+    #[prost(bool, tag = "11")]
+    pub issued_by_signer: bool,
+}
+
+impl ChannelRecord {
+    /// A fresh record for a keys id.
+    pub fn new(keys_id: &[u8; 32], issued_by_signer: bool) -> Self {
+        ChannelRecord { keys_id: keys_id.to_vec(), issued_by_signer, ..Default::default() }
+    }
+
+    /// Number of the latest validated holder commitment.
+    pub fn holder_number(&self) -> Option<u64> {
+        self.holder.as_ref().and_then(|h| h.commitment.as_ref()).map(|c| c.commitment_number)
+    }
+
+    /// Number of the latest signed counterparty commitment.
+    pub fn counterparty_number(&self) -> Option<u64> {
+        self.counterparty.as_ref().map(|c| c.commitment_number)
+    }
+
+    /// Encodes for the store.
+    pub fn encode_record(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+
+    /// Decodes a stored record.
+    pub fn decode_record(bytes: &[u8]) -> Result<Self, SignerError> {
+        Self::decode(bytes).map_err(|_| SignerError::internal("corrupt channel record in store"))
+    }
+}
+
+/// Signer-wide counters.
+#[derive(Clone, PartialEq, Message)]
+pub struct MetaRecord {
+    /// Channel keys ids issued so far.
+    #[prost(uint64, tag = "1")]
+    pub keys_ids_issued: u64,
+    /// Next unused index on the wallet's internal (change) chain.
+    #[prost(uint32, tag = "2")]
+    pub next_internal_index: u32,
+}
+
+impl MetaRecord {
+    /// Decodes a stored record.
+    pub fn decode_record(bytes: &[u8]) -> Result<Self, SignerError> {
+        Self::decode(bytes).map_err(|_| SignerError::internal("corrupt meta record in store"))
+    }
+}
