@@ -1,1 +1,4 @@
-pub fn x(){}
+//! The lnpd node. It holds no private key: every signature and ECDH comes
+//! from `lnpd-signer` over gRPC with mutual TLS.
+
+pub mod signer_client;

@@ -41,7 +41,9 @@ pub(crate) const MAX_TX_IO: usize = 1000;
 pub(crate) fn to_transaction(tx: Option<&pb::UnsignedTx>) -> Result<Transaction, SignerError> {
     let tx = tx.ok_or_else(|| SignerError::invalid("missing transaction"))?;
     if tx.inputs.is_empty() || tx.inputs.len() > MAX_TX_IO || tx.outputs.len() > MAX_TX_IO {
-        return Err(SignerError::invalid("transaction needs 1 to 1000 inputs and at most 1000 outputs"));
+        return Err(SignerError::invalid(
+            "transaction needs 1 to 1000 inputs and at most 1000 outputs",
+        ));
     }
     let input = tx
         .inputs
@@ -91,7 +93,9 @@ fn input_index(tx: &Transaction, index: u32) -> Result<usize, SignerError> {
 }
 
 fn sig_reply(sig: Signature) -> pb::SignatureReply {
-    pb::SignatureReply { signature: sig.serialize_compact().to_vec() }
+    pb::SignatureReply {
+        signature: sig.serialize_compact().to_vec(),
+    }
 }
 
 /// Whether two commitments carry the same data (the point included).
@@ -116,7 +120,14 @@ impl<S: Store> Signer<S> {
     fn set_up_channel(
         &self,
         id: &ChannelKeysId,
-    ) -> Result<(&ChannelRecord, &SetupChannelRequest, ChannelTransactionParameters), SignerError> {
+    ) -> Result<
+        (
+            &ChannelRecord,
+            &SetupChannelRequest,
+            ChannelTransactionParameters,
+        ),
+        SignerError,
+    > {
         let record = self.channel(id)?;
         let setup = record.setup.as_ref().ok_or_else(|| {
             SignerError::precondition(format!("channel {id} has not been set up"))
@@ -141,7 +152,9 @@ impl<S: Store> Signer<S> {
         }
         self.commit_channel(id, ChannelRecord::new(&id.0, true), Some(meta))?;
         tracing::info!(channel = %id, "issued channel keys id");
-        Ok(pb::NewChannelKeysIdReply { channel_keys_id: id.0.to_vec() })
+        Ok(pb::NewChannelKeysIdReply {
+            channel_keys_id: id.0.to_vec(),
+        })
     }
 
     pub(crate) fn get_channel_public_keys(
@@ -189,7 +202,11 @@ impl<S: Store> Signer<S> {
 
     /// A refusal that no warn mode can turn into a signature (used where
     /// going on would corrupt the channel state).
-    fn policy_refusal(&self, rule: RuleId, why: impl FnOnce() -> alloc::string::String) -> SignerError {
+    fn policy_refusal(
+        &self,
+        rule: RuleId,
+        why: impl FnOnce() -> alloc::string::String,
+    ) -> SignerError {
         let reason = why();
         tracing::warn!(rule = rule.as_str(), "refused: {reason}");
         SignerError::policy(rule, reason)
@@ -202,7 +219,9 @@ impl<S: Store> Signer<S> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let n = CommitmentNumber::new(r.commitment_number)?;
         let point = self.secrets(&id).per_commitment_point(&self.secp, n);
-        Ok(pb::GetPerCommitmentPointReply { per_commitment_point: point.serialize().to_vec() })
+        Ok(pb::GetPerCommitmentPointReply {
+            per_commitment_point: point.serialize().to_vec(),
+        })
     }
 
     pub(crate) fn release_commitment_secret(
@@ -214,9 +233,10 @@ impl<S: Store> Signer<S> {
         let record = self.channel(&id)?;
         let already = record.holder_revoked_through.is_some_and(|t| t >= n.0);
         if !already {
-            self.policy.check(RuleId::RevokeNotClosed, !record.closing_signed, || {
-                format!("channel {id}: a closing transaction was signed; no more revocations")
-            })?;
+            self.policy
+                .check(RuleId::RevokeNotClosed, !record.closing_signed, || {
+                    format!("channel {id}: a closing transaction was signed; no more revocations")
+                })?;
             let next_validated = record.holder_number().is_some_and(|h| h > n.0);
             self.policy.check(RuleId::RevokeNextValidated, next_validated, || {
                 format!(
@@ -235,7 +255,9 @@ impl<S: Store> Signer<S> {
             self.commit_channel(id, updated, None)?;
         }
         let secret = self.secrets(&id).commitment_secret(n);
-        Ok(pb::ReleaseCommitmentSecretReply { secret: secret.to_vec() })
+        Ok(pb::ReleaseCommitmentSecretReply {
+            secret: secret.to_vec(),
+        })
     }
 
     pub(crate) fn validate_holder_commitment(
@@ -283,15 +305,19 @@ impl<S: Store> Signer<S> {
         params: &ChannelTransactionParameters,
         r: &pb::ValidateHolderCommitmentRequest,
     ) -> Result<HolderRecord, SignerError> {
-        let setup = record.setup.as_ref().ok_or_else(|| SignerError::internal("no setup"))?;
+        let setup = record
+            .setup
+            .as_ref()
+            .ok_or_else(|| SignerError::internal("no setup"))?;
         let mut data = r
             .commitment
             .clone()
             .ok_or_else(|| SignerError::invalid("missing commitment"))?;
         let n = CommitmentNumber::new(data.commitment_number)?;
-        self.policy.check(RuleId::CloseThenFrozen, !record.closing_signed, || {
-            format!("channel {id}: a closing transaction was signed; no new commitment")
-        })?;
+        self.policy
+            .check(RuleId::CloseThenFrozen, !record.closing_signed, || {
+                format!("channel {id}: a closing transaction was signed; no new commitment")
+            })?;
         // Our own point for this number; a different one in the request is refused.
         let point = self.secrets(id).per_commitment_point(&self.secp, n);
         if !data.per_commitment_point.is_empty() && data.per_commitment_point != point.serialize() {
@@ -307,9 +333,11 @@ impl<S: Store> Signer<S> {
             htlc_signatures: r.htlc_signatures.clone(),
         };
         match record.holder_number() {
-            None => self.policy.check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
-                format!("channel {id}: first holder commitment must be #0, got {n}")
-            })?,
+            None => self
+                .policy
+                .check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
+                    format!("channel {id}: first holder commitment must be #0, got {n}")
+                })?,
             Some(h) if h == n.0 => {
                 // A retry of the latest one is fine if it is the same commitment.
                 if record.holder.as_ref() == Some(&candidate) {
@@ -325,9 +353,10 @@ impl<S: Store> Signer<S> {
                         format!("channel {id}: holder commitment {n} is already revoked")
                     }));
                 }
-                self.policy.check(RuleId::CommitmentNumberSequence, n.0 == h + 1, || {
-                    format!("channel {id}: holder commitment {n} does not follow #{h}")
-                })?
+                self.policy
+                    .check(RuleId::CommitmentNumberSequence, n.0 == h + 1, || {
+                        format!("channel {id}: holder commitment {n} does not follow #{h}")
+                    })?
             }
         }
         if n.0 == 0 {
@@ -350,7 +379,11 @@ impl<S: Store> Signer<S> {
             ))
         })?;
 
-        let htlcs = commitment::htlc_sighashes(&tx, params.as_holder_broadcastable().contest_delay(), is_anchors(setup))?;
+        let htlcs = commitment::htlc_sighashes(
+            &tx,
+            params.as_holder_broadcastable().contest_delay(),
+            is_anchors(setup),
+        )?;
         if htlcs.len() != r.htlc_signatures.len() {
             return Err(SignerError::invalid(format!(
                 "channel {id}: {} HTLC signatures for {} HTLC outputs",
@@ -361,9 +394,13 @@ impl<S: Store> Signer<S> {
         let cp_htlc_key = trusted.keys().countersignatory_htlc_key.to_public_key();
         for (i, ((_, msg), sig)) in htlcs.iter().zip(&r.htlc_signatures).enumerate() {
             let sig = parse_signature("htlc_signature", sig)?;
-            self.secp.verify_ecdsa(msg, &sig, &cp_htlc_key).map_err(|_| {
-                SignerError::invalid(format!("channel {id}: HTLC signature {i} of commitment {n} is invalid"))
-            })?;
+            self.secp
+                .verify_ecdsa(msg, &sig, &cp_htlc_key)
+                .map_err(|_| {
+                    SignerError::invalid(format!(
+                        "channel {id}: HTLC signature {i} of commitment {n} is invalid"
+                    ))
+                })?;
         }
         Ok(candidate)
     }
@@ -397,24 +434,40 @@ impl<S: Store> Signer<S> {
             )));
         };
         let point = PublicKey::from_secret_key(&self.secp, &secret);
-        self.policy.check(RuleId::RevokeSecretValid, point.serialize()[..] == recorded_point[..], || {
-            format!("channel {id}: secret does not match the point of counterparty commitment {n}")
-        })?;
-        if secrets.provide_secret(n.to_ldk(), secret.secret_bytes()).is_err() {
+        self.policy.check(
+            RuleId::RevokeSecretValid,
+            point.serialize()[..] == recorded_point[..],
+            || {
+                format!(
+                    "channel {id}: secret does not match the point of counterparty commitment {n}"
+                )
+            },
+        )?;
+        if secrets
+            .provide_secret(n.to_ldk(), secret.secret_bytes())
+            .is_err()
+        {
             return Err(self.policy_refusal(RuleId::RevokeSecretValid, || {
                 format!("channel {id}: secret for {n} is inconsistent with the earlier secrets (BOLT 3 compact storage)")
             }));
         }
         let mut updated = record.clone();
         updated.counterparty_secrets = secrets.encode();
-        if updated.counterparty_previous.as_ref().is_some_and(|c| c.commitment_number == n.0) {
+        if updated
+            .counterparty_previous
+            .as_ref()
+            .is_some_and(|c| c.commitment_number == n.0)
+        {
             updated.counterparty_previous = None;
         }
         self.commit_channel(id, updated, None)?;
         Ok(pb::ValidateCounterpartyRevocationReply {})
     }
 
-    fn counterparty_secrets(&self, record: &ChannelRecord) -> Result<CounterpartyCommitmentSecrets, SignerError> {
+    fn counterparty_secrets(
+        &self,
+        record: &ChannelRecord,
+    ) -> Result<CounterpartyCommitmentSecrets, SignerError> {
         if record.counterparty_secrets.is_empty() {
             return Ok(CounterpartyCommitmentSecrets::new());
         }
@@ -429,16 +482,21 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignCounterpartyCommitmentReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        let data = r.commitment.as_ref().ok_or_else(|| SignerError::invalid("missing commitment"))?;
+        let data = r
+            .commitment
+            .as_ref()
+            .ok_or_else(|| SignerError::invalid("missing commitment"))?;
         let n = CommitmentNumber::new(data.commitment_number)?;
-        self.policy.check(RuleId::CloseThenFrozen, !record.closing_signed, || {
-            format!("channel {id}: a closing transaction was signed; no new commitment")
-        })?;
+        self.policy
+            .check(RuleId::CloseThenFrozen, !record.closing_signed, || {
+                format!("channel {id}: a closing transaction was signed; no new commitment")
+            })?;
         let is_new = match record.counterparty.as_ref() {
             None => {
-                self.policy.check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
-                    format!("channel {id}: first counterparty commitment must be #0, got {n}")
-                })?;
+                self.policy
+                    .check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
+                        format!("channel {id}: first counterparty commitment must be #0, got {n}")
+                    })?;
                 true
             }
             Some(last) if last.commitment_number == n.0 => {
@@ -450,25 +508,40 @@ impl<S: Store> Signer<S> {
                 false
             }
             Some(last) => {
-                self.policy.check(RuleId::CommitmentNumberSequence, n.0 == last.commitment_number + 1, || {
-                    format!("channel {id}: counterparty commitment {n} does not follow #{}", last.commitment_number)
-                })?;
+                self.policy.check(
+                    RuleId::CommitmentNumberSequence,
+                    n.0 == last.commitment_number + 1,
+                    || {
+                        format!(
+                            "channel {id}: counterparty commitment {n} does not follow #{}",
+                            last.commitment_number
+                        )
+                    },
+                )?;
                 true
             }
         };
         if n.0 >= 2 {
             let secrets = self.counterparty_secrets(record)?;
-            let revoked = secrets.get_secret(CommitmentNumber(n.0 - 2).to_ldk()).is_some();
-            self.policy.check(RuleId::CommitmentPreviousRevoked, revoked, || {
-                format!("channel {id}: the peer has not revoked commitment #{} before we sign {n}", n.0 - 2)
-            })?;
+            let revoked = secrets
+                .get_secret(CommitmentNumber(n.0 - 2).to_ldk())
+                .is_some();
+            self.policy
+                .check(RuleId::CommitmentPreviousRevoked, revoked, || {
+                    format!(
+                        "channel {id}: the peer has not revoked commitment #{} before we sign {n}",
+                        n.0 - 2
+                    )
+                })?;
         }
         if n.0 == 0 {
             channel_rules::check_first_commitment(&self.policy, setup, false, data)?;
         }
-        let Rebuilt { tx, .. } = commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
+        let Rebuilt { tx, .. } =
+            commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
         let secrets = self.secrets(&id);
-        let sighash = commitment::funding_sighash(&tx.trust().built_transaction().transaction, &params)?;
+        let sighash =
+            commitment::funding_sighash(&tx.trust().built_transaction().transaction, &params)?;
         let signature = self.sign(&sighash, &secrets.funding_key);
         let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
         let htlc_key = chan_utils::derive_private_key(&self.secp, &point, &secrets.htlc_base_key);
@@ -505,7 +578,9 @@ impl<S: Store> Signer<S> {
             .holder
             .as_ref()
             .and_then(|h| h.commitment.as_ref())
-            .ok_or_else(|| SignerError::precondition(format!("channel {id}: no validated holder commitment")))?;
+            .ok_or_else(|| {
+                SignerError::precondition(format!("channel {id}: no validated holder commitment"))
+            })?;
         self.policy.check(
             RuleId::CommitmentHolderNotRevoked,
             record.holder_revoked_through.is_none_or(|t| t < n.0),
@@ -527,7 +602,10 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (rebuilt, params) = self.latest_holder(&id, r.commitment_number)?;
-        let sighash = commitment::funding_sighash(&rebuilt.tx.trust().built_transaction().transaction, &params)?;
+        let sighash = commitment::funding_sighash(
+            &rebuilt.tx.trust().built_transaction().transaction,
+            &params,
+        )?;
         let record = self.channel(&id)?;
         if record.holder_signed_number != Some(r.commitment_number) {
             let mut updated = record.clone();
@@ -535,7 +613,9 @@ impl<S: Store> Signer<S> {
             self.commit_channel(id, updated, None)?;
         }
         tracing::warn!(channel = %id, number = r.commitment_number, "signed holder commitment for broadcast (force close)");
-        Ok(sig_reply(self.sign(&sighash, &self.secrets(&id).funding_key)))
+        Ok(sig_reply(
+            self.sign(&sighash, &self.secrets(&id).funding_key),
+        ))
     }
 
     pub(crate) fn sign_holder_htlc_transaction(
@@ -552,13 +632,21 @@ impl<S: Store> Signer<S> {
             .nondust_htlcs()
             .iter()
             .find(|h| h.transaction_output_index == Some(r.htlc_output_index))
-            .ok_or_else(|| SignerError::invalid(format!("no HTLC at output {} of holder commitment", r.htlc_output_index)))?;
+            .ok_or_else(|| {
+                SignerError::invalid(format!(
+                    "no HTLC at output {} of holder commitment",
+                    r.htlc_output_index
+                ))
+            })?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
         let expected = chan_utils::build_htlc_transaction(
             &trusted.txid(),
             rebuilt.tx.negotiated_feerate_per_kw(),
-            self.set_up_channel(&id)?.2.as_holder_broadcastable().contest_delay(),
+            self.set_up_channel(&id)?
+                .2
+                .as_holder_broadcastable()
+                .contest_delay(),
             htlc,
             trusted.channel_type_features(),
             &trusted.keys().broadcaster_delayed_payment_key,
@@ -571,7 +659,8 @@ impl<S: Store> Signer<S> {
         })?;
         let format_ok = if anchors {
             // Peer signed SINGLE|ANYONECANPAY: our output must sit at our input's index.
-            tx.output.get(i) == expected.output.first() && (!htlc.offered || tx.lock_time == expected.lock_time)
+            tx.output.get(i) == expected.output.first()
+                && (!htlc.offered || tx.lock_time == expected.lock_time)
         } else {
             tx.version == expected.version
                 && tx.lock_time == expected.lock_time
@@ -584,13 +673,29 @@ impl<S: Store> Signer<S> {
         if !htlc.offered {
             let preimage = parse_32("preimage", &r.preimage)?;
             if payment_hash(&preimage) != htlc.payment_hash {
-                return Err(SignerError::invalid("preimage does not match the HTLC's payment hash"));
+                return Err(SignerError::invalid(
+                    "preimage does not match the HTLC's payment hash",
+                ));
             }
         }
-        let script = chan_utils::get_htlc_redeemscript(htlc, trusted.channel_type_features(), trusted.keys());
-        let msg = p2wsh_sighash(&tx, i, &script, htlc.amount_msat / 1000, EcdsaSighashType::All)?;
+        let script = chan_utils::get_htlc_redeemscript(
+            htlc,
+            trusted.channel_type_features(),
+            trusted.keys(),
+        );
+        let msg = p2wsh_sighash(
+            &tx,
+            i,
+            &script,
+            htlc.amount_msat / 1000,
+            EcdsaSighashType::All,
+        )?;
         let secrets = self.secrets(&id);
-        let key = chan_utils::derive_private_key(&self.secp, &trusted.keys().per_commitment_point, &secrets.htlc_base_key);
+        let key = chan_utils::derive_private_key(
+            &self.secp,
+            &trusted.keys().per_commitment_point,
+            &secrets.htlc_base_key,
+        );
         Ok(sig_reply(self.sign(&msg, &key)))
     }
 
@@ -606,23 +711,47 @@ impl<S: Store> Signer<S> {
             .flatten()
             .find(|c| c.per_commitment_point[..] == point.serialize()[..])
             .ok_or_else(|| {
-                SignerError::precondition(format!("channel {id}: no signed counterparty commitment with that point"))
+                SignerError::precondition(format!(
+                    "channel {id}: no signed counterparty commitment with that point"
+                ))
             })?;
-        let wanted = parse_htlcs(&CommitmentData { htlcs: r.htlc.iter().cloned().collect(), ..Default::default() })?;
-        let wanted = wanted.first().ok_or_else(|| SignerError::invalid("missing htlc"))?;
+        let wanted = parse_htlcs(&CommitmentData {
+            htlcs: r.htlc.iter().cloned().collect(),
+            ..Default::default()
+        })?;
+        let wanted = wanted
+            .first()
+            .ok_or_else(|| SignerError::invalid("missing htlc"))?;
         let rebuilt = commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
         let trusted = rebuilt.tx.trust();
-        let htlc = find_htlc(rebuilt.tx.nondust_htlcs(), wanted)
-            .ok_or_else(|| SignerError::invalid("that HTLC is not in the counterparty commitment"))?;
+        let htlc = find_htlc(rebuilt.tx.nondust_htlcs(), wanted).ok_or_else(|| {
+            SignerError::invalid("that HTLC is not in the counterparty commitment")
+        })?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
-        let outpoint = bitcoin::OutPoint { txid: trusted.txid(), vout: htlc.transaction_output_index.unwrap_or(u32::MAX) };
-        self.policy.check(RuleId::HtlcFormat, tx.input[i].previous_output == outpoint, || {
-            "sweep input does not spend that HTLC output".into()
-        })?;
-        let script = chan_utils::get_htlc_redeemscript(htlc, trusted.channel_type_features(), trusted.keys());
-        let msg = p2wsh_sighash(&tx, i, &script, htlc.amount_msat / 1000, EcdsaSighashType::All)?;
-        let key = chan_utils::derive_private_key(&self.secp, &point, &self.secrets(&id).htlc_base_key);
+        let outpoint = bitcoin::OutPoint {
+            txid: trusted.txid(),
+            vout: htlc.transaction_output_index.unwrap_or(u32::MAX),
+        };
+        self.policy.check(
+            RuleId::HtlcFormat,
+            tx.input[i].previous_output == outpoint,
+            || "sweep input does not spend that HTLC output".into(),
+        )?;
+        let script = chan_utils::get_htlc_redeemscript(
+            htlc,
+            trusted.channel_type_features(),
+            trusted.keys(),
+        );
+        let msg = p2wsh_sighash(
+            &tx,
+            i,
+            &script,
+            htlc.amount_msat / 1000,
+            EcdsaSighashType::All,
+        )?;
+        let key =
+            chan_utils::derive_private_key(&self.secp, &point, &self.secrets(&id).htlc_base_key);
         Ok(sig_reply(self.sign(&msg, &key)))
     }
 
@@ -637,12 +766,23 @@ impl<S: Store> Signer<S> {
         let secret = self
             .counterparty_secrets(record)?
             .get_secret(n.to_ldk())
-            .ok_or_else(|| SignerError::precondition(format!("channel {id}: counterparty commitment {n} is not revoked")))?;
+            .ok_or_else(|| {
+                SignerError::precondition(format!(
+                    "channel {id}: counterparty commitment {n} is not revoked"
+                ))
+            })?;
         let per_commitment_key = SecretKey::from_slice(&secret)
             .map_err(|_| SignerError::internal("stored revocation secret is not a key"))?;
         let point = PublicKey::from_secret_key(&self.secp, &per_commitment_key);
-        let cp = params.counterparty_pubkeys().ok_or_else(|| SignerError::internal("no counterparty keys"))?;
-        let keys = TxCreationKeys::from_channel_static_keys(&point, cp, &params.holder_pubkeys, &self.secp);
+        let cp = params
+            .counterparty_pubkeys()
+            .ok_or_else(|| SignerError::internal("no counterparty keys"))?;
+        let keys = TxCreationKeys::from_channel_static_keys(
+            &point,
+            cp,
+            &params.holder_pubkeys,
+            &self.secp,
+        );
         let revocation_key = chan_utils::derive_private_revocation_key(
             &self.secp,
             &per_commitment_key,
@@ -676,8 +816,13 @@ impl<S: Store> Signer<S> {
         let (keys, revocation_key, params) = self.revoked_keys(&id, r.commitment_number)?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
-        let htlcs = parse_htlcs(&CommitmentData { htlcs: r.htlc.iter().cloned().collect(), ..Default::default() })?;
-        let htlc = htlcs.first().ok_or_else(|| SignerError::invalid("missing htlc"))?;
+        let htlcs = parse_htlcs(&CommitmentData {
+            htlcs: r.htlc.iter().cloned().collect(),
+            ..Default::default()
+        })?;
+        let htlc = htlcs
+            .first()
+            .ok_or_else(|| SignerError::invalid("missing htlc"))?;
         let script = chan_utils::get_htlc_redeemscript(htlc, &params.channel_type_features, &keys);
         let msg = p2wsh_sighash(&tx, i, &script, r.amount_sat, EcdsaSighashType::All)?;
         Ok(sig_reply(self.sign(&msg, &revocation_key)))
@@ -689,7 +834,9 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        close_rules::check_close(&self.policy, &id, record, setup, r, |s| self.is_own_script(s))?;
+        close_rules::check_close(&self.policy, &id, record, setup, r, |s| {
+            self.is_own_script(s)
+        })?;
         let funding = commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
         let mut tx = chan_utils::build_closing_transaction(
             Amount::from_sat(r.to_holder_value_sat),
@@ -705,7 +852,9 @@ impl<S: Store> Signer<S> {
             updated.closing_signed = true;
             self.commit_channel(id, updated, None)?;
         }
-        Ok(sig_reply(self.sign(&sighash, &self.secrets(&id).funding_key)))
+        Ok(sig_reply(
+            self.sign(&sighash, &self.secrets(&id).funding_key),
+        ))
     }
 
     pub(crate) fn sign_channel_announcement(
@@ -729,10 +878,17 @@ impl<S: Store> Signer<S> {
                 "channel_announcement does not pair this node with this channel's funding key",
             ));
         }
-        let digest = Message::from_digest(sha256d::Hash::hash(&r.unsigned_announcement).to_byte_array());
+        let digest =
+            Message::from_digest(sha256d::Hash::hash(&r.unsigned_announcement).to_byte_array());
         Ok(pb::SignChannelAnnouncementReply {
-            node_signature: self.sign(&digest, self.keys.node_secret()).serialize_compact().to_vec(),
-            bitcoin_signature: self.sign(&digest, &self.secrets(&id).funding_key).serialize_compact().to_vec(),
+            node_signature: self
+                .sign(&digest, self.keys.node_secret())
+                .serialize_compact()
+                .to_vec(),
+            bitcoin_signature: self
+                .sign(&digest, &self.secrets(&id).funding_key)
+                .serialize_compact()
+                .to_vec(),
         })
     }
 
@@ -749,21 +905,35 @@ impl<S: Store> Signer<S> {
             .holder_number()
             .ok_or_else(|| SignerError::precondition("no validated holder commitment"))?;
         let (rebuilt, _) = self.latest_holder(&id, number)?;
-        let script = chan_utils::get_keyed_anchor_redeemscript(&params.holder_pubkeys.funding_pubkey);
+        let script =
+            chan_utils::get_keyed_anchor_redeemscript(&params.holder_pubkeys.funding_pubkey);
         let spk = script.to_p2wsh();
         let built = &rebuilt.tx.trust().built_transaction().transaction;
         let vout = built
             .output
             .iter()
             .position(|o| o.script_pubkey == spk)
-            .ok_or_else(|| SignerError::precondition("latest holder commitment has no anchor of ours"))?;
+            .ok_or_else(|| {
+                SignerError::precondition("latest holder commitment has no anchor of ours")
+            })?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
-        let outpoint = bitcoin::OutPoint { txid: built.compute_txid(), vout: vout as u32 };
-        self.policy.check(RuleId::CommitmentAnchors, tx.input[i].previous_output == outpoint, || {
-            "anchor input does not spend our anchor of the latest holder commitment".into()
-        })?;
-        let msg = p2wsh_sighash(&tx, i, &script, ANCHOR_OUTPUT_VALUE_SAT, EcdsaSighashType::All)?;
+        let outpoint = bitcoin::OutPoint {
+            txid: built.compute_txid(),
+            vout: vout as u32,
+        };
+        self.policy.check(
+            RuleId::CommitmentAnchors,
+            tx.input[i].previous_output == outpoint,
+            || "anchor input does not spend our anchor of the latest holder commitment".into(),
+        )?;
+        let msg = p2wsh_sighash(
+            &tx,
+            i,
+            &script,
+            ANCHOR_OUTPUT_VALUE_SAT,
+            EcdsaSighashType::All,
+        )?;
         Ok(sig_reply(self.sign(&msg, &self.secrets(&id).funding_key)))
     }
 }

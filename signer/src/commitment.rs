@@ -17,7 +17,9 @@ use lightning::ln::chan_utils::{
 use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
 use lightning::types::features::ChannelTypeFeatures;
 use lightning::types::payment::PaymentHash;
-use lnpd_proto::signer::{self as pb, ChannelType, CommitmentData, HtlcDirection, SetupChannelRequest};
+use lnpd_proto::signer::{
+    self as pb, ChannelType, CommitmentData, HtlcDirection, SetupChannelRequest,
+};
 
 use crate::error::SignerError;
 use crate::policy::{PolicyConfig, RuleId};
@@ -55,7 +57,9 @@ pub fn parse_outpoint(op: Option<&pb::OutPoint>) -> Result<bitcoin::OutPoint, Si
 }
 
 /// Converts wire channel public keys.
-pub fn parse_channel_keys(keys: Option<&pb::ChannelPublicKeys>) -> Result<ChannelPublicKeys, SignerError> {
+pub fn parse_channel_keys(
+    keys: Option<&pb::ChannelPublicKeys>,
+) -> Result<ChannelPublicKeys, SignerError> {
     let k = keys.ok_or_else(|| SignerError::invalid("missing channel public keys"))?;
     Ok(ChannelPublicKeys {
         funding_pubkey: parse_pubkey("funding_pubkey", &k.funding_pubkey)?,
@@ -78,7 +82,11 @@ pub fn channel_keys_to_wire(k: &ChannelPublicKeys) -> pb::ChannelPublicKeys {
         funding_pubkey: k.funding_pubkey.serialize().to_vec(),
         revocation_basepoint: k.revocation_basepoint.to_public_key().serialize().to_vec(),
         payment_point: k.payment_point.serialize().to_vec(),
-        delayed_payment_basepoint: k.delayed_payment_basepoint.to_public_key().serialize().to_vec(),
+        delayed_payment_basepoint: k
+            .delayed_payment_basepoint
+            .to_public_key()
+            .serialize()
+            .to_vec(),
         htlc_basepoint: k.htlc_basepoint.to_public_key().serialize().to_vec(),
     }
 }
@@ -89,7 +97,9 @@ pub fn is_anchors(setup: &SetupChannelRequest) -> bool {
 }
 
 /// LDK's feature set for a channel type the signer supports.
-pub fn channel_type_features(setup: &SetupChannelRequest) -> Result<ChannelTypeFeatures, SignerError> {
+pub fn channel_type_features(
+    setup: &SetupChannelRequest,
+) -> Result<ChannelTypeFeatures, SignerError> {
     match ChannelType::try_from(setup.channel_type) {
         Ok(ChannelType::StaticRemoteKey) => Ok(ChannelTypeFeatures::only_static_remote_key()),
         Ok(ChannelType::AnchorsZeroFeeHtlcTx) => {
@@ -127,7 +137,10 @@ pub fn channel_parameters(
                 "counterparty_selected_contest_delay",
             )?,
         }),
-        funding_outpoint: Some(LdkOutPoint { txid: funding.txid, index }),
+        funding_outpoint: Some(LdkOutPoint {
+            txid: funding.txid,
+            index,
+        }),
         splice_parent_funding_txid: None,
         channel_type_features: channel_type_features(setup)?,
         channel_value_satoshis: setup.channel_value_sat,
@@ -200,14 +213,19 @@ pub fn rebuild(
         setup.counterparty_dust_limit_sat
     };
 
-    policy.check(RuleId::CommitmentHtlcCountMax, htlcs.len() <= policy.max_htlcs, || {
-        format!("{} HTLCs, limit {}", htlcs.len(), policy.max_htlcs)
-    })?;
+    policy.check(
+        RuleId::CommitmentHtlcCountMax,
+        htlcs.len() <= policy.max_htlcs,
+        || format!("{} HTLCs, limit {}", htlcs.len(), policy.max_htlcs),
+    )?;
     // Beyond the protocol's 483 the builder and the chain are unsafe whatever the mode.
     if htlcs.len() > 483 {
-        return Err(SignerError::invalid("more than 483 HTLCs in one commitment"));
+        return Err(SignerError::invalid(
+            "more than 483 HTLCs in one commitment",
+        ));
     }
-    let feerate_ok = (policy.min_feerate_per_kw..=policy.max_feerate_per_kw).contains(&data.feerate_per_kw);
+    let feerate_ok =
+        (policy.min_feerate_per_kw..=policy.max_feerate_per_kw).contains(&data.feerate_per_kw);
     policy.check(RuleId::CommitmentFeeRange, feerate_ok, || {
         format!(
             "feerate {} sat/kw outside [{}, {}]",
@@ -226,7 +244,9 @@ pub fn rebuild(
         if amount_sat < floor || amount_sat <= second_stage {
             return Err(SignerError::policy(
                 RuleId::CommitmentDustTrimmed,
-                format!("htlc {i} of {amount_sat} sat is dust (below {floor} sat) and must be trimmed"),
+                format!(
+                    "htlc {i} of {amount_sat} sat is dust (below {floor} sat) and must be trimmed"
+                ),
             ));
         }
         htlc_total_sat = htlc_total_sat
@@ -245,7 +265,11 @@ pub fn rebuild(
         }
     }
 
-    let anchors_sat = if anchors { 2 * ANCHOR_OUTPUT_VALUE_SAT } else { 0 };
+    let anchors_sat = if anchors {
+        2 * ANCHOR_OUTPUT_VALUE_SAT
+    } else {
+        0
+    };
     let fee = commitment_fee_sat(data.feerate_per_kw, htlcs.len(), anchors);
     let total = data
         .to_broadcaster_value_sat
@@ -301,7 +325,13 @@ pub fn funding_sighash(
     tx: &Transaction,
     params: &ChannelTransactionParameters,
 ) -> Result<Message, SignerError> {
-    p2wsh_sighash(tx, 0, &funding_script(params), params.channel_value_satoshis, EcdsaSighashType::All)
+    p2wsh_sighash(
+        tx,
+        0,
+        &funding_script(params),
+        params.channel_value_satoshis,
+        EcdsaSighashType::All,
+    )
 }
 
 /// Segwit v0 digest of one P2WSH input.

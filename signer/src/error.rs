@@ -35,23 +35,43 @@ pub struct SignerError {
 impl SignerError {
     /// A malformed request.
     pub fn invalid(message: impl ToString) -> Self {
-        Self { kind: ErrorKind::Invalid, rule: None, message: message.to_string() }
+        Self {
+            kind: ErrorKind::Invalid,
+            rule: None,
+            message: message.to_string(),
+        }
     }
     /// An unknown channel or commitment.
     pub fn not_found(message: impl ToString) -> Self {
-        Self { kind: ErrorKind::NotFound, rule: None, message: message.to_string() }
+        Self {
+            kind: ErrorKind::NotFound,
+            rule: None,
+            message: message.to_string(),
+        }
     }
     /// A request that comes out of order.
     pub fn precondition(message: impl ToString) -> Self {
-        Self { kind: ErrorKind::FailedPrecondition, rule: None, message: message.to_string() }
+        Self {
+            kind: ErrorKind::FailedPrecondition,
+            rule: None,
+            message: message.to_string(),
+        }
     }
     /// A refusal by a policy rule.
     pub fn policy(rule: RuleId, message: impl ToString) -> Self {
-        Self { kind: ErrorKind::Policy, rule: Some(rule), message: message.to_string() }
+        Self {
+            kind: ErrorKind::Policy,
+            rule: Some(rule),
+            message: message.to_string(),
+        }
     }
     /// A storage or internal failure.
     pub fn internal(message: impl ToString) -> Self {
-        Self { kind: ErrorKind::Internal, rule: None, message: message.to_string() }
+        Self {
+            kind: ErrorKind::Internal,
+            rule: None,
+            message: message.to_string(),
+        }
     }
 }
 

@@ -76,8 +76,18 @@ impl<S: Store> Signer<S> {
             Some(b) => MetaRecord::decode_record(b)?,
             None => MetaRecord::default(),
         };
-        let wallet_scripts = crate::wallet::WalletScripts::new(&keys, &secp, meta.next_internal_index)?;
-        Ok(Signer { secp, keys, policy, store, channels, meta, entropy, wallet_scripts })
+        let wallet_scripts =
+            crate::wallet::WalletScripts::new(&keys, &secp, meta.next_internal_index)?;
+        Ok(Signer {
+            secp,
+            keys,
+            policy,
+            store,
+            channels,
+            meta,
+            entropy,
+            wallet_scripts,
+        })
     }
 
     /// The node id this signer signs for.
@@ -128,7 +138,8 @@ impl<S: Store> Signer<S> {
 
     /// Persists the meta record alone.
     pub(crate) fn commit_meta(&mut self, meta: MetaRecord) -> Result<(), SignerError> {
-        self.store.commit(alloc::vec![Write::Meta(meta.encode_to_vec())])?;
+        self.store
+            .commit(alloc::vec![Write::Meta(meta.encode_to_vec())])?;
         self.meta = meta;
         Ok(())
     }
@@ -140,10 +151,20 @@ impl<S: Store> Signer<S> {
             .ok_or_else(|| SignerError::not_found(format!("unknown channel {id}")))
     }
 
+    /// Every record the signer holds, encoded: equal digests mean equal state.
+    pub fn state_digest(&self) -> Vec<u8> {
+        let mut out = self.meta.encode_to_vec();
+        for (id, c) in &self.channels {
+            out.extend_from_slice(&id.0);
+            out.extend_from_slice(&c.encode_record());
+        }
+        out
+    }
+
     /// Handles one typed request.
     pub fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
-        use request::Body as Q;
         use reply::Body as A;
+        use request::Body as Q;
         Ok(match body {
             Q::Ping(r) => A::Ping(pb::PingReply { nonce: r.nonce }),
             Q::Info(_) => A::Info(self.info()),
@@ -159,7 +180,9 @@ impl<S: Store> Signer<S> {
             Q::SetupChannel(r) => A::SetupChannel(self.setup_channel(r)?),
             Q::GetDestinationScript(r) => A::Script(self.get_destination_script(&r)?),
             Q::GetShutdownScript(_) => A::Script(self.get_shutdown_script()?),
-            Q::GetPerCommitmentPoint(r) => A::GetPerCommitmentPoint(self.get_per_commitment_point(&r)?),
+            Q::GetPerCommitmentPoint(r) => {
+                A::GetPerCommitmentPoint(self.get_per_commitment_point(&r)?)
+            }
             Q::ReleaseCommitmentSecret(r) => {
                 A::ReleaseCommitmentSecret(self.release_commitment_secret(&r)?)
             }
@@ -182,7 +205,9 @@ impl<S: Store> Signer<S> {
                 A::SignChannelAnnouncement(self.sign_channel_announcement(&r)?)
             }
             Q::SignHolderAnchorInput(r) => A::Signature(self.sign_holder_anchor_input(&r)?),
-            Q::SpendSpendableOutputs(r) => A::SpendSpendableOutputs(self.spend_spendable_outputs(&r)?),
+            Q::SpendSpendableOutputs(r) => {
+                A::SpendSpendableOutputs(self.spend_spendable_outputs(&r)?)
+            }
             Q::GetWalletDescriptor(_) => A::GetWalletDescriptor(self.wallet_descriptor()),
             Q::SignPsbt(r) => A::SignPsbt(self.sign_psbt(&r)?),
         })
@@ -191,10 +216,15 @@ impl<S: Store> Signer<S> {
     /// Handles an envelope; errors become an `Error` reply.
     pub fn handle_request(&mut self, req: pb::Request) -> pb::Reply {
         let body = match req.body {
-            Some(b) => self.handle(b).unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e))),
+            Some(b) => self
+                .handle(b)
+                .unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e))),
             None => reply::Body::Error(error_to_wire(&SignerError::invalid("empty request"))),
         };
-        pb::Reply { id: req.id, body: Some(body) }
+        pb::Reply {
+            id: req.id,
+            body: Some(body),
+        }
     }
 
     /// Decodes an encoded `Request`, handles it and encodes the `Reply`
@@ -227,10 +257,15 @@ impl<S: Store> Signer<S> {
             signer_version: env!("CARGO_PKG_VERSION").to_string(),
             network: self.keys.network().to_core_arg().to_string(),
             node_id: self.node_id().serialize().to_vec(),
-            capabilities: ["static_remote_key", "anchors_zero_fee_htlc_tx", "psbt", "bolt12"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            capabilities: [
+                "static_remote_key",
+                "anchors_zero_fee_htlc_tx",
+                "psbt",
+                "bolt12",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
             channel_count: self.channels.values().filter(|c| c.setup.is_some()).count() as u32,
         }
     }

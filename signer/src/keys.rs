@@ -106,7 +106,10 @@ impl ChannelSecrets {
 
     /// Our per-commitment secret for commitment `n`.
     pub fn commitment_secret(&self, n: CommitmentNumber) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(chan_utils::build_commitment_secret(&self.commitment_seed, n.to_ldk()))
+        Zeroizing::new(chan_utils::build_commitment_secret(
+            &self.commitment_seed,
+            n.to_ldk(),
+        ))
     }
 
     /// Our per-commitment point for commitment `n`.
@@ -138,7 +141,9 @@ impl Drop for KeyRing {
 
 impl fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyRing").field("network", &self.network).finish_non_exhaustive()
+        f.debug_struct("KeyRing")
+            .field("network", &self.network)
+            .finish_non_exhaustive()
     }
 }
 

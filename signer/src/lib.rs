@@ -28,6 +28,9 @@ mod spend;
 #[cfg(feature = "std")]
 pub mod daemon;
 
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
+
 pub use error::{ErrorKind, SignerError};
 pub use handler::Signer;
 pub use keys::Seed;

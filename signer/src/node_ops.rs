@@ -6,7 +6,9 @@ use alloc::vec::Vec;
 
 use bitcoin::hashes::{sha256, sha256d, Hash};
 use bitcoin::secp256k1::{ecdh::SharedSecret, Keypair, Message, Scalar};
-use lightning::ln::msgs::{UnsignedChannelAnnouncement, UnsignedChannelUpdate, UnsignedNodeAnnouncement};
+use lightning::ln::msgs::{
+    UnsignedChannelAnnouncement, UnsignedChannelUpdate, UnsignedNodeAnnouncement,
+};
 use lightning::routing::gossip::NodeId;
 use lightning::util::ser::LengthReadable;
 use lnpd_proto::signer::{self as pb, GossipKind, Recipient};
@@ -22,9 +24,9 @@ const MAX_MESSAGE_BYTES: usize = 65_535;
 fn node_only(recipient: i32) -> Result<(), SignerError> {
     match Recipient::try_from(recipient) {
         Ok(Recipient::Node) => Ok(()),
-        Ok(Recipient::PhantomNode) => {
-            Err(SignerError::invalid("phantom node keys are not supported by this signer"))
-        }
+        Ok(Recipient::PhantomNode) => Err(SignerError::invalid(
+            "phantom node keys are not supported by this signer",
+        )),
         Err(_) => Err(SignerError::invalid("unknown recipient")),
     }
 }
@@ -43,7 +45,9 @@ fn read_exact<T: LengthReadable>(what: &str, bytes: &[u8]) -> Result<T, SignerEr
 /// SHA256 of an invoice's hrp and data part (data padded to whole bytes), as BOLT 11 signs it.
 pub fn invoice_hash(hrp: &str, data_u5: &[u8]) -> Result<[u8; 32], SignerError> {
     if !hrp.is_ascii() || !hrp.starts_with("ln") {
-        return Err(SignerError::invalid("invoice hrp must be ASCII and start with \"ln\""));
+        return Err(SignerError::invalid(
+            "invoice hrp must be ASCII and start with \"ln\"",
+        ));
     }
     let mut preimage: Vec<u8> = hrp.as_bytes().to_vec();
     let (mut acc, mut bits) = (0u32, 0u32);
@@ -66,9 +70,14 @@ pub fn invoice_hash(hrp: &str, data_u5: &[u8]) -> Result<[u8; 32], SignerError> 
 }
 
 impl<S: Store> Signer<S> {
-    pub(crate) fn get_node_id(&self, r: &pb::GetNodeIdRequest) -> Result<pb::GetNodeIdReply, SignerError> {
+    pub(crate) fn get_node_id(
+        &self,
+        r: &pb::GetNodeIdRequest,
+    ) -> Result<pb::GetNodeIdReply, SignerError> {
         node_only(r.recipient)?;
-        Ok(pb::GetNodeIdReply { node_id: self.node_id().serialize().to_vec() })
+        Ok(pb::GetNodeIdReply {
+            node_id: self.node_id().serialize().to_vec(),
+        })
     }
 
     pub(crate) fn ecdh(&self, r: &pb::EcdhRequest) -> Result<pb::EcdhReply, SignerError> {
@@ -84,7 +93,9 @@ impl<S: Store> Signer<S> {
         }
         let shared = SharedSecret::new(&other, &secret);
         secret.non_secure_erase();
-        Ok(pb::EcdhReply { shared_secret: shared.secret_bytes().to_vec() })
+        Ok(pb::EcdhReply {
+            shared_secret: shared.secret_bytes().to_vec(),
+        })
     }
 
     pub(crate) fn sign_invoice(
@@ -100,7 +111,10 @@ impl<S: Store> Signer<S> {
             .secp
             .sign_ecdsa_recoverable(&Message::from_digest(hash), self.keys.node_secret());
         let (rid, bytes) = sig.serialize_compact();
-        Ok(pb::RecoverableSignatureReply { signature: bytes.to_vec(), recovery_id: rid.to_i32() })
+        Ok(pb::RecoverableSignatureReply {
+            signature: bytes.to_vec(),
+            recovery_id: rid.to_i32(),
+        })
     }
 
     pub(crate) fn sign_bolt12_invoice(
@@ -121,20 +135,30 @@ impl<S: Store> Signer<S> {
         let digest = *invoice.tagged_hash().as_digest();
         let keypair = Keypair::from_secret_key(&self.secp, self.keys.node_secret());
         let aux = self.entropy.random_bytes();
-        let sig = self.secp.sign_schnorr_with_aux_rand(&digest, &keypair, &aux);
-        Ok(pb::SchnorrSignatureReply { signature: sig.as_ref().to_vec() })
+        let sig = self
+            .secp
+            .sign_schnorr_with_aux_rand(&digest, &keypair, &aux);
+        Ok(pb::SchnorrSignatureReply {
+            signature: sig.as_ref().to_vec(),
+        })
     }
 
-    pub(crate) fn sign_gossip(&self, r: &pb::SignGossipRequest) -> Result<pb::SignatureReply, SignerError> {
+    pub(crate) fn sign_gossip(
+        &self,
+        r: &pb::SignGossipRequest,
+    ) -> Result<pb::SignatureReply, SignerError> {
         if r.unsigned_message.len() > MAX_MESSAGE_BYTES {
             return Err(SignerError::invalid("gossip message too long"));
         }
         let ours = NodeId::from_pubkey(&self.node_id());
         match GossipKind::try_from(r.kind) {
             Ok(GossipKind::NodeAnnouncement) => {
-                let m: UnsignedNodeAnnouncement = read_exact("node_announcement", &r.unsigned_message)?;
+                let m: UnsignedNodeAnnouncement =
+                    read_exact("node_announcement", &r.unsigned_message)?;
                 if m.node_id != ours {
-                    return Err(SignerError::invalid("node_announcement is for another node"));
+                    return Err(SignerError::invalid(
+                        "node_announcement is for another node",
+                    ));
                 }
             }
             Ok(GossipKind::ChannelUpdate) => {
@@ -144,14 +168,20 @@ impl<S: Store> Signer<S> {
                 let m: UnsignedChannelAnnouncement =
                     read_exact("channel_announcement", &r.unsigned_message)?;
                 if m.node_id_1 != ours && m.node_id_2 != ours {
-                    return Err(SignerError::invalid("channel_announcement does not name this node"));
+                    return Err(SignerError::invalid(
+                        "channel_announcement does not name this node",
+                    ));
                 }
             }
             _ => return Err(SignerError::invalid("unknown gossip kind")),
         }
         let digest = sha256d::Hash::hash(&r.unsigned_message).to_byte_array();
-        let sig = self.secp.sign_ecdsa(&Message::from_digest(digest), self.keys.node_secret());
-        Ok(pb::SignatureReply { signature: sig.serialize_compact().to_vec() })
+        let sig = self
+            .secp
+            .sign_ecdsa(&Message::from_digest(digest), self.keys.node_secret());
+        Ok(pb::SignatureReply {
+            signature: sig.serialize_compact().to_vec(),
+        })
     }
 
     pub(crate) fn sign_message(&self, r: &pb::SignMessageRequest) -> pb::SignMessageReply {

@@ -8,7 +8,10 @@ use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{Message, PublicKey, SecretKey};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
 use bitcoin::transaction::Version;
-use bitcoin::{absolute::LockTime, Amount, CompressedPublicKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
+use bitcoin::{
+    absolute::LockTime, Amount, CompressedPublicKey, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
+    Witness,
+};
 use lightning::ln::chan_utils;
 use lightning::ln::channel_keys::{DelayedPaymentKey, RevocationKey};
 use lnpd_proto::signer::{self as pb, spendable_output::Kind};
@@ -26,7 +29,11 @@ enum Spend {
     /// P2WPKH: witness `<sig> <pubkey>`.
     Wpkh(SecretKey),
     /// P2WSH with a script; witness `<sig> [extra] <script>`.
-    Wsh { key: SecretKey, script: ScriptBuf, empty_before_script: bool },
+    Wsh {
+        key: SecretKey,
+        script: ScriptBuf,
+        empty_before_script: bool,
+    },
 }
 
 const DUMMY_SIG_LEN: usize = 73;
@@ -34,9 +41,15 @@ const DUMMY_SIG_LEN: usize = 73;
 impl<S: Store> Signer<S> {
     fn plan_input(&self, d: &pb::SpendableOutput) -> Result<(TxIn, u64, Spend), SignerError> {
         let outpoint = parse_outpoint(d.outpoint.as_ref())?;
-        let out = d.output.as_ref().ok_or_else(|| SignerError::invalid("descriptor without output"))?;
+        let out = d
+            .output
+            .as_ref()
+            .ok_or_else(|| SignerError::invalid("descriptor without output"))?;
         let spk = ScriptBuf::from_bytes(out.script_pubkey.clone());
-        let kind = d.kind.as_ref().ok_or_else(|| SignerError::invalid("descriptor without kind"))?;
+        let kind = d
+            .kind
+            .as_ref()
+            .ok_or_else(|| SignerError::invalid("descriptor without kind"))?;
         let (sequence, spend) = match kind {
             Kind::StaticPayment(p) => {
                 let id = ChannelKeysId::from_slice(&p.channel_keys_id)?;
@@ -46,34 +59,61 @@ impl<S: Store> Signer<S> {
                 if spk == ScriptBuf::new_p2wpkh(&CompressedPublicKey(pk).wpubkey_hash()) {
                     (Sequence::ENABLE_RBF_NO_LOCKTIME, Spend::Wpkh(key))
                 } else if spk == anchor_script.to_p2wsh() {
-                    (Sequence(1), Spend::Wsh { key, script: anchor_script, empty_before_script: false })
+                    (
+                        Sequence(1),
+                        Spend::Wsh {
+                            key,
+                            script: anchor_script,
+                            empty_before_script: false,
+                        },
+                    )
                 } else {
-                    return Err(SignerError::invalid("static payment output does not pay this channel's payment key"));
+                    return Err(SignerError::invalid(
+                        "static payment output does not pay this channel's payment key",
+                    ));
                 }
             }
             Kind::DelayedPayment(p) => {
                 let id = ChannelKeysId::from_slice(&p.channel_keys_id)?;
                 let point = parse_pubkey("per_commitment_point", &p.per_commitment_point)?;
-                let revocation = RevocationKey(parse_pubkey("revocation_pubkey", &p.revocation_pubkey)?);
-                let delay = u16::try_from(p.to_self_delay).map_err(|_| SignerError::invalid("to_self_delay above 65535"))?;
+                let revocation =
+                    RevocationKey(parse_pubkey("revocation_pubkey", &p.revocation_pubkey)?);
+                let delay = u16::try_from(p.to_self_delay)
+                    .map_err(|_| SignerError::invalid("to_self_delay above 65535"))?;
                 let base = self.keys.channel_secrets(&id).delayed_payment_base_key;
                 let key = chan_utils::derive_private_key(&self.secp, &point, &base);
                 let delayed = DelayedPaymentKey(PublicKey::from_secret_key(&self.secp, &key));
                 let script = chan_utils::get_revokeable_redeemscript(&revocation, delay, &delayed);
                 if spk != script.to_p2wsh() {
-                    return Err(SignerError::invalid("delayed output does not match its keys and delay"));
+                    return Err(SignerError::invalid(
+                        "delayed output does not match its keys and delay",
+                    ));
                 }
-                (Sequence(delay as u32), Spend::Wsh { key, script, empty_before_script: true })
+                (
+                    Sequence(delay as u32),
+                    Spend::Wsh {
+                        key,
+                        script,
+                        empty_before_script: true,
+                    },
+                )
             }
             Kind::StaticOutput(_) => {
-                let (chain, index) = self
-                    .wallet_scripts
-                    .position(&spk)
-                    .ok_or_else(|| SignerError::invalid("static output does not pay the signer's wallet"))?;
-                (Sequence::ENABLE_RBF_NO_LOCKTIME, Spend::Wpkh(self.keys.wallet_key(&self.secp, chain, index)?))
+                let (chain, index) = self.wallet_scripts.position(&spk).ok_or_else(|| {
+                    SignerError::invalid("static output does not pay the signer's wallet")
+                })?;
+                (
+                    Sequence::ENABLE_RBF_NO_LOCKTIME,
+                    Spend::Wpkh(self.keys.wallet_key(&self.secp, chain, index)?),
+                )
             }
         };
-        let txin = TxIn { previous_output: outpoint, script_sig: ScriptBuf::new(), sequence, witness: Witness::new() };
+        let txin = TxIn {
+            previous_output: outpoint,
+            script_sig: ScriptBuf::new(),
+            sequence,
+            witness: Witness::new(),
+        };
         Ok((txin, out.value_sat, spend))
     }
 
@@ -81,27 +121,45 @@ impl<S: Store> Signer<S> {
         &self,
         r: &pb::SpendSpendableOutputsRequest,
     ) -> Result<pb::SpendSpendableOutputsReply, SignerError> {
-        if r.descriptors.is_empty() || r.descriptors.len() > MAX_TX_IO || r.outputs.len() > MAX_TX_IO {
-            return Err(SignerError::invalid("need 1 to 1000 descriptors and at most 1000 outputs"));
+        if r.descriptors.is_empty()
+            || r.descriptors.len() > MAX_TX_IO
+            || r.outputs.len() > MAX_TX_IO
+        {
+            return Err(SignerError::invalid(
+                "need 1 to 1000 descriptors and at most 1000 outputs",
+            ));
         }
         let mut inputs = Vec::with_capacity(r.descriptors.len());
         let mut total_in: u64 = 0;
         for d in &r.descriptors {
             let (txin, value, spend) = self.plan_input(d)?;
-            total_in = total_in.checked_add(value).ok_or_else(|| SignerError::invalid("input values overflow"))?;
+            total_in = total_in
+                .checked_add(value)
+                .ok_or_else(|| SignerError::invalid("input values overflow"))?;
             inputs.push((txin, value, spend));
         }
         let mut outputs = Vec::with_capacity(r.outputs.len() + 1);
         for o in &r.outputs {
-            outputs.push(TxOut { value: Amount::from_sat(o.value_sat), script_pubkey: ScriptBuf::from_bytes(o.script_pubkey.clone()) });
+            outputs.push(TxOut {
+                value: Amount::from_sat(o.value_sat),
+                script_pubkey: ScriptBuf::from_bytes(o.script_pubkey.clone()),
+            });
         }
         let change = ScriptBuf::from_bytes(r.change_script.clone());
-        for o in outputs.iter().map(|o| &o.script_pubkey).chain(core::iter::once(&change)) {
-            self.policy.check(RuleId::SweepDestinationAllowed, self.is_own_script(o), || {
-                "sweep pays a script outside the signer's wallet".into()
-            })?;
+        for o in outputs
+            .iter()
+            .map(|o| &o.script_pubkey)
+            .chain(core::iter::once(&change))
+        {
+            self.policy.check(
+                RuleId::SweepDestinationAllowed,
+                self.is_own_script(o),
+                || "sweep pays a script outside the signer's wallet".into(),
+            )?;
         }
-        let total_out = outputs.iter().try_fold(0u64, |a, o| a.checked_add(o.value.to_sat()))
+        let total_out = outputs
+            .iter()
+            .try_fold(0u64, |a, o| a.checked_add(o.value.to_sat()))
             .ok_or_else(|| SignerError::invalid("output values overflow"))?;
 
         let mut tx = Transaction {
@@ -114,7 +172,11 @@ impl<S: Store> Signer<S> {
         for (txin, (_, _, spend)) in tx.input.iter_mut().zip(&inputs) {
             txin.witness = match spend {
                 Spend::Wpkh(_) => Witness::from_slice(&[&[0u8; DUMMY_SIG_LEN][..], &[0u8; 33][..]]),
-                Spend::Wsh { script, empty_before_script, .. } => {
+                Spend::Wsh {
+                    script,
+                    empty_before_script,
+                    ..
+                } => {
                     let mut w = Witness::new();
                     w.push([0u8; DUMMY_SIG_LEN]);
                     if *empty_before_script {
@@ -125,10 +187,20 @@ impl<S: Store> Signer<S> {
                 }
             };
         }
-        let fee_for = |tx: &Transaction| tx.weight().to_wu().saturating_mul(r.feerate_sat_per_kw as u64) / 1000;
-        tx.output.push(TxOut { value: Amount::ZERO, script_pubkey: change.clone() });
+        let fee_for = |tx: &Transaction| {
+            tx.weight()
+                .to_wu()
+                .saturating_mul(r.feerate_sat_per_kw as u64)
+                / 1000
+        };
+        tx.output.push(TxOut {
+            value: Amount::ZERO,
+            script_pubkey: change.clone(),
+        });
         let fee_with_change = fee_for(&tx);
-        let change_value = total_in.checked_sub(total_out).and_then(|v| v.checked_sub(fee_with_change));
+        let change_value = total_in
+            .checked_sub(total_out)
+            .and_then(|v| v.checked_sub(fee_with_change));
         match change_value {
             Some(v) if v >= change.minimal_non_dust().to_sat() => {
                 if let Some(last) = tx.output.last_mut() {
@@ -154,19 +226,32 @@ impl<S: Store> Signer<S> {
                 Spend::Wpkh(key) => {
                     let pk = CompressedPublicKey(PublicKey::from_secret_key(&self.secp, key));
                     let h = cache
-                        .p2wpkh_signature_hash(i, &ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()), amount, EcdsaSighashType::All)
+                        .p2wpkh_signature_hash(
+                            i,
+                            &ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()),
+                            amount,
+                            EcdsaSighashType::All,
+                        )
                         .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-                    let sig = self.secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
+                    let sig = self
+                        .secp
+                        .sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
                     let mut w = Witness::new();
                     w.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
                     w.push(pk.to_bytes());
                     w
                 }
-                Spend::Wsh { key, script, empty_before_script } => {
+                Spend::Wsh {
+                    key,
+                    script,
+                    empty_before_script,
+                } => {
                     let h = cache
                         .p2wsh_signature_hash(i, script, amount, EcdsaSighashType::All)
                         .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-                    let sig = self.secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
+                    let sig = self
+                        .secp
+                        .sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
                     let mut w = Witness::new();
                     w.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
                     if *empty_before_script {
@@ -178,6 +263,8 @@ impl<S: Store> Signer<S> {
             };
             tx.input[i].witness = witness;
         }
-        Ok(pb::SpendSpendableOutputsReply { transaction: bitcoin::consensus::serialize(&tx) })
+        Ok(pb::SpendSpendableOutputsReply {
+            transaction: bitcoin::consensus::serialize(&tx),
+        })
     }
 }

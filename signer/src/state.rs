@@ -64,12 +64,19 @@ pub struct ChannelRecord {
 impl ChannelRecord {
     /// A fresh record for a keys id.
     pub fn new(keys_id: &[u8; 32], issued_by_signer: bool) -> Self {
-        ChannelRecord { keys_id: keys_id.to_vec(), issued_by_signer, ..Default::default() }
+        ChannelRecord {
+            keys_id: keys_id.to_vec(),
+            issued_by_signer,
+            ..Default::default()
+        }
     }
 
     /// Number of the latest validated holder commitment.
     pub fn holder_number(&self) -> Option<u64> {
-        self.holder.as_ref().and_then(|h| h.commitment.as_ref()).map(|c| c.commitment_number)
+        self.holder
+            .as_ref()
+            .and_then(|h| h.commitment.as_ref())
+            .map(|c| c.commitment_number)
     }
 
     /// Number of the latest signed counterparty commitment.

@@ -60,7 +60,9 @@ impl CommitmentNumber {
     /// Converts LDK's count-down index into ours.
     pub fn from_ldk(idx: u64) -> Result<Self, SignerError> {
         if idx > INITIAL_COMMITMENT_NUMBER {
-            return Err(SignerError::invalid("LDK commitment index exceeds 2^48 - 1"));
+            return Err(SignerError::invalid(
+                "LDK commitment index exceeds 2^48 - 1",
+            ));
         }
         Ok(Self(INITIAL_COMMITMENT_NUMBER - idx))
     }

@@ -35,7 +35,16 @@ pub fn descriptor_checksum(desc: &str) -> Result<String, SignerError> {
     fn polymod(mut c: u64, val: u64) -> u64 {
         let c0 = c >> 35;
         c = ((c & 0x7_ffff_ffff) << 5) ^ val;
-        for (bit, g) in [0xf5dee51989u64, 0xa9fdca3312, 0x1bab10e32d, 0x3706b1677a, 0x644d626ffd].iter().enumerate() {
+        for (bit, g) in [
+            0xf5dee51989u64,
+            0xa9fdca3312,
+            0x1bab10e32d,
+            0x3706b1677a,
+            0x644d626ffd,
+        ]
+        .iter()
+        .enumerate()
+        {
             if c0 & (1 << bit) != 0 {
                 c ^= g;
             }
@@ -44,7 +53,10 @@ pub fn descriptor_checksum(desc: &str) -> Result<String, SignerError> {
     }
     let (mut c, mut cls, mut clscount) = (1u64, 0u64, 0);
     for ch in desc.chars() {
-        let pos = INPUT.find(ch).ok_or_else(|| SignerError::invalid("descriptor has an invalid character"))? as u64;
+        let pos = INPUT
+            .find(ch)
+            .ok_or_else(|| SignerError::invalid("descriptor has an invalid character"))?
+            as u64;
         c = polymod(c, pos & 31);
         cls = cls * 3 + (pos >> 5);
         clscount += 1;
@@ -61,7 +73,9 @@ pub fn descriptor_checksum(desc: &str) -> Result<String, SignerError> {
         c = polymod(c, 0);
     }
     c ^= 1;
-    Ok((0..8).map(|j| CHARSET[((c >> (5 * (7 - j))) & 31) as usize] as char).collect())
+    Ok((0..8)
+        .map(|j| CHARSET[((c >> (5 * (7 - j))) & 31) as usize] as char)
+        .collect())
 }
 
 /// The P2WPKH script of a wallet key.
@@ -80,7 +94,11 @@ pub struct WalletScripts {
 
 impl WalletScripts {
     /// Derives the external lookahead and the internal chain through `internal_through`.
-    pub fn new(keys: &KeyRing, secp: &Secp256k1<All>, internal_through: u32) -> Result<Self, SignerError> {
+    pub fn new(
+        keys: &KeyRing,
+        secp: &Secp256k1<All>,
+        internal_through: u32,
+    ) -> Result<Self, SignerError> {
         let mut w = WalletScripts::default();
         let account = keys.wallet_xpub(secp);
         let ext = chain_xpub(&account, secp, 0)?;
@@ -91,13 +109,25 @@ impl WalletScripts {
         Ok(w)
     }
 
-    fn extend_internal(&mut self, account: &Xpub, secp: &Secp256k1<All>, through: u32) -> Result<(), SignerError> {
+    fn extend_internal(
+        &mut self,
+        account: &Xpub,
+        secp: &Secp256k1<All>,
+        through: u32,
+    ) -> Result<(), SignerError> {
         let int = chain_xpub(account, secp, 1)?;
-        let start = if self.known.is_empty() { 0 } else { self.internal_through };
+        let start = if self.known.is_empty() {
+            0
+        } else {
+            self.internal_through
+        };
         for i in start..through.saturating_add(INTERNAL_LOOKAHEAD) {
-            self.known.insert(wpkh_script(&child(&int, secp, i)?), (1, i));
+            self.known
+                .insert(wpkh_script(&child(&int, secp, i)?), (1, i));
         }
-        self.internal_through = self.internal_through.max(through.saturating_add(INTERNAL_LOOKAHEAD));
+        self.internal_through = self
+            .internal_through
+            .max(through.saturating_add(INTERNAL_LOOKAHEAD));
         Ok(())
     }
 
@@ -117,8 +147,10 @@ fn chain_xpub(account: &Xpub, secp: &Secp256k1<All>, chain: u32) -> Result<Xpub,
 }
 
 fn child(x: &Xpub, secp: &Secp256k1<All>, i: u32) -> Result<Xpub, SignerError> {
-    let n = ChildNumber::from_normal_idx(i).map_err(|_| SignerError::invalid("wallet index out of range"))?;
-    x.ckd_pub(secp, n).map_err(|_| SignerError::internal("BIP 32 derivation failed"))
+    let n = ChildNumber::from_normal_idx(i)
+        .map_err(|_| SignerError::invalid("wallet index out of range"))?;
+    x.ckd_pub(secp, n)
+        .map_err(|_| SignerError::internal("BIP 32 derivation failed"))
 }
 
 impl<S: Store> Signer<S> {
@@ -129,7 +161,11 @@ impl<S: Store> Signer<S> {
 
     pub(crate) fn wallet_descriptor(&self) -> pb::GetWalletDescriptorReply {
         let xpub = self.keys.wallet_xpub(&self.secp);
-        let origin = format!("[{}/84h/{}h/0h]", self.keys.master_fingerprint(), coin_type(self.keys.network()));
+        let origin = format!(
+            "[{}/84h/{}h/0h]",
+            self.keys.master_fingerprint(),
+            coin_type(self.keys.network())
+        );
         let desc = |chain: u32| {
             let d = format!("wpkh({origin}{xpub}/{chain}/*)");
             // The template only has descriptor characters, so the checksum cannot fail.
@@ -147,8 +183,13 @@ impl<S: Store> Signer<S> {
     fn next_internal_script(&mut self) -> Result<ScriptBuf, SignerError> {
         let index = self.meta.next_internal_index;
         let key = self.keys.wallet_key(&self.secp, 1, index)?;
-        let pk = CompressedPublicKey(bitcoin::secp256k1::PublicKey::from_secret_key(&self.secp, &key));
-        let meta = MetaRecord { next_internal_index: index + 1, ..self.meta.clone() };
+        let pk = CompressedPublicKey(bitcoin::secp256k1::PublicKey::from_secret_key(
+            &self.secp, &key,
+        ));
+        let meta = MetaRecord {
+            next_internal_index: index + 1,
+            ..self.meta.clone()
+        };
         let mut scripts = self.wallet_scripts.clone();
         scripts.extend_internal(&self.keys.wallet_xpub(&self.secp), &self.secp, index + 1)?;
         self.commit_meta(meta)?;
@@ -161,19 +202,27 @@ impl<S: Store> Signer<S> {
         r: &pb::GetDestinationScriptRequest,
     ) -> Result<pb::ScriptReply, SignerError> {
         crate::types::ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        Ok(pb::ScriptReply { script_pubkey: self.next_internal_script()?.to_bytes() })
+        Ok(pb::ScriptReply {
+            script_pubkey: self.next_internal_script()?.to_bytes(),
+        })
     }
 
     pub(crate) fn get_shutdown_script(&mut self) -> Result<pb::ScriptReply, SignerError> {
-        Ok(pb::ScriptReply { script_pubkey: self.next_internal_script()?.to_bytes() })
+        Ok(pb::ScriptReply {
+            script_pubkey: self.next_internal_script()?.to_bytes(),
+        })
     }
 
     /// Signs every P2WPKH input of the PSBT whose BIP 32 origin is this wallet.
-    pub(crate) fn sign_psbt(&self, r: &pb::SignPsbtRequest) -> Result<pb::SignPsbtReply, SignerError> {
+    pub(crate) fn sign_psbt(
+        &self,
+        r: &pb::SignPsbtRequest,
+    ) -> Result<pb::SignPsbtReply, SignerError> {
         if r.psbt.len() > crate::handler::MAX_REQUEST_BYTES {
             return Err(SignerError::invalid("PSBT too large"));
         }
-        let mut psbt = Psbt::deserialize(&r.psbt).map_err(|e| SignerError::invalid(format!("malformed PSBT: {e}")))?;
+        let mut psbt = Psbt::deserialize(&r.psbt)
+            .map_err(|e| SignerError::invalid(format!("malformed PSBT: {e}")))?;
         let fingerprint = self.keys.master_fingerprint();
         let account_path: DerivationPath = [84, coin_type(self.keys.network()), 0]
             .iter()
@@ -188,8 +237,12 @@ impl<S: Store> Signer<S> {
                 let rest = path.as_ref().strip_prefix(account_path.as_ref())?;
                 (*fp == fingerprint && rest.len() == 2).then_some((*pk, rest[0], rest[1]))
             });
-            let Some((pk, chain, index)) = ours else { continue };
-            let (ChildNumber::Normal { index: chain }, ChildNumber::Normal { index }) = (chain, index) else {
+            let Some((pk, chain, index)) = ours else {
+                continue;
+            };
+            let (ChildNumber::Normal { index: chain }, ChildNumber::Normal { index }) =
+                (chain, index)
+            else {
                 continue;
             };
             let utxo = input.witness_utxo.as_ref().ok_or_else(|| {
@@ -197,25 +250,40 @@ impl<S: Store> Signer<S> {
             })?;
             let key = self.keys.wallet_key(&self.secp, chain, index)?;
             let derived = bitcoin::secp256k1::PublicKey::from_secret_key(&self.secp, &key);
-            if derived != pk || utxo.script_pubkey != ScriptBuf::new_p2wpkh(&CompressedPublicKey(derived).wpubkey_hash()) {
-                return Err(SignerError::invalid(format!("input {i}: key origin does not match the spent output")));
+            if derived != pk
+                || utxo.script_pubkey
+                    != ScriptBuf::new_p2wpkh(&CompressedPublicKey(derived).wpubkey_hash())
+            {
+                return Err(SignerError::invalid(format!(
+                    "input {i}: key origin does not match the spent output"
+                )));
             }
             if let Some(ty) = input.sighash_type {
                 if ty.ecdsa_hash_ty().ok() != Some(EcdsaSighashType::All) {
-                    return Err(SignerError::invalid(format!("input {i}: only SIGHASH_ALL is signed")));
+                    return Err(SignerError::invalid(format!(
+                        "input {i}: only SIGHASH_ALL is signed"
+                    )));
                 }
             }
             let h = cache
                 .p2wpkh_signature_hash(i, &utxo.script_pubkey, utxo.value, EcdsaSighashType::All)
                 .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-            let sig = self.secp.sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key);
+            let sig = self
+                .secp
+                .sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key);
             input.partial_sigs.insert(
                 bitcoin::PublicKey::new(derived),
-                bitcoin::ecdsa::Signature { signature: sig, sighash_type: EcdsaSighashType::All },
+                bitcoin::ecdsa::Signature {
+                    signature: sig,
+                    sighash_type: EcdsaSighashType::All,
+                },
             );
             signed.push(i as u32);
         }
-        Ok(pb::SignPsbtReply { psbt: psbt.serialize(), signed_inputs: signed })
+        Ok(pb::SignPsbtReply {
+            psbt: psbt.serialize(),
+            signed_inputs: signed,
+        })
     }
 }
 

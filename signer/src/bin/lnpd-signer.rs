@@ -91,12 +91,20 @@ fn expand(dir: &str) -> PathBuf {
 }
 
 fn parse_network(s: &str) -> Result<Network> {
-    Network::from_core_arg(s).map_err(|_| anyhow!("unknown network {s:?}: use bitcoin, testnet, signet or regtest"))
+    Network::from_core_arg(s)
+        .map_err(|_| anyhow!("unknown network {s:?}: use bitcoin, testnet, signet or regtest"))
 }
 
 fn init_logging(filter: &str) {
-    let filter = std::env::var("RUST_LOG").ok().filter(|_| filter.is_empty()).unwrap_or_else(|| filter.to_string());
-    let filter = if filter.is_empty() { "info".to_string() } else { filter };
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|_| filter.is_empty())
+        .unwrap_or_else(|| filter.to_string());
+    let filter = if filter.is_empty() {
+        "info".to_string()
+    } else {
+        filter
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
@@ -122,18 +130,32 @@ struct Opened {
 fn open(common: &Common) -> Result<Opened> {
     let dir = DataDir(expand(&common.data_dir));
     if !dir.seed().exists() {
-        bail!("no seed at {}: run `lnpd-signer init --data-dir {}` first", dir.seed().display(), dir.path().display());
+        bail!(
+            "no seed at {}: run `lnpd-signer init --data-dir {}` first",
+            dir.seed().display(),
+            dir.path().display()
+        );
     }
     let config = ConfigFile::load(&dir.config())?;
-    let network = parse_network(config.network.as_deref().ok_or_else(|| {
-        anyhow!("{}: `network` is missing", dir.config().display())
-    })?)?;
+    let network = parse_network(
+        config
+            .network
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: `network` is missing", dir.config().display()))?,
+    )?;
     let policy = config.policy()?;
-    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref()).context("reading the passphrase")?;
-    let seed = seed_file::read(&dir.seed(), pass.as_bytes()).with_context(|| format!("opening {}", dir.seed().display()))?;
+    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())
+        .context("reading the passphrase")?;
+    let seed = seed_file::read(&dir.seed(), pass.as_bytes())
+        .with_context(|| format!("opening {}", dir.seed().display()))?;
     let store = RedbStore::open(&dir.state()).map_err(|e| anyhow!("{e}"))?;
-    let signer = Signer::new(&seed, network, policy, store, Box::new(random32)).map_err(|e| anyhow!("{e}"))?;
-    Ok(Opened { dir, config, signer })
+    let signer = Signer::new(&seed, network, policy, store, Box::new(random32))
+        .map_err(|e| anyhow!("{e}"))?;
+    Ok(Opened {
+        dir,
+        config,
+        signer,
+    })
 }
 
 fn init(
@@ -146,17 +168,24 @@ fn init(
     no_show_mnemonic: bool,
 ) -> Result<()> {
     let network = parse_network(&network)?;
-    listen.parse::<SocketAddr>().with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    listen
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--listen {listen:?} is not an address:port"))?;
     let dir = DataDir(expand(&common.data_dir));
     if dir.seed().exists() {
-        bail!("{} already holds a seed; refusing to overwrite it", dir.path().display());
+        bail!(
+            "{} already holds a seed; refusing to overwrite it",
+            dir.path().display()
+        );
     }
-    std::fs::create_dir_all(dir.path()).with_context(|| format!("creating {}", dir.path().display()))?;
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
     let mnemonic = if restore {
         eprintln!("Enter the BIP 39 mnemonic (one line):");
         let mut line = Zeroizing::new(String::new());
         std::io::stdin().read_line(&mut line)?;
-        bip39::Mnemonic::parse_normalized(line.trim()).map_err(|e| anyhow!("invalid mnemonic: {e}"))?
+        bip39::Mnemonic::parse_normalized(line.trim())
+            .map_err(|e| anyhow!("invalid mnemonic: {e}"))?
     } else {
         let entropy = Zeroizing::new(random32());
         bip39::Mnemonic::from_entropy(&entropy[..]).map_err(|e| anyhow!("{e}"))?
@@ -166,13 +195,21 @@ fn init(
     if pass.is_empty() {
         bail!("an empty passphrase is not allowed: the seed is encrypted under it");
     }
-    seed_file::write(&dir.seed(), &seed, pass.as_bytes(), kdf_memory_kib, seed_file::DEFAULT_T_COST)?;
+    seed_file::write(
+        &dir.seed(),
+        &seed,
+        pass.as_bytes(),
+        kdf_memory_kib,
+        seed_file::DEFAULT_T_COST,
+    )?;
     let files = tls::generate(&dir.tls(), &tls_hosts)?;
     let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
-    std::fs::write(dir.config(), config).with_context(|| format!("writing {}", dir.config().display()))?;
+    std::fs::write(dir.config(), config)
+        .with_context(|| format!("writing {}", dir.config().display()))?;
 
     let secp = bitcoin::secp256k1::Secp256k1::new();
-    let keys = lnpd_signer::keys::KeyRing::from_seed(&seed, network, &secp).map_err(|e| anyhow!("{e}"))?;
+    let keys =
+        lnpd_signer::keys::KeyRing::from_seed(&seed, network, &secp).map_err(|e| anyhow!("{e}"))?;
     if !restore && !no_show_mnemonic {
         println!("Your 24-word recovery mnemonic (shown once; write it down, keep it offline):\n");
         println!("    {mnemonic}\n");
@@ -181,19 +218,37 @@ fn init(
     println!("network:     {}", network.to_core_arg());
     println!("seed:        {} (encrypted)", dir.seed().display());
     println!("config:      {}", dir.config().display());
-    println!("node TLS:    give the node {}, {} and {}", files.ca_cert.display(), files.node_cert.display(), files.node_key.display());
-    println!("next:        lnpd-signer run --data-dir {}", dir.path().display());
+    println!(
+        "node TLS:    give the node {}, {} and {}",
+        files.ca_cert.display(),
+        files.node_cert.display(),
+        files.node_key.display()
+    );
+    println!(
+        "next:        lnpd-signer run --data-dir {}",
+        dir.path().display()
+    );
     Ok(())
 }
 
 async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Result<()> {
-    let Opened { dir, config, signer } = open(&common)?;
+    let Opened {
+        dir,
+        config,
+        signer,
+    } = open(&common)?;
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
-    let listen = listen.or(config.listen.clone()).unwrap_or_else(|| "127.0.0.1:9736".into());
-    let addr: SocketAddr = listen.parse().with_context(|| format!("listen address {listen:?} is not address:port"))?;
+    let listen = listen
+        .or(config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9736".into());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("listen address {listen:?} is not address:port"))?;
     let tls_files = tls::TlsFiles::in_dir(&dir.tls());
     let tls_config = server::tls_config(&tls_files)?;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     std::fs::write(dir.listen_addr_file(), local.to_string())?;
     tracing::info!(
@@ -204,7 +259,8 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
     );
     println!("listening on {local}");
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
@@ -219,9 +275,13 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
 fn info(common: Common, json: bool) -> Result<()> {
     let Opened { mut signer, .. } = open(&common)?;
     let desc = signer
-        .handle(lnpd_proto::signer::request::Body::GetWalletDescriptor(Default::default()))
+        .handle(lnpd_proto::signer::request::Body::GetWalletDescriptor(
+            Default::default(),
+        ))
         .map_err(|e| anyhow!("{e}"))?;
-    let lnpd_proto::signer::reply::Body::GetWalletDescriptor(desc) = desc else { bail!("unexpected reply") };
+    let lnpd_proto::signer::reply::Body::GetWalletDescriptor(desc) = desc else {
+        bail!("unexpected reply")
+    };
     let channels: Vec<_> = signer
         .channels()
         .map(|(id, c)| {
@@ -276,10 +336,28 @@ fn info(common: Common, json: bool) -> Result<()> {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Init { common, network, restore, listen, tls_hosts, kdf_memory_kib, no_show_mnemonic } => {
-            init(common, network, restore, listen, tls_hosts, kdf_memory_kib, no_show_mnemonic)
-        }
-        Command::Run { common, listen, log } => match tokio::runtime::Runtime::new() {
+        Command::Init {
+            common,
+            network,
+            restore,
+            listen,
+            tls_hosts,
+            kdf_memory_kib,
+            no_show_mnemonic,
+        } => init(
+            common,
+            network,
+            restore,
+            listen,
+            tls_hosts,
+            kdf_memory_kib,
+            no_show_mnemonic,
+        ),
+        Command::Run {
+            common,
+            listen,
+            log,
+        } => match tokio::runtime::Runtime::new() {
             Ok(rt) => rt.block_on(run(common, listen, log)),
             Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
         },
@@ -290,4 +368,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-

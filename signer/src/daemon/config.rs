@@ -76,10 +76,15 @@ impl ConfigFile {
     /// Reads the file; a missing file is an empty config.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         match std::fs::read_to_string(path) {
-            Ok(s) => toml::from_str(&s)
-                .map_err(|e| ConfigError::Parse { path: path.display().to_string(), message: e.to_string() }),
+            Ok(s) => toml::from_str(&s).map_err(|e| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ConfigFile::default()),
-            Err(source) => Err(ConfigError::Io { path: path.display().to_string(), source }),
+            Err(source) => Err(ConfigError::Io {
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
@@ -102,11 +107,14 @@ impl ConfigFile {
             || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat
             || cfg.min_feerate_per_kw > cfg.max_feerate_per_kw
         {
-            return Err(ConfigError::Invalid("[policy]: a min_* limit is above its max_*".into()));
+            return Err(ConfigError::Invalid(
+                "[policy]: a min_* limit is above its max_*".into(),
+            ));
         }
         for (id, mode) in &p.rules {
-            let rule = RuleId::parse(id)
-                .ok_or_else(|| ConfigError::Invalid(format!("[policy.rules]: unknown rule id {id:?}")))?;
+            let rule = RuleId::parse(id).ok_or_else(|| {
+                ConfigError::Invalid(format!("[policy.rules]: unknown rule id {id:?}"))
+            })?;
             let mode = match mode.as_str() {
                 "enforce" => RuleMode::Enforce,
                 "warn" => RuleMode::Warn,
@@ -140,7 +148,8 @@ mod tests {
 
     #[test]
     fn rejects_unknown_rules_and_keys() {
-        let c: ConfigFile = toml::from_str("[policy.rules]\n\"no-such-rule\" = \"warn\"\n").unwrap();
+        let c: ConfigFile =
+            toml::from_str("[policy.rules]\n\"no-such-rule\" = \"warn\"\n").unwrap();
         assert!(c.policy().is_err());
         assert!(toml::from_str::<ConfigFile>("netwrk = \"regtest\"\n").is_err());
     }

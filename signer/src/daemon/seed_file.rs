@@ -53,7 +53,13 @@ fn stretch(pass: &[u8], salt: &[u8], m: u32, t: u32) -> Result<Zeroizing<[u8; 32
 }
 
 /// Encrypts `seed` under `passphrase` into a new file (mode 0600).
-pub fn write(path: &Path, seed: &Seed, passphrase: &[u8], m_cost_kib: u32, t_cost: u32) -> Result<(), SeedFileError> {
+pub fn write(
+    path: &Path,
+    seed: &Seed,
+    passphrase: &[u8],
+    m_cost_kib: u32,
+    t_cost: u32,
+) -> Result<(), SeedFileError> {
     if path.exists() {
         return Err(SeedFileError::Exists(path.display().to_string()));
     }
@@ -89,7 +95,11 @@ pub fn read(path: &Path, passphrase: &[u8]) -> Result<Seed, SeedFileError> {
     let nonce = &data[33..57];
     let key = stretch(passphrase, salt, m, t)?;
     let cipher = XChaCha20Poly1305::new((&*key).into());
-    let pt = Zeroizing::new(cipher.decrypt(XNonce::from_slice(nonce), &data[57..]).map_err(|_| SeedFileError::Decrypt)?);
+    let pt = Zeroizing::new(
+        cipher
+            .decrypt(XNonce::from_slice(nonce), &data[57..])
+            .map_err(|_| SeedFileError::Decrypt)?,
+    );
     Seed::new(pt.to_vec()).map_err(|_| SeedFileError::Format)
 }
 
@@ -106,7 +116,9 @@ pub fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, std::io
     std::io::stderr().flush()?;
     let mut line = Zeroizing::new(String::new());
     std::io::stdin().read_line(&mut line)?;
-    Ok(Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_string()))
+    Ok(Zeroizing::new(
+        line.trim_end_matches(['\n', '\r']).to_string(),
+    ))
 }
 
 #[cfg(test)]
@@ -122,10 +134,19 @@ mod tests {
         let seed = Seed::new(vec![7u8; 64]).unwrap();
         write(&path, &seed, b"correct horse", 1024, 1).unwrap();
         let raw = fs::read(&path).unwrap();
-        assert!(!raw.windows(64).any(|w| w == [7u8; 64]), "seed must not be stored in clear");
-        assert_eq!(read(&path, b"correct horse").unwrap().expose(), seed.expose());
+        assert!(
+            !raw.windows(64).any(|w| w == [7u8; 64]),
+            "seed must not be stored in clear"
+        );
+        assert_eq!(
+            read(&path, b"correct horse").unwrap().expose(),
+            seed.expose()
+        );
         assert!(matches!(read(&path, b"wrong"), Err(SeedFileError::Decrypt)));
-        assert!(matches!(write(&path, &seed, b"x", 1024, 1), Err(SeedFileError::Exists(_))));
+        assert!(matches!(
+            write(&path, &seed, b"x", 1024, 1),
+            Err(SeedFileError::Exists(_))
+        ));
         let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -19,7 +19,9 @@ pub struct SignerService<S: Store> {
 impl<S: Store> SignerService<S> {
     /// Wraps a signer.
     pub fn new(signer: Signer<S>) -> Self {
-        SignerService { inner: Arc::new(Mutex::new(signer)) }
+        SignerService {
+            inner: Arc::new(Mutex::new(signer)),
+        }
     }
 
     /// Shares the signer (for in-process use next to the server).
@@ -28,7 +30,10 @@ impl<S: Store> SignerService<S> {
     }
 
     fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
-        let mut signer = self.inner.lock().map_err(|_| Status::internal("signer state lock poisoned"))?;
+        let mut signer = self
+            .inner
+            .lock()
+            .map_err(|_| Status::internal("signer state lock poisoned"))?;
         signer.handle(body).map_err(|e| to_status(&e))
     }
 }
@@ -117,13 +122,18 @@ pub async fn serve<S: Store + Send + 'static>(
             signer_server::SignerServer::new(service)
                 .max_decoding_message_size(crate::handler::MAX_REQUEST_BYTES),
         )
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
 }
 
 /// Mutual-TLS server configuration: our certificate, and only client
 /// certificates issued by our CA are accepted.
-pub fn tls_config(files: &super::tls::TlsFiles) -> Result<tonic::transport::ServerTlsConfig, super::tls::TlsError> {
+pub fn tls_config(
+    files: &super::tls::TlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, super::tls::TlsError> {
     use tonic::transport::{Certificate, Identity, ServerTlsConfig};
     let cert = super::tls::read_pem(&files.server_cert)?;
     let key = super::tls::read_pem(&files.server_key)?;

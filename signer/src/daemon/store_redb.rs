@@ -27,9 +27,10 @@ impl RedbStore {
     /// Opens (or creates) the store. Fails if another process holds it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                StoreError(format!("{} is in use by another lnpd-signer process", path.display()))
-            }
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "{} is in use by another lnpd-signer process",
+                path.display()
+            )),
             e => StoreError(format!("cannot open {}: {e}", path.display())),
         })?;
         let txn = db.begin_write().map_err(err)?;

@@ -7,8 +7,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 
 /// Paths of the TLS files in a signer's `tls/` directory.
@@ -73,7 +73,10 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Io { path: path.display().to_string(), source }
+    move |source| TlsError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {
@@ -82,11 +85,19 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
     dn.push(DnType::CommonName, "lnpd signer private CA");
     p.distinguished_name = dn;
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     Ok(p)
 }
 
-fn leaf(cn: &str, sans: Vec<String>, usage: ExtendedKeyUsagePurpose) -> Result<CertificateParams, TlsError> {
+fn leaf(
+    cn: &str,
+    sans: Vec<String>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, TlsError> {
     let mut p = CertificateParams::new(sans)?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, cn);
@@ -106,10 +117,15 @@ pub fn generate(dir: &Path, hosts: &[String]) -> Result<TlsFiles, TlsError> {
     let issuer = Issuer::new(ca_params()?, &ca_key);
 
     let server_key = KeyPair::generate()?;
-    let server_cert =
-        leaf("lnpd-signer", hosts.to_vec(), ExtendedKeyUsagePurpose::ServerAuth)?.signed_by(&server_key, &issuer)?;
+    let server_cert = leaf(
+        "lnpd-signer",
+        hosts.to_vec(),
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?
+    .signed_by(&server_key, &issuer)?;
     let node_key = KeyPair::generate()?;
-    let node_cert = leaf("lnpd-node", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?.signed_by(&node_key, &issuer)?;
+    let node_cert = leaf("lnpd-node", Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)?
+        .signed_by(&node_key, &issuer)?;
 
     for (path, pem, private) in [
         (&files.ca_key, ca_key.serialize_pem(), true),

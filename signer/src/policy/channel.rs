@@ -15,7 +15,10 @@ pub fn check_setup(policy: &PolicyConfig, r: &SetupChannelRequest) -> Result<(),
         Ok(ChannelType::StaticRemoteKey | ChannelType::AnchorsZeroFeeHtlcTx)
     );
     policy.check(RuleId::ChannelTypeSafe, known_type, || {
-        format!("channel type {} is not one the signer can validate", r.channel_type)
+        format!(
+            "channel type {} is not one the signer can validate",
+            r.channel_type
+        )
     })?;
     for (who, d) in [
         ("our", r.counterparty_selected_contest_delay),
@@ -32,13 +35,20 @@ pub fn check_setup(policy: &PolicyConfig, r: &SetupChannelRequest) -> Result<(),
     if r.channel_value_sat == 0 {
         return Err(SignerError::invalid("channel value is zero"));
     }
-    policy.check(RuleId::ChannelValueMax, r.channel_value_sat <= policy.max_channel_value_sat, || {
-        format!(
-            "channel value {} sat above the maximum {} sat",
-            r.channel_value_sat, policy.max_channel_value_sat
-        )
-    })?;
-    for (who, d) in [("our", r.holder_dust_limit_sat), ("the counterparty's", r.counterparty_dust_limit_sat)] {
+    policy.check(
+        RuleId::ChannelValueMax,
+        r.channel_value_sat <= policy.max_channel_value_sat,
+        || {
+            format!(
+                "channel value {} sat above the maximum {} sat",
+                r.channel_value_sat, policy.max_channel_value_sat
+            )
+        },
+    )?;
+    for (who, d) in [
+        ("our", r.holder_dust_limit_sat),
+        ("the counterparty's", r.counterparty_dust_limit_sat),
+    ] {
         let ok = d >= policy.min_dust_limit_sat && d <= policy.max_dust_limit_sat;
         policy.check(RuleId::ChannelDustLimitRange, ok, || {
             format!(
@@ -51,7 +61,9 @@ pub fn check_setup(policy: &PolicyConfig, r: &SetupChannelRequest) -> Result<(),
         return Err(SignerError::invalid("push_msat exceeds the channel value"));
     }
     if r.counterparty_keys.is_none() || r.funding_outpoint.is_none() {
-        return Err(SignerError::invalid("set-up needs the counterparty's keys and the funding outpoint"));
+        return Err(SignerError::invalid(
+            "set-up needs the counterparty's keys and the funding outpoint",
+        ));
     }
     Ok(())
 }
@@ -64,20 +76,39 @@ pub fn check_first_commitment(
     holder_is_broadcaster: bool,
     data: &CommitmentData,
 ) -> Result<(), SignerError> {
-    policy.check(RuleId::CommitmentFirstNoHtlcs, data.htlcs.is_empty(), || {
-        "the first commitment carries HTLCs".into()
-    })?;
+    policy.check(
+        RuleId::CommitmentFirstNoHtlcs,
+        data.htlcs.is_empty(),
+        || "the first commitment carries HTLCs".into(),
+    )?;
     let anchors = is_anchors(setup);
     let fee = commitment_fee_sat(data.feerate_per_kw, 0, anchors);
-    let anchors_sat = if anchors { 2 * ANCHOR_OUTPUT_VALUE_SAT } else { 0 };
+    let anchors_sat = if anchors {
+        2 * ANCHOR_OUTPUT_VALUE_SAT
+    } else {
+        0
+    };
     let funder_msat = (setup.channel_value_sat * 1000).saturating_sub(setup.push_msat);
     let funder_sat = (funder_msat / 1000).saturating_sub(fee + anchors_sat);
     let fundee_sat = setup.push_msat / 1000;
-    let dust = if holder_is_broadcaster { setup.holder_dust_limit_sat } else { setup.counterparty_dust_limit_sat };
+    let dust = if holder_is_broadcaster {
+        setup.holder_dust_limit_sat
+    } else {
+        setup.counterparty_dust_limit_sat
+    };
     let trim = |v: u64| if v < dust { 0 } else { v };
-    let (holder_sat, cp_sat) = if setup.is_outbound { (funder_sat, fundee_sat) } else { (fundee_sat, funder_sat) };
-    let (exp_b, exp_c) = if holder_is_broadcaster { (holder_sat, cp_sat) } else { (cp_sat, holder_sat) };
-    let ok = data.to_broadcaster_value_sat == trim(exp_b) && data.to_countersignatory_value_sat == trim(exp_c);
+    let (holder_sat, cp_sat) = if setup.is_outbound {
+        (funder_sat, fundee_sat)
+    } else {
+        (fundee_sat, funder_sat)
+    };
+    let (exp_b, exp_c) = if holder_is_broadcaster {
+        (holder_sat, cp_sat)
+    } else {
+        (cp_sat, holder_sat)
+    };
+    let ok = data.to_broadcaster_value_sat == trim(exp_b)
+        && data.to_countersignatory_value_sat == trim(exp_c);
     policy.check(RuleId::CommitmentFirstNoHtlcs, ok, || {
         format!(
             "first commitment pays {}/{} sat (broadcaster/countersignatory), expected {}/{}",

@@ -27,14 +27,18 @@ pub fn check_close(
         .ok_or_else(|| SignerError::invalid("closing outputs exceed the channel value"))?;
     let holder = record.holder.as_ref().and_then(|h| h.commitment.as_ref());
     let pending = holder.is_some_and(|c| !c.htlcs.is_empty())
-        || record.counterparty.as_ref().is_some_and(|c| !c.htlcs.is_empty());
+        || record
+            .counterparty
+            .as_ref()
+            .is_some_and(|c| !c.htlcs.is_empty());
     policy.check(RuleId::CloseNoPendingHtlcs, !pending, || {
         format!("channel {id} still has HTLCs pending")
     })?;
 
     if r.to_holder_value_sat > 0 {
         let script = Script::from_bytes(&r.to_holder_script);
-        let allowed = (!setup.holder_shutdown_script.is_empty() && r.to_holder_script == setup.holder_shutdown_script)
+        let allowed = (!setup.holder_shutdown_script.is_empty()
+            && r.to_holder_script == setup.holder_shutdown_script)
             || is_own_script(script);
         policy.check(RuleId::CloseDestinationAllowed, allowed, || {
             format!("channel {id}: our closing output pays a script that is not ours")
@@ -47,7 +51,11 @@ pub fn check_close(
         let anchors = is_anchors(setup);
         let paid = if setup.is_outbound {
             commitment_fee_sat(c.feerate_per_kw, c.htlcs.len(), anchors)
-                + if anchors { 2 * ANCHOR_OUTPUT_VALUE_SAT } else { 0 }
+                + if anchors {
+                    2 * ANCHOR_OUTPUT_VALUE_SAT
+                } else {
+                    0
+                }
         } else {
             0
         };
@@ -55,7 +63,8 @@ pub fn check_close(
         let closing_fee = setup.channel_value_sat - total;
         let ours_with_fee = r.to_holder_value_sat + if setup.is_outbound { closing_fee } else { 0 };
         // One satoshi of slack for msat rounding; a trimmed (dust) output may vanish.
-        let ok = ours_with_fee + 1 >= balance || (r.to_holder_value_sat == 0 && balance < setup.holder_dust_limit_sat);
+        let ok = ours_with_fee + 1 >= balance
+            || (r.to_holder_value_sat == 0 && balance < setup.holder_dust_limit_sat);
         policy.check(RuleId::CloseValueMatches, ok, || {
             format!(
                 "channel {id}: closing pays us {} sat (+{} fee share) but our balance is {balance} sat",

@@ -158,7 +158,10 @@ impl PolicyConfig {
                 Err(SignerError::policy(rule, reason))
             }
             RuleMode::Warn => {
-                tracing::warn!(rule = rule.as_str(), "policy violation allowed (warn mode): {reason}");
+                tracing::warn!(
+                    rule = rule.as_str(),
+                    "policy violation allowed (warn mode): {reason}"
+                );
                 Ok(())
             }
         }
@@ -180,9 +183,13 @@ mod tests {
     #[test]
     fn warn_mode_lets_a_violation_through() {
         let mut cfg = PolicyConfig::default();
-        let err = cfg.check(RuleId::CommitmentFeeRange, false, || "too high".into()).unwrap_err();
+        let err = cfg
+            .check(RuleId::CommitmentFeeRange, false, || "too high".into())
+            .unwrap_err();
         assert_eq!(err.rule, Some(RuleId::CommitmentFeeRange));
         cfg.modes.insert(RuleId::CommitmentFeeRange, RuleMode::Warn);
-        assert!(cfg.check(RuleId::CommitmentFeeRange, false, || "too high".into()).is_ok());
+        assert!(cfg
+            .check(RuleId::CommitmentFeeRange, false, || "too high".into())
+            .is_ok());
     }
 }

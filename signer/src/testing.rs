@@ -1,0 +1,430 @@
+//! Two signers driving one channel through the protocol's real order of
+//! signatures and revocations, with in-memory stores. Shared by the unit
+//! tests, the benchmarks and the hostile-node suite (feature `test-utils`).
+//!
+//! Alice funds; both commitments advance in lock step:
+//! Alice signs Bob's n+1, Bob validates it and revokes n; Bob signs Alice's
+//! n+1, Alice validates it and revokes n.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use bitcoin::Network;
+use lnpd_proto::signer::{self as pb, reply, request};
+
+/// Anything that answers signer requests: an in-process [`Signer`] or a
+/// client of a signer process.
+pub trait SignerHandle {
+    /// Handles one request.
+    fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError>;
+    /// The encoded state, for in-process signers (to check that refusals change nothing).
+    fn state_digest(&self) -> Option<Vec<u8>> {
+        None
+    }
+    /// Handles an encoded `Request` (the device wire), for in-process signers.
+    fn handle_bytes(&mut self, _bytes: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+impl<S: Store> SignerHandle for Signer<S> {
+    fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
+        Signer::handle(self, body)
+    }
+    fn state_digest(&self) -> Option<Vec<u8>> {
+        Some(self.state_digest())
+    }
+    fn handle_bytes(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
+        Some(Signer::handle_bytes(self, bytes))
+    }
+}
+
+use crate::commitment::{commitment_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
+use crate::error::SignerError;
+use crate::handler::Signer;
+use crate::keys::Seed;
+use crate::policy::PolicyConfig;
+use crate::store::{MemoryStore, Store};
+
+/// An HTLC from Alice's point of view.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestHtlc {
+    /// Alice offered it (else Bob did).
+    pub offered_by_alice: bool,
+    /// Amount.
+    pub amount_msat: u64,
+    /// Expiry height.
+    pub cltv_expiry: u32,
+    /// Preimage.
+    pub preimage: [u8; 32],
+}
+
+impl TestHtlc {
+    /// Its payment hash.
+    pub fn payment_hash(&self) -> [u8; 32] {
+        crate::keys::payment_hash(&self.preimage).0
+    }
+}
+
+/// A deterministic entropy source for tests.
+pub fn test_entropy(seed: u8) -> Box<dyn crate::handler::Entropy> {
+    let mut counter = 0u64;
+    Box::new(move || {
+        counter += 1;
+        let mut b = [seed; 32];
+        b[..8].copy_from_slice(&counter.to_be_bytes());
+        b
+    })
+}
+
+/// Calls a signer and unwraps the expected reply variant.
+#[macro_export]
+macro_rules! call {
+    ($signer:expr, $q:ident($req:expr) => $a:ident) => {
+        match $signer.handle(lnpd_proto::signer::request::Body::$q($req)) {
+            Ok(lnpd_proto::signer::reply::Body::$a(r)) => Ok(r),
+            Ok(_) => Err($crate::error::SignerError::internal(
+                "unexpected reply variant",
+            )),
+            Err(e) => Err(e),
+        }
+    };
+}
+
+/// One side of the channel.
+pub struct Party {
+    /// Its signer.
+    pub signer: Box<dyn SignerHandle>,
+    /// Its channel keys id.
+    pub keys_id: Vec<u8>,
+    /// Its channel public keys.
+    pub pubkeys: pb::ChannelPublicKeys,
+    /// Its set-up request.
+    pub setup: pb::SetupChannelRequest,
+}
+
+/// A channel between two in-process signers.
+pub struct ChannelPair {
+    /// The funder.
+    pub alice: Party,
+    /// The fundee.
+    pub bob: Party,
+    /// Channel value.
+    pub value_sat: u64,
+    /// Alice's balance excluding HTLCs, before fees.
+    pub alice_msat: u64,
+    /// Bob's balance excluding HTLCs.
+    pub bob_msat: u64,
+    /// HTLCs pending.
+    pub htlcs: Vec<TestHtlc>,
+    /// Feerate of both commitments.
+    pub feerate_per_kw: u32,
+    /// Current commitment number (both sides).
+    pub number: u64,
+}
+
+/// Channel options.
+#[derive(Clone, Debug)]
+pub struct PairOptions {
+    /// Anchors (else static_remote_key).
+    pub anchors: bool,
+    /// Channel value.
+    pub value_sat: u64,
+    /// Push to Bob at open.
+    pub push_msat: u64,
+    /// Feerate.
+    pub feerate_per_kw: u32,
+}
+
+impl Default for PairOptions {
+    fn default() -> Self {
+        PairOptions {
+            anchors: true,
+            value_sat: 1_000_000,
+            push_msat: 0,
+            feerate_per_kw: 1000,
+        }
+    }
+}
+
+/// Makes a signer over a memory store from a one-byte seed tag.
+pub fn memory_signer(tag: u8, policy: PolicyConfig) -> Signer<MemoryStore> {
+    let seed = Seed::new(vec![tag; 32]).unwrap_or_else(|_| unreachable_seed());
+    match Signer::new(
+        &seed,
+        Network::Regtest,
+        policy,
+        MemoryStore::default(),
+        test_entropy(tag),
+    ) {
+        Ok(s) => s,
+        Err(e) => panic!("cannot make a test signer: {e}"),
+    }
+}
+
+fn unreachable_seed() -> Seed {
+    panic!("a 32-byte seed is always valid")
+}
+
+fn setup_for(
+    keys_id: &[u8],
+    outbound: bool,
+    opts: &PairOptions,
+    counterparty: &pb::ChannelPublicKeys,
+) -> pb::SetupChannelRequest {
+    pb::SetupChannelRequest {
+        channel_keys_id: keys_id.to_vec(),
+        is_outbound: outbound,
+        channel_value_sat: opts.value_sat,
+        push_msat: opts.push_msat,
+        funding_outpoint: Some(pb::OutPoint {
+            txid: vec![0x11; 32],
+            vout: 0,
+        }),
+        channel_type: if opts.anchors {
+            pb::ChannelType::AnchorsZeroFeeHtlcTx as i32
+        } else {
+            pb::ChannelType::StaticRemoteKey as i32
+        },
+        holder_selected_contest_delay: 144,
+        counterparty_selected_contest_delay: 144,
+        holder_dust_limit_sat: 546,
+        counterparty_dust_limit_sat: 546,
+        counterparty_keys: Some(counterparty.clone()),
+        counterparty_shutdown_script: vec![],
+        holder_shutdown_script: vec![],
+    }
+}
+
+fn new_party(
+    mut signer: Box<dyn SignerHandle>,
+) -> Result<(Box<dyn SignerHandle>, Vec<u8>, pb::ChannelPublicKeys), SignerError> {
+    let id = call!(signer, NewChannelKeysId(pb::NewChannelKeysIdRequest { inbound: false, user_channel_id: vec![] }) => NewChannelKeysId)?
+        .channel_keys_id;
+    let keys = call!(signer, GetChannelPublicKeys(pb::GetChannelPublicKeysRequest { channel_keys_id: id.clone() }) => ChannelPublicKeys)?;
+    Ok((signer, id, keys))
+}
+
+impl ChannelPair {
+    /// Sets the channel up on both signers and exchanges the first commitments.
+    pub fn open(
+        alice: Box<dyn SignerHandle>,
+        bob: Box<dyn SignerHandle>,
+        opts: PairOptions,
+    ) -> Result<Self, SignerError> {
+        let (alice, a_id, a_keys) = new_party(alice)?;
+        let (bob, b_id, b_keys) = new_party(bob)?;
+        let a_setup = setup_for(&a_id, true, &opts, &b_keys);
+        let b_setup = setup_for(&b_id, false, &opts, &a_keys);
+        let mut pair = ChannelPair {
+            alice: Party {
+                signer: alice,
+                keys_id: a_id,
+                pubkeys: a_keys,
+                setup: a_setup.clone(),
+            },
+            bob: Party {
+                signer: bob,
+                keys_id: b_id,
+                pubkeys: b_keys,
+                setup: b_setup,
+            },
+            value_sat: opts.value_sat,
+            alice_msat: opts.value_sat * 1000 - opts.push_msat,
+            bob_msat: opts.push_msat,
+            htlcs: Vec::new(),
+            feerate_per_kw: opts.feerate_per_kw,
+            number: 0,
+        };
+        call!(pair.alice.signer, SetupChannel(a_setup) => SetupChannel)?;
+        // Bob (inbound) validates his first commitment before he has the parameters, as LDK does.
+        let bob_first = pair.commitment_data(false, 0)?;
+        let sig = call!(pair.alice.signer, SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+            channel_keys_id: pair.alice.keys_id.clone(), commitment: Some(bob_first.clone()), ..Default::default()
+        }) => SignCounterpartyCommitment)?;
+        let parked = call!(pair.bob.signer, ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+            channel_keys_id: pair.bob.keys_id.clone(), commitment: Some(bob_first),
+            counterparty_signature: sig.signature, htlc_signatures: sig.htlc_signatures, outbound_htlc_preimages: vec![],
+        }) => ValidateHolderCommitment)?;
+        debug_assert!(parked.parked);
+        let b_setup = pair.bob.setup.clone();
+        call!(pair.bob.signer, SetupChannel(b_setup) => SetupChannel)?;
+        let (req, _) = pair.holder_request(true, 0)?;
+        call!(pair.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
+        Ok(pair)
+    }
+
+    fn anchors(&self) -> bool {
+        self.alice.setup.channel_type == pb::ChannelType::AnchorsZeroFeeHtlcTx as i32
+    }
+
+    /// The commitment `number` of Alice (`alice == true`) or Bob, from the current balances.
+    pub fn commitment_data(
+        &mut self,
+        alice: bool,
+        number: u64,
+    ) -> Result<pb::CommitmentData, SignerError> {
+        let anchors = self.anchors();
+        let fee = commitment_fee_sat(self.feerate_per_kw, self.htlcs.len(), anchors);
+        let anchors_sat = if anchors {
+            2 * ANCHOR_OUTPUT_VALUE_SAT
+        } else {
+            0
+        };
+        let dust = 546;
+        let trim = |v: u64| if v < dust { 0 } else { v };
+        let alice_sat = trim((self.alice_msat / 1000).saturating_sub(fee + anchors_sat));
+        let bob_sat = trim(self.bob_msat / 1000);
+        let party = if alice {
+            &mut self.alice
+        } else {
+            &mut self.bob
+        };
+        let point = call!(party.signer, GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
+            channel_keys_id: party.keys_id.clone(), commitment_number: number,
+        }) => GetPerCommitmentPoint)?
+        .per_commitment_point;
+        let htlcs = self
+            .htlcs
+            .iter()
+            .map(|h| pb::Htlc {
+                direction: if h.offered_by_alice == alice {
+                    pb::HtlcDirection::Offered as i32
+                } else {
+                    pb::HtlcDirection::Received as i32
+                },
+                amount_msat: h.amount_msat,
+                cltv_expiry: h.cltv_expiry,
+                payment_hash: h.payment_hash().to_vec(),
+            })
+            .collect();
+        let (to_b, to_c) = if alice {
+            (alice_sat, bob_sat)
+        } else {
+            (bob_sat, alice_sat)
+        };
+        Ok(pb::CommitmentData {
+            commitment_number: number,
+            feerate_per_kw: self.feerate_per_kw,
+            to_broadcaster_value_sat: to_b,
+            to_countersignatory_value_sat: to_c,
+            htlcs,
+            per_commitment_point: point,
+        })
+    }
+
+    /// The other side's signatures over `holder`'s commitment `number`, as a
+    /// validation request for `holder` (true = Alice).
+    pub fn holder_request(
+        &mut self,
+        alice_is_holder: bool,
+        number: u64,
+    ) -> Result<
+        (
+            pb::ValidateHolderCommitmentRequest,
+            pb::SignCounterpartyCommitmentRequest,
+        ),
+        SignerError,
+    > {
+        let data = self.commitment_data(alice_is_holder, number)?;
+        let (signer_side, holder) = if alice_is_holder {
+            (&mut self.bob, &self.alice)
+        } else {
+            (&mut self.alice, &self.bob)
+        };
+        let sign_req = pb::SignCounterpartyCommitmentRequest {
+            channel_keys_id: signer_side.keys_id.clone(),
+            commitment: Some(data.clone()),
+            ..Default::default()
+        };
+        let sig = call!(signer_side.signer, SignCounterpartyCommitment(sign_req.clone()) => SignCounterpartyCommitment)?;
+        Ok((
+            pb::ValidateHolderCommitmentRequest {
+                channel_keys_id: holder.keys_id.clone(),
+                commitment: Some(data),
+                counterparty_signature: sig.signature,
+                htlc_signatures: sig.htlc_signatures,
+                outbound_htlc_preimages: vec![],
+            },
+            sign_req,
+        ))
+    }
+
+    /// Moves both commitments to the next number with the current balances
+    /// and HTLCs, revoking the previous ones.
+    pub fn advance(&mut self) -> Result<(), SignerError> {
+        let n = self.number;
+        // Bob's side first.
+        let (req, _) = self.holder_request(false, n + 1)?;
+        call!(self.bob.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
+        let secret =
+            call!(self.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
+            channel_keys_id: self.bob.keys_id.clone(), commitment_number: n,
+        }) => ReleaseCommitmentSecret)?
+            .secret;
+        call!(self.alice.signer, ValidateCounterpartyRevocation(pb::ValidateCounterpartyRevocationRequest {
+            channel_keys_id: self.alice.keys_id.clone(), commitment_number: n, secret,
+        }) => ValidateCounterpartyRevocation)?;
+        // Then Alice's.
+        let (req, _) = self.holder_request(true, n + 1)?;
+        call!(self.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
+        let secret =
+            call!(self.alice.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
+            channel_keys_id: self.alice.keys_id.clone(), commitment_number: n,
+        }) => ReleaseCommitmentSecret)?
+            .secret;
+        call!(self.bob.signer, ValidateCounterpartyRevocation(pb::ValidateCounterpartyRevocationRequest {
+            channel_keys_id: self.bob.keys_id.clone(), commitment_number: n, secret,
+        }) => ValidateCounterpartyRevocation)?;
+        self.number = n + 1;
+        Ok(())
+    }
+
+    /// Adds an HTLC offered by Alice (moving her balance into it) and advances.
+    pub fn add_htlc(&mut self, amount_msat: u64, tag: u8) -> Result<TestHtlc, SignerError> {
+        let h = TestHtlc {
+            offered_by_alice: true,
+            amount_msat,
+            cltv_expiry: 500 + tag as u32,
+            preimage: [tag; 32],
+        };
+        self.alice_msat -= amount_msat;
+        self.htlcs.push(h.clone());
+        self.advance()?;
+        Ok(h)
+    }
+
+    /// Settles a pending HTLC (its value goes to the receiver) and advances.
+    pub fn settle_htlc(&mut self, h: &TestHtlc) -> Result<(), SignerError> {
+        self.htlcs.retain(|x| x != h);
+        if h.offered_by_alice {
+            self.bob_msat += h.amount_msat;
+        } else {
+            self.alice_msat += h.amount_msat;
+        }
+        self.advance()
+    }
+}
+
+/// The request for the next counterparty commitment, as the benchmark and
+/// the hostile-node suite send it: Alice signs Bob's next commitment.
+pub fn next_counterparty_request(
+    pair: &mut ChannelPair,
+) -> Result<pb::SignCounterpartyCommitmentRequest, SignerError> {
+    let n = pair.number + 1;
+    let data = pair.commitment_data(false, n)?;
+    Ok(pb::SignCounterpartyCommitmentRequest {
+        channel_keys_id: pair.alice.keys_id.clone(),
+        commitment: Some(data),
+        ..Default::default()
+    })
+}
+
+/// Unwraps an `Error` reply body into a [`SignerError`]-like tuple, for tests.
+pub fn reply_error(r: &pb::Reply) -> Option<(i32, alloc::string::String)> {
+    match &r.body {
+        Some(reply::Body::Error(e)) => Some((e.kind, e.rule.clone())),
+        _ => None,
+    }
+}

@@ -1,0 +1,324 @@
+//! A channel driven through two in-process signers: the protocol's order of
+//! signatures and revocations is accepted, and out-of-order or altered
+//! requests are refused without changing state.
+
+use lnpd_proto::signer::{self as pb, request, ErrorKind as WireKind};
+use lnpd_signer::call;
+use lnpd_signer::policy::RuleId;
+use lnpd_signer::store::MemoryStore;
+use lnpd_signer::testing::{memory_signer, test_entropy, ChannelPair, PairOptions};
+use lnpd_signer::{ErrorKind, PolicyConfig, Seed, Signer, SignerError};
+
+fn pair(anchors: bool) -> ChannelPair {
+    ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions {
+            anchors,
+            ..Default::default()
+        },
+    )
+    .expect("channel opens")
+}
+
+fn assert_refused(res: Result<impl std::fmt::Debug, SignerError>, rule: RuleId) {
+    match res {
+        Err(e) => assert_eq!(e.rule, Some(rule), "refused for the wrong reason: {e}"),
+        Ok(v) => panic!("expected refusal by {}, got {v:?}", rule.as_str()),
+    }
+}
+
+/// Runs `f` against Alice's signer and checks her state did not change.
+fn unchanged<T>(p: &mut ChannelPair, f: impl FnOnce(&mut ChannelPair) -> T) -> T {
+    let before = p.alice.signer.state_digest();
+    let out = f(p);
+    assert_eq!(
+        before,
+        p.alice.signer.state_digest(),
+        "a refused request changed state"
+    );
+    out
+}
+
+#[test]
+fn payments_flow_through_both_channel_types() {
+    for anchors in [false, true] {
+        let mut p = pair(anchors);
+        let mut pending = Vec::new();
+        for i in 0..5u8 {
+            pending.push(
+                p.add_htlc(10_000_000 + i as u64 * 1000, i + 1)
+                    .expect("add htlc"),
+            );
+        }
+        assert_eq!(p.number, 5);
+        for h in pending {
+            p.settle_htlc(&h).expect("settle htlc");
+        }
+        assert_eq!(p.number, 10);
+        assert!(p.htlcs.is_empty());
+    }
+}
+
+#[test]
+fn refuses_to_release_the_current_secret_before_the_next_state_is_validated() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    // Holder #1 is the latest validated: its secret must not leave.
+    let req = pb::ReleaseCommitmentSecretRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 1,
+    };
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, ReleaseCommitmentSecret(req) => ReleaseCommitmentSecret),
+            RuleId::RevokeNextValidated,
+        )
+    });
+    // Releasing #0 again (already revoked) gives the same secret.
+    let again = pb::ReleaseCommitmentSecretRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 0,
+    };
+    let s1 =
+        call!(p.alice.signer, ReleaseCommitmentSecret(again.clone()) => ReleaseCommitmentSecret)
+            .unwrap();
+    let s2 =
+        call!(p.alice.signer, ReleaseCommitmentSecret(again) => ReleaseCommitmentSecret).unwrap();
+    assert_eq!(s1, s2);
+}
+
+#[test]
+fn refuses_to_sign_a_revoked_holder_commitment() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    let req = pb::SignHolderCommitmentRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 0,
+    };
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, SignHolderCommitment(req) => Signature),
+            RuleId::CommitmentHolderNotRevoked,
+        )
+    });
+    let ok = pb::SignHolderCommitmentRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 1,
+    };
+    call!(p.alice.signer, SignHolderCommitment(ok) => Signature)
+        .expect("latest holder commitment can be signed");
+    // Having signed #1 for broadcast, its secret must never be released.
+    p.htlcs.clear();
+    let (req, _) = p.holder_request(true, 2).unwrap();
+    call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment).unwrap();
+    let rel = pb::ReleaseCommitmentSecretRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 1,
+    };
+    assert_refused(
+        call!(p.alice.signer, ReleaseCommitmentSecret(rel) => ReleaseCommitmentSecret),
+        RuleId::CommitmentHolderNotRevoked,
+    );
+}
+
+#[test]
+fn refuses_skipped_and_rewound_commitment_numbers() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    p.advance().unwrap();
+    for n in [p.number + 2, p.number - 1] {
+        let mut req = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+        if let Some(c) = req.commitment.as_mut() {
+            c.commitment_number = n;
+        }
+        unchanged(&mut p, |p| {
+            assert_refused(
+                call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+                RuleId::CommitmentNumberSequence,
+            )
+        });
+    }
+    // A holder commitment that skips ahead, or goes back, is refused too.
+    let (req, _) = p.holder_request(true, p.number + 1).unwrap();
+    for n in [p.number + 2, p.number - 1] {
+        let mut bad = req.clone();
+        if let Some(c) = bad.commitment.as_mut() {
+            c.commitment_number = n;
+            c.per_commitment_point.clear();
+        }
+        let res = unchanged(
+            &mut p,
+            |p| call!(p.alice.signer, ValidateHolderCommitment(bad) => ValidateHolderCommitment),
+        );
+        let err = res.unwrap_err();
+        assert!(
+            matches!(
+                err.rule,
+                Some(RuleId::CommitmentNumberSequence | RuleId::CommitmentHolderNotRevoked)
+            ),
+            "{err}"
+        );
+    }
+}
+
+#[test]
+fn refuses_a_new_counterparty_state_before_the_peer_revoked_the_one_before() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    // Alice signs Bob's #2 (fine: #0 revoked), Bob does not revoke #1, Alice is asked for #3.
+    let req = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+    call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment).unwrap();
+    let mut req3 = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req3.commitment.as_mut() {
+        c.commitment_number = 3;
+    }
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, SignCounterpartyCommitment(req3) => SignCounterpartyCommitment),
+            RuleId::CommitmentPreviousRevoked,
+        )
+    });
+}
+
+#[test]
+fn refuses_a_holder_commitment_with_a_bad_counterparty_signature() {
+    let mut p = pair(false);
+    let (mut req, _) = p.holder_request(true, 1).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        c.to_broadcaster_value_sat -= 1000; // not what the peer signed
+        c.to_countersignatory_value_sat += 1000;
+    }
+    let err = unchanged(
+        &mut p,
+        |p| call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment),
+    )
+    .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+}
+
+#[test]
+fn refuses_a_wrong_revocation_secret() {
+    let mut p = pair(true);
+    // Alice signed Bob's #1; a made-up secret for Bob's #0 is refused.
+    let req = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+    call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment).unwrap();
+    let bad = pb::ValidateCounterpartyRevocationRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 0,
+        secret: vec![7u8; 32],
+    };
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, ValidateCounterpartyRevocation(bad) => ValidateCounterpartyRevocation),
+            RuleId::RevokeSecretValid,
+        )
+    });
+}
+
+#[test]
+fn refuses_changed_parameters_and_keys_id_reuse() {
+    let mut p = pair(true);
+    let mut setup = p.alice.setup.clone();
+    setup.channel_value_sat += 1;
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, SetupChannel(setup) => SetupChannel),
+            RuleId::ChannelParamsImmutable,
+        )
+    });
+    let mut other = p.alice.setup.clone();
+    other.funding_outpoint = Some(pb::OutPoint {
+        txid: vec![0x22; 32],
+        vout: 1,
+    });
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, SetupChannel(other) => SetupChannel),
+            RuleId::ChannelKeysIdUnique,
+        )
+    });
+    // The identical set-up again is a harmless retry.
+    let same = p.alice.setup.clone();
+    call!(p.alice.signer, SetupChannel(same) => SetupChannel).unwrap();
+}
+
+#[test]
+fn a_failed_write_changes_nothing_and_the_request_can_be_retried() {
+    let seed = Seed::new(vec![9u8; 32]).unwrap();
+    let mut store = MemoryStore::default();
+    store.fail_next_commit = true;
+    let mut s = Signer::new(
+        &seed,
+        bitcoin::Network::Regtest,
+        PolicyConfig::default(),
+        store,
+        test_entropy(9),
+    )
+    .unwrap();
+    let before = s.state_digest();
+    let err =
+        call!(s, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
+            .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Internal);
+    assert_eq!(before, s.state_digest());
+    call!(s, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId).unwrap();
+    assert_ne!(before, s.state_digest());
+}
+
+#[test]
+fn malformed_fields_get_clear_errors() {
+    let mut p = pair(true);
+    let cases: Vec<request::Body> = vec![
+        request::Body::Ecdh(pb::EcdhRequest {
+            recipient: 0,
+            other_key: vec![2; 10],
+            tweak: None,
+        }),
+        request::Body::Ecdh(pb::EcdhRequest {
+            recipient: 0,
+            other_key: vec![9; 33],
+            tweak: None,
+        }),
+        request::Body::GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
+            channel_keys_id: vec![1; 31],
+            commitment_number: 0,
+        }),
+        request::Body::GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
+            channel_keys_id: vec![1; 32],
+            commitment_number: 1 << 48,
+        }),
+        request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
+            channel_keys_id: vec![5; 32],
+            commitment_number: 0,
+        }),
+        request::Body::SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+            channel_keys_id: p.alice.keys_id.clone(),
+            commitment: None,
+            ..Default::default()
+        }),
+        request::Body::SignPsbt(pb::SignPsbtRequest {
+            psbt: vec![1, 2, 3],
+        }),
+        request::Body::SignInvoice(pb::SignInvoiceRequest {
+            recipient: 0,
+            hrp: "lnbcrt".into(),
+            data_u5: vec![40],
+        }),
+    ];
+    for body in cases {
+        let before = p.alice.signer.state_digest();
+        let err = p
+            .alice
+            .signer
+            .handle(body.clone())
+            .expect_err("malformed request must be refused");
+        assert!(
+            matches!(err.kind, ErrorKind::Invalid | ErrorKind::NotFound),
+            "{body:?}: {err}"
+        );
+        assert!(!err.message.is_empty());
+        assert_eq!(before, p.alice.signer.state_digest());
+    }
+    let _ = WireKind::Invalid;
+}
