@@ -16,5 +16,9 @@ pub mod node {
     include!(concat!(env!("OUT_DIR"), "/lnpd.node.v1.rs"));
 }
 
+/// Client helpers for `signer.proto` (mutual TLS, typed dispatch).
+#[cfg(feature = "grpc")]
+pub mod client;
+
 /// Version of the node <-> signer protocol; the major part must match.
 pub const SIGNER_PROTOCOL_VERSION: u32 = 1;

@@ -95,6 +95,16 @@ impl<S: Store> Signer<S> {
         self.keys.node_id(&self.secp)
     }
 
+    /// Uses explicit secrets for a channel (tests with published key material only).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn set_channel_secrets_for_tests(
+        &mut self,
+        id: ChannelKeysId,
+        secrets: crate::keys::ChannelSecrets,
+    ) {
+        self.keys.set_channel_secrets(id, secrets);
+    }
+
     /// The network of the keys.
     pub fn network(&self) -> Network {
         self.keys.network()

@@ -130,6 +130,9 @@ pub struct KeyRing {
     symmetric_master: Zeroizing<[u8; 32]>,
     wallet_account: Xpriv,
     master_fingerprint: bitcoin::bip32::Fingerprint,
+    /// Channel secrets given explicitly (the BOLT 3 test vectors' keys).
+    #[cfg(any(test, feature = "test-utils"))]
+    overrides: alloc::collections::BTreeMap<ChannelKeysId, ChannelSecrets>,
 }
 
 impl Drop for KeyRing {
@@ -207,6 +210,8 @@ impl KeyRing {
             symmetric_master: Zeroizing::new(sym.private_key.secret_bytes()),
             wallet_account,
             master_fingerprint: master.fingerprint(secp),
+            #[cfg(any(test, feature = "test-utils"))]
+            overrides: Default::default(),
         })
     }
 
@@ -234,6 +239,10 @@ impl KeyRing {
 
     /// Derives the secrets of the channel with this keys id.
     pub fn channel_secrets(&self, id: &ChannelKeysId) -> ChannelSecrets {
+        #[cfg(any(test, feature = "test-utils"))]
+        if let Some(s) = self.overrides.get(id) {
+            return s.clone();
+        }
         let mut mac = hmac::HmacEngine::<sha256::Hash>::new(&self.channel_master[..]);
         mac.input(&id.0);
         let channel_seed = Zeroizing::new(hmac::Hmac::from_engine(mac).to_byte_array());
@@ -246,6 +255,12 @@ impl KeyRing {
             htlc_base_key: k(b"lnpd/htlc"),
             commitment_seed: tagged(b"lnpd/commitment-seed", &channel_seed[..]),
         }
+    }
+
+    /// Uses `secrets` for channel `id` instead of deriving them (tests only).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn set_channel_secrets(&mut self, id: ChannelKeysId, secrets: ChannelSecrets) {
+        self.overrides.insert(id, secrets);
     }
 
     /// The wallet's account-level extended private key (`m/84'/coin'/0'`).

@@ -6,6 +6,9 @@
 //! Alice signs Bob's n+1, Bob validates it and revokes n; Bob signs Alice's
 //! n+1, Alice validates it and revokes n.
 
+#[cfg(feature = "std")]
+pub mod process;
+
 use alloc::boxed::Box;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -197,13 +200,14 @@ fn setup_for(
     }
 }
 
-fn new_party(
-    mut signer: Box<dyn SignerHandle>,
-) -> Result<(Box<dyn SignerHandle>, Vec<u8>, pb::ChannelPublicKeys), SignerError> {
+/// Asks a signer for a new channel keys id and that channel's public keys.
+fn new_channel(
+    signer: &mut dyn SignerHandle,
+) -> Result<(Vec<u8>, pb::ChannelPublicKeys), SignerError> {
     let id = call!(signer, NewChannelKeysId(pb::NewChannelKeysIdRequest { inbound: false, user_channel_id: vec![] }) => NewChannelKeysId)?
         .channel_keys_id;
     let keys = call!(signer, GetChannelPublicKeys(pb::GetChannelPublicKeysRequest { channel_keys_id: id.clone() }) => ChannelPublicKeys)?;
-    Ok((signer, id, keys))
+    Ok((id, keys))
 }
 
 impl ChannelPair {
@@ -213,8 +217,9 @@ impl ChannelPair {
         bob: Box<dyn SignerHandle>,
         opts: PairOptions,
     ) -> Result<Self, SignerError> {
-        let (alice, a_id, a_keys) = new_party(alice)?;
-        let (bob, b_id, b_keys) = new_party(bob)?;
+        let (mut alice, mut bob) = (alice, bob);
+        let (a_id, a_keys) = new_channel(alice.as_mut())?;
+        let (b_id, b_keys) = new_channel(bob.as_mut())?;
         let a_setup = setup_for(&a_id, true, &opts, &b_keys);
         let b_setup = setup_for(&b_id, false, &opts, &a_keys);
         let mut pair = ChannelPair {
@@ -354,10 +359,27 @@ impl ChannelPair {
     /// Moves both commitments to the next number with the current balances
     /// and HTLCs, revoking the previous ones.
     pub fn advance(&mut self) -> Result<(), SignerError> {
+        let req = next_counterparty_request(self)?;
+        let sig = call!(self.alice.signer, SignCounterpartyCommitment(req.clone()) => SignCounterpartyCommitment)?;
+        self.complete_advance(req, sig)
+    }
+
+    /// The rest of [`ChannelPair::advance`] once Alice signed Bob's next
+    /// commitment (`req`, answered by `sig`): Bob validates and revokes,
+    /// Bob signs Alice's next, Alice validates and revokes.
+    pub fn complete_advance(
+        &mut self,
+        req: pb::SignCounterpartyCommitmentRequest,
+        sig: pb::SignCounterpartyCommitmentReply,
+    ) -> Result<(), SignerError> {
         let n = self.number;
-        // Bob's side first.
-        let (req, _) = self.holder_request(false, n + 1)?;
-        call!(self.bob.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
+        call!(self.bob.signer, ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+            channel_keys_id: self.bob.keys_id.clone(),
+            commitment: req.commitment,
+            counterparty_signature: sig.signature,
+            htlc_signatures: sig.htlc_signatures,
+            outbound_htlc_preimages: vec![],
+        }) => ValidateHolderCommitment)?;
         let secret =
             call!(self.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
             channel_keys_id: self.bob.keys_id.clone(), commitment_number: n,
@@ -366,7 +388,6 @@ impl ChannelPair {
         call!(self.alice.signer, ValidateCounterpartyRevocation(pb::ValidateCounterpartyRevocationRequest {
             channel_keys_id: self.alice.keys_id.clone(), commitment_number: n, secret,
         }) => ValidateCounterpartyRevocation)?;
-        // Then Alice's.
         let (req, _) = self.holder_request(true, n + 1)?;
         call!(self.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
         let secret =

@@ -1,0 +1,235 @@
+//! Real `lnpd-signer` processes on free loopback ports, in temporary
+//! directories removed afterwards, and a blocking client for them (std only).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use lnpd_proto::client::{self as signer_client, SignerTls};
+use lnpd_proto::signer::signer_client::SignerClient;
+use lnpd_proto::signer::{reply, request};
+use tonic::transport::Channel;
+
+use super::SignerHandle;
+use crate::{ErrorKind, RuleId, SignerError};
+
+/// Path of a binary of this workspace, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace binaries first (cargo build --workspace)",
+        p.display()
+    );
+    p
+}
+
+/// The `lnpd-signer` binary: `LNPD_SIGNER_BIN` if set, else next to the test executable.
+pub fn signer_bin() -> PathBuf {
+    std::env::var_os("LNPD_SIGNER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin("lnpd-signer"))
+}
+
+/// A directory removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new empty directory.
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "lnpd-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A signer data directory and, while running, its process.
+pub struct SignerProcess {
+    /// The data directory.
+    pub dir: TempDir,
+    passphrase: PathBuf,
+    child: Option<Child>,
+    /// The address it listens on, once started.
+    pub addr: Option<String>,
+}
+
+impl SignerProcess {
+    /// Runs `lnpd-signer init` in a new directory (regtest, light KDF for speed).
+    pub fn init(tag: &str) -> Result<Self> {
+        let dir = TempDir::new(tag);
+        let passphrase = dir.0.join("passphrase");
+        std::fs::write(&passphrase, "test passphrase\n")?;
+        let data = dir.0.join("signer");
+        let out = Command::new(signer_bin())
+            .args([
+                "init",
+                "--network",
+                "regtest",
+                "--listen",
+                "127.0.0.1:0",
+                "--kdf-memory-kib",
+                "8192",
+                "--no-show-mnemonic",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--passphrase-file")
+            .arg(&passphrase)
+            .output()
+            .context("running lnpd-signer init")?;
+        if !out.status.success() {
+            bail!(
+                "lnpd-signer init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(SignerProcess {
+            dir,
+            passphrase,
+            child: None,
+            addr: None,
+        })
+    }
+
+    /// The signer's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("signer")
+    }
+
+    /// The TLS files a node uses to reach this signer.
+    pub fn node_tls(&self) -> SignerTls {
+        SignerTls::from_signer_dir(&self.data_dir().join("tls"))
+    }
+
+    /// Starts `lnpd-signer run` on a free port and waits until it listens.
+    pub fn start(&mut self) -> Result<String> {
+        let addr_file = self.data_dir().join("signer.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let log = std::fs::File::create(self.dir.0.join("signer.log"))?;
+        let child = Command::new(signer_bin())
+            .arg("run")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--passphrase-file")
+            .arg(&self.passphrase)
+            .args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting lnpd-signer run")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(a) = std::fs::read_to_string(&addr_file) {
+                if !a.is_empty() {
+                    self.addr = Some(a.clone());
+                    return Ok(a);
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("lnpd-signer exited early ({status}): {}", self.log());
+            }
+            if Instant::now() > deadline {
+                bail!("lnpd-signer did not start listening: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("signer.log")).unwrap_or_default()
+    }
+
+    /// Kills the daemon with SIGKILL (no chance to clean up).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.addr = None;
+    }
+
+    /// A client over mutual TLS with the node's certificate.
+    pub fn client(&self) -> Result<RemoteSigner> {
+        let addr = self
+            .addr
+            .clone()
+            .ok_or_else(|| anyhow!("signer not started"))?;
+        RemoteSigner::connect(&addr, &self.node_tls())
+    }
+}
+
+impl Drop for SignerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A signer process seen through [`SignerHandle`], with blocking calls.
+pub struct RemoteSigner {
+    rt: tokio::runtime::Runtime,
+    client: SignerClient<Channel>,
+}
+
+impl RemoteSigner {
+    /// Connects with the given TLS files.
+    pub fn connect(addr: &str, tls: &SignerTls) -> Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let client = rt.block_on(signer_client::connect(addr, tls))?;
+        Ok(RemoteSigner { rt, client })
+    }
+
+    /// One call, with the raw gRPC status on failure.
+    pub fn call(&mut self, body: request::Body) -> Result<reply::Body, tonic::Status> {
+        self.rt
+            .block_on(signer_client::call(&mut self.client, body))
+    }
+}
+
+/// Maps a gRPC status back onto the signer's error.
+pub fn status_to_error(s: &tonic::Status) -> SignerError {
+    let kind = match s.code() {
+        tonic::Code::InvalidArgument => ErrorKind::Invalid,
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        tonic::Code::PermissionDenied => ErrorKind::Policy,
+        _ => ErrorKind::Internal,
+    };
+    SignerError {
+        kind,
+        rule: signer_client::refused_rule(s).and_then(|r| RuleId::parse(&r)),
+        message: s.message().to_string(),
+    }
+}
+
+impl SignerHandle for RemoteSigner {
+    fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
+        self.call(body).map_err(|s| status_to_error(&s))
+    }
+}
