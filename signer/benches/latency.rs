@@ -123,7 +123,7 @@ fn bench_ecdh(signer: &mut dyn SignerHandle) -> Figures {
 }
 
 fn durable_signer(dir: &TempDir, tag: u8) -> Signer<RedbStore> {
-    let store = RedbStore::open(&dir.0.join(format!("state-{tag}.redb"))).expect("open store");
+    let store = RedbStore::open(&dir.path.join(format!("state-{tag}.redb"))).expect("open store");
     Signer::new(
         &Seed::new(vec![tag; 32]).expect("seed"),
         bitcoin::Network::Regtest,
@@ -140,7 +140,10 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list`: nothing to list
     }
-    println!("lnpd-signer latency ({} samples each; durable state write included)\n", iterations());
+    println!(
+        "lnpd-signer latency ({} samples each; durable state write included)\n",
+        iterations()
+    );
     let dir = TempDir::new("bench");
 
     show(

@@ -240,9 +240,9 @@ impl<S: Store> Signer<S> {
             let next_validated = record.holder_number().is_some_and(|h| h > n.0);
             self.policy.check(RuleId::RevokeNextValidated, next_validated, || {
                 format!(
-                    "channel {id}: secret of holder commitment {n} asked before commitment {} was validated (latest validated: {:?})",
+                    "channel {id}: secret of holder commitment {n} asked before commitment #{} was validated (latest validated: {})",
                     n.0 + 1,
-                    record.holder_number()
+                    record.holder_number().map_or("none".into(), |h| format!("#{h}"))
                 )
             })?;
             self.policy.check(

@@ -428,6 +428,41 @@ impl ChannelPair {
     }
 }
 
+impl ChannelPair {
+    /// Cooperative close at `fee_sat` (paid by Alice, the funder): each side
+    /// signs the closing transaction paying both sides' shutdown scripts.
+    /// Returns (Alice's, Bob's) signatures.
+    pub fn close(&mut self, fee_sat: u64) -> Result<(Vec<u8>, Vec<u8>), SignerError> {
+        if !self.htlcs.is_empty() {
+            return Err(SignerError::precondition("HTLCs pending"));
+        }
+        let script = |p: &mut Party| {
+            call!(p.signer, GetShutdownScript(pb::GetShutdownScriptRequest {}) => Script)
+                .map(|s| s.script_pubkey)
+        };
+        let (a_script, b_script) = (script(&mut self.alice)?, script(&mut self.bob)?);
+        let alice_sat = (self.alice_msat / 1000).saturating_sub(fee_sat);
+        let bob_sat = self.bob_msat / 1000;
+        let a = call!(self.alice.signer, SignClosingTransaction(pb::SignClosingTransactionRequest {
+            channel_keys_id: self.alice.keys_id.clone(),
+            to_holder_value_sat: alice_sat,
+            to_counterparty_value_sat: bob_sat,
+            to_holder_script: a_script.clone(),
+            to_counterparty_script: b_script.clone(),
+            lock_time: 0,
+        }) => Signature)?;
+        let b = call!(self.bob.signer, SignClosingTransaction(pb::SignClosingTransactionRequest {
+            channel_keys_id: self.bob.keys_id.clone(),
+            to_holder_value_sat: bob_sat,
+            to_counterparty_value_sat: alice_sat,
+            to_holder_script: b_script,
+            to_counterparty_script: a_script,
+            lock_time: 0,
+        }) => Signature)?;
+        Ok((a.signature, b.signature))
+    }
+}
+
 /// The request for the next counterparty commitment, as the benchmark and
 /// the hostile-node suite send it: Alice signs Bob's next commitment.
 pub fn next_counterparty_request(

@@ -38,8 +38,12 @@ pub fn signer_bin() -> PathBuf {
         .unwrap_or_else(|| bin("lnpd-signer"))
 }
 
-/// A directory removed when dropped.
-pub struct TempDir(pub PathBuf);
+/// A working directory, removed when dropped unless it was made to be kept.
+pub struct TempDir {
+    /// Where it is.
+    pub path: PathBuf,
+    keep: bool,
+}
 
 impl TempDir {
     /// A new empty directory.
@@ -52,13 +56,25 @@ impl TempDir {
         ));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
-        TempDir(p)
+        TempDir {
+            path: p,
+            keep: false,
+        }
+    }
+
+    /// A directory at `path`, emptied first and kept afterwards.
+    pub fn kept(path: PathBuf) -> std::io::Result<Self> {
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir { path, keep: true })
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
     }
 }
 
@@ -75,10 +91,14 @@ pub struct SignerProcess {
 impl SignerProcess {
     /// Runs `lnpd-signer init` in a new directory (regtest, light KDF for speed).
     pub fn init(tag: &str) -> Result<Self> {
-        let dir = TempDir::new(tag);
-        let passphrase = dir.0.join("passphrase");
+        Self::init_in(TempDir::new(tag))
+    }
+
+    /// Runs `lnpd-signer init` in `dir`.
+    pub fn init_in(dir: TempDir) -> Result<Self> {
+        let passphrase = dir.path.join("passphrase");
         std::fs::write(&passphrase, "test passphrase\n")?;
-        let data = dir.0.join("signer");
+        let data = dir.path.join("signer");
         let out = Command::new(signer_bin())
             .args([
                 "init",
@@ -112,7 +132,7 @@ impl SignerProcess {
 
     /// The signer's data directory.
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.0.join("signer")
+        self.dir.path.join("signer")
     }
 
     /// The TLS files a node uses to reach this signer.
@@ -124,7 +144,7 @@ impl SignerProcess {
     pub fn start(&mut self) -> Result<String> {
         let addr_file = self.data_dir().join("signer.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(self.dir.0.join("signer.log"))?;
+        let log = std::fs::File::create(self.dir.path.join("signer.log"))?;
         let child = Command::new(signer_bin())
             .arg("run")
             .arg("--data-dir")
@@ -161,7 +181,7 @@ impl SignerProcess {
 
     /// The daemon's log so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("signer.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path.join("signer.log")).unwrap_or_default()
     }
 
     /// Kills the daemon with SIGKILL (no chance to clean up).
@@ -221,10 +241,19 @@ pub fn status_to_error(s: &tonic::Status) -> SignerError {
         tonic::Code::PermissionDenied => ErrorKind::Policy,
         _ => ErrorKind::Internal,
     };
+    let rule = signer_client::refused_rule(s).and_then(|r| RuleId::parse(&r));
+    // The status text repeats the rule for humans; the error keeps it apart.
+    let message = match rule {
+        Some(r) => s
+            .message()
+            .strip_prefix(&format!("refused by policy {}: ", r.as_str()))
+            .unwrap_or(s.message()),
+        None => s.message(),
+    };
     SignerError {
         kind,
-        rule: signer_client::refused_rule(s).and_then(|r| RuleId::parse(&r)),
-        message: s.message().to_string(),
+        rule,
+        message: message.to_string(),
     }
 }
 
