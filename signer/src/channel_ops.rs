@@ -109,7 +109,12 @@ impl<S: Store> Signer<S> {
     }
 
     fn holder_pubkeys(&self, id: &ChannelKeysId) -> ChannelPublicKeys {
-        self.secrets(id).pubkeys(&self.secp)
+        if let Some(k) = self.pubkeys.borrow().get(id) {
+            return k.clone();
+        }
+        let k = self.secrets(id).pubkeys(&self.secp);
+        self.pubkeys.borrow_mut().insert(*id, k.clone());
+        k
     }
 
     fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
@@ -207,9 +212,7 @@ impl<S: Store> Signer<S> {
         rule: RuleId,
         why: impl FnOnce() -> alloc::string::String,
     ) -> SignerError {
-        let reason = why();
-        tracing::warn!(rule = rule.as_str(), "refused: {reason}");
-        SignerError::policy(rule, reason)
+        SignerError::policy(rule, why())
     }
 
     pub(crate) fn get_per_commitment_point(

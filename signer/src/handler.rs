@@ -45,6 +45,10 @@ pub struct Signer<S: Store> {
     pub(crate) meta: MetaRecord,
     pub(crate) entropy: Box<dyn Entropy>,
     pub(crate) wallet_scripts: crate::wallet::WalletScripts,
+    /// Our channel public keys by keys id: public data, derived once (five
+    /// point multiplications saved on every request).
+    pub(crate) pubkeys:
+        core::cell::RefCell<BTreeMap<ChannelKeysId, lightning::ln::chan_utils::ChannelPublicKeys>>,
 }
 
 impl<S: Store> core::fmt::Debug for Signer<S> {
@@ -87,6 +91,7 @@ impl<S: Store> Signer<S> {
             meta,
             entropy,
             wallet_scripts,
+            pubkeys: Default::default(),
         })
     }
 
@@ -102,6 +107,7 @@ impl<S: Store> Signer<S> {
         id: ChannelKeysId,
         secrets: crate::keys::ChannelSecrets,
     ) {
+        self.pubkeys.borrow_mut().remove(&id);
         self.keys.set_channel_secrets(id, secrets);
     }
 
@@ -171,8 +177,21 @@ impl<S: Store> Signer<S> {
         out
     }
 
-    /// Handles one typed request.
+    /// Handles one typed request. Every refusal is logged here, once, with
+    /// its rule id; the state is unchanged whenever an error is returned.
     pub fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
+        let op = request_name(&body);
+        let result = self.dispatch(body);
+        if let Err(e) = &result {
+            match e.rule {
+                Some(rule) => tracing::warn!(rule = rule.as_str(), op, "refused: {}", e.message),
+                None => tracing::info!(kind = ?e.kind, op, "request failed: {}", e.message),
+            }
+        }
+        result
+    }
+
+    fn dispatch(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
         use reply::Body as A;
         use request::Body as Q;
         Ok(match body {
@@ -278,6 +297,43 @@ impl<S: Store> Signer<S> {
             .collect(),
             channel_count: self.channels.values().filter(|c| c.setup.is_some()).count() as u32,
         }
+    }
+}
+
+/// The operation a request asks for, for logs.
+fn request_name(body: &request::Body) -> &'static str {
+    use request::Body as Q;
+    match body {
+        Q::Ping(_) => "ping",
+        Q::Info(_) => "info",
+        Q::GetNodeId(_) => "get_node_id",
+        Q::Ecdh(_) => "ecdh",
+        Q::SignInvoice(_) => "sign_invoice",
+        Q::SignBolt12Invoice(_) => "sign_bolt12_invoice",
+        Q::SignGossip(_) => "sign_gossip",
+        Q::SignMessage(_) => "sign_message",
+        Q::GetNodeKeys(_) => "get_node_keys",
+        Q::NewChannelKeysId(_) => "new_channel_keys_id",
+        Q::GetChannelPublicKeys(_) => "get_channel_public_keys",
+        Q::SetupChannel(_) => "setup_channel",
+        Q::GetDestinationScript(_) => "get_destination_script",
+        Q::GetShutdownScript(_) => "get_shutdown_script",
+        Q::GetPerCommitmentPoint(_) => "get_per_commitment_point",
+        Q::ReleaseCommitmentSecret(_) => "release_commitment_secret",
+        Q::ValidateHolderCommitment(_) => "validate_holder_commitment",
+        Q::ValidateCounterpartyRevocation(_) => "validate_counterparty_revocation",
+        Q::SignCounterpartyCommitment(_) => "sign_counterparty_commitment",
+        Q::SignHolderCommitment(_) => "sign_holder_commitment",
+        Q::SignHolderHtlcTransaction(_) => "sign_holder_htlc_transaction",
+        Q::SignCounterpartyHtlcSweep(_) => "sign_counterparty_htlc_sweep",
+        Q::SignJusticeRevokedOutput(_) => "sign_justice_revoked_output",
+        Q::SignJusticeRevokedHtlc(_) => "sign_justice_revoked_htlc",
+        Q::SignClosingTransaction(_) => "sign_closing_transaction",
+        Q::SignChannelAnnouncement(_) => "sign_channel_announcement",
+        Q::SignHolderAnchorInput(_) => "sign_holder_anchor_input",
+        Q::SpendSpendableOutputs(_) => "spend_spendable_outputs",
+        Q::GetWalletDescriptor(_) => "get_wallet_descriptor",
+        Q::SignPsbt(_) => "sign_psbt",
     }
 }
 

@@ -322,3 +322,67 @@ fn malformed_fields_get_clear_errors() {
     }
     let _ = WireKind::Invalid;
 }
+
+#[test]
+fn an_inbound_channels_early_commitment_is_checked_at_set_up() {
+    // Bob (inbound) is asked to validate his first commitment before he has
+    // the channel's parameters; a forged one must make the set-up fail.
+    let mut alice = memory_signer(1, PolicyConfig::default());
+    let mut bob = memory_signer(2, PolicyConfig::default());
+    let a_id =
+        call!(alice, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
+            .unwrap()
+            .channel_keys_id;
+    let b_id =
+        call!(bob, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
+            .unwrap()
+            .channel_keys_id;
+    let a_keys = call!(alice, GetChannelPublicKeys(pb::GetChannelPublicKeysRequest { channel_keys_id: a_id }) => ChannelPublicKeys).unwrap();
+    let point = call!(bob, GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest { channel_keys_id: b_id.clone(), commitment_number: 0 }) => GetPerCommitmentPoint).unwrap();
+    let parked = call!(bob, ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+        channel_keys_id: b_id.clone(),
+        commitment: Some(pb::CommitmentData {
+            commitment_number: 0,
+            feerate_per_kw: 1000,
+            to_broadcaster_value_sat: 0,
+            to_countersignatory_value_sat: 998_216,
+            htlcs: vec![],
+            per_commitment_point: point.per_commitment_point,
+        }),
+        counterparty_signature: vec![1; 64], // not Alice's signature
+        htlc_signatures: vec![],
+        outbound_htlc_preimages: vec![],
+    }) => ValidateHolderCommitment)
+    .unwrap();
+    assert!(parked.parked);
+    let before = bob.state_digest();
+    let setup = pb::SetupChannelRequest {
+        channel_keys_id: b_id,
+        is_outbound: false,
+        channel_value_sat: 1_000_000,
+        funding_outpoint: Some(pb::OutPoint {
+            txid: vec![0x11; 32],
+            vout: 0,
+        }),
+        channel_type: pb::ChannelType::AnchorsZeroFeeHtlcTx as i32,
+        holder_selected_contest_delay: 144,
+        counterparty_selected_contest_delay: 144,
+        holder_dust_limit_sat: 546,
+        counterparty_dust_limit_sat: 546,
+        counterparty_keys: Some(a_keys),
+        ..Default::default()
+    };
+    let err = call!(bob, SetupChannel(setup) => SetupChannel).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    assert_eq!(
+        before,
+        bob.state_digest(),
+        "a failed set-up must not record the channel"
+    );
+    // Nothing can be signed for a channel that was never set up.
+    let req = pb::SignHolderCommitmentRequest {
+        channel_keys_id: vec![0; 32],
+        commitment_number: 0,
+    };
+    assert!(call!(bob, SignHolderCommitment(req) => Signature).is_err());
+}

@@ -100,6 +100,11 @@ fn state_survives_kill_9_between_requests() {
     };
     let err = call!(pair.alice.signer, ReleaseCommitmentSecret(current.clone()) => ReleaseCommitmentSecret).unwrap_err();
     assert_eq!(err.rule, Some(RuleId::RevokeNextValidated), "{err}");
+    let log = alice.log();
+    assert!(
+        log.contains("revoke-next-validated") && log.contains("release_commitment_secret"),
+        "the refusal is logged with its rule id and operation: {log}"
+    );
 
     // Finish the interrupted update by hand, then kill again right after the revocation.
     let n = pair.number;
@@ -148,4 +153,91 @@ fn state_survives_kill_9_between_requests() {
     let h2 = pair.add_htlc(1_000_000, 2).unwrap();
     pair.settle_htlc(&h2).unwrap();
     assert!(alice.log().contains("listening on"));
+}
+
+#[test]
+fn init_restores_the_same_keys_from_the_mnemonic_and_never_overwrites_a_seed() {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let bin = lnpd_tests::signer_bin();
+    let dir = lnpd_tests::TempDir::new("restore");
+    let pass = dir.path.join("pass");
+    std::fs::write(&pass, "pw").unwrap();
+    let mnemonic = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";
+    let restore = |sub: &str| {
+        let mut child = Command::new(&bin)
+            .args([
+                "init",
+                "--restore",
+                "--network",
+                "regtest",
+                "--kdf-memory-kib",
+                "8192",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path.join(sub))
+            .arg("--passphrase-file")
+            .arg(&pass)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{mnemonic}\n").as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let node_id = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("node id:").map(|s| s.trim().to_string()))
+            .expect("node id printed")
+    };
+    let a = restore("a");
+    let b = restore("b");
+    assert!(
+        a.status.success() && b.status.success(),
+        "{}",
+        String::from_utf8_lossy(&a.stderr)
+    );
+    assert_eq!(node_id(&a), node_id(&b));
+    assert!(
+        !String::from_utf8_lossy(&a.stdout).contains("abandon"),
+        "a restored mnemonic is not echoed"
+    );
+    // `info` decrypts the same seed and shows the same node id.
+    let info = Command::new(&bin)
+        .args(["info", "--json"])
+        .arg("--data-dir")
+        .arg(dir.path.join("a"))
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&info.stdout).contains(&node_id(&a)));
+    // A second init over an existing seed is refused and leaves it intact.
+    let seed_before = std::fs::read(dir.path.join("a/seed.enc")).unwrap();
+    let again = restore("a");
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("refusing to overwrite"));
+    assert_eq!(
+        seed_before,
+        std::fs::read(dir.path.join("a/seed.enc")).unwrap()
+    );
+    // A wrong passphrase is a clear error, not a panic.
+    std::fs::write(&pass, "wrong").unwrap();
+    let bad = Command::new(&bin)
+        .args(["info"])
+        .arg("--data-dir")
+        .arg(dir.path.join("a"))
+        .arg("--passphrase-file")
+        .arg(&pass)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("wrong passphrase"));
 }

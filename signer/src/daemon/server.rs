@@ -54,9 +54,6 @@ pub fn to_status(e: &SignerError) -> Status {
             status.metadata_mut().insert("lnpd-rule", v);
         }
     }
-    if e.kind != ErrorKind::Policy {
-        tracing::info!(kind = ?e.kind, "request failed: {}", e.message);
-    }
     status
 }
 

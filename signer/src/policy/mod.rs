@@ -153,10 +153,8 @@ impl PolicyConfig {
         }
         let reason = why();
         match self.mode(rule) {
-            RuleMode::Enforce => {
-                tracing::warn!(rule = rule.as_str(), "refused: {reason}");
-                Err(SignerError::policy(rule, reason))
-            }
+            // Logged once by the handler, with the operation.
+            RuleMode::Enforce => Err(SignerError::policy(rule, reason)),
             RuleMode::Warn => {
                 tracing::warn!(
                     rule = rule.as_str(),
