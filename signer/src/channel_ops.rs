@@ -837,9 +837,6 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        close_rules::check_close(&self.policy, &id, record, setup, r, |s| {
-            self.is_own_script(s)
-        })?;
         let funding = commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
         let mut tx = chan_utils::build_closing_transaction(
             Amount::from_sat(r.to_holder_value_sat),
@@ -849,6 +846,15 @@ impl<S: Store> Signer<S> {
             funding,
         );
         tx.lock_time = LockTime::from_consensus(r.lock_time);
+        close_rules::check_close(
+            tx.weight().to_wu(),
+            &self.policy,
+            &id,
+            record,
+            setup,
+            r,
+            |s| self.is_own_script(s),
+        )?;
         let sighash = commitment::funding_sighash(&tx, &params)?;
         if !record.closing_signed {
             let mut updated = record.clone();

@@ -129,6 +129,16 @@ impl<S: Store> Signer<S> {
                 "need 1 to 1000 descriptors and at most 1000 outputs",
             ));
         }
+        self.policy.check(
+            RuleId::SweepFeeRange,
+            r.feerate_sat_per_kw <= self.policy.max_onchain_feerate_per_kw,
+            || {
+                format!(
+                    "sweep feerate {} sat/kw above {} sat/kw",
+                    r.feerate_sat_per_kw, self.policy.max_onchain_feerate_per_kw
+                )
+            },
+        )?;
         let mut inputs = Vec::with_capacity(r.descriptors.len());
         let mut total_in: u64 = 0;
         for d in &r.descriptors {

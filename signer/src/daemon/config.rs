@@ -43,6 +43,8 @@ pub struct PolicySection {
     pub max_feerate_per_kw: Option<u32>,
     /// Most HTLCs in one commitment.
     pub max_htlcs: Option<usize>,
+    /// Highest feerate of mutual closes and sweeps (sat/kw).
+    pub max_onchain_feerate_per_kw: Option<u32>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -102,6 +104,9 @@ impl ConfigFile {
             min_feerate_per_kw: p.min_feerate_per_kw.unwrap_or(d.min_feerate_per_kw),
             max_feerate_per_kw: p.max_feerate_per_kw.unwrap_or(d.max_feerate_per_kw),
             max_htlcs: p.max_htlcs.unwrap_or(d.max_htlcs),
+            max_onchain_feerate_per_kw: p
+                .max_onchain_feerate_per_kw
+                .unwrap_or(d.max_onchain_feerate_per_kw),
         };
         if cfg.min_to_self_delay > cfg.max_to_self_delay
             || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat

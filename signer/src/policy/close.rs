@@ -11,8 +11,13 @@ use crate::policy::{PolicyConfig, RuleId};
 use crate::state::ChannelRecord;
 use crate::types::ChannelKeysId;
 
-/// Checks a closing transaction before it is signed.
+/// Witness weight of a 2-of-2 funding input (two signatures, the script).
+const FUNDING_WITNESS_WEIGHT: u64 = 222;
+
+/// Checks a closing transaction before it is signed. `unsigned_weight` is
+/// the weight of the closing transaction without its witness.
 pub fn check_close(
+    unsigned_weight: u64,
     policy: &PolicyConfig,
     id: &ChannelKeysId,
     record: &ChannelRecord,
@@ -45,6 +50,17 @@ pub fn check_close(
         })?;
     }
 
+    let fee = setup.channel_value_sat - total;
+    let weight = unsigned_weight + FUNDING_WITNESS_WEIGHT;
+    let max_fee = policy.max_onchain_feerate_per_kw as u64 * weight / 1000;
+    // Only the funder's money goes to the fee; a fundee does not care.
+    policy.check(RuleId::CloseFeeRange, !setup.is_outbound || fee <= max_fee, || {
+        format!(
+            "channel {id}: closing fee {fee} sat above {max_fee} sat ({} sat/kw for {weight} weight units)",
+            policy.max_onchain_feerate_per_kw
+        )
+    })?;
+
     // Our balance in the latest holder commitment, before the commitment fee
     // and anchors the funder paid; the funder also pays the closing fee.
     if let Some(c) = holder {
@@ -60,8 +76,7 @@ pub fn check_close(
             0
         };
         let balance = c.to_broadcaster_value_sat + paid;
-        let closing_fee = setup.channel_value_sat - total;
-        let ours_with_fee = r.to_holder_value_sat + if setup.is_outbound { closing_fee } else { 0 };
+        let ours_with_fee = r.to_holder_value_sat + if setup.is_outbound { fee } else { 0 };
         // One satoshi of slack for msat rounding; a trimmed (dust) output may vanish.
         let ok = ours_with_fee + 1 >= balance
             || (r.to_holder_value_sat == 0 && balance < setup.holder_dust_limit_sat);

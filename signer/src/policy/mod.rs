@@ -116,6 +116,9 @@ pub struct PolicyConfig {
     pub max_feerate_per_kw: u32,
     /// Most non-dust HTLCs in one commitment.
     pub max_htlcs: usize,
+    /// Highest feerate of transactions we pay fees on alone: mutual closes
+    /// (as funder) and sweeps (sat per 1000 weight).
+    pub max_onchain_feerate_per_kw: u32,
 }
 
 impl Default for PolicyConfig {
@@ -130,6 +133,7 @@ impl Default for PolicyConfig {
             min_feerate_per_kw: 253,
             max_feerate_per_kw: 100_000,
             max_htlcs: 483,
+            max_onchain_feerate_per_kw: 25_000,
         }
     }
 }

@@ -1,0 +1,597 @@
+//! The signing operations besides commitments, each checked against keys
+//! and scripts derived independently in the test: wallet PSBTs, sweeps of
+//! spendable outputs, invoices, messages, gossip, announcements, closing,
+//! second-stage HTLC, justice and anchor spends.
+
+use std::str::FromStr;
+
+use bitcoin::bip32::{DerivationPath, Xpriv};
+use bitcoin::hashes::{sha256, sha256d, Hash};
+use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{
+    absolute::LockTime, transaction::Version, Amount, CompressedPublicKey, Network, OutPoint, Psbt,
+    ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
+};
+use lnpd_proto::signer as pb;
+use lnpd_signer::call;
+use lnpd_signer::testing::{memory_signer, ChannelPair, PairOptions};
+use lnpd_signer::{ErrorKind, PolicyConfig, RuleId};
+
+fn secp() -> Secp256k1<bitcoin::secp256k1::All> {
+    Secp256k1::new()
+}
+
+/// The wallet key at m/84'/1'/0'/chain/index of the test signer with seed `[tag; 32]`.
+fn wallet_key(
+    tag: u8,
+    chain: u32,
+    index: u32,
+) -> (SecretKey, bitcoin::bip32::Fingerprint, DerivationPath) {
+    let s = secp();
+    let master = Xpriv::new_master(Network::Regtest, &[tag; 32]).unwrap();
+    let path = DerivationPath::from_str(&format!("m/84'/1'/0'/{chain}/{index}")).unwrap();
+    (
+        master.derive_priv(&s, &path).unwrap().private_key,
+        master.fingerprint(&s),
+        path,
+    )
+}
+
+fn wpkh(pk: &PublicKey) -> ScriptBuf {
+    ScriptBuf::new_p2wpkh(&CompressedPublicKey(*pk).wpubkey_hash())
+}
+
+fn sig(bytes: &[u8]) -> Signature {
+    Signature::from_compact(bytes).expect("64-byte signature")
+}
+
+fn unsigned(inputs: Vec<(OutPoint, u32)>, outputs: Vec<TxOut>, lock_time: u32) -> pb::UnsignedTx {
+    pb::UnsignedTx {
+        version: 2,
+        lock_time,
+        inputs: inputs
+            .into_iter()
+            .map(|(o, seq)| pb::TxIn {
+                previous_output: Some(pb::OutPoint {
+                    txid: o.txid.to_byte_array().to_vec(),
+                    vout: o.vout,
+                }),
+                sequence: seq,
+            })
+            .collect(),
+        outputs: outputs
+            .into_iter()
+            .map(|o| pb::TxOut {
+                value_sat: o.value.to_sat(),
+                script_pubkey: o.script_pubkey.to_bytes(),
+            })
+            .collect(),
+    }
+}
+
+fn to_tx(u: &pb::UnsignedTx) -> Transaction {
+    Transaction {
+        version: Version(u.version),
+        lock_time: LockTime::from_consensus(u.lock_time),
+        input: u
+            .inputs
+            .iter()
+            .map(|i| {
+                let o = i.previous_output.as_ref().unwrap();
+                TxIn {
+                    previous_output: OutPoint {
+                        txid: Txid::from_slice(&o.txid).unwrap(),
+                        vout: o.vout,
+                    },
+                    script_sig: ScriptBuf::new(),
+                    sequence: Sequence(i.sequence),
+                    witness: Witness::new(),
+                }
+            })
+            .collect(),
+        output: u
+            .outputs
+            .iter()
+            .map(|o| TxOut {
+                value: Amount::from_sat(o.value_sat),
+                script_pubkey: ScriptBuf::from_bytes(o.script_pubkey.clone()),
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn signs_wallet_psbt_inputs_and_only_those() {
+    let s = secp();
+    let mut signer = memory_signer(5, PolicyConfig::default());
+    let (key, fp, path) = wallet_key(5, 0, 3);
+    let pk = PublicKey::from_secret_key(&s, &key);
+    let prev = TxOut {
+        value: Amount::from_sat(50_000),
+        script_pubkey: wpkh(&pk),
+    };
+    let foreign_key = SecretKey::from_slice(&[9; 32]).unwrap();
+    let foreign_pk = PublicKey::from_secret_key(&s, &foreign_key);
+    let tx = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![
+            TxIn {
+                previous_output: OutPoint {
+                    txid: Txid::all_zeros(),
+                    vout: 1,
+                },
+                ..Default::default()
+            },
+            TxIn {
+                previous_output: OutPoint {
+                    txid: Txid::all_zeros(),
+                    vout: 2,
+                },
+                ..Default::default()
+            },
+        ],
+        output: vec![TxOut {
+            value: Amount::from_sat(40_000),
+            script_pubkey: wpkh(&foreign_pk),
+        }],
+    };
+    let mut psbt = Psbt::from_unsigned_tx(tx.clone()).unwrap();
+    psbt.inputs[0].witness_utxo = Some(prev.clone());
+    psbt.inputs[0].bip32_derivation.insert(pk, (fp, path));
+    psbt.inputs[1].witness_utxo = Some(TxOut {
+        value: Amount::from_sat(10_000),
+        script_pubkey: wpkh(&foreign_pk),
+    });
+    let reply = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: psbt.serialize() }) => SignPsbt)
+        .unwrap();
+    assert_eq!(reply.signed_inputs, vec![0]);
+    let signed = Psbt::deserialize(&reply.psbt).unwrap();
+    let partial = signed.inputs[0]
+        .partial_sigs
+        .get(&bitcoin::PublicKey::new(pk))
+        .expect("signature for our input");
+    let h = SighashCache::new(&tx)
+        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
+        .unwrap();
+    s.verify_ecdsa(
+        &Message::from_digest(h.to_byte_array()),
+        &partial.signature,
+        &pk,
+    )
+    .expect("valid wallet signature");
+    assert!(signed.inputs[1].partial_sigs.is_empty());
+
+    // A key origin that does not match the spent output is refused.
+    let mut bad = psbt.clone();
+    bad.inputs[0].witness_utxo = Some(TxOut {
+        value: prev.value,
+        script_pubkey: wpkh(&foreign_pk),
+    });
+    let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: bad.serialize() }) => SignPsbt)
+        .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid);
+}
+
+#[test]
+fn wallet_descriptor_matches_the_keys() {
+    let s = secp();
+    let mut signer = memory_signer(5, PolicyConfig::default());
+    let d = call!(signer, GetWalletDescriptor(pb::GetWalletDescriptorRequest {}) => GetWalletDescriptor).unwrap();
+    let (key, fp, _) = wallet_key(5, 0, 0);
+    assert!(d
+        .external_descriptor
+        .starts_with(&format!("wpkh([{fp}/84h/1h/0h]tpub")));
+    assert!(d.external_descriptor.contains("/0/*)#") && d.internal_descriptor.contains("/1/*)#"));
+    let account = bitcoin::bip32::Xpub::from_str(&d.account_xpub).unwrap();
+    let child = account
+        .derive_pub(&s, &DerivationPath::from_str("m/0/0").unwrap())
+        .unwrap();
+    assert_eq!(child.public_key, PublicKey::from_secret_key(&s, &key));
+}
+
+#[test]
+fn sweeps_our_outputs_into_the_wallet_with_valid_signatures() {
+    let s = secp();
+    let mut p = ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions {
+            anchors: false,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    // to_remote on a static_remote_key channel is P2WPKH of our payment point.
+    let payment_point = PublicKey::from_slice(&p.alice.pubkeys.payment_point).unwrap();
+    let (change_key, _, _) = wallet_key(1, 1, 0);
+    let change = wpkh(&PublicKey::from_secret_key(&s, &change_key));
+    let out = OutPoint {
+        txid: Txid::from_byte_array([7; 32]),
+        vout: 1,
+    };
+    let req = pb::SpendSpendableOutputsRequest {
+        descriptors: vec![pb::SpendableOutput {
+            outpoint: Some(pb::OutPoint {
+                txid: out.txid.to_byte_array().to_vec(),
+                vout: 1,
+            }),
+            output: Some(pb::TxOut {
+                value_sat: 100_000,
+                script_pubkey: wpkh(&payment_point).to_bytes(),
+            }),
+            kind: Some(pb::spendable_output::Kind::StaticPayment(
+                pb::StaticPaymentOutput {
+                    channel_keys_id: p.alice.keys_id.clone(),
+                },
+            )),
+        }],
+        outputs: vec![],
+        change_script: change.to_bytes(),
+        feerate_sat_per_kw: 2000,
+        lock_time: None,
+    };
+    let reply =
+        call!(p.alice.signer, SpendSpendableOutputs(req.clone()) => SpendSpendableOutputs).unwrap();
+    let tx: Transaction = bitcoin::consensus::deserialize(&reply.transaction).unwrap();
+    assert_eq!(tx.output.len(), 1);
+    assert_eq!(tx.output[0].script_pubkey, change);
+    let fee = 100_000 - tx.output[0].value.to_sat();
+    let at_rate = tx.weight().to_wu() * 2000 / 1000;
+    assert!(
+        fee >= at_rate && fee <= at_rate + 10,
+        "fee {fee} pays the feerate ({at_rate} sat for the signed weight)"
+    );
+    let w: Vec<&[u8]> = tx.input[0].witness.iter().collect();
+    assert_eq!(w[1], payment_point.serialize());
+    let h = SighashCache::new(&tx)
+        .p2wpkh_signature_hash(
+            0,
+            &wpkh(&payment_point),
+            Amount::from_sat(100_000),
+            EcdsaSighashType::All,
+        )
+        .unwrap();
+    let der = &w[0][..w[0].len() - 1];
+    s.verify_ecdsa(
+        &Message::from_digest(h.to_byte_array()),
+        &Signature::from_der(der).unwrap(),
+        &payment_point,
+    )
+    .expect("valid sweep signature");
+
+    // A feerate far above the limit would burn the output in fees.
+    let mut greedy = req.clone();
+    greedy.feerate_sat_per_kw = 200_000;
+    let err =
+        call!(p.alice.signer, SpendSpendableOutputs(greedy) => SpendSpendableOutputs).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepFeeRange));
+
+    // Paying anywhere but the wallet is refused.
+    let mut away = req;
+    away.change_script = wpkh(&PublicKey::from_secret_key(
+        &s,
+        &SecretKey::from_slice(&[3; 32]).unwrap(),
+    ))
+    .to_bytes();
+    let err =
+        call!(p.alice.signer, SpendSpendableOutputs(away) => SpendSpendableOutputs).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepDestinationAllowed));
+}
+
+#[test]
+fn node_key_signatures_verify_against_the_node_id() {
+    let s = secp();
+    let mut signer = memory_signer(4, PolicyConfig::default());
+    let node_id = signer.node_id();
+
+    // BOLT 11: a recoverable signature over SHA256(hrp || data) recovers the node id.
+    let data: Vec<u8> = (0..52u8).map(|i| i % 32).collect();
+    let r = call!(signer, SignInvoice(pb::SignInvoiceRequest { recipient: 0, hrp: "lnbcrt1u".into(), data_u5: data.clone() }) => RecoverableSignature).unwrap();
+    let rec = bitcoin::secp256k1::ecdsa::RecoverableSignature::from_compact(
+        &r.signature,
+        bitcoin::secp256k1::ecdsa::RecoveryId::from_i32(r.recovery_id).unwrap(),
+    )
+    .unwrap();
+    let hash = lnpd_signer_invoice_hash("lnbcrt1u", &data);
+    assert_eq!(
+        s.recover_ecdsa(&Message::from_digest(hash), &rec).unwrap(),
+        node_id
+    );
+
+    // sign_message: LDK's verifier accepts it for our node id.
+    let m = call!(signer, SignMessage(pb::SignMessageRequest { message: b"hello".to_vec() }) => SignMessage).unwrap();
+    assert!(lightning::util::message_signing::verify(
+        b"hello",
+        &m.signature,
+        &node_id
+    ));
+
+    // ECDH: the same shared secret from the other side.
+    let other = SecretKey::from_slice(&[8; 32]).unwrap();
+    let e = call!(signer, Ecdh(pb::EcdhRequest { recipient: 0, other_key: PublicKey::from_secret_key(&s, &other).serialize().to_vec(), tweak: None }) => Ecdh).unwrap();
+    assert_eq!(
+        e.shared_secret,
+        bitcoin::secp256k1::ecdh::SharedSecret::new(&node_id, &other)
+            .secret_bytes()
+            .to_vec()
+    );
+
+    // Phantom recipients are refused rather than answered with the node key.
+    assert!(call!(signer, GetNodeId(pb::GetNodeIdRequest { recipient: 1 }) => GetNodeId).is_err());
+
+    // Gossip: a node_announcement for another node is refused.
+    let mut ann = vec![0u8, 0, 0, 0, 0, 1]; // features len 0, timestamp
+    ann.extend_from_slice(&PublicKey::from_secret_key(&s, &other).serialize());
+    ann.extend_from_slice(&[0u8; 3 + 32 + 2]);
+    let err = call!(signer, SignGossip(pb::SignGossipRequest { kind: pb::GossipKind::NodeAnnouncement as i32, unsigned_message: ann.clone() }) => Signature).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid);
+    ann[6..39].copy_from_slice(&node_id.serialize());
+    let g = call!(signer, SignGossip(pb::SignGossipRequest { kind: pb::GossipKind::NodeAnnouncement as i32, unsigned_message: ann.clone() }) => Signature).unwrap();
+    let digest = Message::from_digest(sha256d::Hash::hash(&ann).to_byte_array());
+    s.verify_ecdsa(&digest, &sig(&g.signature), &node_id)
+        .expect("valid gossip signature");
+}
+
+/// BOLT 11's signed hash, computed here independently of the signer.
+fn lnpd_signer_invoice_hash(hrp: &str, data: &[u8]) -> [u8; 32] {
+    let mut bits: Vec<bool> = data
+        .iter()
+        .flat_map(|v| (0..5).rev().map(move |i| v >> i & 1 == 1))
+        .collect();
+    while !bits.len().is_multiple_of(8) {
+        bits.push(false);
+    }
+    let mut pre = hrp.as_bytes().to_vec();
+    pre.extend(
+        bits.chunks(8)
+            .map(|c| c.iter().fold(0u8, |a, b| a << 1 | *b as u8)),
+    );
+    sha256::Hash::hash(&pre).to_byte_array()
+}
+
+#[test]
+fn closing_signature_is_over_the_bolt3_closing_transaction_and_freezes_the_channel() {
+    let s = secp();
+    let mut p = ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .unwrap();
+    let h = p.add_htlc(50_000_000, 1).unwrap();
+    // Not while an HTLC is pending.
+    let err = p.close(1000).unwrap_err();
+    assert!(
+        matches!(err.rule, Some(RuleId::CloseNoPendingHtlcs))
+            || err.kind == ErrorKind::FailedPrecondition
+    );
+    p.settle_htlc(&h).unwrap();
+
+    // Closing to a script that is not ours is refused.
+    let stranger = wpkh(&PublicKey::from_secret_key(
+        &s,
+        &SecretKey::from_slice(&[3; 32]).unwrap(),
+    ));
+    let bad = pb::SignClosingTransactionRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        to_holder_value_sat: p.alice_msat / 1000 - 1000,
+        to_counterparty_value_sat: p.bob_msat / 1000,
+        to_holder_script: stranger.to_bytes(),
+        to_counterparty_script: stranger.to_bytes(),
+        lock_time: 0,
+    };
+    let err = call!(p.alice.signer, SignClosingTransaction(bad.clone()) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::CloseDestinationAllowed));
+
+    // Paying us less than our balance, the difference hidden in the fee we
+    // pay as funder, is refused.
+    let (own, _, _) = wallet_key(1, 0, 7);
+    let mut short = bad.clone();
+    short.to_holder_script = wpkh(&PublicKey::from_secret_key(&s, &own)).to_bytes();
+    short.to_holder_value_sat -= 50_000;
+    let err = call!(p.alice.signer, SignClosingTransaction(short) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::CloseFeeRange));
+    // The fundee pays no fee: any shortfall is caught as such.
+    let (bob_own, _, _) = wallet_key(2, 0, 7);
+    let bob_short = pb::SignClosingTransactionRequest {
+        channel_keys_id: p.bob.keys_id.clone(),
+        to_holder_value_sat: p.bob_msat / 1000 - 5_000,
+        to_counterparty_value_sat: p.alice_msat / 1000 - 1000,
+        to_holder_script: wpkh(&PublicKey::from_secret_key(&s, &bob_own)).to_bytes(),
+        to_counterparty_script: stranger.to_bytes(),
+        lock_time: 0,
+    };
+    let err = call!(p.bob.signer, SignClosingTransaction(bob_short) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::CloseValueMatches));
+
+    let (a, _b) = p.close(1000).unwrap();
+    let _ = sig(&a);
+    // After a mutual close, no new commitment is signed.
+    let req = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+    let err = call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::CloseThenFrozen));
+}
+
+#[test]
+fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
+    let s = secp();
+    let mut p = ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .unwrap();
+    p.advance().unwrap();
+    p.advance().unwrap();
+    // Bob's #0 is revoked: Alice can sign a justice spend of its to_local.
+    let bob_secret = call!(p.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: p.bob.keys_id.clone(), commitment_number: 0 }) => ReleaseCommitmentSecret).unwrap().secret;
+    let per_commitment_key = SecretKey::from_slice(&bob_secret).unwrap();
+    let point = PublicKey::from_secret_key(&s, &per_commitment_key);
+    let rev_base = PublicKey::from_slice(&p.alice.pubkeys.revocation_basepoint).unwrap();
+    let revocation = lightning::ln::channel_keys::RevocationKey::from_basepoint(
+        &s,
+        &lightning::ln::channel_keys::RevocationBasepoint::from(rev_base),
+        &point,
+    );
+    let delayed = lightning::ln::channel_keys::DelayedPaymentKey::from_basepoint(
+        &s,
+        &lightning::ln::channel_keys::DelayedPaymentBasepoint::from(
+            PublicKey::from_slice(&p.bob.pubkeys.delayed_payment_basepoint).unwrap(),
+        ),
+        &point,
+    );
+    let script = lightning::ln::chan_utils::get_revokeable_redeemscript(&revocation, 144, &delayed);
+    let (dest_key, _, _) = wallet_key(1, 0, 1);
+    let tx = unsigned(
+        vec![(
+            OutPoint {
+                txid: Txid::from_byte_array([5; 32]),
+                vout: 0,
+            },
+            0xffff_fffd,
+        )],
+        vec![TxOut {
+            value: Amount::from_sat(90_000),
+            script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
+        }],
+        0,
+    );
+    let r = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, commitment_number: 0 }) => Signature).unwrap();
+    let h = SighashCache::new(&to_tx(&tx))
+        .p2wsh_signature_hash(0, &script, Amount::from_sat(100_000), EcdsaSighashType::All)
+        .unwrap();
+    s.verify_ecdsa(
+        &Message::from_digest(h.to_byte_array()),
+        &sig(&r.signature),
+        &revocation.to_public_key(),
+    )
+    .expect("valid justice signature");
+
+    // An unrevoked state cannot be punished.
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx), input_index: 0, amount_sat: 100_000, commitment_number: p.number }) => Signature).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+}
+
+#[test]
+fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
+    let s = secp();
+    let mut p = ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .unwrap();
+    p.add_htlc(30_000_000, 9).unwrap();
+    // Rebuild Alice's latest commitment the way a node would see it.
+    let data = p.commitment_data(true, p.number).unwrap();
+    let mut setup = p.alice.setup.clone();
+    setup.counterparty_keys = Some(p.bob.pubkeys.clone());
+    let holder_keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
+    let params = lnpd_signer::commitment::channel_parameters(&setup, holder_keys).unwrap();
+    let rebuilt = lnpd_signer::commitment::rebuild(
+        &params,
+        &setup,
+        true,
+        &data,
+        &PolicyConfig::default(),
+        &s,
+    )
+    .unwrap();
+    let trusted = rebuilt.tx.trust();
+    let txid = trusted.txid();
+    let htlc = rebuilt.tx.nondust_htlcs()[0].clone();
+    let vout = htlc.transaction_output_index.unwrap();
+
+    // HTLC-timeout: BOLT 3 form (anchors: sequence 1, locktime = expiry).
+    let (dest_key, _, _) = wallet_key(1, 0, 2);
+    let out = TxOut {
+        value: Amount::from_sat(30_000),
+        script_pubkey: lightning::ln::chan_utils::get_revokeable_redeemscript(
+            &trusted.keys().revocation_key,
+            144,
+            &trusted.keys().broadcaster_delayed_payment_key,
+        )
+        .to_p2wsh(),
+    };
+    let tx = unsigned(
+        vec![(OutPoint { txid, vout }, 1)],
+        vec![out],
+        htlc.cltv_expiry,
+    );
+    let r = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(tx.clone()), input_index: 0, preimage: vec![] }) => Signature).unwrap();
+    let script = lightning::ln::chan_utils::get_htlc_redeemscript(
+        &htlc,
+        trusted.channel_type_features(),
+        trusted.keys(),
+    );
+    let h = SighashCache::new(&to_tx(&tx))
+        .p2wsh_signature_hash(0, &script, Amount::from_sat(30_000), EcdsaSighashType::All)
+        .unwrap();
+    s.verify_ecdsa(
+        &Message::from_digest(h.to_byte_array()),
+        &sig(&r.signature),
+        &trusted.keys().broadcaster_htlc_key.to_public_key(),
+    )
+    .expect("valid HTLC signature");
+
+    // Spending some other output as if it were the HTLC is refused.
+    let wrong = unsigned(
+        vec![(
+            OutPoint {
+                txid,
+                vout: vout + 1,
+            },
+            1,
+        )],
+        vec![TxOut {
+            value: Amount::from_sat(30_000),
+            script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
+        }],
+        htlc.cltv_expiry,
+    );
+    let err = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(wrong), input_index: 0, preimage: vec![] }) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::HtlcFormat));
+
+    // Our anchor of the latest commitment.
+    let funding = PublicKey::from_slice(&p.alice.pubkeys.funding_pubkey).unwrap();
+    let anchor_script = lightning::ln::chan_utils::get_keyed_anchor_redeemscript(&funding);
+    let anchor_vout = trusted
+        .built_transaction()
+        .transaction
+        .output
+        .iter()
+        .position(|o| o.script_pubkey == anchor_script.to_p2wsh())
+        .unwrap() as u32;
+    let cpfp = unsigned(
+        vec![(
+            OutPoint {
+                txid,
+                vout: anchor_vout,
+            },
+            0xffff_fffd,
+        )],
+        vec![TxOut {
+            value: Amount::from_sat(1000),
+            script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
+        }],
+        0,
+    );
+    let r = call!(p.alice.signer, SignHolderAnchorInput(pb::SignHolderAnchorInputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(cpfp.clone()), input_index: 0 }) => Signature).unwrap();
+    let h = SighashCache::new(&to_tx(&cpfp))
+        .p2wsh_signature_hash(
+            0,
+            &anchor_script,
+            Amount::from_sat(330),
+            EcdsaSighashType::All,
+        )
+        .unwrap();
+    s.verify_ecdsa(
+        &Message::from_digest(h.to_byte_array()),
+        &sig(&r.signature),
+        &funding,
+    )
+    .expect("valid anchor signature");
+}
