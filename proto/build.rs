@@ -4,6 +4,13 @@
 
 use prost::Message;
 
+/// Messages whose fields are secret: no derived Debug.
+const SECRET_MESSAGES: [&str; 3] = [
+    "lnpd.signer.v1.ReleaseCommitmentSecretReply",
+    "lnpd.signer.v1.GetNodeKeysReply",
+    "lnpd.signer.v1.EcdhReply",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = ["signer.proto", "node.proto"];
     for p in protos {
@@ -14,6 +21,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(protos, ["."])?;
     let fds = prost_types::FileDescriptorSet::decode(fds.encode_to_vec().as_slice())?;
     tonic_prost_build::configure()
+        // Messages carrying secrets get a redacting Debug (src/lib.rs).
+        .skip_debug(SECRET_MESSAGES)
         .build_server(grpc)
         .build_client(grpc)
         .compile_fds(fds)?;

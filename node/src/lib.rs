@@ -1,4 +1,5 @@
 //! The lnpd node. It holds no private key: every signature and ECDH comes
 //! from `lnpd-signer` over gRPC with mutual TLS.
 
+pub mod chain;
 pub mod signer_client;

@@ -16,6 +16,19 @@ pub mod node {
     include!(concat!(env!("OUT_DIR"), "/lnpd.node.v1.rs"));
 }
 
+macro_rules! redacted_debug {
+    ($($ty:ident),*) => {$(
+        impl core::fmt::Debug for signer::$ty {
+            fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+                f.write_str(concat!(stringify!($ty), " { <redacted> }"))
+            }
+        }
+    )*};
+}
+
+// Secrets never reach logs through Debug.
+redacted_debug!(ReleaseCommitmentSecretReply, GetNodeKeysReply, EcdhReply);
+
 /// Client helpers for `signer.proto` (mutual TLS, typed dispatch).
 #[cfg(feature = "grpc")]
 pub mod client;

@@ -108,7 +108,7 @@ impl<S: Store> Signer<S> {
         self.keys.channel_secrets(id)
     }
 
-    fn holder_pubkeys(&self, id: &ChannelKeysId) -> ChannelPublicKeys {
+    pub(crate) fn holder_pubkeys(&self, id: &ChannelKeysId) -> ChannelPublicKeys {
         if let Some(k) = self.pubkeys.borrow().get(id) {
             return k.clone();
         }
@@ -119,6 +119,26 @@ impl<S: Store> Signer<S> {
 
     fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
         self.secp.sign_ecdsa(msg, key)
+    }
+
+    /// Every output of a sweep we sign pays the signer's wallet (`except`:
+    /// an output fixed by BOLT 3, such as a second-stage HTLC output).
+    fn check_sweep_outputs(
+        &self,
+        tx: &Transaction,
+        except: Option<usize>,
+    ) -> Result<(), SignerError> {
+        for (i, o) in tx.output.iter().enumerate() {
+            if Some(i) == except {
+                continue;
+            }
+            self.policy.check(
+                RuleId::SweepDestinationAllowed,
+                self.is_own_script(&o.script_pubkey),
+                || format!("output {i} of the sweep pays a script outside the signer's wallet"),
+            )?;
+        }
+        Ok(())
     }
 
     /// The channel's record and recorded set-up; errors if not set up.
@@ -192,7 +212,7 @@ impl<S: Store> Signer<S> {
                 format!("channel {id} was already set up with other parameters")
             }));
         }
-        channel_rules::check_setup(&self.policy, &r)?;
+        channel_rules::check_setup(&self.policy, &r, |s| self.is_own_script(s))?;
         let params = commitment::channel_parameters(&r, self.holder_pubkeys(&id))?;
         record.setup = Some(r);
         if let Some(parked) = record.parked_holder_validation.take() {
@@ -250,8 +270,9 @@ impl<S: Store> Signer<S> {
             })?;
             self.policy.check(
                 RuleId::CommitmentHolderNotRevoked,
-                record.holder_signed_number != Some(n.0),
-                || format!("channel {id}: holder commitment {n} was signed for broadcast; it cannot be revoked"),
+                // Releasing n reveals every older secret too.
+                record.holder_signed_number.is_none_or(|signed| n.0 < signed),
+                || format!("channel {id}: holder commitment #{} was signed for broadcast; secret {n} would revoke it", record.holder_signed_number.unwrap_or_default()),
             )?;
             let mut updated = record.clone();
             updated.holder_revoked_through = Some(n.0);
@@ -418,7 +439,13 @@ impl<S: Store> Signer<S> {
             .map_err(|_| SignerError::invalid("secret is not a valid secret key"))?;
         let record = self.channel(&id)?;
         let mut secrets = self.counterparty_secrets(record)?;
-        if let Some(known) = secrets.get_secret(n.to_ldk()) {
+        let expected = revoked_count(&secrets);
+        if n.0 > expected {
+            return Err(self.policy_refusal(RuleId::RevokeSecretValid, || {
+                format!("channel {id}: counterparty commitment {n} revoked before #{expected}; revocations come in order")
+            }));
+        }
+        if let Some(known) = known_secret(&secrets, n) {
             if known == secret.secret_bytes() {
                 return Ok(pb::ValidateCounterpartyRevocationReply {});
             }
@@ -526,9 +553,7 @@ impl<S: Store> Signer<S> {
         };
         if n.0 >= 2 {
             let secrets = self.counterparty_secrets(record)?;
-            let revoked = secrets
-                .get_secret(CommitmentNumber(n.0 - 2).to_ldk())
-                .is_some();
+            let revoked = known_secret(&secrets, CommitmentNumber(n.0 - 2)).is_some();
             self.policy
                 .check(RuleId::CommitmentPreviousRevoked, revoked, || {
                     format!(
@@ -610,9 +635,13 @@ impl<S: Store> Signer<S> {
             &params,
         )?;
         let record = self.channel(&id)?;
-        if record.holder_signed_number != Some(r.commitment_number) {
+        // Remember the lowest number ever signed for broadcast.
+        let lowest = record
+            .holder_signed_number
+            .map_or(r.commitment_number, |s| s.min(r.commitment_number));
+        if record.holder_signed_number != Some(lowest) {
             let mut updated = record.clone();
-            updated.holder_signed_number = Some(r.commitment_number);
+            updated.holder_signed_number = Some(lowest);
             self.commit_channel(id, updated, None)?;
         }
         tracing::warn!(channel = %id, number = r.commitment_number, "signed holder commitment for broadcast (force close)");
@@ -673,6 +702,10 @@ impl<S: Store> Signer<S> {
         self.policy.check(RuleId::HtlcFormat, format_ok, || {
             "HTLC transaction differs from the one BOLT 3 prescribes".into()
         })?;
+        if anchors {
+            // Fee-bumping inputs may bring change: it must come back to us.
+            self.check_sweep_outputs(&tx, Some(i))?;
+        }
         if !htlc.offered {
             let preimage = parse_32("preimage", &r.preimage)?;
             if payment_hash(&preimage) != htlc.payment_hash {
@@ -741,6 +774,7 @@ impl<S: Store> Signer<S> {
             tx.input[i].previous_output == outpoint,
             || "sweep input does not spend that HTLC output".into(),
         )?;
+        self.check_sweep_outputs(&tx, None)?;
         let script = chan_utils::get_htlc_redeemscript(
             htlc,
             trusted.channel_type_features(),
@@ -766,14 +800,11 @@ impl<S: Store> Signer<S> {
     ) -> Result<(TxCreationKeys, SecretKey, ChannelTransactionParameters), SignerError> {
         let (record, _setup, params) = self.set_up_channel(id)?;
         let n = CommitmentNumber::new(number)?;
-        let secret = self
-            .counterparty_secrets(record)?
-            .get_secret(n.to_ldk())
-            .ok_or_else(|| {
-                SignerError::precondition(format!(
-                    "channel {id}: counterparty commitment {n} is not revoked"
-                ))
-            })?;
+        let secret = known_secret(&self.counterparty_secrets(record)?, n).ok_or_else(|| {
+            SignerError::precondition(format!(
+                "channel {id}: counterparty commitment {n} is not revoked"
+            ))
+        })?;
         let per_commitment_key = SecretKey::from_slice(&secret)
             .map_err(|_| SignerError::internal("stored revocation secret is not a key"))?;
         let point = PublicKey::from_secret_key(&self.secp, &per_commitment_key);
@@ -802,6 +833,7 @@ impl<S: Store> Signer<S> {
         let (keys, revocation_key, params) = self.revoked_keys(&id, r.commitment_number)?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
+        self.check_sweep_outputs(&tx, None)?;
         let script = chan_utils::get_revokeable_redeemscript(
             &keys.revocation_key,
             params.holder_selected_contest_delay,
@@ -826,6 +858,7 @@ impl<S: Store> Signer<S> {
         let htlc = htlcs
             .first()
             .ok_or_else(|| SignerError::invalid("missing htlc"))?;
+        self.check_sweep_outputs(&tx, None)?;
         let script = chan_utils::get_htlc_redeemscript(htlc, &params.channel_type_features, &keys);
         let msg = p2wsh_sighash(&tx, i, &script, r.amount_sat, EcdsaSighashType::All)?;
         Ok(sig_reply(self.sign(&msg, &revocation_key)))
@@ -936,6 +969,7 @@ impl<S: Store> Signer<S> {
             tx.input[i].previous_output == outpoint,
             || "anchor input does not spend our anchor of the latest holder commitment".into(),
         )?;
+        self.check_sweep_outputs(&tx, None)?;
         let msg = p2wsh_sighash(
             &tx,
             i,
@@ -944,6 +978,26 @@ impl<S: Store> Signer<S> {
             EcdsaSighashType::All,
         )?;
         Ok(sig_reply(self.sign(&msg, &self.secrets(&id).funding_key)))
+    }
+}
+
+/// The peer's secret for its commitment `n`, if it revealed it. Never asks
+/// LDK's compact storage for an index it cannot hold (that asserts).
+fn known_secret(secrets: &CounterpartyCommitmentSecrets, n: CommitmentNumber) -> Option<[u8; 32]> {
+    let idx = n.to_ldk();
+    if idx < secrets.get_min_seen_secret() {
+        return None;
+    }
+    secrets.get_secret(idx)
+}
+
+/// How many of its commitments the peer has revoked (they are revoked in order).
+fn revoked_count(secrets: &CounterpartyCommitmentSecrets) -> u64 {
+    let min = secrets.get_min_seen_secret();
+    if min >= 1 << 48 {
+        0
+    } else {
+        crate::types::INITIAL_COMMITMENT_NUMBER - min + 1
     }
 }
 

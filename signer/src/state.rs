@@ -53,7 +53,7 @@ pub struct ChannelRecord {
     /// parameters (inbound channels); validated at set-up.
     #[prost(message, optional, tag = "9")]
     pub parked_holder_validation: Option<ValidateHolderCommitmentRequest>,
-    /// Number of the holder commitment signed for broadcast (force close), if any.
+    /// Lowest holder commitment number ever signed for broadcast (force close).
     #[prost(uint64, optional, tag = "10")]
     pub holder_signed_number: Option<u64>,
     /// Whether the signer issued this keys id itself.

@@ -179,6 +179,36 @@ impl<S: Store> Signer<S> {
         }
     }
 
+    /// Whether `script` is the funding output of a channel set up with this
+    /// signer, and what is known of it.
+    fn funding_match(
+        &self,
+        script: &Script,
+        value_sat: u64,
+    ) -> Option<crate::policy::onchain::FundingMatch> {
+        for (id, record) in &self.channels {
+            let Some(setup) = record.setup.as_ref() else {
+                continue;
+            };
+            let Ok(cp) = crate::commitment::parse_channel_keys(setup.counterparty_keys.as_ref())
+            else {
+                continue;
+            };
+            let ours = self.holder_pubkeys(id);
+            let funding = lightning::ln::chan_utils::make_funding_redeemscript(
+                &ours.funding_pubkey,
+                &cp.funding_pubkey,
+            );
+            if funding.to_p2wsh().as_script() == script {
+                return Some(crate::policy::onchain::FundingMatch {
+                    value_matches: value_sat == setup.channel_value_sat,
+                    first_commitment_validated: record.holder.is_some(),
+                });
+            }
+        }
+        None
+    }
+
     /// Hands out the next internal-chain script, persisting the index first.
     fn next_internal_script(&mut self) -> Result<ScriptBuf, SignerError> {
         let index = self.meta.next_internal_index;
@@ -223,6 +253,12 @@ impl<S: Store> Signer<S> {
         }
         let mut psbt = Psbt::deserialize(&r.psbt)
             .map_err(|e| SignerError::invalid(format!("malformed PSBT: {e}")))?;
+        crate::policy::onchain::check_psbt(
+            &self.policy,
+            &psbt,
+            |s| self.is_own_script(s),
+            |s, v| self.funding_match(s, v),
+        )?;
         let fingerprint = self.keys.master_fingerprint();
         let account_path: DerivationPath = [84, coin_type(self.keys.network()), 0]
             .iter()

@@ -386,3 +386,77 @@ fn an_inbound_channels_early_commitment_is_checked_at_set_up() {
     };
     assert!(call!(bob, SignHolderCommitment(req) => Signature).is_err());
 }
+
+#[test]
+fn refuses_out_of_order_revocations_and_keeps_every_older_secret() {
+    // Two identical channels (same seeds, same deterministic ids): the second
+    // runs ahead so the test holds Bob's later secrets, as a cheating peer would.
+    let mut p = pair(true);
+    let mut ahead = pair(true);
+    for _ in 0..3 {
+        ahead.advance().unwrap();
+    }
+    let bob_secret = |ahead: &mut ChannelPair, n: u64| {
+        call!(ahead.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: ahead.bob.keys_id.clone(), commitment_number: n }) => ReleaseCommitmentSecret).unwrap().secret
+    };
+    p.advance().unwrap(); // Bob's #0 revoked; Alice signed Bob's #1
+    let req = lnpd_signer::testing::next_counterparty_request(&mut p).unwrap();
+    call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment).unwrap(); // Bob's #2
+                                                                                                   // Revoking #2 before #1 would overwrite what #1 is derived from: refused.
+    let skip = pb::ValidateCounterpartyRevocationRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 2,
+        secret: bob_secret(&mut ahead, 2),
+    };
+    unchanged(&mut p, |p| {
+        assert_refused(
+            call!(p.alice.signer, ValidateCounterpartyRevocation(skip) => ValidateCounterpartyRevocation),
+            RuleId::RevokeSecretValid,
+        )
+    });
+    // In order it is accepted, and a justice signature for #0 is still possible.
+    let one = pb::ValidateCounterpartyRevocationRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: 1,
+        secret: bob_secret(&mut ahead, 1),
+    };
+    call!(p.alice.signer, ValidateCounterpartyRevocation(one) => ValidateCounterpartyRevocation)
+        .unwrap();
+    let tx = pb::UnsignedTx {
+        version: 2,
+        lock_time: 0,
+        inputs: vec![pb::TxIn {
+            previous_output: Some(pb::OutPoint {
+                txid: vec![1; 32],
+                vout: 0,
+            }),
+            sequence: 0,
+        }],
+        outputs: vec![],
+    };
+    let justice = pb::SignJusticeRevokedOutputRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        tx: Some(tx),
+        input_index: 0,
+        amount_sat: 1000,
+        commitment_number: 0,
+    };
+    call!(p.alice.signer, SignJusticeRevokedOutput(justice) => Signature)
+        .expect("the secret of #0 is still known");
+}
+
+#[test]
+fn never_releases_a_secret_at_or_above_a_commitment_signed_for_broadcast() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    let sign = |p: &mut ChannelPair, n: u64| call!(p.alice.signer, SignHolderCommitment(pb::SignHolderCommitmentRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: n }) => Signature);
+    let release = |p: &mut ChannelPair, n: u64| call!(p.alice.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: n }) => ReleaseCommitmentSecret);
+    sign(&mut p, 1).unwrap();
+    let (req, _) = p.holder_request(true, 2).unwrap();
+    call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment).unwrap();
+    sign(&mut p, 2).unwrap();
+    // #1 was signed for broadcast first; signing #2 later must not make #1's
+    // secret (revoking it) releasable.
+    assert_refused(release(&mut p, 1), RuleId::CommitmentHolderNotRevoked);
+    release(&mut p, 0).expect("#0 was revoked before");
+}

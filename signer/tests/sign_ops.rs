@@ -107,43 +107,63 @@ fn signs_wallet_psbt_inputs_and_only_those() {
     let mut signer = memory_signer(5, PolicyConfig::default());
     let (key, fp, path) = wallet_key(5, 0, 3);
     let pk = PublicKey::from_secret_key(&s, &key);
-    let prev = TxOut {
-        value: Amount::from_sat(50_000),
-        script_pubkey: wpkh(&pk),
-    };
-    let foreign_key = SecretKey::from_slice(&[9; 32]).unwrap();
-    let foreign_pk = PublicKey::from_secret_key(&s, &foreign_key);
-    let tx = Transaction {
+    let (change_key, _, _) = wallet_key(5, 1, 0);
+    let change = wpkh(&PublicKey::from_secret_key(&s, &change_key));
+    let foreign_pk = PublicKey::from_secret_key(&s, &SecretKey::from_slice(&[9; 32]).unwrap());
+    // The previous transaction: pays our key (vout 0) and a stranger (vout 1).
+    let prev_tx = Transaction {
         version: Version::TWO,
         lock_time: LockTime::ZERO,
-        input: vec![
-            TxIn {
-                previous_output: OutPoint {
-                    txid: Txid::all_zeros(),
-                    vout: 1,
-                },
-                ..Default::default()
+        input: vec![TxIn::default()],
+        output: vec![
+            TxOut {
+                value: Amount::from_sat(50_000),
+                script_pubkey: wpkh(&pk),
             },
-            TxIn {
-                previous_output: OutPoint {
-                    txid: Txid::all_zeros(),
-                    vout: 2,
-                },
-                ..Default::default()
+            TxOut {
+                value: Amount::from_sat(10_000),
+                script_pubkey: wpkh(&foreign_pk),
             },
         ],
-        output: vec![TxOut {
-            value: Amount::from_sat(40_000),
-            script_pubkey: wpkh(&foreign_pk),
-        }],
     };
-    let mut psbt = Psbt::from_unsigned_tx(tx.clone()).unwrap();
-    psbt.inputs[0].witness_utxo = Some(prev.clone());
-    psbt.inputs[0].bip32_derivation.insert(pk, (fp, path));
-    psbt.inputs[1].witness_utxo = Some(TxOut {
-        value: Amount::from_sat(10_000),
-        script_pubkey: wpkh(&foreign_pk),
-    });
+    let prev_txid = prev_tx.compute_txid();
+    let psbt_for = |outputs: Vec<TxOut>| {
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![
+                TxIn {
+                    previous_output: OutPoint {
+                        txid: prev_txid,
+                        vout: 0,
+                    },
+                    ..Default::default()
+                },
+                TxIn {
+                    previous_output: OutPoint {
+                        txid: prev_txid,
+                        vout: 1,
+                    },
+                    ..Default::default()
+                },
+            ],
+            output: outputs,
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+        for (i, input) in psbt.inputs.iter_mut().enumerate() {
+            input.non_witness_utxo = Some(prev_tx.clone());
+            input.witness_utxo = Some(prev_tx.output[i].clone());
+        }
+        psbt.inputs[0]
+            .bip32_derivation
+            .insert(pk, (fp, path.clone()));
+        psbt
+    };
+    // Consolidation into our own change: signed, our input only.
+    let psbt = psbt_for(vec![TxOut {
+        value: Amount::from_sat(59_000),
+        script_pubkey: change.clone(),
+    }]);
     let reply = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: psbt.serialize() }) => SignPsbt)
         .unwrap();
     assert_eq!(reply.signed_inputs, vec![0]);
@@ -152,8 +172,13 @@ fn signs_wallet_psbt_inputs_and_only_those() {
         .partial_sigs
         .get(&bitcoin::PublicKey::new(pk))
         .expect("signature for our input");
-    let h = SighashCache::new(&tx)
-        .p2wpkh_signature_hash(0, &prev.script_pubkey, prev.value, EcdsaSighashType::All)
+    let h = SighashCache::new(&psbt.unsigned_tx)
+        .p2wpkh_signature_hash(
+            0,
+            &wpkh(&pk),
+            Amount::from_sat(50_000),
+            EcdsaSighashType::All,
+        )
         .unwrap();
     s.verify_ecdsa(
         &Message::from_digest(h.to_byte_array()),
@@ -163,12 +188,44 @@ fn signs_wallet_psbt_inputs_and_only_those() {
     .expect("valid wallet signature");
     assert!(signed.inputs[1].partial_sigs.is_empty());
 
-    // A key origin that does not match the spent output is refused.
-    let mut bad = psbt.clone();
-    bad.inputs[0].witness_utxo = Some(TxOut {
-        value: prev.value,
+    // Paying a stranger: refused (no allow-list entry).
+    let away = psbt_for(vec![TxOut {
+        value: Amount::from_sat(59_000),
         script_pubkey: wpkh(&foreign_pk),
-    });
+    }]);
+    let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: away.serialize() }) => SignPsbt)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::OnchainOutputsKnown));
+
+    // Burning most of it in fees: refused.
+    let burn = psbt_for(vec![TxOut {
+        value: Amount::from_sat(1_000),
+        script_pubkey: change.clone(),
+    }]);
+    let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: burn.serialize() }) => SignPsbt)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::OnchainFeeRange));
+
+    // Amounts must be proven by the previous transaction.
+    let mut unproven = psbt_for(vec![TxOut {
+        value: Amount::from_sat(59_000),
+        script_pubkey: change.clone(),
+    }]);
+    unproven.inputs[0].non_witness_utxo = None;
+    let err =
+        call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: unproven.serialize() }) => SignPsbt)
+            .unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid);
+
+    // A key origin that does not match the spent output is refused.
+    let mut bad = psbt_for(vec![TxOut {
+        value: Amount::from_sat(59_000),
+        script_pubkey: change,
+    }]);
+    bad.inputs[0].bip32_derivation.clear();
+    bad.inputs[0]
+        .bip32_derivation
+        .insert(foreign_pk, (fp, path.clone()));
     let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: bad.serialize() }) => SignPsbt)
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid);

@@ -2,3 +2,5 @@
 //! is `lnpd_signer::testing::process` (shared with the benchmarks).
 
 pub use lnpd_signer::testing::process::*;
+
+pub mod regtest;

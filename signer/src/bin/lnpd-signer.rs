@@ -190,7 +190,8 @@ fn init(
         let entropy = Zeroizing::new(random32());
         bip39::Mnemonic::from_entropy(&entropy[..]).map_err(|e| anyhow!("{e}"))?
     };
-    let seed = Seed::new(mnemonic.to_seed("").to_vec()).map_err(|e| anyhow!("{e}"))?;
+    let bip39_seed = Zeroizing::new(mnemonic.to_seed(""));
+    let seed = Seed::new(bip39_seed.to_vec()).map_err(|e| anyhow!("{e}"))?;
     let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())?;
     if pass.is_empty() {
         bail!("an empty passphrase is not allowed: the seed is encrypted under it");
@@ -257,6 +258,14 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         channels = signer.channels().count(),
         "lnpd-signer listening on {local} (mutual TLS)"
     );
+    for (rule, mode) in &signer.policy().modes {
+        if *mode == lnpd_signer::RuleMode::Warn {
+            tracing::warn!(
+                rule = rule.as_str(),
+                "policy rule in warn mode: violations are logged and signed"
+            );
+        }
+    }
     println!("listening on {local}");
     let shutdown = async {
         let mut term =

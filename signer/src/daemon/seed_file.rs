@@ -110,6 +110,8 @@ pub fn read_passphrase(file: Option<&Path>) -> Result<Zeroizing<String>, std::io
         return Ok(Zeroizing::new(s.trim_end_matches(['\n', '\r']).to_string()));
     }
     if let Ok(p) = std::env::var("LNPD_SIGNER_PASSPHRASE") {
+        // Not left in the environment for child processes or /proc to show.
+        std::env::remove_var("LNPD_SIGNER_PASSPHRASE");
         return Ok(Zeroizing::new(p));
     }
     eprint!("Seed passphrase: ");

@@ -34,7 +34,18 @@ impl<S: Store> SignerService<S> {
             .inner
             .lock()
             .map_err(|_| Status::internal("signer state lock poisoned"))?;
-        signer.handle(body).map_err(|e| to_status(&e))
+        // A bug must not take the whole signer down with the lock held:
+        // the request fails, the state (updated only after a durable write)
+        // stays as it was, and the next request is served.
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle(body))) {
+            Ok(result) => result.map_err(|e| to_status(&e)),
+            Err(_) => {
+                tracing::error!("a request aborted inside the signer (a bug); state unchanged");
+                Err(Status::internal(
+                    "the signer could not process this request",
+                ))
+            }
+        }
     }
 }
 

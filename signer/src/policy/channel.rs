@@ -8,8 +8,13 @@ use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT}
 use crate::error::SignerError;
 use crate::policy::{PolicyConfig, RuleId};
 
-/// Checks the parameters of a channel being set up.
-pub fn check_setup(policy: &PolicyConfig, r: &SetupChannelRequest) -> Result<(), SignerError> {
+/// Checks the parameters of a channel being set up. `is_own_script` tells
+/// whether a script pays the signer's wallet.
+pub fn check_setup(
+    policy: &PolicyConfig,
+    r: &SetupChannelRequest,
+    is_own_script: impl Fn(&bitcoin::Script) -> bool,
+) -> Result<(), SignerError> {
     let known_type = matches!(
         ChannelType::try_from(r.channel_type),
         Ok(ChannelType::StaticRemoteKey | ChannelType::AnchorsZeroFeeHtlcTx)
@@ -60,6 +65,13 @@ pub fn check_setup(policy: &PolicyConfig, r: &SetupChannelRequest) -> Result<(),
     if r.push_msat / 1000 > r.channel_value_sat {
         return Err(SignerError::invalid("push_msat exceeds the channel value"));
     }
+    // An upfront shutdown script of ours is where a mutual close may pay us:
+    // it must be the signer's own.
+    let own = r.holder_shutdown_script.is_empty()
+        || is_own_script(bitcoin::Script::from_bytes(&r.holder_shutdown_script));
+    policy.check(RuleId::CloseDestinationAllowed, own, || {
+        "our upfront shutdown script does not pay the signer's wallet".into()
+    })?;
     if r.counterparty_keys.is_none() || r.funding_outpoint.is_none() {
         return Err(SignerError::invalid(
             "set-up needs the counterparty's keys and the funding outpoint",
@@ -88,7 +100,10 @@ pub fn check_first_commitment(
     } else {
         0
     };
-    let funder_msat = (setup.channel_value_sat * 1000).saturating_sub(setup.push_msat);
+    let funder_msat = setup
+        .channel_value_sat
+        .saturating_mul(1000)
+        .saturating_sub(setup.push_msat);
     let funder_sat = (funder_msat / 1000).saturating_sub(fee + anchors_sat);
     let fundee_sat = setup.push_msat / 1000;
     let dust = if holder_is_broadcaster {

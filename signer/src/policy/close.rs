@@ -11,6 +11,10 @@ use crate::policy::{PolicyConfig, RuleId};
 use crate::state::ChannelRecord;
 use crate::types::ChannelKeysId;
 
+/// Longest output script in a close: the longest standard witness program
+/// (42 bytes). Bounds the weight the fee cap is computed from.
+const MAX_SCRIPT_LEN: usize = 42;
+
 /// Witness weight of a 2-of-2 funding input (two signatures, the script).
 const FUNDING_WITNESS_WEIGHT: u64 = 222;
 
@@ -30,8 +34,21 @@ pub fn check_close(
         .checked_add(r.to_counterparty_value_sat)
         .filter(|t| *t <= setup.channel_value_sat)
         .ok_or_else(|| SignerError::invalid("closing outputs exceed the channel value"))?;
-    let holder = record.holder.as_ref().and_then(|h| h.commitment.as_ref());
-    let pending = holder.is_some_and(|c| !c.htlcs.is_empty())
+    for script in [&r.to_holder_script, &r.to_counterparty_script] {
+        if script.len() > MAX_SCRIPT_LEN {
+            return Err(SignerError::invalid(format!(
+                "closing output script of {} bytes; at most {MAX_SCRIPT_LEN} (a standard script)",
+                script.len()
+            )));
+        }
+    }
+    let Some(holder) = record.holder.as_ref().and_then(|h| h.commitment.as_ref()) else {
+        return Err(SignerError::policy(
+            RuleId::CloseValueMatches,
+            format!("channel {id}: no validated commitment yet, so no balance to close with"),
+        ));
+    };
+    let pending = !holder.htlcs.is_empty()
         || record
             .counterparty
             .as_ref()
@@ -63,30 +80,27 @@ pub fn check_close(
 
     // Our balance in the latest holder commitment, before the commitment fee
     // and anchors the funder paid; the funder also pays the closing fee.
-    if let Some(c) = holder {
-        let anchors = is_anchors(setup);
-        let paid = if setup.is_outbound {
-            commitment_fee_sat(c.feerate_per_kw, c.htlcs.len(), anchors)
-                + if anchors {
-                    2 * ANCHOR_OUTPUT_VALUE_SAT
-                } else {
-                    0
-                }
+    let anchors = is_anchors(setup);
+    let paid = if setup.is_outbound {
+        let anchors_sat = if anchors {
+            2 * ANCHOR_OUTPUT_VALUE_SAT
         } else {
             0
         };
-        let balance = c.to_broadcaster_value_sat + paid;
-        let ours_with_fee = r.to_holder_value_sat + if setup.is_outbound { fee } else { 0 };
-        // One satoshi of slack for msat rounding; a trimmed (dust) output may vanish.
-        let ok = ours_with_fee + 1 >= balance
-            || (r.to_holder_value_sat == 0 && balance < setup.holder_dust_limit_sat);
-        policy.check(RuleId::CloseValueMatches, ok, || {
-            format!(
-                "channel {id}: closing pays us {} sat (+{} fee share) but our balance is {balance} sat",
-                r.to_holder_value_sat,
-                ours_with_fee - r.to_holder_value_sat
-            )
-        })?;
-    }
+        commitment_fee_sat(holder.feerate_per_kw, holder.htlcs.len(), anchors) + anchors_sat
+    } else {
+        0
+    };
+    let balance = holder.to_broadcaster_value_sat + paid;
+    let fee_share = if setup.is_outbound { fee } else { 0 };
+    // One satoshi of slack for msat rounding; a trimmed (dust) output may vanish.
+    let ok = r.to_holder_value_sat + fee_share + 1 >= balance
+        || (r.to_holder_value_sat == 0 && balance < setup.holder_dust_limit_sat);
+    policy.check(RuleId::CloseValueMatches, ok, || {
+        format!(
+            "channel {id}: closing pays us {} sat (+{fee_share} fee share) but our balance is {balance} sat",
+            r.to_holder_value_sat
+        )
+    })?;
     Ok(())
 }

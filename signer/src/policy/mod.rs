@@ -9,6 +9,7 @@ use crate::error::SignerError;
 
 pub mod channel;
 pub mod close;
+pub mod onchain;
 
 macro_rules! rules {
     ($($variant:ident => $id:literal,)*) => {
