@@ -714,25 +714,7 @@ impl<S: Store> Signer<S> {
                 ));
             }
         }
-        let script = chan_utils::get_htlc_redeemscript(
-            htlc,
-            trusted.channel_type_features(),
-            trusted.keys(),
-        );
-        let msg = p2wsh_sighash(
-            &tx,
-            i,
-            &script,
-            htlc.amount_msat / 1000,
-            EcdsaSighashType::All,
-        )?;
-        let secrets = self.secrets(&id);
-        let key = chan_utils::derive_private_key(
-            &self.secp,
-            &trusted.keys().per_commitment_point,
-            &secrets.htlc_base_key,
-        );
-        Ok(sig_reply(self.sign(&msg, &key)))
+        self.sign_htlc_spend(&id, &tx, i, htlc, &trusted)
     }
 
     pub(crate) fn sign_counterparty_htlc_sweep(
@@ -775,20 +757,33 @@ impl<S: Store> Signer<S> {
             || "sweep input does not spend that HTLC output".into(),
         )?;
         self.check_sweep_outputs(&tx, None)?;
-        let script = chan_utils::get_htlc_redeemscript(
-            htlc,
-            trusted.channel_type_features(),
-            trusted.keys(),
-        );
+        self.sign_htlc_spend(&id, &tx, i, htlc, &trusted)
+    }
+
+    /// Signs input `i` of `tx`, spending `htlc` of the commitment `trusted`
+    /// with our HTLC key for that commitment's point (SIGHASH_ALL).
+    fn sign_htlc_spend(
+        &self,
+        id: &ChannelKeysId,
+        tx: &Transaction,
+        i: usize,
+        htlc: &HTLCOutputInCommitment,
+        trusted: &lightning::ln::chan_utils::TrustedCommitmentTransaction<'_>,
+    ) -> Result<pb::SignatureReply, SignerError> {
+        let keys = trusted.keys();
+        let script = chan_utils::get_htlc_redeemscript(htlc, trusted.channel_type_features(), keys);
         let msg = p2wsh_sighash(
-            &tx,
+            tx,
             i,
             &script,
             htlc.amount_msat / 1000,
             EcdsaSighashType::All,
         )?;
-        let key =
-            chan_utils::derive_private_key(&self.secp, &point, &self.secrets(&id).htlc_base_key);
+        let key = chan_utils::derive_private_key(
+            &self.secp,
+            &keys.per_commitment_point,
+            &self.secrets(id).htlc_base_key,
+        );
         Ok(sig_reply(self.sign(&msg, &key)))
     }
 

@@ -232,45 +232,37 @@ impl<S: Store> Signer<S> {
         let mut cache = SighashCache::new(&unsigned);
         for (i, (_, value, spend)) in inputs.iter().enumerate() {
             let amount = Amount::from_sat(*value);
-            let witness = match spend {
+            let (key, digest) = match spend {
                 Spend::Wpkh(key) => {
                     let pk = CompressedPublicKey(PublicKey::from_secret_key(&self.secp, key));
-                    let h = cache
-                        .p2wpkh_signature_hash(
-                            i,
-                            &ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()),
-                            amount,
-                            EcdsaSighashType::All,
-                        )
-                        .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-                    let sig = self
-                        .secp
-                        .sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
-                    let mut w = Witness::new();
-                    w.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
-                    w.push(pk.to_bytes());
-                    w
+                    let spk = ScriptBuf::new_p2wpkh(&pk.wpubkey_hash());
+                    let h = cache.p2wpkh_signature_hash(i, &spk, amount, EcdsaSighashType::All);
+                    (key, h.map(|h| h.to_byte_array()).map_err(|e| e.to_string()))
                 }
-                Spend::Wsh {
-                    key,
-                    script,
-                    empty_before_script,
-                } => {
-                    let h = cache
-                        .p2wsh_signature_hash(i, script, amount, EcdsaSighashType::All)
-                        .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-                    let sig = self
-                        .secp
-                        .sign_ecdsa(&Message::from_digest(h.to_byte_array()), key);
-                    let mut w = Witness::new();
-                    w.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
-                    if *empty_before_script {
-                        w.push([0u8; 0]);
-                    }
-                    w.push(script.as_bytes());
-                    w
+                Spend::Wsh { key, script, .. } => {
+                    let h = cache.p2wsh_signature_hash(i, script, amount, EcdsaSighashType::All);
+                    (key, h.map(|h| h.to_byte_array()).map_err(|e| e.to_string()))
                 }
             };
+            let digest = digest.map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
+            let sig = self.secp.sign_ecdsa(&Message::from_digest(digest), key);
+            let mut witness = Witness::new();
+            witness.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
+            match spend {
+                Spend::Wpkh(key) => {
+                    witness.push(PublicKey::from_secret_key(&self.secp, key).serialize())
+                }
+                Spend::Wsh {
+                    script,
+                    empty_before_script,
+                    ..
+                } => {
+                    if *empty_before_script {
+                        witness.push([0u8; 0]);
+                    }
+                    witness.push(script.as_bytes());
+                }
+            }
             tx.input[i].witness = witness;
         }
         Ok(pb::SpendSpendableOutputsReply {
