@@ -2,4 +2,4 @@
 //! from `lnpd-signer` over gRPC with mutual TLS.
 
 pub mod chain;
-pub mod signer_client;
+pub mod remote_signer;

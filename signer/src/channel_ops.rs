@@ -788,20 +788,28 @@ impl<S: Store> Signer<S> {
     }
 
     /// Keys of a revoked counterparty commitment and our revocation secret for it.
+    /// The state is named by `number`, or by the secret the peer revealed
+    /// (`secret`, when not empty): with every output paying our wallet, a
+    /// justice spend signed with any secret can only bring funds home.
     fn revoked_keys(
         &self,
         id: &ChannelKeysId,
         number: u64,
+        secret: &[u8],
     ) -> Result<(TxCreationKeys, SecretKey, ChannelTransactionParameters), SignerError> {
         let (record, _setup, params) = self.set_up_channel(id)?;
-        let n = CommitmentNumber::new(number)?;
-        let secret = known_secret(&self.counterparty_secrets(record)?, n).ok_or_else(|| {
-            SignerError::precondition(format!(
-                "channel {id}: counterparty commitment {n} is not revoked"
-            ))
-        })?;
+        let secret = if secret.is_empty() {
+            let n = CommitmentNumber::new(number)?;
+            known_secret(&self.counterparty_secrets(record)?, n).ok_or_else(|| {
+                SignerError::precondition(format!(
+                    "channel {id}: counterparty commitment {n} is not revoked"
+                ))
+            })?
+        } else {
+            parse_32("per_commitment_secret", secret)?
+        };
         let per_commitment_key = SecretKey::from_slice(&secret)
-            .map_err(|_| SignerError::internal("stored revocation secret is not a key"))?;
+            .map_err(|_| SignerError::invalid("per-commitment secret is not a valid key"))?;
         let point = PublicKey::from_secret_key(&self.secp, &per_commitment_key);
         let cp = params
             .counterparty_pubkeys()
@@ -825,7 +833,8 @@ impl<S: Store> Signer<S> {
         r: &pb::SignJusticeRevokedOutputRequest,
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (keys, revocation_key, params) = self.revoked_keys(&id, r.commitment_number)?;
+        let (keys, revocation_key, params) =
+            self.revoked_keys(&id, r.commitment_number, &r.per_commitment_secret)?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
         self.check_sweep_outputs(&tx, None)?;
@@ -843,7 +852,8 @@ impl<S: Store> Signer<S> {
         r: &pb::SignJusticeRevokedHtlcRequest,
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (keys, revocation_key, params) = self.revoked_keys(&id, r.commitment_number)?;
+        let (keys, revocation_key, params) =
+            self.revoked_keys(&id, r.commitment_number, &r.per_commitment_secret)?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
         let htlcs = parse_htlcs(&CommitmentData {

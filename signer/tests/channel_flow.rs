@@ -440,6 +440,7 @@ fn refuses_out_of_order_revocations_and_keeps_every_older_secret() {
         input_index: 0,
         amount_sat: 1000,
         commitment_number: 0,
+        ..Default::default()
     };
     call!(p.alice.signer, SignJusticeRevokedOutput(justice) => Signature)
         .expect("the secret of #0 is still known");

@@ -516,7 +516,7 @@ fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
         }],
         0,
     );
-    let r = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, commitment_number: 0 }) => Signature).unwrap();
+    let r = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, commitment_number: 0, ..Default::default() }) => Signature).unwrap();
     let h = SighashCache::new(&to_tx(&tx))
         .p2wsh_signature_hash(0, &script, Amount::from_sat(100_000), EcdsaSighashType::All)
         .unwrap();
@@ -527,8 +527,33 @@ fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
     )
     .expect("valid justice signature");
 
+    // LDK names the state by the secret instead of the number: same signature.
+    let by_secret = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, per_commitment_secret: bob_secret.clone(), ..Default::default() }) => Signature).unwrap();
+    assert_eq!(by_secret.signature, r.signature);
+    // Justice paying anyone but us is refused.
+    let stranger = wpkh(&PublicKey::from_secret_key(
+        &s,
+        &SecretKey::from_slice(&[3; 32]).unwrap(),
+    ));
+    let away = unsigned(
+        vec![(
+            OutPoint {
+                txid: Txid::from_byte_array([5; 32]),
+                vout: 0,
+            },
+            0xffff_fffd,
+        )],
+        vec![TxOut {
+            value: Amount::from_sat(90_000),
+            script_pubkey: stranger,
+        }],
+        0,
+    );
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(away), input_index: 0, amount_sat: 100_000, per_commitment_secret: bob_secret, ..Default::default() }) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepDestinationAllowed));
+
     // An unrevoked state cannot be punished.
-    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx), input_index: 0, amount_sat: 100_000, commitment_number: p.number }) => Signature).unwrap_err();
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx), input_index: 0, amount_sat: 100_000, commitment_number: p.number, ..Default::default() }) => Signature).unwrap_err();
     assert_eq!(err.kind, ErrorKind::FailedPrecondition);
 }
 

@@ -1,0 +1,454 @@
+//! `RemoteChannelSigner`: LDK's per-channel signer traits over the signer
+//! connection. Only the channel's public keys are cached.
+//!
+//! Where LDK can take "pending" (counterparty commitment, revocation secret,
+//! holder commitment, closing, sweeps, anchors), an unavailable signer gets
+//! `Err(())` and the connection is marked pending: the node calls
+//! `signer_unblocked` when the signer is back. Where LDK cannot (points,
+//! validation), the call waits for the signer with bounded retries.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitcoin::secp256k1::ecdsa::Signature;
+use bitcoin::secp256k1::{All, PublicKey, Secp256k1, SecretKey};
+use bitcoin::{Transaction, Txid};
+use lightning::ln::chan_utils::{
+    ChannelPublicKeys, ChannelTransactionParameters, ClosingTransaction, CommitmentTransaction,
+    HTLCOutputInCommitment, HolderCommitmentTransaction,
+};
+use lightning::ln::msgs::UnsignedChannelAnnouncement;
+use lightning::sign::ecdsa::EcdsaChannelSigner;
+use lightning::sign::{ChannelSigner, HTLCDescriptor};
+use lightning::types::payment::PaymentPreimage;
+use lightning::util::ser::Writeable;
+use lnpd_proto::signer::{self as pb, request};
+
+use super::connection::{CallError, SignerConnection};
+use super::convert;
+use super::keys::expect_reply;
+
+/// How long a call LDK can retry later waits before answering "pending".
+pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a call LDK cannot retry waits for the signer.
+pub const VALIDATION_PATIENCE: Duration = Duration::from_secs(120);
+
+/// One channel's signer, living in the remote `lnpd-signer`.
+#[derive(Clone)]
+pub struct RemoteChannelSigner {
+    conn: Arc<SignerConnection>,
+    keys_id: [u8; 32],
+    pubkeys: ChannelPublicKeys,
+    setup_sent: Arc<Mutex<bool>>,
+}
+
+fn sig(bytes: &[u8]) -> Result<Signature, CallError> {
+    Signature::from_compact(bytes).map_err(|_| CallError::Refused {
+        code: tonic::Code::Internal,
+        rule: None,
+        message: "malformed signature".into(),
+    })
+}
+
+impl RemoteChannelSigner {
+    /// Fetches the channel's public keys. LDK cannot take an error here, so
+    /// this waits for the signer as long as it takes, logging as it goes.
+    pub fn new(conn: Arc<SignerConnection>, keys_id: [u8; 32]) -> Self {
+        let body = request::Body::GetChannelPublicKeys(pb::GetChannelPublicKeysRequest {
+            channel_keys_id: keys_id.to_vec(),
+        });
+        let pubkeys = loop {
+            match expect_reply!(
+                conn.call_retrying("channel public keys", body.clone(), VALIDATION_PATIENCE),
+                ChannelPublicKeys
+            ) {
+                Ok(k) => match convert::keys_from_wire(&k) {
+                    Some(k) => break k,
+                    None => tracing::error!("signer sent malformed channel public keys; retrying"),
+                },
+                Err(e) => tracing::error!(
+                    "cannot get channel public keys from the signer, still trying: {e}"
+                ),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
+        RemoteChannelSigner {
+            conn,
+            keys_id,
+            pubkeys,
+            setup_sent: Arc::new(Mutex::new(false)),
+        }
+    }
+
+    fn id(&self) -> Vec<u8> {
+        self.keys_id.to_vec()
+    }
+
+    /// Hands the signer the channel's parameters once per process (the
+    /// signer records them on first sight and refuses any change).
+    fn ensure_setup(&self, params: &ChannelTransactionParameters) -> Result<(), CallError> {
+        let mut sent = self
+            .setup_sent
+            .lock()
+            .map_err(|_| CallError::Unavailable("setup lock poisoned".into()))?;
+        if *sent {
+            return Ok(());
+        }
+        let Some(req) = convert::setup_request(&self.keys_id, params) else {
+            return Err(CallError::Refused {
+                code: tonic::Code::FailedPrecondition,
+                rule: None,
+                message: "channel parameters not yet complete".into(),
+            });
+        };
+        expect_reply!(
+            self.conn
+                .call(request::Body::SetupChannel(req), PENDING_TIMEOUT),
+            SetupChannel
+        )?;
+        *sent = true;
+        Ok(())
+    }
+
+    /// Maps an outcome for an operation LDK may retry later.
+    fn pending<T>(&self, what: &str, r: Result<T, CallError>) -> Result<T, ()> {
+        r.map_err(|e| {
+            if e.is_unavailable() {
+                tracing::warn!("{what}: signer unavailable, answered pending: {e}");
+                self.conn.mark_pending();
+            } else {
+                tracing::error!("{what}: {e}");
+            }
+        })
+    }
+
+    fn blocking<T>(&self, what: &str, r: Result<T, CallError>) -> Result<T, ()> {
+        r.map_err(|e| tracing::error!("{what}: {e}"))
+    }
+
+    fn signature(
+        &self,
+        what: &str,
+        params: Option<&ChannelTransactionParameters>,
+        body: request::Body,
+    ) -> Result<Signature, ()> {
+        let r = (|| {
+            if let Some(p) = params {
+                self.ensure_setup(p)?;
+            }
+            sig(&expect_reply!(self.conn.call(body, PENDING_TIMEOUT), Signature)?.signature)
+        })();
+        self.pending(what, r)
+    }
+}
+
+impl ChannelSigner for RemoteChannelSigner {
+    fn get_per_commitment_point(&self, idx: u64, _secp: &Secp256k1<All>) -> Result<PublicKey, ()> {
+        let body = request::Body::GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
+            channel_keys_id: self.id(),
+            commitment_number: convert::number(idx),
+        });
+        let r = expect_reply!(
+            self.conn
+                .call_retrying("per-commitment point", body, VALIDATION_PATIENCE),
+            GetPerCommitmentPoint
+        )
+        .and_then(|r| {
+            PublicKey::from_slice(&r.per_commitment_point)
+                .map_err(|_| CallError::Unavailable("malformed point".into()))
+        });
+        self.blocking("per-commitment point", r)
+    }
+
+    fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
+        let body = request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
+            channel_keys_id: self.id(),
+            commitment_number: convert::number(idx),
+        });
+        let r = expect_reply!(
+            self.conn.call(body, PENDING_TIMEOUT),
+            ReleaseCommitmentSecret
+        )
+        .and_then(|r| {
+            <[u8; 32]>::try_from(r.secret.as_slice())
+                .map_err(|_| CallError::Unavailable("malformed secret".into()))
+        });
+        self.pending("release commitment secret", r)
+    }
+
+    fn validate_holder_commitment(
+        &self,
+        holder_tx: &HolderCommitmentTransaction,
+        outbound_htlc_preimages: Vec<PaymentPreimage>,
+    ) -> Result<(), ()> {
+        let body = request::Body::ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+            channel_keys_id: self.id(),
+            commitment: Some(convert::commitment_data(holder_tx)),
+            counterparty_signature: holder_tx.counterparty_sig.serialize_compact().to_vec(),
+            htlc_signatures: holder_tx
+                .counterparty_htlc_sigs
+                .iter()
+                .map(|s| s.serialize_compact().to_vec())
+                .collect(),
+            outbound_htlc_preimages: outbound_htlc_preimages
+                .iter()
+                .map(|p| p.0.to_vec())
+                .collect(),
+        });
+        let r = expect_reply!(
+            self.conn
+                .call_retrying("validate holder commitment", body, VALIDATION_PATIENCE),
+            ValidateHolderCommitment
+        );
+        self.blocking("validate holder commitment", r.map(|_| ()))
+    }
+
+    fn validate_counterparty_revocation(&self, idx: u64, secret: &SecretKey) -> Result<(), ()> {
+        let body = request::Body::ValidateCounterpartyRevocation(
+            pb::ValidateCounterpartyRevocationRequest {
+                channel_keys_id: self.id(),
+                commitment_number: convert::number(idx),
+                secret: secret.secret_bytes().to_vec(),
+            },
+        );
+        let r = expect_reply!(
+            self.conn
+                .call_retrying("validate revocation", body, VALIDATION_PATIENCE),
+            ValidateCounterpartyRevocation
+        );
+        self.blocking("validate revocation", r.map(|_| ()))
+    }
+
+    fn pubkeys(&self, _secp: &Secp256k1<All>) -> ChannelPublicKeys {
+        self.pubkeys.clone()
+    }
+
+    fn new_funding_pubkey(
+        &self,
+        _splice_parent_funding_txid: Txid,
+        _secp: &Secp256k1<All>,
+    ) -> PublicKey {
+        // Splicing is not offered by lnpd: the funding key never changes.
+        self.pubkeys.funding_pubkey
+    }
+
+    fn channel_keys_id(&self) -> [u8; 32] {
+        self.keys_id
+    }
+}
+
+impl EcdsaChannelSigner for RemoteChannelSigner {
+    fn sign_counterparty_commitment(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        commitment_tx: &CommitmentTransaction,
+        inbound_htlc_preimages: Vec<PaymentPreimage>,
+        outbound_htlc_preimages: Vec<PaymentPreimage>,
+        _secp: &Secp256k1<All>,
+    ) -> Result<(Signature, Vec<Signature>), ()> {
+        let r = (|| {
+            self.ensure_setup(channel_parameters)?;
+            let body =
+                request::Body::SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+                    channel_keys_id: self.id(),
+                    commitment: Some(convert::commitment_data(commitment_tx)),
+                    inbound_htlc_preimages: inbound_htlc_preimages
+                        .iter()
+                        .map(|p| p.0.to_vec())
+                        .collect(),
+                    outbound_htlc_preimages: outbound_htlc_preimages
+                        .iter()
+                        .map(|p| p.0.to_vec())
+                        .collect(),
+                });
+            let r = expect_reply!(
+                self.conn.call(body, PENDING_TIMEOUT),
+                SignCounterpartyCommitment
+            )?;
+            let htlcs = r
+                .htlc_signatures
+                .iter()
+                .map(|s| sig(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((sig(&r.signature)?, htlcs))
+        })();
+        self.pending("sign counterparty commitment", r)
+    }
+
+    fn sign_holder_commitment(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        commitment_tx: &HolderCommitmentTransaction,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let body = request::Body::SignHolderCommitment(pb::SignHolderCommitmentRequest {
+            channel_keys_id: self.id(),
+            commitment_number: convert::number(commitment_tx.commitment_number()),
+        });
+        self.signature("sign holder commitment", Some(channel_parameters), body)
+    }
+
+    fn sign_justice_revoked_output(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        justice_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_key: &SecretKey,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let body = request::Body::SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest {
+            channel_keys_id: self.id(),
+            tx: Some(convert::unsigned_tx(justice_tx)),
+            input_index: input as u32,
+            amount_sat: amount,
+            commitment_number: 0,
+            per_commitment_secret: per_commitment_key.secret_bytes().to_vec(),
+        });
+        self.signature("sign justice (to_local)", Some(channel_parameters), body)
+    }
+
+    fn sign_justice_revoked_htlc(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        justice_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_key: &SecretKey,
+        htlc: &HTLCOutputInCommitment,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let body = request::Body::SignJusticeRevokedHtlc(pb::SignJusticeRevokedHtlcRequest {
+            channel_keys_id: self.id(),
+            tx: Some(convert::unsigned_tx(justice_tx)),
+            input_index: input as u32,
+            amount_sat: amount,
+            commitment_number: 0,
+            htlc: Some(convert::htlc(htlc)),
+            per_commitment_secret: per_commitment_key.secret_bytes().to_vec(),
+        });
+        self.signature("sign justice (HTLC)", Some(channel_parameters), body)
+    }
+
+    fn sign_holder_htlc_transaction(
+        &self,
+        htlc_tx: &Transaction,
+        input: usize,
+        htlc_descriptor: &HTLCDescriptor,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let Some(vout) = htlc_descriptor.htlc.transaction_output_index else {
+            return Err(());
+        };
+        let body = request::Body::SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest {
+            channel_keys_id: self.id(),
+            commitment_number: convert::number(htlc_descriptor.per_commitment_number),
+            htlc_output_index: vout,
+            tx: Some(convert::unsigned_tx(htlc_tx)),
+            input_index: input as u32,
+            preimage: htlc_descriptor
+                .preimage
+                .map(|p| p.0.to_vec())
+                .unwrap_or_default(),
+        });
+        self.signature("sign holder HTLC transaction", None, body)
+    }
+
+    fn sign_counterparty_htlc_transaction(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        htlc_tx: &Transaction,
+        input: usize,
+        amount: u64,
+        per_commitment_point: &PublicKey,
+        htlc: &HTLCOutputInCommitment,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let body = request::Body::SignCounterpartyHtlcSweep(pb::SignCounterpartyHtlcSweepRequest {
+            channel_keys_id: self.id(),
+            tx: Some(convert::unsigned_tx(htlc_tx)),
+            input_index: input as u32,
+            amount_sat: amount,
+            per_commitment_point: per_commitment_point.serialize().to_vec(),
+            htlc: Some(convert::htlc(htlc)),
+        });
+        self.signature(
+            "sign counterparty HTLC sweep",
+            Some(channel_parameters),
+            body,
+        )
+    }
+
+    fn sign_closing_transaction(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        closing_tx: &ClosingTransaction,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let lock_time = closing_tx
+            .trust()
+            .built_transaction()
+            .lock_time
+            .to_consensus_u32();
+        let body = request::Body::SignClosingTransaction(pb::SignClosingTransactionRequest {
+            channel_keys_id: self.id(),
+            to_holder_value_sat: closing_tx.to_holder_value_sat(),
+            to_counterparty_value_sat: closing_tx.to_counterparty_value_sat(),
+            to_holder_script: closing_tx.to_holder_script().to_bytes(),
+            to_counterparty_script: closing_tx.to_counterparty_script().to_bytes(),
+            lock_time,
+        });
+        self.signature("sign closing transaction", Some(channel_parameters), body)
+    }
+
+    fn sign_holder_keyed_anchor_input(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        anchor_tx: &Transaction,
+        input: usize,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let body = request::Body::SignHolderAnchorInput(pb::SignHolderAnchorInputRequest {
+            channel_keys_id: self.id(),
+            tx: Some(convert::unsigned_tx(anchor_tx)),
+            input_index: input as u32,
+        });
+        self.signature("sign anchor input", Some(channel_parameters), body)
+    }
+
+    fn sign_channel_announcement_with_funding_key(
+        &self,
+        channel_parameters: &ChannelTransactionParameters,
+        msg: &UnsignedChannelAnnouncement,
+        _secp: &Secp256k1<All>,
+    ) -> Result<Signature, ()> {
+        let r = (|| {
+            self.ensure_setup(channel_parameters)?;
+            let body = request::Body::SignChannelAnnouncement(pb::SignChannelAnnouncementRequest {
+                channel_keys_id: self.id(),
+                unsigned_announcement: msg.encode(),
+            });
+            sig(&expect_reply!(
+                self.conn.call(body, PENDING_TIMEOUT),
+                SignChannelAnnouncement
+            )?
+            .bitcoin_signature)
+        })();
+        self.pending("sign channel announcement", r)
+    }
+
+    fn sign_splice_shared_input(
+        &self,
+        _channel_parameters: &ChannelTransactionParameters,
+        _tx: &Transaction,
+        _input_index: usize,
+        _secp: &Secp256k1<All>,
+    ) -> Signature {
+        // lnpd neither offers nor accepts splicing, so LDK never asks. Should it,
+        // the answer must not be a usable signature: a fixed value that does
+        // not verify makes the splice transaction invalid, losing nothing.
+        tracing::error!("splice signature requested; splicing is not supported");
+        Signature::from_compact(&[1u8; 64])
+            .unwrap_or_else(|_| unreachable!("constant is a valid encoding"))
+    }
+}

@@ -1,0 +1,180 @@
+//! LDK's types turned into `signer.proto` fields, and back.
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{OutPoint, Transaction, TxOut};
+use lightning::ln::chan_utils::{
+    ChannelPublicKeys, ChannelTransactionParameters, CommitmentTransaction, HTLCOutputInCommitment,
+};
+use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
+use lightning::sign::SpendableOutputDescriptor;
+use lnpd_proto::signer as pb;
+
+/// LDK counts commitment numbers down from 2^48 - 1; the protocol counts up.
+pub const INITIAL_COMMITMENT_NUMBER: u64 = (1 << 48) - 1;
+
+/// LDK's dust limit for our side; LDK does not tell the signer the
+/// counterparty's, so the same lower bound is used for it (the signer's
+/// dust check then never refuses a commitment LDK built).
+pub const LDK_DUST_LIMIT_SAT: u64 = 354;
+
+/// Our count-up number of an LDK commitment index.
+pub fn number(ldk_idx: u64) -> u64 {
+    INITIAL_COMMITMENT_NUMBER.saturating_sub(ldk_idx)
+}
+
+/// A wire outpoint.
+pub fn outpoint(o: &OutPoint) -> pb::OutPoint {
+    pb::OutPoint {
+        txid: o.txid.to_byte_array().to_vec(),
+        vout: o.vout,
+    }
+}
+
+/// A wire output.
+pub fn txout(o: &TxOut) -> pb::TxOut {
+    pb::TxOut {
+        value_sat: o.value.to_sat(),
+        script_pubkey: o.script_pubkey.to_bytes(),
+    }
+}
+
+/// The fields of a transaction the node built.
+pub fn unsigned_tx(tx: &Transaction) -> pb::UnsignedTx {
+    pb::UnsignedTx {
+        version: tx.version.0,
+        lock_time: tx.lock_time.to_consensus_u32(),
+        inputs: tx
+            .input
+            .iter()
+            .map(|i| pb::TxIn {
+                previous_output: Some(outpoint(&i.previous_output)),
+                sequence: i.sequence.0,
+            })
+            .collect(),
+        outputs: tx.output.iter().map(txout).collect(),
+    }
+}
+
+/// A wire HTLC (direction from the broadcaster's point of view, as LDK has it).
+pub fn htlc(h: &HTLCOutputInCommitment) -> pb::Htlc {
+    pb::Htlc {
+        direction: if h.offered {
+            pb::HtlcDirection::Offered
+        } else {
+            pb::HtlcDirection::Received
+        } as i32,
+        amount_msat: h.amount_msat,
+        cltv_expiry: h.cltv_expiry,
+        payment_hash: h.payment_hash.0.to_vec(),
+    }
+}
+
+/// What the signer rebuilds a commitment from.
+pub fn commitment_data(tx: &CommitmentTransaction) -> pb::CommitmentData {
+    pb::CommitmentData {
+        commitment_number: number(tx.commitment_number()),
+        feerate_per_kw: tx.negotiated_feerate_per_kw(),
+        to_broadcaster_value_sat: tx.to_broadcaster_value_sat(),
+        to_countersignatory_value_sat: tx.to_countersignatory_value_sat(),
+        htlcs: tx.nondust_htlcs().iter().map(htlc).collect(),
+        per_commitment_point: tx.per_commitment_point().serialize().to_vec(),
+    }
+}
+
+/// Channel public keys to the wire.
+pub fn keys_to_wire(k: &ChannelPublicKeys) -> pb::ChannelPublicKeys {
+    pb::ChannelPublicKeys {
+        funding_pubkey: k.funding_pubkey.serialize().to_vec(),
+        revocation_basepoint: k.revocation_basepoint.to_public_key().serialize().to_vec(),
+        payment_point: k.payment_point.serialize().to_vec(),
+        delayed_payment_basepoint: k
+            .delayed_payment_basepoint
+            .to_public_key()
+            .serialize()
+            .to_vec(),
+        htlc_basepoint: k.htlc_basepoint.to_public_key().serialize().to_vec(),
+    }
+}
+
+/// Channel public keys from the wire.
+pub fn keys_from_wire(k: &pb::ChannelPublicKeys) -> Option<ChannelPublicKeys> {
+    let pk = |b: &[u8]| PublicKey::from_slice(b).ok();
+    Some(ChannelPublicKeys {
+        funding_pubkey: pk(&k.funding_pubkey)?,
+        revocation_basepoint: RevocationBasepoint::from(pk(&k.revocation_basepoint)?),
+        payment_point: pk(&k.payment_point)?,
+        delayed_payment_basepoint: DelayedPaymentBasepoint::from(pk(&k.delayed_payment_basepoint)?),
+        htlc_basepoint: HtlcBasepoint::from(pk(&k.htlc_basepoint)?),
+    })
+}
+
+/// The set-up record of a channel, from the parameters LDK hands the signer.
+/// `None` until LDK knows the counterparty's keys and the funding outpoint.
+pub fn setup_request(
+    keys_id: &[u8; 32],
+    p: &ChannelTransactionParameters,
+) -> Option<pb::SetupChannelRequest> {
+    let cp = p.counterparty_parameters.as_ref()?;
+    let funding = p.funding_outpoint.as_ref()?;
+    let features = &p.channel_type_features;
+    let channel_type = if features.supports_anchors_zero_fee_htlc_tx() {
+        pb::ChannelType::AnchorsZeroFeeHtlcTx
+    } else if features.supports_static_remote_key()
+        && !features.supports_anchors_nonzero_fee_htlc_tx()
+    {
+        pb::ChannelType::StaticRemoteKey
+    } else {
+        pb::ChannelType::Unspecified
+    };
+    Some(pb::SetupChannelRequest {
+        channel_keys_id: keys_id.to_vec(),
+        is_outbound: p.is_outbound_from_holder,
+        channel_value_sat: p.channel_value_satoshis,
+        push_msat: 0,
+        funding_outpoint: Some(outpoint(&funding.into_bitcoin_outpoint())),
+        channel_type: channel_type as i32,
+        holder_selected_contest_delay: p.holder_selected_contest_delay as u32,
+        counterparty_selected_contest_delay: cp.selected_contest_delay as u32,
+        holder_dust_limit_sat: LDK_DUST_LIMIT_SAT,
+        counterparty_dust_limit_sat: LDK_DUST_LIMIT_SAT,
+        counterparty_keys: Some(keys_to_wire(&cp.pubkeys)),
+        counterparty_shutdown_script: vec![],
+        holder_shutdown_script: vec![],
+    })
+}
+
+/// An output LDK asks to sweep.
+pub fn spendable(d: &SpendableOutputDescriptor) -> pb::SpendableOutput {
+    use pb::spendable_output::Kind;
+    match d {
+        SpendableOutputDescriptor::StaticOutput {
+            outpoint: o,
+            output,
+            channel_keys_id,
+        } => pb::SpendableOutput {
+            outpoint: Some(outpoint(&o.into_bitcoin_outpoint())),
+            output: Some(txout(output)),
+            kind: Some(Kind::StaticOutput(pb::StaticOutput {
+                channel_keys_id: channel_keys_id.map(|i| i.to_vec()).unwrap_or_default(),
+            })),
+        },
+        SpendableOutputDescriptor::DelayedPaymentOutput(p) => pb::SpendableOutput {
+            outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
+            output: Some(txout(&p.output)),
+            kind: Some(Kind::DelayedPayment(pb::DelayedPaymentOutput {
+                channel_keys_id: p.channel_keys_id.to_vec(),
+                per_commitment_point: p.per_commitment_point.serialize().to_vec(),
+                to_self_delay: p.to_self_delay as u32,
+                revocation_pubkey: p.revocation_pubkey.to_public_key().serialize().to_vec(),
+            })),
+        },
+        SpendableOutputDescriptor::StaticPaymentOutput(p) => pb::SpendableOutput {
+            outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
+            output: Some(txout(&p.output)),
+            kind: Some(Kind::StaticPayment(pb::StaticPaymentOutput {
+                channel_keys_id: p.channel_keys_id.to_vec(),
+            })),
+        },
+    }
+}
