@@ -3,3 +3,4 @@
 
 pub mod chain;
 pub mod remote_signer;
+pub mod store;
