@@ -10,7 +10,9 @@ use lightning::io;
 use std::path::Path;
 use std::sync::Mutex;
 
-use lightning::util::persist::{KVStoreSync, KVSTORE_NAMESPACE_KEY_ALPHABET, KVSTORE_NAMESPACE_KEY_MAX_LEN};
+use lightning::util::persist::{
+    KVStoreSync, KVSTORE_NAMESPACE_KEY_ALPHABET, KVSTORE_NAMESPACE_KEY_MAX_LEN,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// LDK's key-value store in one SQLite file.
@@ -24,8 +26,15 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 fn check_name(what: &str, s: &str, may_be_empty: bool) -> io::Result<()> {
     let ok_len = s.len() <= KVSTORE_NAMESPACE_KEY_MAX_LEN && (may_be_empty || !s.is_empty());
-    if !ok_len || !s.chars().all(|c| KVSTORE_NAMESPACE_KEY_ALPHABET.contains(c)) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid {what} {s:?}")));
+    if !ok_len
+        || !s
+            .chars()
+            .all(|c| KVSTORE_NAMESPACE_KEY_ALPHABET.contains(c))
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("invalid {what} {s:?}"),
+        ));
     }
     Ok(())
 }
@@ -34,7 +43,10 @@ fn check(primary: &str, secondary: &str, key: Option<&str>) -> io::Result<()> {
     check_name("primary namespace", primary, true)?;
     check_name("secondary namespace", secondary, true)?;
     if primary.is_empty() && !secondary.is_empty() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "secondary namespace without a primary one"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "secondary namespace without a primary one",
+        ));
     }
     if let Some(k) = key {
         check_name("key", k, false)?;
@@ -45,9 +57,12 @@ fn check(primary: &str, secondary: &str, key: Option<&str>) -> io::Result<()> {
 impl SqliteStore {
     /// Opens (or creates) the store at `path`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let conn = Connection::open(path).map_err(|e| io_err(format!("{}: {e}", path.display())))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(io_err)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(io_err)?;
+        let conn =
+            Connection::open(path).map_err(|e| io_err(format!("{}: {e}", path.display())))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(io_err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(io_err)?;
         conn.execute(
             "CREATE TABLE IF NOT EXISTS kv (
                 primary_ns TEXT NOT NULL, secondary_ns TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
@@ -55,7 +70,9 @@ impl SqliteStore {
             [],
         )
         .map_err(io_err)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore {
+            conn: Mutex::new(conn),
+        })
     }
 
     fn conn(&self) -> io::Result<std::sync::MutexGuard<'_, Connection>> {
@@ -74,7 +91,12 @@ impl KVStoreSync for SqliteStore {
             )
             .optional()
             .map_err(io_err)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("{primary}/{secondary}/{key} not found")))
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{primary}/{secondary}/{key} not found"),
+                )
+            })
     }
 
     fn write(&self, primary: &str, secondary: &str, key: &str, buf: Vec<u8>) -> io::Result<()> {
@@ -92,7 +114,10 @@ impl KVStoreSync for SqliteStore {
     fn remove(&self, primary: &str, secondary: &str, key: &str, _lazy: bool) -> io::Result<()> {
         check(primary, secondary, Some(key))?;
         self.conn()?
-            .execute("DELETE FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2 AND key = ?3", params![primary, secondary, key])
+            .execute(
+                "DELETE FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2 AND key = ?3",
+                params![primary, secondary, key],
+            )
             .map(|_| ())
             .map_err(io_err)
     }
@@ -100,8 +125,12 @@ impl KVStoreSync for SqliteStore {
     fn list(&self, primary: &str, secondary: &str) -> io::Result<Vec<String>> {
         check(primary, secondary, None)?;
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT key FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2").map_err(io_err)?;
-        let rows = stmt.query_map(params![primary, secondary], |r| r.get::<_, String>(0)).map_err(io_err)?;
+        let mut stmt = conn
+            .prepare("SELECT key FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2")
+            .map_err(io_err)?;
+        let rows = stmt
+            .query_map(params![primary, secondary], |r| r.get::<_, String>(0))
+            .map_err(io_err)?;
         rows.collect::<Result<Vec<_>, _>>().map_err(io_err)
     }
 }
@@ -124,9 +153,18 @@ mod tests {
             s.write("", "", "manager", vec![6]).unwrap();
             assert_eq!(s.read("monitors", "", "abc_0").unwrap(), vec![4]);
             assert_eq!(s.list("monitors", "").unwrap(), vec!["abc_0".to_string()]);
-            assert_eq!(s.read("monitors", "", "nope").unwrap_err().kind(), io::ErrorKind::NotFound);
-            assert_eq!(s.write("", "x", "k", vec![]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
-            assert_eq!(s.write("a", "", "bad key!", vec![]).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+            assert_eq!(
+                s.read("monitors", "", "nope").unwrap_err().kind(),
+                io::ErrorKind::NotFound
+            );
+            assert_eq!(
+                s.write("", "x", "k", vec![]).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
+            assert_eq!(
+                s.write("a", "", "bad key!", vec![]).unwrap_err().kind(),
+                io::ErrorKind::InvalidInput
+            );
             s.remove("monitors", "updates", "x", false).unwrap();
             assert!(s.list("monitors", "updates").unwrap().is_empty());
         }

@@ -301,7 +301,7 @@ impl<S: Store> Signer<S> {
 }
 
 /// The operation a request asks for, for logs.
-fn request_name(body: &request::Body) -> &'static str {
+pub fn request_name(body: &request::Body) -> &'static str {
     use request::Body as Q;
     match body {
         Q::Ping(_) => "ping",
@@ -335,6 +335,42 @@ fn request_name(body: &request::Body) -> &'static str {
         Q::GetWalletDescriptor(_) => "get_wallet_descriptor",
         Q::SignPsbt(_) => "sign_psbt",
     }
+}
+
+/// The channel a request is about, if any (for the audit log).
+pub fn request_channel(body: &request::Body) -> Option<ChannelKeysId> {
+    use request::Body as Q;
+    let id = match body {
+        Q::NewChannelKeysId(_)
+        | Q::Ping(_)
+        | Q::Info(_)
+        | Q::GetNodeId(_)
+        | Q::Ecdh(_)
+        | Q::SignInvoice(_) => return None,
+        Q::SignBolt12Invoice(_)
+        | Q::SignGossip(_)
+        | Q::SignMessage(_)
+        | Q::GetNodeKeys(_)
+        | Q::GetShutdownScript(_) => return None,
+        Q::SpendSpendableOutputs(_) | Q::GetWalletDescriptor(_) | Q::SignPsbt(_) => return None,
+        Q::GetChannelPublicKeys(r) => &r.channel_keys_id,
+        Q::SetupChannel(r) => &r.channel_keys_id,
+        Q::GetDestinationScript(r) => &r.channel_keys_id,
+        Q::GetPerCommitmentPoint(r) => &r.channel_keys_id,
+        Q::ReleaseCommitmentSecret(r) => &r.channel_keys_id,
+        Q::ValidateHolderCommitment(r) => &r.channel_keys_id,
+        Q::ValidateCounterpartyRevocation(r) => &r.channel_keys_id,
+        Q::SignCounterpartyCommitment(r) => &r.channel_keys_id,
+        Q::SignHolderCommitment(r) => &r.channel_keys_id,
+        Q::SignHolderHtlcTransaction(r) => &r.channel_keys_id,
+        Q::SignCounterpartyHtlcSweep(r) => &r.channel_keys_id,
+        Q::SignJusticeRevokedOutput(r) => &r.channel_keys_id,
+        Q::SignJusticeRevokedHtlc(r) => &r.channel_keys_id,
+        Q::SignClosingTransaction(r) => &r.channel_keys_id,
+        Q::SignChannelAnnouncement(r) => &r.channel_keys_id,
+        Q::SignHolderAnchorInput(r) => &r.channel_keys_id,
+    };
+    ChannelKeysId::from_slice(id).ok()
 }
 
 /// The wire form of an error.

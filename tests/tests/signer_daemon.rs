@@ -105,6 +105,18 @@ fn state_survives_kill_9_between_requests() {
         log.contains("revoke-next-validated") && log.contains("release_commitment_secret"),
         "the refusal is logged with its rule id and operation: {log}"
     );
+    // ... and in the audit log, readable while the daemon runs.
+    let audit = std::process::Command::new(lnpd_tests::signer_bin())
+        .args(["log", "--json", "--last", "5", "--data-dir"])
+        .arg(alice.data_dir())
+        .output()
+        .unwrap();
+    let audit = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.contains("\"rule\":\"revoke-next-validated\"")
+            && audit.contains("release_commitment_secret"),
+        "audit log: {audit}"
+    );
 
     // Finish the interrupted update by hand, then kill again right after the revocation.
     let n = pair.number;

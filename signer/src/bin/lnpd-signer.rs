@@ -73,6 +73,20 @@ enum Command {
         #[arg(long)]
         log: Option<String>,
     },
+    /// Show the audit log: every refusal with its time, rule, operation, channel and reason.
+    ///
+    /// Reads <data-dir>/audit.log; works while the daemon runs and needs no passphrase.
+    Log {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Show only the last N entries.
+        #[arg(long)]
+        last: Option<usize>,
+    },
     /// Show the node id, the wallet descriptors and the channels the signer knows.
     Info {
         #[command(flatten)]
@@ -276,7 +290,15 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         }
         tracing::info!("shutting down");
     };
-    server::serve(SignerService::new(signer), listener, tls_config, shutdown).await?;
+    let audit = lnpd_signer::daemon::audit::AuditLog::open(&dir.audit_log())
+        .with_context(|| format!("opening {}", dir.audit_log().display()))?;
+    server::serve(
+        SignerService::new(signer).with_audit(audit),
+        listener,
+        tls_config,
+        shutdown,
+    )
+    .await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
 }
@@ -342,6 +364,32 @@ fn info(common: Common, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn show_log(data_dir: &str, json: bool, last: Option<usize>) -> Result<()> {
+    let dir = DataDir(expand(data_dir));
+    let entries = lnpd_signer::daemon::audit::read(&dir.audit_log())
+        .with_context(|| format!("reading {}", dir.audit_log().display()))?;
+    let skip = last.map_or(0, |n| entries.len().saturating_sub(n));
+    for entry in entries.into_iter().skip(skip) {
+        match entry {
+            Ok(e) if json => println!("{}", serde_json::to_string(&e)?),
+            Ok(e) => println!(
+                "{}  {}  {:<32} {:<34} {}  {}",
+                e.time,
+                e.event,
+                e.rule,
+                e.operation,
+                e.channel
+                    .as_deref()
+                    .map(|c| &c[..c.len().min(16)])
+                    .unwrap_or("-"),
+                e.reason
+            ),
+            Err(why) => eprintln!("warning: unreadable audit entry ({why})"),
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -371,6 +419,11 @@ fn main() {
             Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
         },
         Command::Info { common, json } => info(common, json),
+        Command::Log {
+            data_dir,
+            json,
+            last,
+        } => show_log(&data_dir, json, last),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,6 +1,7 @@
 //! The `lnpd-signer` daemon (feature `std`): configuration, the encrypted
 //! seed file, TLS material, the durable store and the gRPC server.
 
+pub mod audit;
 pub mod config;
 pub mod seed_file;
 pub mod server;
@@ -29,6 +30,10 @@ impl DataDir {
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.0.join("signer.toml")
+    }
+    /// The audit log of refusals.
+    pub fn audit_log(&self) -> PathBuf {
+        self.0.join("audit.log")
     }
     /// Where `run` writes the address it listens on.
     pub fn listen_addr_file(&self) -> PathBuf {

@@ -14,6 +14,7 @@ use crate::store::Store;
 /// The tonic service wrapping a [`Signer`].
 pub struct SignerService<S: Store> {
     inner: Arc<Mutex<Signer<S>>>,
+    audit: Option<Arc<super::audit::AuditLog>>,
 }
 
 impl<S: Store> SignerService<S> {
@@ -21,7 +22,14 @@ impl<S: Store> SignerService<S> {
     pub fn new(signer: Signer<S>) -> Self {
         SignerService {
             inner: Arc::new(Mutex::new(signer)),
+            audit: None,
         }
+    }
+
+    /// Records every refusal in `audit`.
+    pub fn with_audit(mut self, audit: super::audit::AuditLog) -> Self {
+        self.audit = Some(Arc::new(audit));
+        self
     }
 
     /// Shares the signer (for in-process use next to the server).
@@ -37,8 +45,23 @@ impl<S: Store> SignerService<S> {
         // A bug must not take the whole signer down with the lock held:
         // the request fails, the state (updated only after a durable write)
         // stays as it was, and the next request is served.
+        let (op, channel) = (
+            crate::handler::request_name(&body),
+            crate::handler::request_channel(&body),
+        );
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle(body))) {
-            Ok(result) => result.map_err(|e| to_status(&e)),
+            Ok(result) => result.map_err(|e| {
+                if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
+                    let channel = channel.map(|c| hex::encode(c.0));
+                    audit.append(&super::audit::AuditEntry::refusal(
+                        rule.as_str(),
+                        op,
+                        channel,
+                        &e.message,
+                    ));
+                }
+                to_status(&e)
+            }),
             Err(_) => {
                 tracing::error!("a request aborted inside the signer (a bug); state unchanged");
                 Err(Status::internal(

@@ -1,0 +1,127 @@
+//! The audit log: every refusal (and, later, every approval) appended as one
+//! JSON line to `audit.log` in the data directory and synced to disk, so it
+//! survives crashes and can be read while the daemon runs
+//! (`lnpd-signer log`).
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One audit entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Seconds since the Unix epoch.
+    pub time: u64,
+    /// What happened: "refused".
+    pub event: String,
+    /// The policy rule id.
+    pub rule: String,
+    /// The operation asked for.
+    pub operation: String,
+    /// The channel keys id (hex), when the request named a channel.
+    pub channel: Option<String>,
+    /// The signer's reason.
+    pub reason: String,
+}
+
+impl AuditEntry {
+    /// A refusal happening now.
+    pub fn refusal(rule: &str, operation: &str, channel: Option<String>, reason: &str) -> Self {
+        let time = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        AuditEntry {
+            time,
+            event: "refused".into(),
+            rule: rule.into(),
+            operation: operation.into(),
+            channel,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The append-only audit file.
+pub struct AuditLog {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log for appending.
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends an entry durably. A failure is logged, never fatal: the
+    /// refusal itself has already happened.
+    pub fn append(&self, entry: &AuditEntry) {
+        let line = match serde_json::to_string(entry) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!("audit entry not encodable: {e}"),
+        };
+        let result = self
+            .file
+            .lock()
+            .map_err(|_| std::io::Error::other("audit lock poisoned"))
+            .and_then(|mut f| {
+                writeln!(f, "{line}")?;
+                f.sync_data()
+            });
+        if let Err(e) = result {
+            tracing::error!("cannot write the audit log {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Reads every entry of an audit file (a missing file is an empty log);
+/// unreadable lines are reported, not skipped silently.
+pub fn read(path: &Path) -> std::io::Result<Vec<Result<AuditEntry, String>>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for (n, line) in BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        out.push(serde_json::from_str(&line).map_err(|e| format!("line {}: {e}", n + 1)));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn appends_and_reads_back() {
+        let path = std::env::temp_dir().join(format!("lnpd-audit-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let log = AuditLog::open(&path).unwrap();
+        let e = AuditEntry::refusal(
+            "commitment-fee-range",
+            "sign_counterparty_commitment",
+            Some("ab".into()),
+            "too high",
+        );
+        log.append(&e);
+        log.append(&e);
+        let back = read(&path).unwrap();
+        assert_eq!(back.len(), 2);
+        assert_eq!(back[0].as_ref().unwrap(), &e);
+        let _ = std::fs::remove_file(&path);
+    }
+}
