@@ -74,16 +74,12 @@ fn bench_sign(alice: Box<dyn SignerHandle>, htlcs: usize) -> Figures {
     .expect("open channel");
     for i in 0..htlcs {
         let h = TestHtlc {
-            offered_by_alice: i % 2 == 0,
+            offered_by_alice: true,
             amount_msat: 20_000_000 + i as u64 * 1000,
             cltv_expiry: 700 + i as u32,
             preimage: [i as u8 + 1; 32],
         };
-        if h.offered_by_alice {
-            pair.alice_msat -= h.amount_msat;
-        } else {
-            pair.bob_msat -= h.amount_msat;
-        }
+        pair.alice_msat -= h.amount_msat;
         pair.htlcs.push(h);
     }
     let mut samples = Vec::with_capacity(iterations());

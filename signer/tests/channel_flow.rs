@@ -461,3 +461,27 @@ fn never_releases_a_secret_at_or_above_a_commitment_signed_for_broadcast() {
     assert_refused(release(&mut p, 1), RuleId::CommitmentHolderNotRevoked);
     release(&mut p, 0).expect("#0 was revoked before");
 }
+
+#[test]
+fn refuses_to_push_value_out_of_a_channel_we_fund_unless_allowed() {
+    let push = PairOptions {
+        push_msat: 5_000_000,
+        ..Default::default()
+    };
+    let refused = ChannelPair::open(
+        Box::new(memory_signer(1, PolicyConfig::default())),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        push.clone(),
+    );
+    assert_refused(refused.map(|_| ()), RuleId::OnchainNoPush);
+    let allowed = PolicyConfig {
+        allow_push: true,
+        ..Default::default()
+    };
+    ChannelPair::open(
+        Box::new(memory_signer(1, allowed)),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        push,
+    )
+    .expect("allowed by configuration");
+}

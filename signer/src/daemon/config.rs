@@ -45,6 +45,8 @@ pub struct PolicySection {
     pub max_htlcs: Option<usize>,
     /// Highest feerate of mutual closes and sweeps (sat/kw).
     pub max_onchain_feerate_per_kw: Option<u32>,
+    /// Let channels we fund push value to the peer at open.
+    pub allow_push: Option<bool>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -107,6 +109,7 @@ impl ConfigFile {
             max_onchain_feerate_per_kw: p
                 .max_onchain_feerate_per_kw
                 .unwrap_or(d.max_onchain_feerate_per_kw),
+            allow_push: p.allow_push.unwrap_or(d.allow_push),
         };
         if cfg.min_to_self_delay > cfg.max_to_self_delay
             || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat

@@ -62,6 +62,16 @@ pub fn check_setup(
             )
         })?;
     }
+    policy.check(
+        RuleId::OnchainNoPush,
+        !r.is_outbound || r.push_msat == 0 || policy.allow_push,
+        || {
+            format!(
+                "a channel we fund pushes {} msat to the peer; set allow_push to permit it",
+                r.push_msat
+            )
+        },
+    )?;
     if r.push_msat / 1000 > r.channel_value_sat {
         return Err(SignerError::invalid("push_msat exceeds the channel value"));
     }

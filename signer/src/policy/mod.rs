@@ -120,6 +120,8 @@ pub struct PolicyConfig {
     /// Highest feerate of transactions we pay fees on alone: mutual closes
     /// (as funder) and sweeps (sat per 1000 weight).
     pub max_onchain_feerate_per_kw: u32,
+    /// Whether a channel we fund may push value to the peer at open.
+    pub allow_push: bool,
 }
 
 impl Default for PolicyConfig {
@@ -135,6 +137,7 @@ impl Default for PolicyConfig {
             max_feerate_per_kw: 100_000,
             max_htlcs: 483,
             max_onchain_feerate_per_kw: 25_000,
+            allow_push: false,
         }
     }
 }
