@@ -67,7 +67,6 @@ fn bench_sign(alice: Box<dyn SignerHandle>, htlcs: usize) -> Figures {
         bob,
         PairOptions {
             value_sat: 10_000_000,
-            push_msat: 4_000_000_000,
             ..Default::default()
         },
     )

@@ -134,7 +134,7 @@ impl<S: Store> Signer<S> {
             }
             self.policy.check(
                 RuleId::SweepDestinationAllowed,
-                self.is_own_script(&o.script_pubkey),
+                self.is_allowed_destination(&o.script_pubkey),
                 || format!("output {i} of the sweep pays a script outside the signer's wallet"),
             )?;
         }
@@ -212,7 +212,7 @@ impl<S: Store> Signer<S> {
                 format!("channel {id} was already set up with other parameters")
             }));
         }
-        channel_rules::check_setup(&self.policy, &r, |s| self.is_own_script(s))?;
+        channel_rules::check_setup(&self.policy, &r, |s| self.is_allowed_destination(s))?;
         let params = commitment::channel_parameters(&r, self.holder_pubkeys(&id))?;
         record.setup = Some(r);
         if let Some(parked) = record.parked_holder_validation.take() {
@@ -891,7 +891,7 @@ impl<S: Store> Signer<S> {
             record,
             setup,
             r,
-            |s| self.is_own_script(s),
+            |s| self.is_allowed_destination(s),
         )?;
         let sighash = commitment::funding_sighash(&tx, &params)?;
         if !record.closing_signed {

@@ -121,6 +121,16 @@ impl<S: Store> Signer<S> {
         &self.policy
     }
 
+    /// Replaces the operator's allow-list (destinations and payees).
+    pub fn set_allowlist(
+        &mut self,
+        scripts: alloc::collections::BTreeSet<Vec<u8>>,
+        payees: alloc::collections::BTreeSet<[u8; 33]>,
+    ) {
+        self.policy.allowed_scripts = scripts;
+        self.policy.allowed_payees = payees;
+    }
+
     /// Known channels, by keys id.
     pub fn channels(&self) -> impl Iterator<Item = (&ChannelKeysId, &ChannelRecord)> {
         self.channels.iter()

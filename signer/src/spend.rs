@@ -2,6 +2,7 @@
 //! delay, our to_remote, outputs already paying the wallet) into the wallet.
 
 use alloc::format;
+use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use bitcoin::hashes::Hash;
@@ -163,7 +164,7 @@ impl<S: Store> Signer<S> {
         {
             self.policy.check(
                 RuleId::SweepDestinationAllowed,
-                self.is_own_script(o),
+                self.is_allowed_destination(o),
                 || "sweep pays a script outside the signer's wallet".into(),
             )?;
         }

@@ -159,6 +159,11 @@ impl<S: Store> Signer<S> {
         self.wallet_scripts.contains(s)
     }
 
+    /// Whether funds may go to a script: the wallet, or the operator's allow-list.
+    pub fn is_allowed_destination(&self, s: &Script) -> bool {
+        self.is_own_script(s) || self.policy.allowed_scripts.contains(s.as_bytes())
+    }
+
     pub(crate) fn wallet_descriptor(&self) -> pb::GetWalletDescriptorReply {
         let xpub = self.keys.wallet_xpub(&self.secp);
         let origin = format!(
@@ -256,7 +261,7 @@ impl<S: Store> Signer<S> {
         crate::policy::onchain::check_psbt(
             &self.policy,
             &psbt,
-            |s| self.is_own_script(s),
+            |s| self.is_allowed_destination(s),
             |s, v| self.funding_match(s, v),
         )?;
         let fingerprint = self.keys.master_fingerprint();

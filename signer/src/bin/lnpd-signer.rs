@@ -73,6 +73,18 @@ enum Command {
         #[arg(long)]
         log: Option<String>,
     },
+    /// Manage the allow-list: addresses funds may go to besides the wallet
+    /// (withdrawals, closes, sweeps) and payee node ids.
+    ///
+    /// Edits <data-dir>/allowlist.json on this machine; a running daemon picks
+    /// the change up by itself. The node can never change this list.
+    Allowlist {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        #[command(subcommand)]
+        action: AllowlistAction,
+    },
     /// Show the audit log: every refusal with its time, rule, operation, channel and reason.
     ///
     /// Reads <data-dir>/audit.log; works while the daemon runs and needs no passphrase.
@@ -95,6 +107,22 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AllowlistAction {
+    /// Allow an address (of the signer's network) or a payee node id (hex).
+    Add {
+        /// The address or node id.
+        entry: String,
+    },
+    /// Remove an address or node id.
+    Remove {
+        /// The address or node id.
+        entry: String,
+    },
+    /// List the entries.
+    List,
 }
 
 fn expand(dir: &str) -> PathBuf {
@@ -292,13 +320,10 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
     };
     let audit = lnpd_signer::daemon::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
-    server::serve(
-        SignerService::new(signer).with_audit(audit),
-        listener,
-        tls_config,
-        shutdown,
-    )
-    .await?;
+    let service = SignerService::new(signer)
+        .with_audit(audit)
+        .with_allowlist(dir.allowlist());
+    server::serve(service, listener, tls_config, shutdown).await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
 }
@@ -364,6 +389,53 @@ fn info(common: Common, json: bool) -> Result<()> {
     Ok(())
 }
 
+fn allowlist(data_dir: &str, action: AllowlistAction) -> Result<()> {
+    use lnpd_signer::daemon::allowlist::{parse_entry, Allowlist, Entry};
+    let dir = DataDir(expand(data_dir));
+    let config = ConfigFile::load(&dir.config())?;
+    let network = parse_network(
+        config
+            .network
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: `network` is missing", dir.config().display()))?,
+    )?;
+    let path = dir.allowlist();
+    let mut list = Allowlist::load(&path)?;
+    match action {
+        AllowlistAction::List => {
+            for a in &list.addresses {
+                println!("address  {a}");
+            }
+            for p in &list.payees {
+                println!("payee    {p}");
+            }
+            return Ok(());
+        }
+        AllowlistAction::Add { entry } => {
+            let added = match parse_entry(&entry, network)? {
+                Entry::Address(a) => list.addresses.insert(a),
+                Entry::Payee(p) => list.payees.insert(p),
+            };
+            println!(
+                "{} {entry}",
+                if added { "added" } else { "already allowed:" }
+            );
+        }
+        AllowlistAction::Remove { entry } => {
+            let removed = match parse_entry(&entry, network)? {
+                Entry::Address(a) => list.addresses.remove(&a),
+                Entry::Payee(p) => list.payees.remove(&p),
+            };
+            if !removed {
+                bail!("{entry} is not in the allow-list");
+            }
+            println!("removed {entry}");
+        }
+    }
+    list.save(&path)?;
+    Ok(())
+}
+
 fn show_log(data_dir: &str, json: bool, last: Option<usize>) -> Result<()> {
     let dir = DataDir(expand(data_dir));
     let entries = lnpd_signer::daemon::audit::read(&dir.audit_log())
@@ -418,6 +490,7 @@ fn main() {
             Ok(rt) => rt.block_on(run(common, listen, log)),
             Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
         },
+        Command::Allowlist { data_dir, action } => allowlist(&data_dir, action),
         Command::Info { common, json } => info(common, json),
         Command::Log {
             data_dir,

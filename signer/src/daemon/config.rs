@@ -110,6 +110,8 @@ impl ConfigFile {
                 .max_onchain_feerate_per_kw
                 .unwrap_or(d.max_onchain_feerate_per_kw),
             allow_push: p.allow_push.unwrap_or(d.allow_push),
+            allowed_scripts: Default::default(),
+            allowed_payees: Default::default(),
         };
         if cfg.min_to_self_delay > cfg.max_to_self_delay
             || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat

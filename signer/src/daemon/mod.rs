@@ -1,6 +1,7 @@
 //! The `lnpd-signer` daemon (feature `std`): configuration, the encrypted
 //! seed file, TLS material, the durable store and the gRPC server.
 
+pub mod allowlist;
 pub mod audit;
 pub mod config;
 pub mod seed_file;
@@ -30,6 +31,10 @@ impl DataDir {
     /// The config file.
     pub fn config(&self) -> PathBuf {
         self.0.join("signer.toml")
+    }
+    /// The operator's allow-list.
+    pub fn allowlist(&self) -> PathBuf {
+        self.0.join("allowlist.json")
     }
     /// The audit log of refusals.
     pub fn audit_log(&self) -> PathBuf {

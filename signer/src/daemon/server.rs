@@ -15,6 +15,7 @@ use crate::store::Store;
 pub struct SignerService<S: Store> {
     inner: Arc<Mutex<Signer<S>>>,
     audit: Option<Arc<super::audit::AuditLog>>,
+    allowlist: Option<Mutex<super::allowlist::AllowlistWatcher>>,
 }
 
 impl<S: Store> SignerService<S> {
@@ -23,12 +24,19 @@ impl<S: Store> SignerService<S> {
         SignerService {
             inner: Arc::new(Mutex::new(signer)),
             audit: None,
+            allowlist: None,
         }
     }
 
     /// Records every refusal in `audit`.
     pub fn with_audit(mut self, audit: super::audit::AuditLog) -> Self {
         self.audit = Some(Arc::new(audit));
+        self
+    }
+
+    /// Follows the operator's allow-list file, reloading it when it changes.
+    pub fn with_allowlist(mut self, path: std::path::PathBuf) -> Self {
+        self.allowlist = Some(Mutex::new(super::allowlist::AllowlistWatcher::new(path)));
         self
     }
 
@@ -45,6 +53,19 @@ impl<S: Store> SignerService<S> {
         // A bug must not take the whole signer down with the lock held:
         // the request fails, the state (updated only after a durable write)
         // stays as it was, and the next request is served.
+        if let Some(changed) = self
+            .allowlist
+            .as_ref()
+            .and_then(|w| w.lock().ok()?.changed())
+        {
+            let (scripts, payees) = changed.resolve(signer.network());
+            tracing::info!(
+                addresses = scripts.len(),
+                payees = payees.len(),
+                "allow-list loaded"
+            );
+            signer.set_allowlist(scripts, payees);
+        }
         let (op, channel) = (
             crate::handler::request_name(&body),
             crate::handler::request_channel(&body),

@@ -2,8 +2,9 @@
 //! helper every rule goes through. A rule lives in the file named after the
 //! transaction kind it guards (`channel.rs`, `commitment.rs`, ...).
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use crate::error::SignerError;
 
@@ -122,6 +123,11 @@ pub struct PolicyConfig {
     pub max_onchain_feerate_per_kw: u32,
     /// Whether a channel we fund may push value to the peer at open.
     pub allow_push: bool,
+    /// Output scripts the operator allows funds to go to besides the wallet
+    /// (withdrawals, closes, sweeps). Managed with `lnpd-signer allowlist`.
+    pub allowed_scripts: BTreeSet<Vec<u8>>,
+    /// Payee node ids (33 bytes) the operator allows payments to.
+    pub allowed_payees: BTreeSet<[u8; 33]>,
 }
 
 impl Default for PolicyConfig {
@@ -138,6 +144,8 @@ impl Default for PolicyConfig {
             max_htlcs: 483,
             max_onchain_feerate_per_kw: 25_000,
             allow_push: false,
+            allowed_scripts: BTreeSet::new(),
+            allowed_payees: BTreeSet::new(),
         }
     }
 }

@@ -48,7 +48,7 @@ pub fn check_psbt(
                 })?;
             }
             None => policy.check(RuleId::OnchainOutputsKnown, false, || {
-                format!("output {i} pays neither the signer's wallet nor a channel set up with it")
+                format!("output {i} pays neither the signer's wallet, an allow-listed address, nor a channel set up with it")
             })?,
         }
     }
