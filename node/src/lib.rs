@@ -1,6 +1,10 @@
 //! The lnpd node. It holds no private key: every signature and ECDH comes
 //! from `lnpd-signer` over gRPC with mutual TLS.
 
+pub mod admin;
 pub mod chain;
+pub mod config;
+pub mod logger;
+pub mod node;
 pub mod remote_signer;
 pub mod store;

@@ -3,4 +3,5 @@
 
 pub use lnpd_signer::testing::process::*;
 
+pub mod node_process;
 pub mod regtest;

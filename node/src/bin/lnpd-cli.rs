@@ -1,0 +1,164 @@
+//! `lnpd-cli`: talks to a running `lnpd` over its admin API.
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Parser, Subcommand};
+use lnpd_proto::node::{self as pb, node_client::NodeClient};
+use tonic::transport::Channel;
+
+/// Control a running lnpd node. The admin address and token are read from
+/// the node's data directory unless given.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The node's data directory (for admin.addr and admin.token).
+    #[arg(long, env = "LNPD_DIR", default_value = "~/.lnpd")]
+    data_dir: String,
+    /// Admin API address (default: from <data-dir>/admin.addr).
+    #[arg(long)]
+    rpc: Option<String>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Node id, chain height, peers, channels, signer connection.
+    Getinfo,
+    /// Connect to a peer: NODE_ID@HOST:PORT.
+    Connect {
+        /// NODE_ID@HOST:PORT
+        peer: String,
+    },
+    /// Connected peers.
+    Peers,
+    /// Channels and their balances.
+    Channels,
+}
+
+fn expand(dir: &str) -> PathBuf {
+    match (dir.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(dir),
+    }
+}
+
+fn explain(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unavailable => anyhow!(
+            "the node did not answer ({}); is lnpd running?",
+            s.message()
+        ),
+        tonic::Code::Unauthenticated => anyhow!("{}", s.message()),
+        _ => anyhow!("{}", s.message()),
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let dir = expand(&cli.data_dir);
+    let addr = match cli.rpc {
+        Some(a) => a,
+        None => std::fs::read_to_string(dir.join("admin.addr")).with_context(|| {
+            format!(
+                "no admin address in {} (is lnpd running? or pass --rpc)",
+                dir.display()
+            )
+        })?,
+    };
+    let token = std::fs::read_to_string(dir.join("admin.token"))
+        .with_context(|| format!("reading {}", dir.join("admin.token").display()))?;
+    let channel = Channel::from_shared(format!("http://{}", addr.trim()))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach lnpd at {addr}; is it running?"))?;
+    let auth = format!("Bearer {}", token.trim()).parse::<tonic::metadata::MetadataValue<_>>()?;
+    let mut client = NodeClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+        req.metadata_mut().insert("authorization", auth.clone());
+        Ok(req)
+    });
+    match cli.command {
+        Cmd::Getinfo => {
+            let i = client
+                .get_info(pb::GetInfoRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                println!(
+                    "{{\"node_id\":\"{}\",\"alias\":\"{}\",\"network\":\"{}\",\"block_height\":{},\"block_hash\":\"{}\",\"num_peers\":{},\"num_channels\":{},\"signer\":\"{}\",\"signer_connected\":{}}}",
+                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint, i.signer_connected
+                );
+            } else {
+                println!("node id:   {}\nalias:     {}\nnetwork:   {}\nblock:     {} ({})\npeers:     {}\nchannels:  {}\nsigner:    {} ({})",
+                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint,
+                    if i.signer_connected { "connected" } else { "not connected" });
+            }
+        }
+        Cmd::Connect { peer } => {
+            let Some((id, address)) = peer.split_once('@') else {
+                bail!("expected NODE_ID@HOST:PORT, got {peer:?}")
+            };
+            client
+                .connect_peer(pb::ConnectPeerRequest {
+                    node_id: id.to_string(),
+                    address: address.to_string(),
+                })
+                .await
+                .map_err(explain)?;
+            println!("connected to {id}");
+        }
+        Cmd::Peers => {
+            let peers = client
+                .peers(pb::PeersRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .peers;
+            for p in peers {
+                if cli.json {
+                    println!(
+                        "{{\"node_id\":\"{}\",\"address\":\"{}\"}}",
+                        p.node_id, p.address
+                    );
+                } else {
+                    println!("{}  {}", p.node_id, p.address);
+                }
+            }
+        }
+        Cmd::Channels => {
+            let chans = client
+                .channels(pb::ChannelsRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .channels;
+            for c in chans {
+                println!(
+                    "{}  peer {}  capacity {} sat  out {} msat  in {} msat  {}",
+                    c.channel_id,
+                    c.counterparty_node_id,
+                    c.capacity_sat,
+                    c.outbound_msat,
+                    c.inbound_msat,
+                    if c.is_usable { "usable" } else { "not usable" }
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,506 @@
+//! Wiring of the LDK node: chain monitor, channel manager, gossip, router
+//! and peer manager over the remote signer, the JSON-RPC chain and the
+//! SQLite store, plus the loops that drive them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{BlockHash, Network};
+use lightning::chain::chainmonitor;
+use lightning::chain::{BestBlock, Filter, Listen, Watch};
+use lightning::events::{Event, EventsProvider};
+use lightning::ln::channelmanager::{self, ChainParameters, ChannelManagerReadArgs};
+use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
+use lightning::onion_message::messenger::DefaultMessageRouter;
+use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
+use lightning::routing::router::DefaultRouter;
+use lightning::routing::scoring::{
+    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
+};
+use lightning::routing::utxo::UtxoLookup;
+use lightning::sign::{EntropySource, NodeSigner, Recipient};
+use lightning::util::config::UserConfig;
+use lightning::util::persist::{read_channel_monitors, KVStoreSync};
+use lightning::util::ser::{ReadableArgs, Writeable};
+use lightning_block_sync::poll::ChainPoller;
+use lightning_block_sync::{SpvClient, UnboundedCache};
+use lightning_net_tokio::SocketDescriptor;
+
+use crate::chain::ChainRpc;
+use crate::logger::TracingLogger;
+use crate::remote_signer::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
+use crate::store::SqliteStore;
+
+/// The chain monitor of this node.
+pub type ChainMonitor = chainmonitor::ChainMonitor<
+    RemoteChannelSigner,
+    Arc<dyn Filter + Send + Sync>,
+    Arc<ChainRpc>,
+    Arc<ChainRpc>,
+    Arc<TracingLogger>,
+    Arc<SqliteStore>,
+    Arc<RemoteKeysManager>,
+>;
+/// The network graph.
+pub type Graph = NetworkGraph<Arc<TracingLogger>>;
+/// The scorer.
+pub type Scorer = ProbabilisticScorer<Arc<Graph>, Arc<TracingLogger>>;
+/// The payment router.
+pub type Router = DefaultRouter<
+    Arc<Graph>,
+    Arc<TracingLogger>,
+    Arc<RemoteKeysManager>,
+    Arc<RwLock<Scorer>>,
+    ProbabilisticScoringFeeParameters,
+    Scorer,
+>;
+/// The onion message router.
+pub type MessageRouter =
+    DefaultMessageRouter<Arc<Graph>, Arc<TracingLogger>, Arc<RemoteKeysManager>>;
+/// The channel manager.
+pub type ChannelManager = channelmanager::ChannelManager<
+    Arc<ChainMonitor>,
+    Arc<ChainRpc>,
+    Arc<RemoteKeysManager>,
+    Arc<RemoteKeysManager>,
+    Arc<RemoteKeysManager>,
+    Arc<ChainRpc>,
+    Arc<Router>,
+    Arc<MessageRouter>,
+    Arc<TracingLogger>,
+>;
+/// Gossip sync.
+pub type GossipSync =
+    P2PGossipSync<Arc<Graph>, Arc<dyn UtxoLookup + Send + Sync>, Arc<TracingLogger>>;
+/// The peer manager.
+pub type PeerManager = lightning::ln::peer_handler::PeerManager<
+    SocketDescriptor,
+    Arc<ChannelManager>,
+    Arc<GossipSync>,
+    IgnoringMessageHandler,
+    Arc<TracingLogger>,
+    IgnoringMessageHandler,
+    Arc<RemoteKeysManager>,
+    Arc<ChainMonitor>,
+>;
+
+/// Key of the channel manager in the store.
+const MANAGER_KEY: &str = "manager";
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Something in the set-up failed; the message says what.
+    #[error("{0}")]
+    Startup(String),
+}
+
+fn fail(what: &str) -> impl FnOnce(String) -> NodeError + '_ {
+    move |e| NodeError::Startup(format!("{what}: {e}"))
+}
+
+/// What the node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeSettings {
+    /// Data directory (store, admin token).
+    pub data_dir: PathBuf,
+    /// Bitcoin network.
+    pub network: Network,
+    /// JSON-RPC URL of the chain backend.
+    pub rpc_url: String,
+    /// RPC user.
+    pub rpc_user: String,
+    /// RPC password.
+    pub rpc_password: String,
+    /// Fallback feerate (sat/kw).
+    pub fallback_feerate: u32,
+    /// Signer address host:port.
+    pub signer: String,
+    /// TLS files for the signer.
+    pub signer_tls: SignerTls,
+    /// Peer-to-peer listen address.
+    pub listen: SocketAddr,
+    /// Node alias.
+    pub alias: String,
+}
+
+/// A running node.
+pub struct Node {
+    /// Settings it runs with.
+    pub settings: NodeSettings,
+    /// The signer connection.
+    pub signer: Arc<SignerConnection>,
+    /// Keys (all remote).
+    pub keys: Arc<RemoteKeysManager>,
+    /// Chain access.
+    pub chain: Arc<ChainRpc>,
+    /// Store.
+    pub store: Arc<SqliteStore>,
+    /// Chain monitor.
+    pub chain_monitor: Arc<ChainMonitor>,
+    /// Channel manager.
+    pub channel_manager: Arc<ChannelManager>,
+    /// Peer manager.
+    pub peer_manager: Arc<PeerManager>,
+    /// Network graph.
+    pub graph: Arc<Graph>,
+    /// The address the peer-to-peer listener is bound to.
+    pub listen_addr: SocketAddr,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Node {
+    /// Starts the node: connects to the signer and the chain, loads or
+    /// creates its state, syncs to the chain tip and starts listening.
+    pub async fn start(settings: NodeSettings) -> Result<Arc<Node>, NodeError> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| fail("data directory")(e.to_string()))?;
+        let logger = Arc::new(TracingLogger);
+        let store = Arc::new(
+            SqliteStore::open(&settings.data_dir.join("node.sqlite"))
+                .map_err(|e| fail("store")(e.to_string()))?,
+        );
+        let signer = SignerConnection::start(&settings.signer, settings.signer_tls.clone())
+            .map_err(|e| fail("signer client")(e.to_string()))?;
+        let conn = signer.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            RemoteKeysManager::new(conn, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| fail("signer")(e.to_string()))?
+        .map_err(|e| fail("signer")(e.to_string()))?;
+        let keys = Arc::new(keys);
+        let chain = ChainRpc::new(
+            &settings.rpc_url,
+            &settings.rpc_user,
+            &settings.rpc_password,
+            settings.fallback_feerate,
+        )
+        .map_err(|e| fail("chain backend")(e.to_string()))?;
+        chain.refresh_fees().await;
+        let (tip_hash, tip_height) = chain
+            .best_block()
+            .await
+            .map_err(|e| fail("chain backend")(e.to_string()))?;
+
+        let graph = Arc::new(NetworkGraph::new(settings.network, logger.clone()));
+        let scorer = Arc::new(RwLock::new(ProbabilisticScorer::new(
+            ProbabilisticScoringDecayParameters::default(),
+            graph.clone(),
+            logger.clone(),
+        )));
+        let router = Arc::new(DefaultRouter::new(
+            graph.clone(),
+            logger.clone(),
+            keys.clone(),
+            scorer,
+            ProbabilisticScoringFeeParameters::default(),
+        ));
+        let message_router = Arc::new(DefaultMessageRouter::new(graph.clone(), keys.clone()));
+        let chain_monitor: Arc<ChainMonitor> = Arc::new(chainmonitor::ChainMonitor::new(
+            None,
+            chain.clone(),
+            logger.clone(),
+            chain.clone(),
+            store.clone(),
+            keys.clone(),
+            keys.get_peer_storage_key(),
+        ));
+
+        let mut user_config = UserConfig::default();
+        user_config
+            .channel_handshake_config
+            .negotiate_anchors_zero_fee_htlc_tx = true;
+        user_config.channel_handshake_config.announce_for_forwarding = false;
+        user_config.manually_accept_inbound_channels = false;
+
+        let (store2, keys2) = (store.clone(), keys.clone());
+        let mut monitors = tokio::task::spawn_blocking(move || {
+            read_channel_monitors(store2, keys2.clone(), keys2)
+        })
+        .await
+        .map_err(|e| fail("channel monitors")(e.to_string()))?
+        .map_err(|e| fail("channel monitors")(e.to_string()))?;
+        let saved = store.read("", "", MANAGER_KEY).ok();
+        let (manager_best, channel_manager) = match saved {
+            Some(bytes) => {
+                let mut refs: Vec<_> = monitors.iter().map(|(_, m)| m).collect();
+                let args = ChannelManagerReadArgs::new(
+                    keys.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    chain.clone(),
+                    chain_monitor.clone(),
+                    chain.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    user_config,
+                    std::mem::take(&mut refs),
+                );
+                let (hash, cm) = <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args)
+                    .map_err(|e| fail("channel manager")(format!("{e:?}")))?;
+                (hash, cm)
+            }
+            None => {
+                let params = ChainParameters {
+                    network: settings.network,
+                    best_block: BestBlock::new(tip_hash, tip_height),
+                };
+                let cm = channelmanager::ChannelManager::new(
+                    chain.clone(),
+                    chain_monitor.clone(),
+                    chain.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    user_config,
+                    params,
+                    now_secs() as u32,
+                );
+                (tip_hash, cm)
+            }
+        };
+        let channel_manager = Arc::new(channel_manager);
+
+        // Bring the manager and every monitor to the chain tip, then hand the monitors over.
+        let monitor_listeners: Vec<(BlockHash, _)> = monitors
+            .drain(..)
+            .map(|(hash, m)| (hash, (m, chain.clone(), chain.clone(), logger.clone())))
+            .collect();
+        {
+            let mut cache = UnboundedCache::new();
+            let mut listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> = vec![(
+                manager_best,
+                &*channel_manager as &(dyn Listen + Send + Sync),
+            )];
+            for (hash, l) in &monitor_listeners {
+                listeners.push((*hash, l as &(dyn Listen + Send + Sync)));
+            }
+            lightning_block_sync::init::synchronize_listeners(
+                &*chain,
+                settings.network,
+                &mut cache,
+                listeners,
+            )
+            .await
+            .map_err(|e| fail("chain sync")(format!("{e:?}")))?;
+        }
+        for (_, (monitor, ..)) in monitor_listeners {
+            let id = monitor.channel_id();
+            chain_monitor
+                .watch_channel(id, monitor)
+                .map_err(|_| fail("channel monitor")(format!("cannot watch {id}")))?;
+        }
+
+        let gossip = Arc::new(P2PGossipSync::new(
+            graph.clone(),
+            None::<Arc<dyn UtxoLookup + Send + Sync>>,
+            logger.clone(),
+        ));
+        let handler = MessageHandler {
+            chan_handler: channel_manager.clone(),
+            route_handler: gossip,
+            onion_message_handler: IgnoringMessageHandler {},
+            custom_message_handler: IgnoringMessageHandler {},
+            send_only_message_handler: chain_monitor.clone(),
+        };
+        let peer_manager = Arc::new(PeerManager::new(
+            handler,
+            now_secs() as u32,
+            &keys.get_secure_random_bytes(),
+            logger.clone(),
+            keys.clone(),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| fail("peer listener")(e.to_string()))?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| fail("peer listener")(e.to_string()))?;
+        let node = Arc::new(Node {
+            settings,
+            signer,
+            keys,
+            chain,
+            store,
+            chain_monitor,
+            channel_manager,
+            peer_manager,
+            graph,
+            listen_addr,
+        });
+        node.spawn_listener(listener);
+        node.spawn_chain_poller(tip_hash, tip_height);
+        node.spawn_event_loop();
+        tracing::info!(node_id = %node.node_id(), "lnpd node up: peers on {listen_addr}, chain at height {tip_height}");
+        Ok(node)
+    }
+
+    /// The node id (from the signer).
+    pub fn node_id(&self) -> PublicKey {
+        self.keys
+            .get_node_id(Recipient::Node)
+            .unwrap_or_else(|_| unreachable!("node recipient always has an id"))
+    }
+
+    fn spawn_listener(self: &Arc<Self>, listener: tokio::net::TcpListener) {
+        let pm = self.peer_manager.clone();
+        tokio::spawn(async move {
+            loop {
+                match listener.accept().await {
+                    Ok((stream, addr)) => {
+                        let pm = pm.clone();
+                        match stream.into_std() {
+                            Ok(std_stream) => {
+                                tracing::debug!("inbound connection from {addr}");
+                                tokio::spawn(lightning_net_tokio::setup_inbound(pm, std_stream));
+                            }
+                            Err(e) => tracing::warn!("inbound connection from {addr} dropped: {e}"),
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    fn spawn_chain_poller(self: &Arc<Self>, tip_hash: BlockHash, tip_height: u32) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let chain = node.chain.clone();
+            let tip = match chain.header(&tip_hash).await {
+                Ok(h) => h,
+                Err(e) => return tracing::error!("chain poller not started: {e}"),
+            };
+            let validated =
+                match lightning_block_sync::init::validate_best_block_header(&*chain).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        return tracing::error!(
+                            "chain poller not started: {e:?} (tip {tip_height}: {})",
+                            tip.height
+                        )
+                    }
+                };
+            let mut cache = UnboundedCache::new();
+            let listener = (node.chain_monitor.clone(), node.channel_manager.clone());
+            let poller = ChainPoller::new(&*chain, node.settings.network);
+            let mut spv = SpvClient::new(validated, poller, &mut cache, &listener);
+            let mut fees_at = tokio::time::Instant::now();
+            loop {
+                if let Err(e) = spv.poll_best_tip().await {
+                    tracing::warn!("chain poll failed: {e:?}");
+                }
+                if fees_at.elapsed() > Duration::from_secs(60) {
+                    chain.refresh_fees().await;
+                    fees_at = tokio::time::Instant::now();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
+
+    fn spawn_event_loop(self: &Arc<Self>) {
+        let node = self.clone();
+        tokio::spawn(async move {
+            let mut ticks: u64 = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                ticks += 1;
+                let n = node.clone();
+                // LDK's handlers call the signer synchronously: keep them off the async workers.
+                let r = tokio::task::spawn_blocking(move || n.process(ticks)).await;
+                if let Err(e) = r {
+                    tracing::error!("event processing aborted: {e}");
+                }
+            }
+        });
+    }
+
+    /// One round of the node's housekeeping.
+    fn process(&self, ticks: u64) {
+        self.peer_manager.process_events();
+        self.channel_manager
+            .process_pending_events(&|event: Event| self.handle_event(event));
+        self.chain_monitor
+            .process_pending_events(&|event: Event| self.handle_event(event));
+        if self.channel_manager.get_and_clear_needs_persistence() {
+            if let Err(e) = self
+                .store
+                .write("", "", MANAGER_KEY, self.channel_manager.encode())
+            {
+                tracing::error!("cannot persist the channel manager: {e}");
+            }
+        }
+        if self.signer.is_connected() && self.signer.take_pending() {
+            tracing::info!("signer is back: retrying operations left pending");
+            self.channel_manager.signer_unblocked(None);
+            self.chain_monitor.signer_unblocked(None);
+        }
+        if ticks.is_multiple_of(100) {
+            self.peer_manager.timer_tick_occurred();
+        }
+        if ticks.is_multiple_of(600) {
+            self.channel_manager.timer_tick_occurred();
+        }
+    }
+
+    fn handle_event(&self, event: Event) -> Result<(), lightning::events::ReplayEvent> {
+        tracing::info!("event: {event:?}");
+        Ok(())
+    }
+
+    /// Connects to a peer.
+    pub async fn connect_peer(&self, node_id: PublicKey, addr: SocketAddr) -> Result<(), String> {
+        if self.peer_manager.peer_by_node_id(&node_id).is_some() {
+            return Ok(());
+        }
+        match lightning_net_tokio::connect_outbound(self.peer_manager.clone(), node_id, addr).await
+        {
+            Some(conn) => {
+                tokio::spawn(conn);
+                for _ in 0..100 {
+                    if self.peer_manager.peer_by_node_id(&node_id).is_some() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(format!("handshake with {node_id}@{addr} did not complete"))
+            }
+            None => Err(format!("cannot reach {addr}")),
+        }
+    }
+
+    /// Writes the channel manager to the store (at shutdown; the event loop
+    /// does it whenever LDK says it changed).
+    pub fn persist(&self) {
+        if let Err(e) = self
+            .store
+            .write("", "", MANAGER_KEY, self.channel_manager.encode())
+        {
+            tracing::error!("cannot persist the channel manager: {e}");
+        }
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.settings.data_dir
+    }
+}

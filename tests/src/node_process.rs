@@ -1,0 +1,116 @@
+//! `lnpd` node processes for end-to-end tests, each with its own signer
+//! process, on free loopback ports, killed when dropped.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use lnpd_signer::testing::process::{bin, SignerProcess, TempDir};
+
+use crate::regtest::Bcoin;
+
+/// A node and its signer.
+pub struct NodeProcess {
+    /// The node's signer.
+    pub signer: SignerProcess,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl NodeProcess {
+    /// Starts a signer, then `lnpd` against it and `bcoin`.
+    pub fn start(tag: &str, bcoin: &Bcoin) -> Result<Self> {
+        let mut signer = SignerProcess::init(&format!("{tag}-signer"))?;
+        let signer_addr = signer.start()?;
+        let dir = TempDir::new(tag);
+        let data = dir.path.join("node");
+        let log = std::fs::File::create(dir.path.join("lnpd.log"))?;
+        let child = Command::new(bin("lnpd"))
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--network",
+                "regtest",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--alias",
+                tag,
+            ])
+            .args([
+                "--bitcoind-rpc-url",
+                &bcoin.url,
+                "--bitcoind-rpc-password",
+                &bcoin.api_key,
+            ])
+            .args(["--signer", &signer_addr])
+            .arg("--signer-tls-dir")
+            .arg(signer.data_dir().join("tls"))
+            .args(["--log", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting lnpd")?;
+        let mut node = NodeProcess {
+            signer,
+            dir,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !node.data_dir().join("admin.addr").exists() {
+            if let Some(status) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!("lnpd exited ({status}): {}", node.log());
+            }
+            if Instant::now() > deadline {
+                bail!("lnpd did not start: {}", node.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(node)
+    }
+
+    /// The node's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path.join("node")
+    }
+
+    /// The node's log.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path.join("lnpd.log")).unwrap_or_default()
+    }
+
+    /// Runs `lnpd-cli` against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin("lnpd-cli"))
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .args(args)
+            .output()
+            .expect("lnpd-cli runs")
+    }
+
+    /// The peer-to-peer address.
+    pub fn p2p_addr(&self) -> String {
+        std::fs::read_to_string(self.data_dir().join("p2p.addr")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
