@@ -35,10 +35,16 @@ async fn nodes_sync_the_chain_and_connect_through_their_signers() {
     let a_info = info(&a);
     let a_id = json_field(&a_info, "node_id");
     // The node's id is its signer's: the node holds no key of its own.
-    let mut signer = a.signer.client().unwrap();
-    let Ok(lnpd_proto::signer::reply::Body::Info(si)) = signer.call(
+    let mut signer =
+        lnpd_proto::client::connect(a.signer.addr.as_deref().unwrap(), &a.signer.node_tls())
+            .await
+            .unwrap();
+    let Ok(lnpd_proto::signer::reply::Body::Info(si)) = lnpd_proto::client::call(
+        &mut signer,
         lnpd_proto::signer::request::Body::Info(lnpd_proto::signer::InfoRequest {}),
-    ) else {
+    )
+    .await
+    else {
         panic!("signer info")
     };
     assert_eq!(a_id, hex::encode(si.node_id));
