@@ -48,7 +48,7 @@ struct Cli {
     /// Lightning peer-to-peer listen address (default 0.0.0.0:9735; port 0 picks one).
     #[arg(long)]
     listen: Option<String>,
-    /// Admin API listen address (default 127.0.0.1:9736; port 0 picks one, written to admin.addr).
+    /// Admin API listen address (default 127.0.0.1:9737; port 0 picks one, written to admin.addr).
     #[arg(long)]
     admin_listen: Option<String>,
     /// Node alias.
@@ -102,7 +102,7 @@ async fn run(cli: Cli) -> Result<()> {
     let admin: SocketAddr = c
         .admin_listen
         .clone()
-        .unwrap_or_else(|| "127.0.0.1:9736".into())
+        .unwrap_or_else(|| "127.0.0.1:9737".into())
         .parse()
         .context("--admin-listen must be address:port")?;
     let settings = NodeSettings {
