@@ -96,14 +96,37 @@ impl node_server::Node for AdminService {
         &self,
         _r: Request<pb::NewAddressRequest>,
     ) -> Result<Response<pb::NewAddressReply>, Status> {
-        Err(not_yet("newaddress"))
+        let a = self
+            .node
+            .wallet
+            .new_address()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::NewAddressReply {
+            address: a.to_string(),
+        }))
     }
 
     async fn balance(
         &self,
         _r: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalanceReply>, Status> {
-        Err(not_yet("balance"))
+        let b = self.node.wallet.balance();
+        let channels = self
+            .node
+            .channel_manager
+            .list_channels()
+            .into_iter()
+            .map(|c| pb::ChannelBalance {
+                channel_id: c.channel_id.to_string(),
+                outbound_msat: c.outbound_capacity_msat,
+                inbound_msat: c.inbound_capacity_msat,
+            })
+            .collect();
+        Ok(Response::new(pb::BalanceReply {
+            onchain_confirmed_sat: b.spendable_sat,
+            onchain_unconfirmed_sat: b.immature_sat,
+            channels,
+        }))
     }
 
     async fn connect_peer(
@@ -215,8 +238,78 @@ impl node_server::Node for AdminService {
 
     async fn withdraw(
         &self,
-        _r: Request<pb::WithdrawRequest>,
+        r: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
-        Err(not_yet("withdraw"))
+        use std::str::FromStr;
+        let r = r.into_inner();
+        let network = self.node.settings.network;
+        let address = bitcoin::Address::from_str(&r.address)
+            .ok()
+            .and_then(|a| a.require_network(network).ok())
+            .ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "{:?} is not a {} address",
+                    r.address,
+                    network.to_core_arg()
+                ))
+            })?;
+        if !r.all && r.amount_sat == 0 {
+            return Err(Status::invalid_argument("give an amount, or --all"));
+        }
+        let feerate = match r.feerate_sat_per_vb {
+            Some(f) => f as u64,
+            None => {
+                use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+                (self
+                    .node
+                    .chain
+                    .get_est_sat_per_1000_weight(ConfirmationTarget::OutputSpendingFee)
+                    as u64)
+                    .div_ceil(250)
+            }
+        };
+        let psbt = self
+            .node
+            .wallet
+            .build_spend(address.script_pubkey(), r.amount_sat, r.all, feerate.max(1))
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let conn = self.node.signer.clone();
+        let signed = tokio::task::spawn_blocking(move || {
+            use lnpd_proto::signer::{reply, request, SignPsbtRequest};
+            conn.call(
+                request::Body::SignPsbt(SignPsbtRequest {
+                    psbt: psbt.serialize(),
+                }),
+                std::time::Duration::from_secs(30),
+            )
+            .and_then(|r| match r {
+                reply::Body::SignPsbt(p) => Ok(p.psbt),
+                _ => Err(crate::remote_signer::CallError::Unavailable(
+                    "unexpected reply".into(),
+                )),
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| {
+            Status::permission_denied(format!("the signer did not sign the withdrawal: {e}"))
+        })?;
+        let psbt =
+            bitcoin::Psbt::deserialize(&signed).map_err(|e| Status::internal(e.to_string()))?;
+        let tx = self
+            .node
+            .wallet
+            .finalize(psbt)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let txid = self
+            .node
+            .chain
+            .send_raw_transaction(&tx)
+            .await
+            .map_err(|e| Status::unavailable(format!("broadcast failed: {e}")))?;
+        tracing::info!(%txid, "withdrawal broadcast");
+        Ok(Response::new(pb::WithdrawReply {
+            txid: txid.to_string(),
+        }))
     }
 }

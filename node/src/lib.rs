@@ -8,3 +8,4 @@ pub mod logger;
 pub mod node;
 pub mod remote_signer;
 pub mod store;
+pub mod wallet;

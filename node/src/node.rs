@@ -33,6 +33,7 @@ use crate::chain::ChainRpc;
 use crate::logger::TracingLogger;
 use crate::remote_signer::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
 use crate::store::SqliteStore;
+use crate::wallet::Wallet;
 
 /// The chain monitor of this node.
 pub type ChainMonitor = chainmonitor::ChainMonitor<
@@ -147,6 +148,8 @@ pub struct Node {
     pub peer_manager: Arc<PeerManager>,
     /// Network graph.
     pub graph: Arc<Graph>,
+    /// The watch-only on-chain wallet.
+    pub wallet: Arc<Wallet>,
     /// The address the peer-to-peer listener is bound to.
     pub listen_addr: SocketAddr,
 }
@@ -179,6 +182,26 @@ impl Node {
         .map_err(|e| fail("signer")(e.to_string()))?
         .map_err(|e| fail("signer")(e.to_string()))?;
         let keys = Arc::new(keys);
+        let conn = signer.clone();
+        let descriptor = tokio::task::spawn_blocking(move || {
+            use lnpd_proto::signer::{reply, request, GetWalletDescriptorRequest};
+            match conn.call_retrying(
+                "wallet descriptor",
+                request::Body::GetWalletDescriptor(GetWalletDescriptorRequest {}),
+                Duration::from_secs(30),
+            ) {
+                Ok(reply::Body::GetWalletDescriptor(d)) => Ok(d.external_descriptor),
+                Ok(_) => Err("unexpected reply".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| fail("wallet descriptor")(e.to_string()))?
+        .map_err(fail("wallet descriptor"))?;
+        let wallet = Arc::new(
+            Wallet::new(&descriptor, settings.network, store.clone())
+                .map_err(|e| fail("wallet")(e.to_string()))?,
+        );
         let chain = ChainRpc::new(
             &settings.rpc_url,
             &settings.rpc_user,
@@ -282,10 +305,14 @@ impl Node {
             .collect();
         {
             let mut cache = UnboundedCache::new();
-            let mut listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> = vec![(
-                manager_best,
-                &*channel_manager as &(dyn Listen + Send + Sync),
-            )];
+            let wallet_best = wallet.best_block_hash().unwrap_or(tip_hash);
+            let mut listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> = vec![
+                (
+                    manager_best,
+                    &*channel_manager as &(dyn Listen + Send + Sync),
+                ),
+                (wallet_best, &*wallet as &(dyn Listen + Send + Sync)),
+            ];
             for (hash, l) in &monitor_listeners {
                 listeners.push((*hash, l as &(dyn Listen + Send + Sync)));
             }
@@ -341,6 +368,7 @@ impl Node {
             channel_manager,
             peer_manager,
             graph,
+            wallet,
             listen_addr,
         });
         node.spawn_listener(listener);
@@ -400,7 +428,8 @@ impl Node {
                     }
                 };
             let mut cache = UnboundedCache::new();
-            let listener = (node.chain_monitor.clone(), node.channel_manager.clone());
+            let ldk = (node.chain_monitor.clone(), node.channel_manager.clone());
+            let listener = (&ldk, node.wallet.clone());
             let poller = ChainPoller::new(&*chain, node.settings.network);
             let mut spv = SpvClient::new(validated, poller, &mut cache, &listener);
             let mut fees_at = tokio::time::Instant::now();

@@ -38,6 +38,23 @@ enum Cmd {
     Peers,
     /// Channels and their balances.
     Channels,
+    /// A new on-chain receive address of the node's wallet.
+    Newaddress,
+    /// On-chain and channel balances.
+    Balance,
+    /// Send on-chain funds (the signer only signs for its wallet, channels and allow-listed addresses).
+    Withdraw {
+        /// Destination address.
+        address: String,
+        /// Amount in satoshis (omit with --all).
+        amount_sat: Option<u64>,
+        /// Send everything.
+        #[arg(long)]
+        all: bool,
+        /// Feerate in sat/vB (default: the node's estimate).
+        #[arg(long)]
+        feerate: Option<u32>,
+    },
 }
 
 fn expand(dir: &str) -> PathBuf {
@@ -128,6 +145,61 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("{}  {}", p.node_id, p.address);
                 }
             }
+        }
+        Cmd::Newaddress => {
+            let a = client
+                .new_address(pb::NewAddressRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", a.address);
+        }
+        Cmd::Balance => {
+            let b = client
+                .balance(pb::BalanceRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                println!(
+                    "{{\"onchain_spendable_sat\":{},\"onchain_immature_sat\":{},\"channels\":{}}}",
+                    b.onchain_confirmed_sat,
+                    b.onchain_unconfirmed_sat,
+                    b.channels.len()
+                );
+            } else {
+                println!(
+                    "on-chain spendable: {} sat\non-chain immature:  {} sat",
+                    b.onchain_confirmed_sat, b.onchain_unconfirmed_sat
+                );
+                for c in b.channels {
+                    println!(
+                        "channel {}: out {} msat, in {} msat",
+                        c.channel_id, c.outbound_msat, c.inbound_msat
+                    );
+                }
+            }
+        }
+        Cmd::Withdraw {
+            address,
+            amount_sat,
+            all,
+            feerate,
+        } => {
+            if amount_sat.is_none() && !all {
+                bail!("give an amount in satoshis, or --all");
+            }
+            let r = client
+                .withdraw(pb::WithdrawRequest {
+                    address,
+                    amount_sat: amount_sat.unwrap_or(0),
+                    all,
+                    feerate_sat_per_vb: feerate,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", r.txid);
         }
         Cmd::Channels => {
             let chans = client

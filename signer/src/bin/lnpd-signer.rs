@@ -80,7 +80,12 @@ enum Command {
     /// the change up by itself. The node can never change this list.
     Allowlist {
         /// Signer data directory.
-        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        #[arg(
+            long,
+            env = "LNPD_SIGNER_DIR",
+            default_value = "~/.lnpd-signer",
+            global = true
+        )]
         data_dir: String,
         #[command(subcommand)]
         action: AllowlistAction,

@@ -1,0 +1,435 @@
+//! The node's on-chain wallet: watch-only. It knows the signer's account
+//! xpub (BIP 84, `wpkh`), follows the same blocks as LDK, keeps its coins in
+//! the node's store, builds spends as PSBTs, and has the signer sign them.
+//! The node never holds a wallet private key.
+//!
+//! Written here rather than with BDK: the wallet only needs wpkh coins found
+//! in blocks the node already fetches, and BDK would bring a second chain
+//! client and database for it.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use bitcoin::bip32::{ChildNumber, DerivationPath, Fingerprint, Xpub};
+use bitcoin::secp256k1::{All, Secp256k1};
+use bitcoin::{
+    absolute::LockTime, transaction::Version, Address, Amount, BlockHash, CompressedPublicKey,
+    Network, OutPoint, Psbt, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness,
+};
+use lightning::chain::transaction::TransactionData;
+use lightning::chain::{BestBlock, Listen};
+use lightning::util::persist::KVStoreSync;
+use serde::{Deserialize, Serialize};
+
+use crate::store::SqliteStore;
+
+/// Coinbase outputs spendable after this many confirmations.
+const COINBASE_MATURITY: u32 = 100;
+/// Addresses watched beyond the last one handed out.
+const LOOKAHEAD: u32 = 100;
+const STORE_NS: &str = "wallet";
+const STORE_KEY: &str = "state";
+
+/// Why a wallet operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// The descriptor from the signer is not one this wallet understands.
+    #[error("wallet descriptor: {0}")]
+    Descriptor(String),
+    /// Not enough confirmed coins.
+    #[error("insufficient funds: {available} sat spendable, {needed} sat needed")]
+    Insufficient {
+        /// Spendable.
+        available: u64,
+        /// Needed.
+        needed: u64,
+    },
+    /// Bad request.
+    #[error("{0}")]
+    Invalid(String),
+    /// Store error.
+    #[error("wallet store: {0}")]
+    Store(String),
+}
+
+/// A coin of the wallet.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Coin {
+    /// `txid:vout`.
+    outpoint: String,
+    value_sat: u64,
+    chain: u32,
+    index: u32,
+    height: u32,
+    coinbase: bool,
+    /// The whole previous transaction (hex): the signer needs it to trust the amount.
+    prev_tx: String,
+    /// Height at which it was spent, if it was.
+    spent_at: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct State {
+    next_external: u32,
+    next_internal: u32,
+    coins: Vec<Coin>,
+    best_height: u32,
+    best_hash: Option<String>,
+}
+
+/// Balances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Balance {
+    /// Confirmed and mature.
+    pub spendable_sat: u64,
+    /// Immature coinbase.
+    pub immature_sat: u64,
+}
+
+/// The watch-only wallet.
+pub struct Wallet {
+    secp: Secp256k1<All>,
+    network: Network,
+    account: Xpub,
+    fingerprint: Fingerprint,
+    coin_type: u32,
+    scripts: Mutex<BTreeMap<ScriptBuf, (u32, u32)>>,
+    state: Mutex<State>,
+    store: std::sync::Arc<SqliteStore>,
+}
+
+/// Parses `wpkh([fingerprint/84h/coin'h/0h]xpub/0/*)#checksum`.
+fn parse_descriptor(desc: &str) -> Result<(Fingerprint, u32, Xpub), WalletError> {
+    let bad = || WalletError::Descriptor(format!("unexpected form {desc:?}"));
+    let inner = desc.strip_prefix("wpkh([").ok_or_else(bad)?;
+    let (origin, rest) = inner.split_once(']').ok_or_else(bad)?;
+    let mut parts = origin.split('/');
+    let fp = Fingerprint::from_str(parts.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let coin: u32 = parts
+        .nth(1)
+        .and_then(|c| c.trim_end_matches(['h', '\'']).parse().ok())
+        .ok_or_else(bad)?;
+    let xpub = Xpub::from_str(rest.split('/').next().ok_or_else(bad)?).map_err(|_| bad())?;
+    Ok((fp, coin, xpub))
+}
+
+impl Wallet {
+    /// A wallet for the signer's external descriptor, with its saved state.
+    pub fn new(
+        external_descriptor: &str,
+        network: Network,
+        store: std::sync::Arc<SqliteStore>,
+    ) -> Result<Self, WalletError> {
+        let (fingerprint, coin_type, account) = parse_descriptor(external_descriptor)?;
+        let state: State = match store.read(STORE_NS, "", STORE_KEY) {
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| WalletError::Store(e.to_string()))?
+            }
+            Err(_) => State::default(),
+        };
+        let w = Wallet {
+            secp: Secp256k1::new(),
+            network,
+            account,
+            fingerprint,
+            coin_type,
+            scripts: Mutex::new(BTreeMap::new()),
+            state: Mutex::new(state),
+            store,
+        };
+        let (ext, int) = w
+            .state
+            .lock()
+            .map(|s| (s.next_external, s.next_internal))
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        w.watch(0, ext + LOOKAHEAD)?;
+        w.watch(1, int + LOOKAHEAD)?;
+        Ok(w)
+    }
+
+    fn key(&self, chain: u32, index: u32) -> Result<CompressedPublicKey, WalletError> {
+        let path = [
+            ChildNumber::from_normal_idx(chain),
+            ChildNumber::from_normal_idx(index),
+        ];
+        let path: Vec<ChildNumber> = path
+            .into_iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| WalletError::Invalid(e.to_string()))?;
+        let x = self
+            .account
+            .derive_pub(&self.secp, &path)
+            .map_err(|e| WalletError::Invalid(e.to_string()))?;
+        Ok(CompressedPublicKey(x.public_key))
+    }
+
+    fn watch(&self, chain: u32, through: u32) -> Result<(), WalletError> {
+        let mut scripts = self
+            .scripts
+            .lock()
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        let have = scripts.values().filter(|(c, _)| *c == chain).count() as u32;
+        for i in have..through {
+            scripts.insert(
+                ScriptBuf::new_p2wpkh(&self.key(chain, i)?.wpubkey_hash()),
+                (chain, i),
+            );
+        }
+        Ok(())
+    }
+
+    fn save(&self, state: &State) {
+        match serde_json::to_vec(state) {
+            Ok(bytes) => {
+                if let Err(e) = self.store.write(STORE_NS, "", STORE_KEY, bytes) {
+                    tracing::error!("cannot save the wallet: {e}");
+                }
+            }
+            Err(e) => tracing::error!("cannot encode the wallet: {e}"),
+        }
+    }
+
+    /// The block the wallet has seen last (to sync it on start).
+    pub fn best_block_hash(&self) -> Option<BlockHash> {
+        self.state.lock().ok()?.best_hash.as_ref()?.parse().ok()
+    }
+
+    /// A new receive address.
+    pub fn new_address(&self) -> Result<Address, WalletError> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        let i = st.next_external;
+        st.next_external += 1;
+        self.save(&st);
+        drop(st);
+        self.watch(0, i + 1 + LOOKAHEAD)?;
+        Ok(Address::p2wpkh(&self.key(0, i)?, self.network))
+    }
+
+    /// Balances at the current height.
+    pub fn balance(&self) -> Balance {
+        let Ok(st) = self.state.lock() else {
+            return Balance::default();
+        };
+        let mut b = Balance::default();
+        for c in st.coins.iter().filter(|c| c.spent_at.is_none()) {
+            if c.coinbase && st.best_height + 1 < c.height + COINBASE_MATURITY {
+                b.immature_sat += c.value_sat;
+            } else {
+                b.spendable_sat += c.value_sat;
+            }
+        }
+        b
+    }
+
+    /// Builds a PSBT paying `amount` (or everything with `all`) to `script`
+    /// at `feerate_sat_per_vb`, change to a new internal address. Returns the
+    /// PSBT for the signer.
+    pub fn build_spend(
+        &self,
+        script: ScriptBuf,
+        amount_sat: u64,
+        all: bool,
+        feerate_sat_per_vb: u64,
+    ) -> Result<Psbt, WalletError> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        let height = st.best_height;
+        let mut coins: Vec<Coin> = st
+            .coins
+            .iter()
+            .filter(|c| {
+                c.spent_at.is_none() && !(c.coinbase && height + 1 < c.height + COINBASE_MATURITY)
+            })
+            .cloned()
+            .collect();
+        coins.sort_by_key(|c| std::cmp::Reverse(c.value_sat));
+        let available: u64 = coins.iter().map(|c| c.value_sat).sum();
+        // Weights: 11 vB overhead, 68 vB per wpkh input, 31 vB per wpkh/34 per wsh output.
+        let fee_for = |inputs: usize, outputs: usize| {
+            feerate_sat_per_vb * (11 + 68 * inputs as u64 + 34 * outputs as u64)
+        };
+        let mut chosen = Vec::new();
+        let mut total = 0u64;
+        for c in coins {
+            if !all && total >= amount_sat + fee_for(chosen.len(), 2) {
+                break;
+            }
+            total += c.value_sat;
+            chosen.push(c);
+        }
+        let (send, change) = if all {
+            let fee = fee_for(chosen.len(), 1);
+            (
+                total
+                    .checked_sub(fee)
+                    .filter(|v| *v > 546)
+                    .ok_or(WalletError::Insufficient {
+                        available,
+                        needed: fee + 547,
+                    })?,
+                0,
+            )
+        } else {
+            let fee = fee_for(chosen.len(), 2);
+            let change = total
+                .checked_sub(amount_sat + fee)
+                .ok_or(WalletError::Insufficient {
+                    available,
+                    needed: amount_sat + fee,
+                })?;
+            (amount_sat, change)
+        };
+        let mut outputs = vec![TxOut {
+            value: Amount::from_sat(send),
+            script_pubkey: script,
+        }];
+        if change > 546 {
+            let i = st.next_internal;
+            st.next_internal += 1;
+            self.save(&st);
+            outputs.push(TxOut {
+                value: Amount::from_sat(change),
+                script_pubkey: ScriptBuf::new_p2wpkh(&self.key(1, i)?.wpubkey_hash()),
+            });
+        }
+        drop(st);
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: chosen
+                .iter()
+                .map(|c| {
+                    Ok(TxIn {
+                        previous_output: c
+                            .outpoint
+                            .parse()
+                            .map_err(|_| WalletError::Store("bad outpoint".into()))?,
+                        script_sig: ScriptBuf::new(),
+                        sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                        witness: Witness::new(),
+                    })
+                })
+                .collect::<Result<_, WalletError>>()?,
+            output: outputs,
+        };
+        let mut psbt =
+            Psbt::from_unsigned_tx(tx).map_err(|e| WalletError::Invalid(e.to_string()))?;
+        for (input, c) in psbt.inputs.iter_mut().zip(&chosen) {
+            let prev: Transaction = bitcoin::consensus::encode::deserialize_hex(&c.prev_tx)
+                .map_err(|e| WalletError::Store(e.to_string()))?;
+            let vout = c
+                .outpoint
+                .rsplit(':')
+                .next()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            input.witness_utxo = prev.output.get(vout).cloned();
+            input.non_witness_utxo = Some(prev);
+            let key = self.key(c.chain, c.index)?;
+            let path = DerivationPath::from_str(&format!(
+                "m/84'/{}'/0'/{}/{}",
+                self.coin_type, c.chain, c.index
+            ))
+            .map_err(|e| WalletError::Invalid(e.to_string()))?;
+            input
+                .bip32_derivation
+                .insert(key.0, (self.fingerprint, path));
+        }
+        Ok(psbt)
+    }
+
+    /// Puts the signer's signatures into witnesses and extracts the transaction.
+    pub fn finalize(&self, mut psbt: Psbt) -> Result<Transaction, WalletError> {
+        for (i, input) in psbt.inputs.iter_mut().enumerate() {
+            let (pk, sig) = input
+                .partial_sigs
+                .iter()
+                .next()
+                .ok_or_else(|| WalletError::Invalid(format!("input {i} was not signed")))?;
+            input.final_script_witness = Some(Witness::p2wpkh(sig, &pk.inner));
+            input.partial_sigs.clear();
+            input.bip32_derivation.clear();
+        }
+        psbt.extract_tx()
+            .map_err(|e| WalletError::Invalid(e.to_string()))
+    }
+}
+
+impl Listen for Wallet {
+    fn filtered_block_connected(
+        &self,
+        header: &bitcoin::block::Header,
+        txdata: &TransactionData,
+        height: u32,
+    ) {
+        let Ok(scripts) = self.scripts.lock() else {
+            return;
+        };
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let mut changed = false;
+        for (_, tx) in txdata {
+            for input in &tx.input {
+                let op = input.previous_output.to_string();
+                if let Some(c) = st
+                    .coins
+                    .iter_mut()
+                    .find(|c| c.outpoint == op && c.spent_at.is_none())
+                {
+                    c.spent_at = Some(height);
+                    changed = true;
+                }
+            }
+            for (vout, out) in tx.output.iter().enumerate() {
+                if let Some((chain, index)) = scripts.get(&out.script_pubkey) {
+                    let op = OutPoint {
+                        txid: tx.compute_txid(),
+                        vout: vout as u32,
+                    }
+                    .to_string();
+                    if st.coins.iter().any(|c| c.outpoint == op) {
+                        continue;
+                    }
+                    st.coins.push(Coin {
+                        outpoint: op,
+                        value_sat: out.value.to_sat(),
+                        chain: *chain,
+                        index: *index,
+                        height,
+                        coinbase: tx.is_coinbase(),
+                        prev_tx: bitcoin::consensus::encode::serialize_hex(*tx),
+                        spent_at: None,
+                    });
+                    changed = true;
+                }
+            }
+        }
+        st.best_height = height;
+        st.best_hash = Some(header.block_hash().to_string());
+        if changed || height.is_multiple_of(10) {
+            self.save(&st);
+        }
+    }
+
+    fn blocks_disconnected(&self, fork_point: BestBlock) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        st.coins.retain(|c| c.height <= fork_point.height);
+        for c in st.coins.iter_mut() {
+            if c.spent_at.is_some_and(|h| h > fork_point.height) {
+                c.spent_at = None;
+            }
+        }
+        st.best_height = fork_point.height;
+        st.best_hash = Some(fork_point.block_hash.to_string());
+        self.save(&st);
+    }
+}
