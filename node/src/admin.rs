@@ -65,12 +65,6 @@ impl AdminService {
     }
 }
 
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!(
-        "{what} is not available yet in this lnpd version (it needs the on-chain wallet)"
-    ))
-}
-
 #[tonic::async_trait]
 impl node_server::Node for AdminService {
     async fn get_info(
@@ -176,9 +170,38 @@ impl node_server::Node for AdminService {
 
     async fn open_channel(
         &self,
-        _r: Request<pb::OpenChannelRequest>,
+        r: Request<pb::OpenChannelRequest>,
     ) -> Result<Response<pb::OpenChannelReply>, Status> {
-        Err(not_yet("openchannel"))
+        let r = r.into_inner();
+        let node_id: PublicKey = r
+            .node_id
+            .parse()
+            .map_err(|_| Status::invalid_argument(format!("{:?} is not a node id", r.node_id)))?;
+        if self.node.peer_manager.peer_by_node_id(&node_id).is_none() {
+            return Err(Status::failed_precondition(format!(
+                "not connected to {node_id}: connect first"
+            )));
+        }
+        if r.push_msat != 0 {
+            return Err(Status::invalid_argument(
+                "push is not supported: the signer refuses it unless configured (allow_push)",
+            ));
+        }
+        let mut config = lightning::util::config::UserConfig::default();
+        config
+            .channel_handshake_config
+            .negotiate_anchors_zero_fee_htlc_tx = true;
+        config.channel_handshake_config.announce_for_forwarding = r.announce;
+        let user_id = u128::from(r.amount_sat);
+        let id = self
+            .node
+            .channel_manager
+            .create_channel(node_id, r.amount_sat, 0, user_id, None, Some(config))
+            .map_err(|e| Status::failed_precondition(format!("{e:?}")))?;
+        Ok(Response::new(pb::OpenChannelReply {
+            channel_id: id.to_string(),
+            funding_txid: String::new(),
+        }))
     }
 
     async fn channels(
@@ -213,27 +236,149 @@ impl node_server::Node for AdminService {
 
     async fn close_channel(
         &self,
-        _r: Request<pb::CloseChannelRequest>,
+        r: Request<pb::CloseChannelRequest>,
     ) -> Result<Response<pb::CloseChannelReply>, Status> {
-        Err(not_yet("closechannel"))
+        let r = r.into_inner();
+        let ch = self
+            .node
+            .channel_manager
+            .list_channels()
+            .into_iter()
+            .find(|c| c.channel_id.to_string() == r.channel_id)
+            .ok_or_else(|| Status::not_found(format!("no channel {}", r.channel_id)))?;
+        let cm = &self.node.channel_manager;
+        let res = if r.force {
+            cm.force_close_broadcasting_latest_txn(
+                &ch.channel_id,
+                &ch.counterparty.node_id,
+                "closed by the operator".into(),
+            )
+        } else {
+            cm.close_channel(&ch.channel_id, &ch.counterparty.node_id)
+        };
+        res.map_err(|e| Status::failed_precondition(format!("{e:?}")))?;
+        Ok(Response::new(pb::CloseChannelReply {}))
     }
 
     async fn invoice(
         &self,
-        _r: Request<pb::InvoiceRequest>,
+        r: Request<pb::InvoiceRequest>,
     ) -> Result<Response<pb::InvoiceReply>, Status> {
-        Err(not_yet("invoice"))
+        use lightning::ln::channelmanager::Bolt11InvoiceParameters;
+        use lightning_invoice::{Bolt11InvoiceDescription, Description};
+        let r = r.into_inner();
+        let description = Description::new(r.description)
+            .map_err(|e| Status::invalid_argument(format!("description: {e:?}")))?;
+        let params = Bolt11InvoiceParameters {
+            amount_msats: r.amount_msat,
+            description: Bolt11InvoiceDescription::Direct(description),
+            invoice_expiry_delta_secs: Some(if r.expiry_secs == 0 {
+                3600
+            } else {
+                r.expiry_secs
+            }),
+            ..Default::default()
+        };
+        let node = self.node.clone();
+        let invoice =
+            tokio::task::spawn_blocking(move || node.channel_manager.create_bolt11_invoice(params))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    Status::unavailable(format!(
+                        "invoice not created (is the signer reachable?): {e:?}"
+                    ))
+                })?;
+        Ok(Response::new(pb::InvoiceReply {
+            invoice: invoice.to_string(),
+            payment_hash: invoice.payment_hash().to_string(),
+        }))
     }
 
-    async fn pay(&self, _r: Request<pb::PayRequest>) -> Result<Response<pb::PayReply>, Status> {
-        Err(not_yet("pay"))
+    async fn pay(&self, r: Request<pb::PayRequest>) -> Result<Response<pb::PayReply>, Status> {
+        use bitcoin::hashes::Hash;
+        use lightning::ln::channelmanager::{PaymentId, Retry};
+        use lightning::routing::router::RouteParametersConfig;
+        use std::str::FromStr;
+        let r = r.into_inner();
+        let invoice = lightning_invoice::Bolt11Invoice::from_str(r.invoice.trim())
+            .map_err(|e| Status::invalid_argument(format!("not a BOLT 11 invoice: {e}")))?;
+        let hash = invoice.payment_hash().to_byte_array();
+        let timeout = std::time::Duration::from_secs(if r.timeout_secs == 0 {
+            60
+        } else {
+            r.timeout_secs as u64
+        });
+        let node = self.node.clone();
+        let amount = r.amount_msat;
+        tokio::task::spawn_blocking(move || {
+            node.channel_manager.pay_for_bolt11_invoice(
+                &invoice,
+                PaymentId(hash),
+                amount,
+                RouteParametersConfig::default(),
+                Retry::Timeout(timeout),
+            )
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(|e| Status::failed_precondition(format!("payment not started: {e:?}")))?;
+        if let Ok(mut p) = self.node.payments.lock() {
+            p.entry(hash).or_insert(crate::node::PaymentRecord {
+                direction: "outbound",
+                status: "pending".into(),
+                amount_msat: amount.unwrap_or(0),
+                fee_msat: 0,
+                preimage: None,
+            });
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let rec = self
+                .node
+                .payments
+                .lock()
+                .ok()
+                .and_then(|p| p.get(&hash).cloned());
+            if let Some(rec) = rec.filter(|r| r.status != "pending") {
+                return Ok(Response::new(pb::PayReply {
+                    payment_hash: hex::encode(hash),
+                    status: rec.status,
+                    preimage: rec.preimage.map(hex::encode).unwrap_or_default(),
+                    fee_msat: rec.fee_msat,
+                }));
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Ok(Response::new(pb::PayReply {
+                    payment_hash: hex::encode(hash),
+                    status: "pending".into(),
+                    preimage: String::new(),
+                    fee_msat: 0,
+                }));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
     }
 
     async fn payments(
         &self,
         _r: Request<pb::PaymentsRequest>,
     ) -> Result<Response<pb::PaymentsReply>, Status> {
-        Err(not_yet("payments"))
+        let payments = self
+            .node
+            .payments
+            .lock()
+            .map_err(|_| Status::internal("lock"))?
+            .iter()
+            .map(|(h, p)| pb::Payment {
+                payment_hash: hex::encode(h),
+                direction: p.direction.into(),
+                status: p.status.clone(),
+                amount_msat: p.amount_msat,
+                fee_msat: p.fee_msat,
+            })
+            .collect();
+        Ok(Response::new(pb::PaymentsReply { payments }))
     }
 
     async fn withdraw(

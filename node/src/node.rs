@@ -152,6 +152,27 @@ pub struct Node {
     pub wallet: Arc<Wallet>,
     /// The address the peer-to-peer listener is bound to.
     pub listen_addr: SocketAddr,
+    /// Funding transactions built but not yet signed: signed only once LDK
+    /// says broadcasting is safe (the first commitment is countersigned).
+    pending_funding:
+        std::sync::Mutex<std::collections::HashMap<lightning::ln::types::ChannelId, bitcoin::Psbt>>,
+    /// Payments by hash.
+    pub payments: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], PaymentRecord>>,
+}
+
+/// What the node knows of one payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PaymentRecord {
+    /// "outbound" or "inbound".
+    pub direction: &'static str,
+    /// "pending", "succeeded", "failed".
+    pub status: String,
+    /// Amount.
+    pub amount_msat: u64,
+    /// Routing fee paid (outbound).
+    pub fee_msat: u64,
+    /// The preimage, once known.
+    pub preimage: Option<[u8; 32]>,
 }
 
 fn now_secs() -> u64 {
@@ -244,7 +265,8 @@ impl Node {
             .channel_handshake_config
             .negotiate_anchors_zero_fee_htlc_tx = true;
         user_config.channel_handshake_config.announce_for_forwarding = false;
-        user_config.manually_accept_inbound_channels = false;
+        // LDK only accepts inbound anchor channels by hand (see OpenChannelRequest).
+        user_config.manually_accept_inbound_channels = true;
 
         let (store2, keys2) = (store.clone(), keys.clone());
         let mut monitors = tokio::task::spawn_blocking(move || {
@@ -370,6 +392,8 @@ impl Node {
             graph,
             wallet,
             listen_addr,
+            pending_funding: Default::default(),
+            payments: Default::default(),
         });
         node.spawn_listener(listener);
         node.spawn_chain_poller(tip_hash, tip_height);
@@ -466,6 +490,8 @@ impl Node {
     /// One round of the node's housekeeping.
     fn process(&self, ticks: u64) {
         self.peer_manager.process_events();
+        // Received HTLCs become claimable (and forwards move on) only here.
+        self.channel_manager.process_pending_htlc_forwards();
         self.channel_manager
             .process_pending_events(&|event: Event| self.handle_event(event));
         self.chain_monitor
@@ -492,8 +518,238 @@ impl Node {
     }
 
     fn handle_event(&self, event: Event) -> Result<(), lightning::events::ReplayEvent> {
-        tracing::info!("event: {event:?}");
+        use lightning::events::InboundChannelFunds;
+        match event {
+            Event::OpenChannelRequest {
+                temporary_channel_id,
+                counterparty_node_id,
+                channel_negotiation_type,
+                funding_satoshis,
+                ..
+            } => {
+                if !matches!(channel_negotiation_type, InboundChannelFunds::PushMsat(0)) {
+                    // The signer checks the first commitment against push 0 (LDK does not pass push on).
+                    tracing::warn!(%counterparty_node_id, "refusing an inbound channel with push or dual funding");
+                    let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        "push not accepted".into(),
+                    );
+                    return Ok(());
+                }
+                let user_id = u128::from_be_bytes(
+                    self.keys.get_secure_random_bytes()[..16]
+                        .try_into()
+                        .unwrap_or([0; 16]),
+                );
+                match self.channel_manager.accept_inbound_channel(
+                    &temporary_channel_id,
+                    &counterparty_node_id,
+                    user_id,
+                    None,
+                ) {
+                    Ok(()) => {
+                        tracing::info!(%counterparty_node_id, funding_satoshis, "accepted an inbound channel")
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot accept channel from {counterparty_node_id}: {e:?}")
+                    }
+                }
+            }
+            Event::FundingGenerationReady {
+                temporary_channel_id,
+                counterparty_node_id,
+                channel_value_satoshis,
+                output_script,
+                ..
+            } => {
+                let feerate = {
+                    use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+                    (self
+                        .chain
+                        .get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee)
+                        as u64)
+                        .div_ceil(250)
+                        .max(1)
+                };
+                let built = self.wallet.build_spend(
+                    output_script.clone(),
+                    channel_value_satoshis,
+                    false,
+                    feerate,
+                );
+                let psbt = match built {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::error!("cannot fund channel {temporary_channel_id}: {e}");
+                        let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                            &temporary_channel_id,
+                            &counterparty_node_id,
+                            "funding failed".into(),
+                        );
+                        return Ok(());
+                    }
+                };
+                let tx = &psbt.unsigned_tx;
+                let Some(vout) = tx
+                    .output
+                    .iter()
+                    .position(|o| o.script_pubkey == output_script)
+                else {
+                    return Ok(());
+                };
+                let outpoint = lightning::chain::transaction::OutPoint {
+                    txid: tx.compute_txid(),
+                    index: vout as u16,
+                };
+                // Segwit inputs only: the txid is final before any signature.
+                match self
+                    .channel_manager
+                    .unsafe_manual_funding_transaction_generated(
+                        temporary_channel_id,
+                        counterparty_node_id,
+                        outpoint,
+                    ) {
+                    Ok(()) => {
+                        if let Ok(mut p) = self.pending_funding.lock() {
+                            p.insert(temporary_channel_id, psbt);
+                        }
+                        tracing::info!(channel = %temporary_channel_id, "funding transaction built; it is signed once the peer countersigned our first commitment");
+                    }
+                    Err(e) => tracing::error!("funding {temporary_channel_id}: {e:?}"),
+                }
+            }
+            Event::FundingTxBroadcastSafe {
+                former_temporary_channel_id,
+                channel_id,
+                ..
+            } => {
+                let psbt = self
+                    .pending_funding
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.remove(&former_temporary_channel_id));
+                let Some(psbt) = psbt else {
+                    tracing::error!(%channel_id, "no funding transaction kept for this channel");
+                    return Ok(());
+                };
+                match self.sign_and_broadcast(psbt) {
+                    Ok(txid) => {
+                        tracing::info!(%channel_id, %txid, "funding transaction signed and broadcast")
+                    }
+                    Err(e) => {
+                        tracing::error!(%channel_id, "funding transaction not broadcast: {e}")
+                    }
+                }
+            }
+            Event::PaymentClaimable {
+                payment_hash,
+                purpose,
+                amount_msat,
+                ..
+            } => match purpose.preimage() {
+                Some(preimage) => {
+                    self.record_payment(
+                        payment_hash.0,
+                        "inbound",
+                        "pending",
+                        amount_msat,
+                        0,
+                        Some(preimage.0),
+                    );
+                    self.channel_manager.claim_funds(preimage);
+                }
+                None => {
+                    tracing::warn!(payment_hash = %payment_hash, "payment without a known preimage left unclaimed")
+                }
+            },
+            Event::PaymentClaimed {
+                payment_hash,
+                amount_msat,
+                ..
+            } => {
+                self.record_payment(payment_hash.0, "inbound", "succeeded", amount_msat, 0, None);
+            }
+            Event::PaymentSent {
+                payment_hash,
+                payment_preimage,
+                amount_msat,
+                fee_paid_msat,
+                ..
+            } => {
+                self.record_payment(
+                    payment_hash.0,
+                    "outbound",
+                    "succeeded",
+                    amount_msat.unwrap_or(0),
+                    fee_paid_msat.unwrap_or(0),
+                    Some(payment_preimage.0),
+                );
+            }
+            Event::PaymentFailed {
+                payment_hash,
+                reason,
+                ..
+            } => {
+                if let Some(h) = payment_hash {
+                    tracing::warn!(payment_hash = %h, "payment failed: {reason:?}");
+                    self.record_payment(h.0, "outbound", "failed", 0, 0, None);
+                }
+            }
+            other => tracing::debug!("event: {other:?}"),
+        }
         Ok(())
+    }
+
+    fn record_payment(
+        &self,
+        hash: [u8; 32],
+        direction: &'static str,
+        status: &str,
+        amount_msat: u64,
+        fee_msat: u64,
+        preimage: Option<[u8; 32]>,
+    ) {
+        if let Ok(mut p) = self.payments.lock() {
+            let e = p.entry(hash).or_insert(PaymentRecord {
+                direction,
+                status: status.into(),
+                amount_msat,
+                fee_msat,
+                preimage: None,
+            });
+            e.status = status.into();
+            if amount_msat > 0 {
+                e.amount_msat = amount_msat;
+            }
+            if fee_msat > 0 {
+                e.fee_msat = fee_msat;
+            }
+            if preimage.is_some() {
+                e.preimage = preimage;
+            }
+        }
+    }
+
+    /// Has the signer sign a wallet PSBT, then broadcasts it.
+    pub fn sign_and_broadcast(&self, psbt: bitcoin::Psbt) -> Result<bitcoin::Txid, String> {
+        use lnpd_proto::signer::{reply, request, SignPsbtRequest};
+        let signed = match self.signer.call(
+            request::Body::SignPsbt(SignPsbtRequest {
+                psbt: psbt.serialize(),
+            }),
+            Duration::from_secs(30),
+        ) {
+            Ok(reply::Body::SignPsbt(p)) => p.psbt,
+            Ok(_) => return Err("unexpected reply".into()),
+            Err(e) => return Err(format!("the signer did not sign: {e}")),
+        };
+        let psbt = bitcoin::Psbt::deserialize(&signed).map_err(|e| e.to_string())?;
+        let tx = self.wallet.finalize(psbt).map_err(|e| e.to_string())?;
+        let txid = tx.compute_txid();
+        use lightning::chain::chaininterface::BroadcasterInterface;
+        self.chain.broadcast_transactions(&[&tx]);
+        Ok(txid)
     }
 
     /// Connects to a peer.

@@ -40,6 +40,48 @@ enum Cmd {
     Channels,
     /// A new on-chain receive address of the node's wallet.
     Newaddress,
+    /// Open a channel to a connected peer, funded from the on-chain wallet.
+    Openchannel {
+        /// The peer's node id.
+        node_id: String,
+        /// Channel size in satoshis.
+        amount_sat: u64,
+        /// Announce the channel for forwarding.
+        #[arg(long)]
+        announce: bool,
+    },
+    /// Close a channel cooperatively (or unilaterally with --force).
+    Closechannel {
+        /// The channel id.
+        channel_id: String,
+        /// Broadcast our latest commitment instead of negotiating.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Create a BOLT 11 invoice.
+    Invoice {
+        /// Amount in millisatoshis (omit for any amount).
+        amount_msat: Option<u64>,
+        /// Description.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Expiry in seconds.
+        #[arg(long, default_value_t = 3600)]
+        expiry: u32,
+    },
+    /// Pay a BOLT 11 invoice and wait for the outcome.
+    Pay {
+        /// The invoice.
+        invoice: String,
+        /// Amount in millisatoshis, for invoices without one.
+        #[arg(long)]
+        amount_msat: Option<u64>,
+        /// Seconds to wait.
+        #[arg(long, default_value_t = 60)]
+        timeout: u32,
+    },
+    /// Payments sent and received.
+    Payments,
     /// On-chain and channel balances.
     Balance,
     /// Send on-chain funds (the signer only signs for its wallet, channels and allow-listed addresses).
@@ -144,6 +186,86 @@ async fn run(cli: Cli) -> Result<()> {
                 } else {
                     println!("{}  {}", p.node_id, p.address);
                 }
+            }
+        }
+        Cmd::Openchannel {
+            node_id,
+            amount_sat,
+            announce,
+        } => {
+            let r = client
+                .open_channel(pb::OpenChannelRequest {
+                    node_id,
+                    amount_sat,
+                    push_msat: 0,
+                    announce,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", r.channel_id);
+        }
+        Cmd::Closechannel { channel_id, force } => {
+            client
+                .close_channel(pb::CloseChannelRequest {
+                    channel_id: channel_id.clone(),
+                    force,
+                })
+                .await
+                .map_err(explain)?;
+            println!("closing {channel_id}");
+        }
+        Cmd::Invoice {
+            amount_msat,
+            description,
+            expiry,
+        } => {
+            let r = client
+                .invoice(pb::InvoiceRequest {
+                    amount_msat,
+                    description,
+                    expiry_secs: expiry,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", r.invoice);
+        }
+        Cmd::Pay {
+            invoice,
+            amount_msat,
+            timeout,
+        } => {
+            let r = client
+                .pay(pb::PayRequest {
+                    invoice,
+                    amount_msat,
+                    timeout_secs: timeout,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            if cli.json {
+                println!("{{\"payment_hash\":\"{}\",\"status\":\"{}\",\"preimage\":\"{}\",\"fee_msat\":{}}}", r.payment_hash, r.status, r.preimage, r.fee_msat);
+            } else {
+                println!("{} {} (fee {} msat)", r.payment_hash, r.status, r.fee_msat);
+            }
+            if r.status != "succeeded" {
+                bail!("payment {}", r.status);
+            }
+        }
+        Cmd::Payments => {
+            for p in client
+                .payments(pb::PaymentsRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .payments
+            {
+                println!(
+                    "{}  {:<8} {:<9} {} msat (fee {} msat)",
+                    p.payment_hash, p.direction, p.status, p.amount_msat, p.fee_msat
+                );
             }
         }
         Cmd::Newaddress => {
