@@ -19,11 +19,23 @@ pub struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// Starts a signer, then `lnpd` against it and `bcoin`.
+    /// Starts a signer, then `lnpd` against it and `bcoin`, in temporary directories.
     pub fn start(tag: &str, bcoin: &Bcoin) -> Result<Self> {
-        let mut signer = SignerProcess::init(&format!("{tag}-signer"))?;
+        Self::start_in(None, tag, bcoin)
+    }
+
+    /// Like [`NodeProcess::start`]; with `base`, the data is kept in
+    /// `base/<tag>/signer` and `base/<tag>/node`.
+    pub fn start_in(base: Option<&std::path::Path>, tag: &str, bcoin: &Bcoin) -> Result<Self> {
+        let (signer_dir, dir) = match base {
+            Some(b) => (
+                TempDir::kept(b.join(tag).join("signer"))?,
+                TempDir::kept(b.join(tag).join("node"))?,
+            ),
+            None => (TempDir::new(&format!("{tag}-signer")), TempDir::new(tag)),
+        };
+        let mut signer = SignerProcess::init_in(signer_dir)?;
         let signer_addr = signer.start()?;
-        let dir = TempDir::new(tag);
         let data = dir.path.join("node");
         let log = std::fs::File::create(dir.path.join("lnpd.log"))?;
         let child = Command::new(bin("lnpd"))

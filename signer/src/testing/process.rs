@@ -1,7 +1,7 @@
 //! Real `lnpd-signer` processes on free loopback ports, in temporary
 //! directories removed afterwards, and a blocking client for them (std only).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -15,20 +15,22 @@ use tonic::transport::Channel;
 use super::SignerHandle;
 use crate::{ErrorKind, RuleId, SignerError};
 
-/// Path of a binary of this workspace, built next to the test executable.
+/// Path of a binary of this workspace: next to the running executable
+/// (a binary) or one directory up (a test, which runs from `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: build the workspace binaries first (cargo build --workspace)",
-        p.display()
-    );
-    p
+    let exe = std::env::current_exe().expect("executable path");
+    let here = exe.parent().expect("executable directory");
+    let candidates = [
+        here.join(name),
+        here.parent().map(|p| p.join(name)).unwrap_or_default(),
+    ];
+    match candidates.iter().find(|p| p.exists()) {
+        Some(p) => p.clone(),
+        None => panic!(
+            "{} is missing: build the workspace binaries first (cargo build --workspace --bins)",
+            candidates[1].display()
+        ),
+    }
 }
 
 /// The `lnpd-signer` binary: `LNPD_SIGNER_BIN` if set, else next to the test executable.
