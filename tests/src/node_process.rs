@@ -34,7 +34,16 @@ impl NodeProcess {
             ),
             None => (TempDir::new(&format!("{tag}-signer")), TempDir::new(tag)),
         };
-        let mut signer = SignerProcess::init_in(signer_dir)?;
+        Self::start_with(SignerProcess::init_in(signer_dir)?, dir, tag, bcoin)
+    }
+
+    /// Starts `signer` (already initialised), then `lnpd` in `dir`.
+    pub fn start_with(
+        mut signer: SignerProcess,
+        dir: TempDir,
+        tag: &str,
+        bcoin: &Bcoin,
+    ) -> Result<Self> {
         let signer_addr = signer.start()?;
         let data = dir.path.join("node");
         let log = std::fs::File::create(dir.path.join("lnpd.log"))?;

@@ -96,6 +96,55 @@ impl SignerProcess {
         Self::init_in(TempDir::new(tag))
     }
 
+    /// Runs `lnpd-signer init --restore` with `mnemonic` in a new directory.
+    pub fn init_restored(tag: &str, mnemonic: &str) -> Result<Self> {
+        use std::io::Write;
+        let dir = TempDir::new(tag);
+        let passphrase = dir.path.join("passphrase");
+        std::fs::write(&passphrase, "test passphrase\n")?;
+        let mut child = Command::new(signer_bin())
+            .args([
+                "init",
+                "--restore",
+                "--network",
+                "regtest",
+                "--listen",
+                "127.0.0.1:0",
+                "--kdf-memory-kib",
+                "8192",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path.join("signer"))
+            .arg("--passphrase-file")
+            .arg(&passphrase)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("running lnpd-signer init --restore")?;
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "{mnemonic}")?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "lnpd-signer init --restore failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(SignerProcess {
+            dir,
+            passphrase,
+            child: None,
+            addr: None,
+        })
+    }
+
+    /// The file holding the test passphrase.
+    pub fn passphrase_file(&self) -> PathBuf {
+        self.passphrase.clone()
+    }
+
     /// Runs `lnpd-signer init` in `dir`.
     pub fn init_in(dir: TempDir) -> Result<Self> {
         let passphrase = dir.path.join("passphrase");

@@ -1,0 +1,241 @@
+//! Key isolation: after a channel was opened and used, none of the signer's
+//! secrets — BIP 39 seed, node secret, channel base secrets, commitment
+//! seed and early per-commitment secrets, wallet keys — appears in the
+//! node's data directory or in the node process's memory. (The three
+//! symmetric keys LDK keeps in the node are exempt.) The node id, which the
+//! node does hold, is found, which shows the scan works.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::str::FromStr;
+use std::time::Duration;
+
+use bitcoin::secp256k1::Secp256k1;
+use bitcoin::{Address, Network};
+use lnpd_signer::keys::KeyRing;
+use lnpd_signer::testing::process::{SignerProcess, TempDir};
+use lnpd_signer::{ChannelKeysId, CommitmentNumber, Seed};
+use lnpd_tests::node_process::NodeProcess;
+use lnpd_tests::regtest::{Bcoin, SEGWIT_ACTIVATION_HEIGHT};
+
+const MNEMONIC: &str = "legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth title";
+
+fn cli(n: &NodeProcess, args: &[&str]) -> String {
+    let o = n.cli(args);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        n.log()
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn field(out: &str, name: &str) -> String {
+    let key = format!("\"{name}\":");
+    out[out.find(&key).unwrap() + key.len()..]
+        .trim_start_matches('"')
+        .split(['"', ',', '}'])
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Every place in `haystack` where one of `needles` occurs, by needle name.
+fn find_all(
+    haystack: &[u8],
+    needles: &HashMap<[u8; 8], (String, Vec<u8>)>,
+    found: &mut Vec<String>,
+) {
+    if haystack.len() < 8 {
+        return;
+    }
+    for i in 0..=haystack.len() - 8 {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&haystack[i..i + 8]);
+        if let Some((name, full)) = needles.get(&k) {
+            if haystack[i..].starts_with(full) {
+                found.push(name.clone());
+            }
+        }
+    }
+}
+
+fn scan_process(pid: u32, needles: &HashMap<[u8; 8], (String, Vec<u8>)>) -> Vec<String> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    let mut mem =
+        std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem (needs ptrace rights)");
+    let mut found = Vec::new();
+    for line in maps.lines() {
+        let mut parts = line.split_whitespace();
+        let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        if !perms.starts_with('r') || line.ends_with("[vvar]") || line.ends_with("[vsyscall]") {
+            continue;
+        }
+        let Some((a, b)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
+            continue;
+        };
+        let mut buf = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut buf).is_ok() {
+            find_all(&buf, needles, &mut found);
+        }
+    }
+    found
+}
+
+fn scan_dir(
+    dir: &std::path::Path,
+    needles: &HashMap<[u8; 8], (String, Vec<u8>)>,
+    found: &mut Vec<String>,
+) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            scan_dir(&p, needles, found);
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            find_all(&bytes, needles, found);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_signer_secret_reaches_the_node() {
+    let bcoin = Bcoin::start().await.expect("bcoin");
+    let rpc = bcoin.rpc(2500).unwrap();
+    let signer = SignerProcess::init_restored("iso-a-signer", MNEMONIC).unwrap();
+    let mut a =
+        NodeProcess::start_with(signer, TempDir::new("iso-a"), "iso-a", &bcoin).expect("node a");
+    let b = NodeProcess::start("iso-b", &bcoin).expect("node b");
+
+    let addr = Address::from_str(&cli(&a, &["newaddress"]))
+        .unwrap()
+        .require_network(Network::Regtest)
+        .unwrap();
+    bcoin.mine(&rpc, 10, &addr).await.unwrap();
+    bcoin
+        .mine(&rpc, SEGWIT_ACTIVATION_HEIGHT, &addr)
+        .await
+        .unwrap();
+    for _ in 0..100 {
+        if field(&cli(&a, &["--json", "balance"]), "onchain_spendable_sat") != "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b_id = field(&cli(&b, &["--json", "getinfo"]), "node_id");
+    cli(&a, &["connect", &format!("{b_id}@{}", b.p2p_addr())]);
+    cli(&a, &["openchannel", &b_id, "500000"]);
+    let usable = |n: &NodeProcess| {
+        cli(n, &["channels"])
+            .lines()
+            .any(|l| l.ends_with(" usable") && !l.ends_with("not usable"))
+    };
+    for _ in 0..60 {
+        bcoin.mine(&rpc, 1, &addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if usable(&a) && usable(&b) {
+            break;
+        }
+    }
+    for _ in 0..3 {
+        let inv = cli(&b, &["invoice", "5000000"]);
+        cli(&a, &["pay", &inv]);
+    }
+
+    // The signer's channel keys ids (its store is free once the daemon stops).
+    a.signer.kill9();
+    let info = std::process::Command::new(lnpd_tests::signer_bin())
+        .args(["info", "--json", "--data-dir"])
+        .arg(a.signer.data_dir())
+        .arg("--passphrase-file")
+        .arg(a.signer.passphrase_file())
+        .output()
+        .unwrap();
+    let info = String::from_utf8_lossy(&info.stdout).to_string();
+    let ids: Vec<String> = info
+        .split("\"channel_keys_id\":\"")
+        .skip(1)
+        .map(|s| s[..64].to_string())
+        .collect();
+    assert!(!ids.is_empty(), "{info}");
+
+    let secp = Secp256k1::new();
+    let bip39_seed = bip39::Mnemonic::parse_normalized(MNEMONIC)
+        .unwrap()
+        .to_seed("");
+    let keys = KeyRing::from_seed(
+        &Seed::new(bip39_seed.to_vec()).unwrap(),
+        Network::Regtest,
+        &secp,
+    )
+    .unwrap();
+    let mut secrets: Vec<(String, Vec<u8>)> = vec![
+        ("bip39 seed".into(), bip39_seed.to_vec()),
+        (
+            "node secret".into(),
+            keys.node_secret().secret_bytes().to_vec(),
+        ),
+    ];
+    for id in &ids {
+        let mut raw = [0u8; 32];
+        raw.copy_from_slice(&hex::decode(id).unwrap());
+        let c = keys.channel_secrets(&ChannelKeysId(raw));
+        for (name, k) in [
+            ("funding", c.funding_key),
+            ("revocation base", c.revocation_base_key),
+            ("payment", c.payment_key),
+            ("delayed base", c.delayed_payment_base_key),
+            ("htlc base", c.htlc_base_key),
+        ] {
+            secrets.push((format!("channel {name} key"), k.secret_bytes().to_vec()));
+        }
+        secrets.push(("commitment seed".into(), c.commitment_seed.to_vec()));
+        // Secrets of states not revoked yet must not be in the node either
+        // (revoked ones were handed over, as the protocol requires).
+        for n in 8..20 {
+            secrets.push((
+                format!("per-commitment secret #{n}"),
+                c.commitment_secret(CommitmentNumber(n)).to_vec(),
+            ));
+        }
+    }
+    for chain in 0..2 {
+        for i in 0..5 {
+            secrets.push((
+                format!("wallet key {chain}/{i}"),
+                keys.wallet_key(&secp, chain, i)
+                    .unwrap()
+                    .secret_bytes()
+                    .to_vec(),
+            ));
+        }
+    }
+    let node_id = keys.node_id(&secp).serialize().to_vec();
+    let mut needles = HashMap::new();
+    for (name, s) in secrets.iter().cloned().chain(std::iter::once((
+        "node id (public, control)".to_string(),
+        node_id,
+    ))) {
+        let mut k = [0u8; 8];
+        k.copy_from_slice(&s[..8]);
+        needles.insert(k, (name, s));
+    }
+
+    let pid = a.pid().expect("node pid");
+    let mut found = scan_process(pid, &needles);
+    scan_dir(&a.data_dir(), &needles, &mut found);
+    assert!(
+        found.iter().any(|f| f.starts_with("node id")),
+        "control: the scan finds the node id the node does hold"
+    );
+    let leaked: Vec<&String> = found.iter().filter(|f| !f.starts_with("node id")).collect();
+    assert!(
+        leaked.is_empty(),
+        "signer secrets found in the node: {leaked:?}"
+    );
+}
