@@ -98,46 +98,7 @@ impl SignerProcess {
 
     /// Runs `lnpd-signer init --restore` with `mnemonic` in a new directory.
     pub fn init_restored(tag: &str, mnemonic: &str) -> Result<Self> {
-        use std::io::Write;
-        let dir = TempDir::new(tag);
-        let passphrase = dir.path.join("passphrase");
-        std::fs::write(&passphrase, "test passphrase\n")?;
-        let mut child = Command::new(signer_bin())
-            .args([
-                "init",
-                "--restore",
-                "--network",
-                "regtest",
-                "--listen",
-                "127.0.0.1:0",
-                "--kdf-memory-kib",
-                "8192",
-            ])
-            .arg("--data-dir")
-            .arg(dir.path.join("signer"))
-            .arg("--passphrase-file")
-            .arg(&passphrase)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .context("running lnpd-signer init --restore")?;
-        if let Some(mut stdin) = child.stdin.take() {
-            writeln!(stdin, "{mnemonic}")?;
-        }
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!(
-                "lnpd-signer init --restore failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(SignerProcess {
-            dir,
-            passphrase,
-            child: None,
-            addr: None,
-        })
+        Self::run_init(TempDir::new(tag), Some(mnemonic))
     }
 
     /// The file holding the test passphrase.
@@ -147,26 +108,43 @@ impl SignerProcess {
 
     /// Runs `lnpd-signer init` in `dir`.
     pub fn init_in(dir: TempDir) -> Result<Self> {
+        Self::run_init(dir, None)
+    }
+
+    /// `lnpd-signer init` (regtest, light KDF) in `dir`: a new seed, or
+    /// `--restore` from `mnemonic` given on standard input.
+    fn run_init(dir: TempDir, mnemonic: Option<&str>) -> Result<Self> {
+        use std::io::Write;
         let passphrase = dir.path.join("passphrase");
         std::fs::write(&passphrase, "test passphrase\n")?;
-        let data = dir.path.join("signer");
-        let out = Command::new(signer_bin())
-            .args([
-                "init",
-                "--network",
-                "regtest",
-                "--listen",
-                "127.0.0.1:0",
-                "--kdf-memory-kib",
-                "8192",
-                "--no-show-mnemonic",
-            ])
-            .arg("--data-dir")
-            .arg(&data)
-            .arg("--passphrase-file")
-            .arg(&passphrase)
-            .output()
-            .context("running lnpd-signer init")?;
+        let mut cmd = Command::new(signer_bin());
+        cmd.args([
+            "init",
+            "--network",
+            "regtest",
+            "--listen",
+            "127.0.0.1:0",
+            "--kdf-memory-kib",
+            "8192",
+        ])
+        .arg(if mnemonic.is_some() {
+            "--restore"
+        } else {
+            "--no-show-mnemonic"
+        })
+        .arg("--data-dir")
+        .arg(dir.path.join("signer"))
+        .arg("--passphrase-file")
+        .arg(&passphrase)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("running lnpd-signer init")?;
+        if let (Some(words), Some(mut stdin)) = (mnemonic, child.stdin.take()) {
+            // A broken pipe means init stopped early; its status says why.
+            let _ = writeln!(stdin, "{words}");
+        }
+        let out = child.wait_with_output()?;
         if !out.status.success() {
             bail!(
                 "lnpd-signer init failed: {}",
