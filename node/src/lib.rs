@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod chain;
 pub mod config;
+pub mod fee_bump;
 pub mod logger;
 pub mod node;
 pub mod remote_signer;

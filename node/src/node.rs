@@ -11,7 +11,8 @@ use bitcoin::secp256k1::PublicKey;
 use bitcoin::{BlockHash, Network};
 use lightning::chain::chainmonitor;
 use lightning::chain::{BestBlock, Filter, Listen, Watch};
-use lightning::events::{Event, EventsProvider};
+use lightning::events::bump_transaction::sync::{BumpTransactionEventHandlerSync, WalletSync};
+use lightning::events::Event;
 use lightning::ln::channelmanager::{self, ChainParameters, ChannelManagerReadArgs};
 use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
 use lightning::onion_message::messenger::DefaultMessageRouter;
@@ -23,13 +24,22 @@ use lightning::routing::scoring::{
 use lightning::routing::utxo::UtxoLookup;
 use lightning::sign::{EntropySource, NodeSigner, Recipient};
 use lightning::util::config::UserConfig;
-use lightning::util::persist::{read_channel_monitors, KVStoreSync};
+use lightning::util::persist::{
+    read_channel_monitors, KVStoreSync, NETWORK_GRAPH_PERSISTENCE_KEY,
+    OUTPUT_SWEEPER_PERSISTENCE_KEY, OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
+    OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE, SCORER_PERSISTENCE_KEY,
+};
 use lightning::util::ser::{ReadableArgs, Writeable};
+use lightning::util::sweep::OutputSweeperSync;
+use lightning_background_processor::{
+    BackgroundProcessor, NO_LIQUIDITY_MANAGER_SYNC, NO_ONION_MESSENGER,
+};
 use lightning_block_sync::poll::ChainPoller;
 use lightning_block_sync::{SpvClient, UnboundedCache};
 use lightning_net_tokio::SocketDescriptor;
 
 use crate::chain::ChainRpc;
+use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
 use crate::remote_signer::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
 use crate::store::SqliteStore;
@@ -88,7 +98,27 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     Arc<ChainMonitor>,
 >;
 
-/// Key of the channel manager in the store.
+/// Claims our outputs of closed channels (to_local after its delay, the
+/// peer's payment to us, HTLCs) into the wallet.
+pub type Sweeper = OutputSweeperSync<
+    Arc<ChainRpc>,
+    Arc<RemoteKeysManager>,
+    Arc<ChainRpc>,
+    Arc<dyn Filter + Send + Sync>,
+    Arc<SqliteStore>,
+    Arc<TracingLogger>,
+    Arc<RemoteKeysManager>,
+>;
+/// Fee bumping of force-close transactions of anchor channels.
+pub type Bumper = BumpTransactionEventHandlerSync<
+    Arc<ChainRpc>,
+    Arc<WalletSync<Arc<FeeBumpWallet>, Arc<TracingLogger>>>,
+    Arc<RemoteKeysManager>,
+    Arc<TracingLogger>,
+>;
+
+/// Key of the channel manager in the store (LDK's background processor
+/// writes it under this name).
 const MANAGER_KEY: &str = "manager";
 
 /// Why the node could not start.
@@ -158,6 +188,15 @@ pub struct Node {
         std::sync::Mutex<std::collections::HashMap<lightning::ln::types::ChannelId, bitcoin::Psbt>>,
     /// Payments by hash.
     pub payments: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], PaymentRecord>>,
+    /// The output sweeper.
+    pub sweeper: Arc<Sweeper>,
+    fee_bump_wallet: Arc<FeeBumpWallet>,
+    bumper: Bumper,
+    gossip: Arc<GossipSync>,
+    scorer: Arc<RwLock<Scorer>>,
+    logger: Arc<TracingLogger>,
+    /// LDK's background processor (persistence, timers, events, sweeps).
+    background: std::sync::Mutex<Option<BackgroundProcessor>>,
 }
 
 /// What the node knows of one payment.
@@ -236,17 +275,26 @@ impl Node {
             .await
             .map_err(|e| fail("chain backend")(e.to_string()))?;
 
-        let graph = Arc::new(NetworkGraph::new(settings.network, logger.clone()));
-        let scorer = Arc::new(RwLock::new(ProbabilisticScorer::new(
-            ProbabilisticScoringDecayParameters::default(),
-            graph.clone(),
-            logger.clone(),
-        )));
+        let graph = match store.read("", "", NETWORK_GRAPH_PERSISTENCE_KEY) {
+            Ok(bytes) => NetworkGraph::read(&mut &bytes[..], logger.clone())
+                .map_err(|e| fail("network graph")(format!("{e:?}")))?,
+            Err(_) => NetworkGraph::new(settings.network, logger.clone()),
+        };
+        let graph = Arc::new(graph);
+        let decay = ProbabilisticScoringDecayParameters::default();
+        let scorer = match store.read("", "", SCORER_PERSISTENCE_KEY) {
+            Ok(bytes) => {
+                ProbabilisticScorer::read(&mut &bytes[..], (decay, graph.clone(), logger.clone()))
+                    .map_err(|e| fail("scorer")(format!("{e:?}")))?
+            }
+            Err(_) => ProbabilisticScorer::new(decay, graph.clone(), logger.clone()),
+        };
+        let scorer = Arc::new(RwLock::new(scorer));
         let router = Arc::new(DefaultRouter::new(
             graph.clone(),
             logger.clone(),
             keys.clone(),
-            scorer,
+            scorer.clone(),
             ProbabilisticScoringFeeParameters::default(),
         ));
         let message_router = Arc::new(DefaultMessageRouter::new(graph.clone(), keys.clone()));
@@ -265,6 +313,9 @@ impl Node {
             .channel_handshake_config
             .negotiate_anchors_zero_fee_htlc_tx = true;
         user_config.channel_handshake_config.announce_for_forwarding = false;
+        // Channels are unannounced: forwarding over them is what a routing
+        // node of private channels (and the A→B→C line) needs.
+        user_config.accept_forwards_to_priv_channels = true;
         // LDK only accepts inbound anchor channels by hand (see OpenChannelRequest).
         user_config.manually_accept_inbound_channels = true;
 
@@ -320,6 +371,32 @@ impl Node {
         };
         let channel_manager = Arc::new(channel_manager);
 
+        let tip_block = BestBlock::new(tip_hash, tip_height);
+        let sweeper_args = || {
+            (
+                chain.clone(),
+                chain.clone(),
+                None::<Arc<dyn Filter + Send + Sync>>,
+                keys.clone(),
+                keys.clone(),
+                store.clone(),
+                logger.clone(),
+            )
+        };
+        let (sweeper_best, sweeper) = match store.read(
+            OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
+            OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE,
+            OUTPUT_SWEEPER_PERSISTENCE_KEY,
+        ) {
+            Ok(bytes) => <(BestBlock, Sweeper)>::read(&mut &bytes[..], sweeper_args())
+                .map_err(|e| fail("output sweeper")(format!("{e:?}")))?,
+            Err(_) => {
+                let (b, e, f, o, d, k, l) = sweeper_args();
+                (tip_block, Sweeper::new(tip_block, b, e, f, o, d, k, l))
+            }
+        };
+        let sweeper = Arc::new(sweeper);
+
         // Bring the manager and every monitor to the chain tip, then hand the monitors over.
         let monitor_listeners: Vec<(BlockHash, _)> = monitors
             .drain(..)
@@ -334,6 +411,10 @@ impl Node {
                     &*channel_manager as &(dyn Listen + Send + Sync),
                 ),
                 (wallet_best, &*wallet as &(dyn Listen + Send + Sync)),
+                (
+                    sweeper_best.block_hash,
+                    &*sweeper as &(dyn Listen + Send + Sync),
+                ),
             ];
             for (hash, l) in &monitor_listeners {
                 listeners.push((*hash, l as &(dyn Listen + Send + Sync)));
@@ -361,7 +442,7 @@ impl Node {
         ));
         let handler = MessageHandler {
             chan_handler: channel_manager.clone(),
-            route_handler: gossip,
+            route_handler: gossip.clone(),
             onion_message_handler: IgnoringMessageHandler {},
             custom_message_handler: IgnoringMessageHandler {},
             send_only_message_handler: chain_monitor.clone(),
@@ -380,6 +461,13 @@ impl Node {
         let listen_addr = listener
             .local_addr()
             .map_err(|e| fail("peer listener")(e.to_string()))?;
+        let fee_bump_wallet = Arc::new(FeeBumpWallet::new(wallet.clone(), signer.clone()));
+        let bumper = BumpTransactionEventHandlerSync::new(
+            chain.clone(),
+            Arc::new(WalletSync::new(fee_bump_wallet.clone(), logger.clone())),
+            keys.clone(),
+            logger.clone(),
+        );
         let node = Arc::new(Node {
             settings,
             signer,
@@ -394,10 +482,18 @@ impl Node {
             listen_addr,
             pending_funding: Default::default(),
             payments: Default::default(),
+            sweeper,
+            fee_bump_wallet,
+            bumper,
+            gossip,
+            scorer,
+            logger,
+            background: std::sync::Mutex::new(None),
         });
         node.spawn_listener(listener);
         node.spawn_chain_poller(tip_hash, tip_height);
-        node.spawn_event_loop();
+        node.start_background_processor();
+        node.spawn_signer_watch();
         tracing::info!(node_id = %node.node_id(), "lnpd node up: peers on {listen_addr}, chain at height {tip_height}");
         Ok(node)
     }
@@ -453,13 +549,23 @@ impl Node {
                 };
             let mut cache = UnboundedCache::new();
             let ldk = (node.chain_monitor.clone(), node.channel_manager.clone());
-            let listener = (&ldk, node.wallet.clone());
+            let ours = (node.wallet.clone(), node.sweeper.clone());
+            let listener = (&ldk, &ours);
             let poller = ChainPoller::new(&*chain, node.settings.network);
             let mut spv = SpvClient::new(validated, poller, &mut cache, &listener);
             let mut fees_at = tokio::time::Instant::now();
             loop {
-                if let Err(e) = spv.poll_best_tip().await {
-                    tracing::warn!("chain poll failed: {e:?}");
+                match spv.poll_best_tip().await {
+                    Ok((_, true)) => {
+                        // Claim what a new block made spendable now rather
+                        // than at the background processor's next sweep timer.
+                        let sweeper = node.sweeper.clone();
+                        tokio::task::spawn_blocking(move || {
+                            let _ = sweeper.regenerate_and_broadcast_spend_if_necessary();
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("chain poll failed: {e:?}"),
                 }
                 if fees_at.elapsed() > Duration::from_secs(60) {
                     chain.refresh_fees().await;
@@ -470,51 +576,55 @@ impl Node {
         });
     }
 
-    fn spawn_event_loop(self: &Arc<Self>) {
+    /// Starts LDK's background processor: it persists the channel manager,
+    /// graph, scorer and sweeper, handles events, drives HTLC forwarding,
+    /// timers and the sweeper's (re)broadcasts, on its own thread (the
+    /// handlers call the signer synchronously).
+    fn start_background_processor(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let handler = move |event: Event| match weak.upgrade() {
+            Some(node) => node.handle_event(event),
+            None => Ok(()),
+        };
+        let bp = BackgroundProcessor::start(
+            self.store.clone(),
+            handler,
+            self.chain_monitor.clone(),
+            self.channel_manager.clone(),
+            NO_ONION_MESSENGER,
+            lightning_background_processor::GossipSync::p2p(self.gossip.clone()),
+            self.peer_manager.clone(),
+            NO_LIQUIDITY_MANAGER_SYNC,
+            Some(self.sweeper.clone()),
+            self.logger.clone(),
+            Some(self.scorer.clone()),
+        );
+        if let Ok(mut b) = self.background.lock() {
+            *b = Some(bp);
+        }
+    }
+
+    /// Watches the signer connection: once the signer answers again, LDK
+    /// retries every operation left pending while it was away.
+    fn spawn_signer_watch(self: &Arc<Self>) {
         let node = self.clone();
         tokio::spawn(async move {
-            let mut ticks: u64 = 0;
             loop {
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                ticks += 1;
-                let n = node.clone();
-                // LDK's handlers call the signer synchronously: keep them off the async workers.
-                let r = tokio::task::spawn_blocking(move || n.process(ticks)).await;
-                if let Err(e) = r {
-                    tracing::error!("event processing aborted: {e}");
+                if node.signer.is_connected() && node.signer.take_pending() {
+                    tracing::info!("signer is back: retrying operations left pending");
+                    let n = node.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        n.channel_manager.signer_unblocked(None);
+                        n.chain_monitor.signer_unblocked(None);
+                    })
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!("retrying pending signatures aborted: {e}");
+                    }
                 }
             }
         });
-    }
-
-    /// One round of the node's housekeeping.
-    fn process(&self, ticks: u64) {
-        self.peer_manager.process_events();
-        // Received HTLCs become claimable (and forwards move on) only here.
-        self.channel_manager.process_pending_htlc_forwards();
-        self.channel_manager
-            .process_pending_events(&|event: Event| self.handle_event(event));
-        self.chain_monitor
-            .process_pending_events(&|event: Event| self.handle_event(event));
-        if self.channel_manager.get_and_clear_needs_persistence() {
-            if let Err(e) = self
-                .store
-                .write("", "", MANAGER_KEY, self.channel_manager.encode())
-            {
-                tracing::error!("cannot persist the channel manager: {e}");
-            }
-        }
-        if self.signer.is_connected() && self.signer.take_pending() {
-            tracing::info!("signer is back: retrying operations left pending");
-            self.channel_manager.signer_unblocked(None);
-            self.chain_monitor.signer_unblocked(None);
-        }
-        if ticks.is_multiple_of(100) {
-            self.peer_manager.timer_tick_occurred();
-        }
-        if ticks.is_multiple_of(600) {
-            self.channel_manager.timer_tick_occurred();
-        }
     }
 
     fn handle_event(&self, event: Event) -> Result<(), lightning::events::ReplayEvent> {
@@ -616,7 +726,10 @@ impl Node {
                         }
                         tracing::info!(channel = %temporary_channel_id, "funding transaction built; it is signed once the peer countersigned our first commitment");
                     }
-                    Err(e) => tracing::error!("funding {temporary_channel_id}: {e:?}"),
+                    Err(e) => {
+                        self.wallet.release(&psbt);
+                        tracing::error!("funding {temporary_channel_id}: {e:?}")
+                    }
                 }
             }
             Event::FundingTxBroadcastSafe {
@@ -633,11 +746,12 @@ impl Node {
                     tracing::error!(%channel_id, "no funding transaction kept for this channel");
                     return Ok(());
                 };
-                match self.sign_and_broadcast(psbt) {
+                match self.sign_and_broadcast(psbt.clone()) {
                     Ok(txid) => {
                         tracing::info!(%channel_id, %txid, "funding transaction signed and broadcast")
                     }
                     Err(e) => {
+                        self.wallet.release(&psbt);
                         tracing::error!(%channel_id, "funding transaction not broadcast: {e}")
                     }
                 }
@@ -695,6 +809,57 @@ impl Node {
                     tracing::warn!(payment_hash = %h, "payment failed: {reason:?}");
                     self.record_payment(h.0, "outbound", "failed", 0, 0, None);
                 }
+            }
+            Event::SpendableOutputs {
+                outputs,
+                channel_id,
+            } => {
+                tracing::info!(
+                    channel = ?channel_id,
+                    count = outputs.len(),
+                    "outputs of a closed channel are ours to claim: handed to the sweeper"
+                );
+                if self
+                    .sweeper
+                    .track_spendable_outputs(outputs, channel_id, false, None)
+                    .is_err()
+                {
+                    tracing::error!("the sweeper could not persist the outputs; retrying");
+                    return Err(lightning::events::ReplayEvent());
+                }
+            }
+            Event::BumpTransaction(bump) => {
+                tracing::info!("fee bump requested: {}", bump_summary(&bump));
+                self.fee_bump_wallet.remember(&bump);
+                self.bumper.handle_event(&bump);
+            }
+            Event::ChannelClosed {
+                channel_id,
+                reason,
+                counterparty_node_id,
+                ..
+            } => {
+                tracing::info!(%channel_id, peer = ?counterparty_node_id, "channel closed: {reason}");
+                if let Ok(mut p) = self.pending_funding.lock() {
+                    if let Some(psbt) = p.remove(&channel_id) {
+                        self.wallet.release(&psbt);
+                    }
+                }
+            }
+            Event::PaymentForwarded {
+                prev_channel_id,
+                next_channel_id,
+                total_fee_earned_msat,
+                outbound_amount_forwarded_msat,
+                ..
+            } => {
+                tracing::info!(
+                    from = ?prev_channel_id,
+                    to = ?next_channel_id,
+                    amount_msat = ?outbound_amount_forwarded_msat,
+                    fee_msat = ?total_fee_earned_msat,
+                    "forwarded a payment"
+                );
             }
             other => tracing::debug!("event: {other:?}"),
         }
@@ -773,9 +938,15 @@ impl Node {
         }
     }
 
-    /// Writes the channel manager to the store (at shutdown; the event loop
-    /// does it whenever LDK says it changed).
-    pub fn persist(&self) {
+    /// Stops the background processor (which writes the channel manager a
+    /// last time) and persists the channel manager.
+    pub fn shutdown(&self) {
+        let bp = self.background.lock().ok().and_then(|mut b| b.take());
+        if let Some(bp) = bp {
+            if let Err(e) = bp.stop() {
+                tracing::error!("background processor: {e}");
+            }
+        }
         if let Err(e) = self
             .store
             .write("", "", MANAGER_KEY, self.channel_manager.encode())
@@ -787,5 +958,30 @@ impl Node {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.settings.data_dir
+    }
+}
+
+/// One line on a fee-bump event, for the log.
+fn bump_summary(e: &lightning::events::bump_transaction::BumpTransactionEvent) -> String {
+    use lightning::events::bump_transaction::BumpTransactionEvent as B;
+    match e {
+        B::ChannelClose {
+            channel_id,
+            commitment_tx,
+            package_target_feerate_sat_per_1000_weight,
+            ..
+        } => format!(
+            "channel {channel_id}: commitment {} to confirm at {package_target_feerate_sat_per_1000_weight} sat/kw",
+            commitment_tx.compute_txid()
+        ),
+        B::HTLCResolution {
+            channel_id,
+            htlc_descriptors,
+            target_feerate_sat_per_1000_weight,
+            ..
+        } => format!(
+            "channel {channel_id}: {} HTLC claim(s) at {target_feerate_sat_per_1000_weight} sat/kw",
+            htlc_descriptors.len()
+        ),
     }
 }

@@ -7,7 +7,7 @@
 //! in blocks the node already fetches, and BDK would bring a second chain
 //! client and database for it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::str::FromStr;
 use std::sync::Mutex;
 
@@ -97,6 +97,9 @@ pub struct Wallet {
     scripts: Mutex<BTreeMap<ScriptBuf, (u32, u32)>>,
     state: Mutex<State>,
     store: std::sync::Arc<SqliteStore>,
+    /// Coins put in a transaction not yet seen in a block (`txid:vout`), so
+    /// two spends built close together never pick the same coin.
+    reserved: Mutex<HashSet<String>>,
 }
 
 /// Parses `wpkh([fingerprint/84h/coin'h/0h]xpub/0/*)#checksum`.
@@ -137,6 +140,7 @@ impl Wallet {
             scripts: Mutex::new(BTreeMap::new()),
             state: Mutex::new(state),
             store,
+            reserved: Mutex::new(HashSet::new()),
         };
         let (ext, int) = w
             .state
@@ -239,15 +243,7 @@ impl Wallet {
             .state
             .lock()
             .map_err(|_| WalletError::Store("lock".into()))?;
-        let height = st.best_height;
-        let mut coins: Vec<Coin> = st
-            .coins
-            .iter()
-            .filter(|c| {
-                c.spent_at.is_none() && !(c.coinbase && height + 1 < c.height + COINBASE_MATURITY)
-            })
-            .cloned()
-            .collect();
+        let mut coins = self.available_coins(&st);
         coins.sort_by_key(|c| std::cmp::Reverse(c.value_sat));
         let available: u64 = coins.iter().map(|c| c.value_sat).sum();
         // Weights: 11 vB overhead, 68 vB per wpkh input, 31 vB per wpkh/34 per wsh output.
@@ -321,32 +317,134 @@ impl Wallet {
         let mut psbt =
             Psbt::from_unsigned_tx(tx).map_err(|e| WalletError::Invalid(e.to_string()))?;
         for (input, c) in psbt.inputs.iter_mut().zip(&chosen) {
-            let prev: Transaction = bitcoin::consensus::encode::deserialize_hex(&c.prev_tx)
-                .map_err(|e| WalletError::Store(e.to_string()))?;
-            let vout = c
-                .outpoint
-                .rsplit(':')
-                .next()
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(0);
-            input.witness_utxo = prev.output.get(vout).cloned();
-            input.non_witness_utxo = Some(prev);
-            let key = self.key(c.chain, c.index)?;
-            let path = DerivationPath::from_str(&format!(
-                "m/84'/{}'/0'/{}/{}",
-                self.coin_type, c.chain, c.index
-            ))
-            .map_err(|e| WalletError::Invalid(e.to_string()))?;
-            input
-                .bip32_derivation
-                .insert(key.0, (self.fingerprint, path));
+            self.describe_input(input, c)?;
+        }
+        if let Ok(mut r) = self.reserved.lock() {
+            r.extend(chosen.iter().map(|c| c.outpoint.clone()));
         }
         Ok(psbt)
     }
 
+    /// Confirmed, mature, unspent and unreserved coins.
+    fn available_coins(&self, st: &State) -> Vec<Coin> {
+        let reserved = self.reserved.lock().map(|r| r.clone()).unwrap_or_default();
+        st.coins
+            .iter()
+            .filter(|c| {
+                c.spent_at.is_none()
+                    && !(c.coinbase && st.best_height + 1 < c.height + COINBASE_MATURITY)
+                    && !reserved.contains(&c.outpoint)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Adds what the signer needs to sign for `coin` (previous transaction,
+    /// BIP 32 origin) to a PSBT input.
+    fn describe_input(
+        &self,
+        input: &mut bitcoin::psbt::Input,
+        c: &Coin,
+    ) -> Result<(), WalletError> {
+        let prev: Transaction = bitcoin::consensus::encode::deserialize_hex(&c.prev_tx)
+            .map_err(|e| WalletError::Store(e.to_string()))?;
+        let vout = c
+            .outpoint
+            .rsplit(':')
+            .next()
+            .and_then(|v| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        input.witness_utxo = prev.output.get(vout).cloned();
+        input.non_witness_utxo = Some(prev);
+        let key = self.key(c.chain, c.index)?;
+        let path = DerivationPath::from_str(&format!(
+            "m/84'/{}'/0'/{}/{}",
+            self.coin_type, c.chain, c.index
+        ))
+        .map_err(|e| WalletError::Invalid(e.to_string()))?;
+        input
+            .bip32_derivation
+            .insert(key.0, (self.fingerprint, path));
+        Ok(())
+    }
+
+    /// Gives back the coins of a spend that will not be broadcast.
+    pub fn release(&self, psbt: &Psbt) {
+        if let Ok(mut r) = self.reserved.lock() {
+            for i in &psbt.unsigned_tx.input {
+                r.remove(&i.previous_output.to_string());
+            }
+        }
+    }
+
+    /// Spendable coins as (outpoint, output), for fee bumping.
+    pub fn spendable_outputs(&self) -> Vec<(OutPoint, TxOut, CompressedPublicKey)> {
+        let Ok(st) = self.state.lock() else {
+            return Vec::new();
+        };
+        self.available_coins(&st)
+            .iter()
+            .filter_map(|c| {
+                let prev: Transaction =
+                    bitcoin::consensus::encode::deserialize_hex(&c.prev_tx).ok()?;
+                let op: OutPoint = c.outpoint.parse().ok()?;
+                let out = prev.output.get(op.vout as usize)?.clone();
+                Some((op, out, self.key(c.chain, c.index).ok()?))
+            })
+            .collect()
+    }
+
+    /// A fresh change script (internal chain).
+    pub fn new_change_script(&self) -> Result<ScriptBuf, WalletError> {
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        let i = st.next_internal;
+        st.next_internal += 1;
+        self.save(&st);
+        drop(st);
+        self.watch(1, i + 1 + LOOKAHEAD)?;
+        Ok(ScriptBuf::new_p2wpkh(&self.key(1, i)?.wpubkey_hash()))
+    }
+
+    /// Describes the inputs of a PSBT built elsewhere (LDK's fee bumping)
+    /// that spend this wallet's coins; returns how many it found.
+    pub fn describe_own_inputs(&self, psbt: &mut Psbt) -> Result<usize, WalletError> {
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| WalletError::Store("lock".into()))?;
+        let mut found = 0;
+        for (txin, input) in psbt.unsigned_tx.input.iter().zip(psbt.inputs.iter_mut()) {
+            let op = txin.previous_output.to_string();
+            if let Some(c) = st.coins.iter().find(|c| c.outpoint == op) {
+                self.describe_input(input, c)?;
+                found += 1;
+            }
+        }
+        Ok(found)
+    }
+
     /// Puts the signer's signatures into witnesses and extracts the transaction.
-    pub fn finalize(&self, mut psbt: Psbt) -> Result<Transaction, WalletError> {
+    pub fn finalize(&self, psbt: Psbt) -> Result<Transaction, WalletError> {
+        let psbt = Self::finalize_inputs(psbt, false)?;
+        psbt.extract_tx()
+            .map_err(|e| WalletError::Invalid(e.to_string()))
+    }
+
+    /// Like [`Wallet::finalize`] for a transaction with inputs of others
+    /// (left unsigned, for their owner to complete): only the wallet's own
+    /// inputs must carry a signature.
+    pub fn finalize_own(&self, psbt: Psbt) -> Result<Transaction, WalletError> {
+        Ok(Self::finalize_inputs(psbt, true)?.extract_tx_unchecked_fee_rate())
+    }
+
+    fn finalize_inputs(mut psbt: Psbt, only_own: bool) -> Result<Psbt, WalletError> {
         for (i, input) in psbt.inputs.iter_mut().enumerate() {
+            if only_own && input.bip32_derivation.is_empty() {
+                continue;
+            }
             let (pk, sig) = input
                 .partial_sigs
                 .iter()
@@ -356,8 +454,7 @@ impl Wallet {
             input.partial_sigs.clear();
             input.bip32_derivation.clear();
         }
-        psbt.extract_tx()
-            .map_err(|e| WalletError::Invalid(e.to_string()))
+        Ok(psbt)
     }
 }
 
@@ -375,6 +472,7 @@ impl Listen for Wallet {
             return;
         };
         let mut changed = false;
+        let mut highest = [0u32; 2];
         for (_, tx) in txdata {
             for input in &tx.input {
                 let op = input.previous_output.to_string();
@@ -385,6 +483,9 @@ impl Listen for Wallet {
                 {
                     c.spent_at = Some(height);
                     changed = true;
+                    if let Ok(mut r) = self.reserved.lock() {
+                        r.remove(&op);
+                    }
                 }
             }
             for (vout, out) in tx.output.iter().enumerate() {
@@ -396,6 +497,11 @@ impl Listen for Wallet {
                     .to_string();
                     if st.coins.iter().any(|c| c.outpoint == op) {
                         continue;
+                    }
+                    // The signer hands out addresses too (close and sweep
+                    // destinations): keep watching beyond the highest one used.
+                    if let Some(h) = highest.get_mut(*chain as usize) {
+                        *h = (*h).max(*index + 1);
                     }
                     st.coins.push(Coin {
                         outpoint: op,
@@ -415,6 +521,15 @@ impl Listen for Wallet {
         st.best_hash = Some(header.block_hash().to_string());
         if changed || height.is_multiple_of(10) {
             self.save(&st);
+        }
+        drop(st);
+        drop(scripts);
+        for (chain, used) in highest.into_iter().enumerate() {
+            if used > 0 {
+                if let Err(e) = self.watch(chain as u32, used + LOOKAHEAD) {
+                    tracing::warn!("wallet lookahead: {e}");
+                }
+            }
         }
     }
 

@@ -3,5 +3,6 @@
 
 pub use lnpd_signer::testing::process::*;
 
+pub mod network;
 pub mod node_process;
 pub mod regtest;

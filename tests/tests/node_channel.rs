@@ -1,171 +1,98 @@
 //! Two lnpd nodes with their own signers on bcoin regtest: fund, open a
 //! channel (the funding transaction signed only after the first commitment
-//! is countersigned), pay invoices both ways, close cooperatively; the
-//! fundee's close output arrives in its on-chain wallet.
+//! is countersigned), pay 20 invoices each way, close cooperatively; the
+//! final on-chain balances are the payments made minus the fees of the
+//! funding and closing transactions, read back from the chain.
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
-use bitcoin::{Address, CompressedPublicKey, Network};
+use bitcoin::OutPoint;
+use lnpd_tests::network::{
+    channel_with, fee_of, field, node_id, ok, onchain_sat, pay, spender, wait_for, Chain,
+};
 use lnpd_tests::node_process::NodeProcess;
-use lnpd_tests::regtest::{Bcoin, SEGWIT_ACTIVATION_HEIGHT};
 
-fn text(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn ok(n: &NodeProcess, args: &[&str]) -> String {
-    let o = n.cli(args);
-    assert!(
-        o.status.success(),
-        "lnpd-cli {args:?}: {}\n--- node log ---\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        n.log()
-    );
-    text(&o)
-}
-
-/// Whether `lnpd-cli channels` lists a usable channel.
-fn usable(n: &NodeProcess) -> bool {
-    ok(n, &["channels"])
-        .lines()
-        .any(|l| l.ends_with(" usable") && !l.ends_with("not usable"))
-}
-
-fn field(out: &str, name: &str) -> String {
-    let key = format!("\"{name}\":");
-    out[out.find(&key).unwrap_or_else(|| panic!("{name} in {out}")) + key.len()..]
-        .trim_start_matches('"')
-        .split(['"', ',', '}'])
-        .next()
-        .unwrap()
-        .to_string()
-}
+const PAYMENTS: u64 = 20;
+const A_TO_B_MSAT: u64 = 12_000_000;
+const B_TO_A_MSAT: u64 = 5_000_000;
+const CHANNEL_SAT: u64 = 1_000_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_pay_both_ways_and_close() {
-    let bcoin = Bcoin::start().await.expect("bcoin");
-    let rpc = bcoin.rpc(2500).unwrap();
-    let a = NodeProcess::start("chan-a", &bcoin).expect("node a");
-    let b = NodeProcess::start("chan-b", &bcoin).expect("node b");
-    let s = Secp256k1::new();
-    let miner = Address::p2wpkh(
-        &CompressedPublicKey(PublicKey::from_secret_key(
-            &s,
-            &SecretKey::from_slice(&[9; 32]).unwrap(),
-        )),
-        Network::Regtest,
-    );
+async fn pays_twenty_each_way_and_balances_add_up_on_chain() {
+    let chain = Chain::start().await.expect("bcoin");
+    let a = NodeProcess::start("chan-a", &chain.bcoin).expect("node a");
+    let b = NodeProcess::start("chan-b", &chain.bcoin).expect("node b");
+    let (_, start_height) = chain.rpc.best_block().await.unwrap();
+    chain.fund(&[&a]).await.expect("funding A");
+    let a_before = onchain_sat(&a);
+    assert_eq!(onchain_sat(&b), 0);
 
-    let a_addr = Address::from_str(&ok(&a, &["newaddress"]))
-        .unwrap()
-        .require_network(Network::Regtest)
-        .unwrap();
-    bcoin.mine(&rpc, 10, &a_addr).await.unwrap();
-    bcoin
-        .mine(&rpc, SEGWIT_ACTIVATION_HEIGHT, &miner)
+    let chan_id = chain
+        .open_channel(&a, &b, CHANNEL_SAT)
         .await
-        .unwrap();
-    let wait = |n: &NodeProcess, what: &str, cond: &dyn Fn(&NodeProcess) -> bool| {
-        for _ in 0..300 {
-            if cond(n) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("timed out waiting for {what}\n--- log ---\n{}", n.log());
-    };
-    wait(&a, "A's coins", &|n| {
-        field(
-            &text(&n.cli(&["--json", "balance"])),
-            "onchain_spendable_sat",
-        ) != "0"
-    });
+        .expect("channel");
+    let b_id = node_id(&b);
 
-    let b_id = field(&ok(&b, &["--json", "getinfo"]), "node_id");
-    ok(&a, &["connect", &format!("{b_id}@{}", b.p2p_addr())]);
-    ok(&a, &["openchannel", &b_id, "1000000"]);
-
-    // The funding transaction is signed and broadcast once B countersigned A's first commitment.
-    for _ in 0..60 {
-        bcoin.mine(&rpc, 1, &miner).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if usable(&a) && usable(&b) {
-            break;
-        }
-    }
-    assert!(
-        usable(&a),
-        "channel not usable\n--- A ---\n{}\n--- B ---\n{}",
-        a.log(),
-        b.log()
-    );
-
-    for i in 0..5 {
-        let inv = ok(
-            &b,
-            &[
-                "invoice",
-                "10000000",
-                "--description",
-                &format!("a-to-b {i}"),
-            ],
-        );
-        let o = a.cli(&["--json", "pay", &inv, "--timeout", "10"]);
-        assert!(
-            o.status.success(),
-            "payment {i}: {}\n--- A ---\n{}\n--- B ---\n{}\n--- A's signer ---\n{}\n--- B's signer ---\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            a.log(),
-            b.log(),
-            a.signer.log(),
-            b.signer.log()
-        );
-        assert_eq!(field(&text(&o), "status"), "succeeded");
-    }
-    for i in 0..2 {
-        let inv = ok(
-            &a,
-            &[
-                "invoice",
-                "10000000",
-                "--description",
-                &format!("b-to-a {i}"),
-            ],
-        );
+    for i in 0..PAYMENTS {
+        let out = pay(&a, &b, A_TO_B_MSAT, &format!("a-to-b {i}")).unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- A ---\n{}\n--- B ---\n{}\n--- A's signer ---\n{}",
+                a.log(),
+                b.log(),
+                a.signer.log()
+            )
+        });
+        assert_eq!(field(&out, "status"), "succeeded");
         assert_eq!(
-            field(&ok(&b, &["--json", "pay", &inv]), "status"),
-            "succeeded"
+            field(&out, "fee_msat"),
+            "0",
+            "a direct payment pays no routing fee"
         );
     }
-    assert!(ok(&a, &["payments"]).lines().count() >= 7);
-
-    let chan_id = ok(&a, &["channels"])
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string();
-    ok(&a, &["closechannel", &chan_id]);
-    for _ in 0..60 {
-        bcoin.mine(&rpc, 1, &miner).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if field(
-            &text(&b.cli(&["--json", "balance"])),
-            "onchain_spendable_sat",
-        ) != "0"
-        {
-            break;
-        }
+    for i in 0..PAYMENTS {
+        let out = pay(&b, &a, B_TO_A_MSAT, &format!("b-to-a {i}"))
+            .unwrap_or_else(|e| panic!("{e}\n--- B ---\n{}", b.log()));
+        assert_eq!(field(&out, "status"), "succeeded");
     }
-    // B received 5 x 10,000 and sent 2 x 10,000; as fundee it pays no fee.
+    let b_net_sat = PAYMENTS * (A_TO_B_MSAT - B_TO_A_MSAT) / 1000;
+    let listed = ok(&a, &["payments"]);
     assert_eq!(
-        field(
-            &text(&b.cli(&["--json", "balance"])),
-            "onchain_spendable_sat"
-        ),
-        "30000",
-        "\n--- B ---\n{}",
-        b.log()
+        listed.lines().filter(|l| l.contains("succeeded")).count() as u64,
+        2 * PAYMENTS,
+        "{listed}"
+    );
+    // Channel balances as the node reports them (B's is exact: it pays no commitment fee).
+    let b_chan = channel_with(&b, &node_id(&a)).expect("B's channel");
+    assert!(b_chan["outbound_msat"].as_u64().unwrap() <= b_net_sat * 1000);
+    assert!(b_chan["inbound_msat"].as_u64().unwrap() > 0);
+    let funding: OutPoint = channel_with(&a, &b_id).expect("A's channel")["funding_txo"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    ok(&a, &["closechannel", &chan_id]);
+    chain
+        .mine_until(60, "close output in B's wallet", || onchain_sat(&b) > 0)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n--- B ---\n{}", b.log()));
+    chain.mine(1).await.unwrap();
+    assert!(wait_for(30, || onchain_sat(&a) > a_before - CHANNEL_SAT));
+
+    let txs = chain.transactions(start_height + 1).await.expect("chain");
+    let funding_tx = txs
+        .get(&funding.txid)
+        .expect("funding transaction on chain");
+    let close_tx = spender(&txs, &funding).expect("closing transaction on chain");
+    let funding_fee = fee_of(&txs, funding_tx).unwrap();
+    let close_fee = fee_of(&txs, close_tx).unwrap();
+    assert!(funding_fee > 0 && close_fee > 0);
+
+    // B, the fundee, pays no fee: it has exactly what it was paid, net.
+    assert_eq!(onchain_sat(&b), b_net_sat, "\n--- B ---\n{}", b.log());
+    // A paid B, the funding fee and (as funder) the closing fee.
+    assert_eq!(
+        onchain_sat(&a),
+        a_before - b_net_sat - funding_fee - close_fee,
+        "funding fee {funding_fee}, closing fee {close_fee}\n--- A ---\n{}",
+        a.log()
     );
 }

@@ -7,39 +7,16 @@
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
-use std::str::FromStr;
-use std::time::Duration;
 
 use bitcoin::secp256k1::Secp256k1;
-use bitcoin::{Address, Network};
+use bitcoin::Network;
 use lnpd_signer::keys::KeyRing;
 use lnpd_signer::testing::process::{SignerProcess, TempDir};
 use lnpd_signer::{ChannelKeysId, CommitmentNumber, Seed};
+use lnpd_tests::network::{pay, Chain};
 use lnpd_tests::node_process::NodeProcess;
-use lnpd_tests::regtest::{Bcoin, SEGWIT_ACTIVATION_HEIGHT};
 
 const MNEMONIC: &str = "legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth title";
-
-fn cli(n: &NodeProcess, args: &[&str]) -> String {
-    let o = n.cli(args);
-    assert!(
-        o.status.success(),
-        "{args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        n.log()
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-fn field(out: &str, name: &str) -> String {
-    let key = format!("\"{name}\":");
-    out[out.find(&key).unwrap() + key.len()..]
-        .trim_start_matches('"')
-        .split(['"', ',', '}'])
-        .next()
-        .unwrap()
-        .to_string()
-}
 
 /// Every place in `haystack` where one of `needles` occurs, by needle name.
 fn find_all(
@@ -105,46 +82,15 @@ fn scan_dir(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_signer_secret_reaches_the_node() {
-    let bcoin = Bcoin::start().await.expect("bcoin");
-    let rpc = bcoin.rpc(2500).unwrap();
+    let chain = Chain::start().await.expect("bcoin");
     let signer = SignerProcess::init_restored("iso-a-signer", MNEMONIC).unwrap();
-    let mut a =
-        NodeProcess::start_with(signer, TempDir::new("iso-a"), "iso-a", &bcoin).expect("node a");
-    let b = NodeProcess::start("iso-b", &bcoin).expect("node b");
-
-    let addr = Address::from_str(&cli(&a, &["newaddress"]))
-        .unwrap()
-        .require_network(Network::Regtest)
-        .unwrap();
-    bcoin.mine(&rpc, 10, &addr).await.unwrap();
-    bcoin
-        .mine(&rpc, SEGWIT_ACTIVATION_HEIGHT, &addr)
-        .await
-        .unwrap();
-    for _ in 0..100 {
-        if field(&cli(&a, &["--json", "balance"]), "onchain_spendable_sat") != "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let b_id = field(&cli(&b, &["--json", "getinfo"]), "node_id");
-    cli(&a, &["connect", &format!("{b_id}@{}", b.p2p_addr())]);
-    cli(&a, &["openchannel", &b_id, "500000"]);
-    let usable = |n: &NodeProcess| {
-        cli(n, &["channels"])
-            .lines()
-            .any(|l| l.ends_with(" usable") && !l.ends_with("not usable"))
-    };
-    for _ in 0..60 {
-        bcoin.mine(&rpc, 1, &addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        if usable(&a) && usable(&b) {
-            break;
-        }
-    }
-    for _ in 0..3 {
-        let inv = cli(&b, &["invoice", "5000000"]);
-        cli(&a, &["pay", &inv]);
+    let mut a = NodeProcess::start_with(signer, TempDir::new("iso-a"), "iso-a", &chain.bcoin)
+        .expect("node a");
+    let b = NodeProcess::start("iso-b", &chain.bcoin).expect("node b");
+    chain.fund(&[&a]).await.expect("funding A");
+    chain.open_channel(&a, &b, 500_000).await.expect("channel");
+    for i in 0..3 {
+        pay(&a, &b, 5_000_000, &format!("iso {i}")).unwrap_or_else(|e| panic!("{e}"));
     }
 
     // The signer's channel keys ids (its store is free once the daemon stops).

@@ -331,6 +331,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner()
                 .channels;
             for c in chans {
+                if cli.json {
+                    let line = serde_json::json!({
+                        "channel_id": c.channel_id,
+                        "counterparty_node_id": c.counterparty_node_id,
+                        "funding_txo": c.funding_txo,
+                        "short_channel_id": c.short_channel_id,
+                        "capacity_sat": c.capacity_sat,
+                        "outbound_msat": c.outbound_msat,
+                        "inbound_msat": c.inbound_msat,
+                        "is_ready": c.is_ready,
+                        "is_usable": c.is_usable,
+                    });
+                    println!("{line}");
+                    continue;
+                }
                 println!(
                     "{}  peer {}  capacity {} sat  out {} msat  in {} msat  {}",
                     c.channel_id,

@@ -159,7 +159,7 @@ async fn run(cli: Cli) -> Result<()> {
         )
         .await?;
     tracing::info!("shutting down");
-    node.persist();
+    node.shutdown();
     Ok(())
 }
 

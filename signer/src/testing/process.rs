@@ -88,6 +88,8 @@ pub struct SignerProcess {
     child: Option<Child>,
     /// The address it listens on, once started.
     pub addr: Option<String>,
+    /// The address it listened on last (kept across a kill, for restart).
+    last_addr: Option<String>,
 }
 
 impl SignerProcess {
@@ -156,6 +158,7 @@ impl SignerProcess {
             passphrase,
             child: None,
             addr: None,
+            last_addr: None,
         })
     }
 
@@ -171,16 +174,34 @@ impl SignerProcess {
 
     /// Starts `lnpd-signer run` on a free port and waits until it listens.
     pub fn start(&mut self) -> Result<String> {
+        self.start_on("127.0.0.1:0")
+    }
+
+    /// Starts the daemon again on the address it had (after [`Self::kill9`]),
+    /// so a node configured with that address finds it back.
+    pub fn restart(&mut self) -> Result<String> {
+        let addr = self
+            .last_addr
+            .clone()
+            .ok_or_else(|| anyhow!("signer never started"))?;
+        self.start_on(&addr)
+    }
+
+    fn start_on(&mut self, listen: &str) -> Result<String> {
         let addr_file = self.data_dir().join("signer.addr");
         let _ = std::fs::remove_file(&addr_file);
-        let log = std::fs::File::create(self.dir.path.join("signer.log"))?;
+        // Appended: a restarted daemon's log follows the first one's.
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path.join("signer.log"))?;
         let child = Command::new(signer_bin())
             .arg("run")
             .arg("--data-dir")
             .arg(self.data_dir())
             .arg("--passphrase-file")
             .arg(&self.passphrase)
-            .args(["--listen", "127.0.0.1:0", "--log", "info"])
+            .args(["--listen", listen, "--log", "info"])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -191,6 +212,7 @@ impl SignerProcess {
             if let Ok(a) = std::fs::read_to_string(&addr_file) {
                 if !a.is_empty() {
                     self.addr = Some(a.clone());
+                    self.last_addr = Some(a.clone());
                     return Ok(a);
                 }
             }
