@@ -5,8 +5,9 @@
 use prost::Message;
 
 /// Messages whose fields are secret: no derived Debug.
-const SECRET_MESSAGES: [&str; 3] = [
+const SECRET_MESSAGES: [&str; 4] = [
     "lnpd.signer.v1.ReleaseCommitmentSecretReply",
+    "lnpd.signer.v1.ValidateHolderCommitmentReply",
     "lnpd.signer.v1.GetNodeKeysReply",
     "lnpd.signer.v1.EcdhReply",
 ];

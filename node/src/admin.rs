@@ -429,7 +429,7 @@ impl node_server::Node for AdminService {
             )
             .and_then(|r| match r {
                 reply::Body::SignPsbt(p) => Ok(p.psbt),
-                _ => Err(crate::remote_signer::CallError::Unavailable(
+                _ => Err(crate::signer_client::CallError::Unavailable(
                     "unexpected reply".into(),
                 )),
             })

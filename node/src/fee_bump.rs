@@ -13,7 +13,7 @@ use lightning::events::bump_transaction::sync::WalletSourceSync;
 use lightning::events::bump_transaction::{BumpTransactionEvent, Utxo};
 use lnpd_proto::signer::{reply, request, SignPsbtRequest};
 
-use crate::remote_signer::SignerConnection;
+use crate::signer_client::SignerConnection;
 use crate::wallet::Wallet;
 
 /// The wallet as LDK's fee-bumping coin source.

@@ -7,6 +7,6 @@ pub mod config;
 pub mod fee_bump;
 pub mod logger;
 pub mod node;
-pub mod remote_signer;
+pub mod signer_client;
 pub mod store;
 pub mod wallet;

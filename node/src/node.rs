@@ -41,7 +41,7 @@ use lightning_net_tokio::SocketDescriptor;
 use crate::chain::ChainRpc;
 use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
-use crate::remote_signer::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
+use crate::signer_client::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
 use crate::store::SqliteStore;
 use crate::wallet::Wallet;
 

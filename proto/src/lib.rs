@@ -27,7 +27,12 @@ macro_rules! redacted_debug {
 }
 
 // Secrets never reach logs through Debug.
-redacted_debug!(ReleaseCommitmentSecretReply, GetNodeKeysReply, EcdhReply);
+redacted_debug!(
+    ReleaseCommitmentSecretReply,
+    ValidateHolderCommitmentReply,
+    GetNodeKeysReply,
+    EcdhReply
+);
 
 /// Client helpers for `signer.proto` (mutual TLS, typed dispatch).
 #[cfg(feature = "grpc")]

@@ -309,16 +309,45 @@ impl<S: Store> Signer<S> {
             updated.parked_holder_validation = Some(r);
             self.commit_channel(id, updated, None)?;
             tracing::info!(channel = %id, "first holder commitment parked until set-up");
-            return Ok(pb::ValidateHolderCommitmentReply { parked: true });
+            return Ok(pb::ValidateHolderCommitmentReply {
+                parked: true,
+                ..Default::default()
+            });
         }
         let (_, _, params) = self.set_up_channel(&id)?;
         let holder = self.check_holder_commitment(&id, &record, &params, &r)?;
-        if record.holder.as_ref() != Some(&holder) {
-            let mut updated = record;
-            updated.holder = Some(holder);
+        let n = CommitmentNumber::new(data.commitment_number)?;
+        let mut updated = record.clone();
+        updated.holder = Some(holder);
+        // The previous state is revoked in the same durable write, but only
+        // when every revocation rule holds outright; otherwise the node asks
+        // with ReleaseCommitmentSecret and hears the refusal and its rule.
+        let previous = n.0.checked_sub(1).map(CommitmentNumber).filter(|p| {
+            r.release_previous
+                && !updated.closing_signed
+                && updated
+                    .holder_signed_number
+                    .is_none_or(|signed| p.0 < signed)
+        });
+        if let Some(p) = previous {
+            if updated.holder_revoked_through.is_none_or(|t| t < p.0) {
+                updated.holder_revoked_through = Some(p.0);
+            }
+        }
+        if updated != record {
             self.commit_channel(id, updated, None)?;
         }
-        Ok(pb::ValidateHolderCommitmentReply { parked: false })
+        let secrets = self.secrets(&id);
+        Ok(pb::ValidateHolderCommitmentReply {
+            parked: false,
+            previous_secret: previous
+                .map(|p| secrets.commitment_secret(p).to_vec())
+                .unwrap_or_default(),
+            upcoming_per_commitment_point: secrets
+                .per_commitment_point(&self.secp, CommitmentNumber(n.0 + 2))
+                .serialize()
+                .to_vec(),
+        })
     }
 
     /// Rebuilds and checks a holder commitment the peer countersigned.

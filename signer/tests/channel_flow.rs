@@ -352,6 +352,7 @@ fn an_inbound_channels_early_commitment_is_checked_at_set_up() {
         counterparty_signature: vec![1; 64], // not Alice's signature
         htlc_signatures: vec![],
         outbound_htlc_preimages: vec![],
+        release_previous: false,
     }) => ValidateHolderCommitment)
     .unwrap();
     assert!(parked.parked);
@@ -484,4 +485,42 @@ fn refuses_to_push_value_out_of_a_channel_we_fund_unless_allowed() {
         push,
     )
     .expect("allowed by configuration");
+}
+
+#[test]
+fn validation_can_revoke_the_previous_state_in_the_same_write() {
+    let mut p = pair(true);
+    p.advance().unwrap();
+    // Holder #2 validated with release_previous: #1's secret comes back,
+    // the same one ReleaseCommitmentSecret gives, and #1 is revoked.
+    let (mut req, _) = p.holder_request(true, 2).unwrap();
+    req.release_previous = true;
+    let r =
+        call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment).unwrap();
+    let release = |p: &mut ChannelPair, n: u64| call!(p.alice.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: n }) => ReleaseCommitmentSecret);
+    assert_eq!(r.previous_secret, release(&mut p, 1).unwrap().secret);
+    call!(p.bob.signer, ValidateCounterpartyRevocation(pb::ValidateCounterpartyRevocationRequest { channel_keys_id: p.bob.keys_id.clone(), commitment_number: 1, secret: r.previous_secret.clone() }) => ValidateCounterpartyRevocation)
+        .expect("the peer accepts the secret");
+    let point = call!(p.alice.signer, GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: 4 }) => GetPerCommitmentPoint).unwrap();
+    assert_eq!(r.upcoming_per_commitment_point, point.per_commitment_point);
+    assert_refused(
+        call!(p.alice.signer, SignHolderCommitment(pb::SignHolderCommitmentRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: 1 }) => Signature),
+        RuleId::CommitmentHolderNotRevoked,
+    );
+    // #2 signed for broadcast: validating #3 with release_previous keeps #2.
+    call!(p.alice.signer, SignHolderCommitment(pb::SignHolderCommitmentRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: 2 }) => Signature).unwrap();
+    let (mut req, _) = p.holder_request(true, 3).unwrap();
+    req.release_previous = true;
+    let r =
+        call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment).unwrap();
+    assert!(
+        r.previous_secret.is_empty(),
+        "no secret of a state signed for broadcast"
+    );
+    assert_refused(release(&mut p, 2), RuleId::CommitmentHolderNotRevoked);
+    // The reply may carry a secret: its Debug never shows it.
+    assert_eq!(
+        format!("{r:?}"),
+        "ValidateHolderCommitmentReply { <redacted> }"
+    );
 }

@@ -17,7 +17,7 @@ use lightning::sign::ecdsa::EcdsaChannelSigner;
 use lightning::sign::{ChannelSigner, NodeSigner, Recipient, SignerProvider};
 use lightning::types::features::ChannelTypeFeatures;
 use lightning::util::ser::Writeable;
-use lnpd_node::remote_signer::{RemoteKeysManager, SignerConnection};
+use lnpd_node::signer_client::{RemoteKeysManager, SignerConnection};
 use lnpd_tests::SignerProcess;
 
 const INITIAL: u64 = (1 << 48) - 1;

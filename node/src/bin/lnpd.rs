@@ -10,7 +10,7 @@ use clap::Parser;
 use lnpd_node::admin::{auth_interceptor, load_or_create_token, AdminService};
 use lnpd_node::config::{required, NodeConfig};
 use lnpd_node::node::{Node, NodeSettings};
-use lnpd_node::remote_signer::SignerTls;
+use lnpd_node::signer_client::SignerTls;
 use lnpd_proto::node::node_server::NodeServer;
 
 /// The lnpd Lightning node. Settings come from <data-dir>/lnpd.toml (same

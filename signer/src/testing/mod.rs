@@ -251,6 +251,7 @@ impl ChannelPair {
         let parked = call!(pair.bob.signer, ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
             channel_keys_id: pair.bob.keys_id.clone(), commitment: Some(bob_first),
             counterparty_signature: sig.signature, htlc_signatures: sig.htlc_signatures, outbound_htlc_preimages: vec![],
+            release_previous: false,
         }) => ValidateHolderCommitment)?;
         debug_assert!(parked.parked);
         let b_setup = pair.bob.setup.clone();
@@ -351,6 +352,7 @@ impl ChannelPair {
                 counterparty_signature: sig.signature,
                 htlc_signatures: sig.htlc_signatures,
                 outbound_htlc_preimages: vec![],
+                release_previous: false,
             },
             sign_req,
         ))
@@ -379,6 +381,7 @@ impl ChannelPair {
             counterparty_signature: sig.signature,
             htlc_signatures: sig.htlc_signatures,
             outbound_htlc_preimages: vec![],
+            release_previous: false,
         }) => ValidateHolderCommitment)?;
         let secret =
             call!(self.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {

@@ -40,6 +40,18 @@ pub struct RemoteChannelSigner {
     keys_id: [u8; 32],
     pubkeys: ChannelPublicKeys,
     setup_sent: Arc<Mutex<bool>>,
+    /// What the last validation brought back ahead of LDK asking: the
+    /// previous state's secret (already revoked in the signer; LDK asks for
+    /// it next to send it to the peer) and our next per-commitment point.
+    /// Saves two round trips per commitment.
+    ahead: Arc<Mutex<Ahead>>,
+}
+
+/// Answers the signer gave before LDK asked, by LDK commitment index.
+#[derive(Default)]
+struct Ahead {
+    secret: Option<(u64, zeroize::Zeroizing<[u8; 32]>)>,
+    point: Option<(u64, PublicKey)>,
 }
 
 fn sig(bytes: &[u8]) -> Result<Signature, CallError> {
@@ -77,6 +89,7 @@ impl RemoteChannelSigner {
             keys_id,
             pubkeys,
             setup_sent: Arc::new(Mutex::new(false)),
+            ahead: Arc::new(Mutex::new(Ahead::default())),
         }
     }
 
@@ -144,6 +157,14 @@ impl RemoteChannelSigner {
 
 impl ChannelSigner for RemoteChannelSigner {
     fn get_per_commitment_point(&self, idx: u64, _secp: &Secp256k1<All>) -> Result<PublicKey, ()> {
+        if let Some((_, point)) = self
+            .ahead
+            .lock()
+            .ok()
+            .and_then(|a| a.point.filter(|(i, _)| *i == idx))
+        {
+            return Ok(point);
+        }
         let body = request::Body::GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
             channel_keys_id: self.id(),
             commitment_number: convert::number(idx),
@@ -161,6 +182,13 @@ impl ChannelSigner for RemoteChannelSigner {
     }
 
     fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
+        let early = self.ahead.lock().ok().and_then(|mut a| match &a.secret {
+            Some((i, _)) if *i == idx => a.secret.take(),
+            _ => None,
+        });
+        if let Some((_, secret)) = early {
+            return Ok(*secret);
+        }
         let body = request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
             channel_keys_id: self.id(),
             commitment_number: convert::number(idx),
@@ -194,12 +222,23 @@ impl ChannelSigner for RemoteChannelSigner {
                 .iter()
                 .map(|p| p.0.to_vec())
                 .collect(),
+            release_previous: true,
         });
         let r = expect_reply!(
             self.conn
                 .call_retrying("validate holder commitment", body, VALIDATION_PATIENCE),
             ValidateHolderCommitment
         );
+        if let (Ok(reply), Ok(mut ahead)) = (&r, self.ahead.lock()) {
+            // LDK indexes commitments downwards: the previous state is idx + 1.
+            let idx = holder_tx.commitment_number();
+            ahead.secret = <[u8; 32]>::try_from(reply.previous_secret.as_slice())
+                .ok()
+                .map(|s| (idx + 1, zeroize::Zeroizing::new(s)));
+            ahead.point = PublicKey::from_slice(&reply.upcoming_per_commitment_point)
+                .ok()
+                .and_then(|p| Some((idx.checked_sub(2)?, p)));
+        }
         self.blocking("validate holder commitment", r.map(|_| ()))
     }
 

@@ -10,6 +10,6 @@ pub mod convert;
 pub mod keys;
 
 pub use channel::RemoteChannelSigner;
-pub use connection::{CallError, SignerConnection};
+pub use connection::{CallError, GrpcTransport, SignerConnection, SignerTransport};
 pub use keys::RemoteKeysManager;
 pub use lnpd_proto::client::{call, connect, refused_rule, ClientError, SignerTls};

@@ -1,0 +1,305 @@
+//! One connection to the signer, usable from LDK's synchronous trait
+//! methods: a dedicated thread owns the gRPC client (and its own runtime),
+//! callers hand it requests and wait with a timeout. It reconnects with
+//! backoff when the signer goes away.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lnpd_proto::client::{self, SignerTls};
+use lnpd_proto::signer::{reply, request};
+
+/// Why a call did not produce a reply.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The signer could not be reached (down, restarting, network): retry later.
+    #[error("signer unavailable: {0}")]
+    Unavailable(String),
+    /// The signer answered and refused (policy, bad request): do not retry.
+    #[error("signer refused: {message}{}", rule.as_ref().map(|r| format!(" (rule {r})")).unwrap_or_default())]
+    Refused {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// The policy rule, when one refused.
+        rule: Option<String>,
+        /// The signer's reason.
+        message: String,
+    },
+}
+
+impl CallError {
+    /// Whether retrying later may succeed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, CallError::Unavailable(_))
+    }
+}
+
+struct Job {
+    body: request::Body,
+    timeout: Duration,
+    reply: mpsc::SyncSender<Result<reply::Body, CallError>>,
+}
+
+/// The transport and its reconnect state; one call at a time.
+struct Link {
+    transport: Box<dyn SignerTransport>,
+    endpoint: String,
+    connected: Arc<AtomicBool>,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+impl Link {
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let ep = &self.endpoint;
+        if !self.connected.load(Ordering::SeqCst) {
+            if Instant::now() < self.next_attempt {
+                return Err(CallError::Unavailable(format!("reconnecting to {ep}")));
+            }
+            match self.transport.connect() {
+                Ok(()) => {
+                    tracing::info!("connected to the signer at {ep}");
+                    self.backoff = Duration::from_millis(100);
+                    self.connected.store(true, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "signer at {ep} unreachable, retrying in {:?}: {e}",
+                        self.backoff
+                    );
+                    self.next_attempt = Instant::now() + self.backoff;
+                    self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+                    return Err(CallError::Unavailable(e));
+                }
+            }
+        }
+        let result = self.transport.call(body, timeout);
+        if matches!(result, Err(CallError::Unavailable(_))) {
+            tracing::warn!("lost the signer connection to {ep}; will reconnect");
+            self.connected.store(false, Ordering::SeqCst);
+        }
+        result
+    }
+}
+
+/// A connection to `lnpd-signer`, shared by every signer object of the node.
+pub struct SignerConnection {
+    link: Arc<Mutex<Link>>,
+    /// Calls from inside the async runtime go through a worker thread (a
+    /// runtime cannot block on another one); plain threads (LDK's
+    /// background processor) call the link directly, saving two thread
+    /// hand-offs per request.
+    jobs: mpsc::Sender<Job>,
+    connected: Arc<AtomicBool>,
+    /// Set when an operation LDK can retry was answered "pending" because
+    /// the signer was unavailable; the node calls `signer_unblocked` once
+    /// the signer is back and clears it.
+    pending: Arc<AtomicBool>,
+    endpoint: String,
+}
+
+fn classify(status: tonic::Status) -> CallError {
+    use tonic::Code::*;
+    match status.code() {
+        Unavailable | Unknown | Cancelled | DeadlineExceeded | Aborted | ResourceExhausted => {
+            CallError::Unavailable(status.message().to_string())
+        }
+        code => CallError::Refused {
+            code,
+            rule: client::refused_rule(&status),
+            message: status.message().to_string(),
+        },
+    }
+}
+
+/// How requests reach the signer. Production uses [`GrpcTransport`]
+/// (gRPC over mutual TLS); the payments benchmark links the signer core
+/// in-process through the same seam, so everything above it is identical.
+pub trait SignerTransport: Send + 'static {
+    /// Opens a connection; an error means "unreachable now, retry later".
+    fn connect(&mut self) -> Result<(), String>;
+    /// Sends one request on the open connection and waits at most
+    /// `timeout` for the reply. `Unavailable` drops the connection (the next
+    /// call reconnects).
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError>;
+}
+
+/// gRPC over mutual TLS to an `lnpd-signer run` daemon.
+pub struct GrpcTransport {
+    addr: String,
+    tls: SignerTls,
+    runtime: tokio::runtime::Runtime,
+    client: Option<lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>>,
+}
+
+impl GrpcTransport {
+    /// A transport to the signer at `addr` (host:port); its own runtime,
+    /// so LDK's synchronous callers never block the node's async workers.
+    pub fn new(addr: &str, tls: SignerTls) -> std::io::Result<Self> {
+        Ok(GrpcTransport {
+            addr: addr.to_string(),
+            tls,
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+            client: None,
+        })
+    }
+}
+
+impl SignerTransport for GrpcTransport {
+    fn connect(&mut self) -> Result<(), String> {
+        let c = self
+            .runtime
+            .block_on(client::connect(&self.addr, &self.tls))
+            .map_err(|e| e.to_string())?;
+        self.client = Some(c);
+        Ok(())
+    }
+
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let c = self
+            .client
+            .as_mut()
+            .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
+        let r = match self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, client::call(c, body)).await })
+        {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(CallError::Unavailable(format!(
+                "no answer within {timeout:?}"
+            ))),
+        };
+        if matches!(r, Err(CallError::Unavailable(_))) {
+            self.client = None;
+        }
+        r
+    }
+}
+
+impl SignerConnection {
+    /// Starts the connection thread for the signer at `addr` (host:port)
+    /// over gRPC with mutual TLS. Connecting happens on first use and again
+    /// after any failure.
+    pub fn start(addr: &str, tls: SignerTls) -> std::io::Result<Arc<Self>> {
+        Self::start_with(addr, GrpcTransport::new(addr, tls)?)
+    }
+
+    /// Starts the connection thread over any transport; `endpoint` names
+    /// the signer in logs.
+    pub fn start_with(
+        endpoint: &str,
+        transport: impl SignerTransport,
+    ) -> std::io::Result<Arc<Self>> {
+        let (jobs, rx) = mpsc::channel::<Job>();
+        let connected = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Mutex::new(Link {
+            transport: Box::new(transport),
+            endpoint: endpoint.to_string(),
+            connected: connected.clone(),
+            next_attempt: Instant::now(),
+            backoff: Duration::from_millis(100),
+        }));
+        let worker_link = link.clone();
+        std::thread::Builder::new()
+            .name("lnpd-signer-client".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    let result = match worker_link.lock() {
+                        Ok(mut l) => l.call(job.body, job.timeout),
+                        Err(_) => Err(CallError::Unavailable("signer link poisoned".into())),
+                    };
+                    let _ = job.reply.send(result);
+                }
+            })?;
+        Ok(Arc::new(SignerConnection {
+            link,
+            jobs,
+            connected,
+            pending: Arc::new(AtomicBool::new(false)),
+            endpoint: endpoint.to_string(),
+        }))
+    }
+
+    /// The signer's address.
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// Whether the last call reached the signer.
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::SeqCst)
+    }
+
+    /// One call, waiting at most `timeout`.
+    pub fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            // Waiting for the link counts against this call's timeout too.
+            let deadline = Instant::now() + timeout;
+            loop {
+                match self.link.try_lock() {
+                    Ok(mut l) => {
+                        let left = deadline.saturating_duration_since(Instant::now());
+                        return l.call(body, left.max(Duration::from_millis(1)));
+                    }
+                    Err(std::sync::TryLockError::Poisoned(_)) => {
+                        return Err(CallError::Unavailable("signer link poisoned".into()))
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(50))
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        return Err(CallError::Unavailable(format!(
+                            "no answer within {timeout:?}"
+                        )))
+                    }
+                }
+            }
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.jobs
+            .send(Job {
+                body,
+                timeout,
+                reply: tx,
+            })
+            .map_err(|_| CallError::Unavailable("signer client thread stopped".into()))?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
+    }
+
+    /// A call retried while the signer is unavailable, for operations LDK
+    /// cannot take a "pending" answer for. Gives up after `patience`.
+    pub fn call_retrying(
+        &self,
+        what: &str,
+        body: request::Body,
+        patience: Duration,
+    ) -> Result<reply::Body, CallError> {
+        let deadline = Instant::now() + patience;
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.call(body.clone(), Duration::from_secs(10)) {
+                Err(e) if e.is_unavailable() && Instant::now() + wait < deadline => {
+                    tracing::warn!("{what}: {e}; retrying in {wait:?}");
+                    std::thread::sleep(wait);
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Records that LDK was told "pending" and will need `signer_unblocked`.
+    pub fn mark_pending(&self) {
+        self.pending.store(true, Ordering::SeqCst);
+    }
+
+    /// Takes the pending mark (true if some operation waits for the signer).
+    pub fn take_pending(&self) -> bool {
+        self.pending.swap(false, Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,742 @@
+//! Payments per second between two LDK nodes over one channel, with the
+//! signer as the only difference between three set-ups measured in one run:
+//!
+//! 1. LDK's in-process `KeysManager` (the baseline: keys in the node);
+//! 2. the lnpd signer core linked in-process (lnpd's node-side signer
+//!    client, the protobuf messages encoded and decoded, the core's
+//!    rebuild-and-check, no network);
+//! 3. the lnpd signer daemon over gRPC with mutual TLS (`lnpd-signer run`,
+//!    a separate process with its durable store), as deployed.
+//!
+//! Everything else is the same: both nodes' channel managers and chain
+//! monitors persist to lnpd's SQLite store (fsync'd, as in `lnpd`), their
+//! peer managers talk over in-memory pipes (Noise encryption included), and
+//! one loop pumps messages and events without sleeping, so what differs is
+//! the cost of signing.
+//!
+//! Run: `cargo build --workspace --bins && cargo bench -p lnpd-tests --bench payments`
+//! (`-- --payments N` to change the count, `--quick` for a short run).
+
+use std::collections::{BTreeMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin::block::{Header, Version as BlockVersion};
+use bitcoin::hashes::Hash as _;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::{
+    absolute::LockTime, transaction::Version, Amount, BlockHash, CompactTarget, Network, OutPoint,
+    ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
+};
+use lightning::chain::chaininterface::{BroadcasterInterface, ConfirmationTarget, FeeEstimator};
+use lightning::chain::{chainmonitor, BestBlock, Confirm, Filter};
+use lightning::events::{Event, EventsProvider};
+use lightning::ln::channelmanager::{
+    self, ChainParameters, PaymentId, RecipientOnionFields, Retry,
+};
+use lightning::ln::peer_handler::{
+    IgnoringMessageHandler, MessageHandler, PeerManager, SocketDescriptor,
+};
+use lightning::onion_message::messenger::DefaultMessageRouter;
+use lightning::routing::gossip::NetworkGraph;
+use lightning::routing::router::{DefaultRouter, PaymentParameters, RouteParameters};
+use lightning::routing::scoring::{
+    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
+};
+use lightning::sign::{EntropySource, KeysManager, NodeSigner, Recipient, SignerProvider};
+use lightning::util::config::UserConfig;
+use lightning::util::logger::{Level, Logger, Record};
+use lnpd_node::signer_client::{
+    CallError, GrpcTransport, RemoteKeysManager, SignerConnection, SignerTransport,
+};
+use lnpd_node::store::SqliteStore;
+use lnpd_proto::signer::{reply, request, ErrorKind, Reply, Request};
+use lnpd_signer::handler::request_name;
+use lnpd_signer::policy::PolicyConfig;
+use lnpd_signer::store::MemoryStore;
+use lnpd_signer::testing::memory_signer;
+use lnpd_signer::testing::process::{SignerProcess, TempDir};
+use lnpd_signer::Signer;
+use prost::Message;
+
+/// Round trips per operation of the gRPC set-up (count, total time).
+static ROUND_TRIPS: Mutex<BTreeMap<&'static str, (u32, Duration)>> = Mutex::new(BTreeMap::new());
+
+/// The node's gRPC transport, timing each round trip for the breakdown.
+struct Timed(GrpcTransport);
+impl SignerTransport for Timed {
+    fn connect(&mut self) -> Result<(), String> {
+        self.0.connect()
+    }
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let op = request_name(&body);
+        let start = Instant::now();
+        let r = self.0.call(body, timeout);
+        if let Ok(mut m) = ROUND_TRIPS.lock() {
+            let e = m.entry(op).or_insert((0, Duration::ZERO));
+            e.0 += 1;
+            e.1 += start.elapsed();
+        }
+        r
+    }
+}
+
+const CHANNEL_SAT: u64 = 1_000_000;
+const PAYMENT_MSAT: u64 = 10_000;
+
+/// Logs LDK's warnings and errors only (a benchmark must not measure logging).
+struct QuietLogger;
+impl Logger for QuietLogger {
+    fn log(&self, record: Record) {
+        if record.level >= Level::Warn {
+            eprintln!("ldk {}: {}", record.level, record.args);
+        }
+    }
+}
+
+/// Fixed fees and a broadcaster that only keeps what it is given.
+#[derive(Default)]
+struct BenchChain {
+    broadcast: Mutex<Vec<Transaction>>,
+}
+impl FeeEstimator for BenchChain {
+    fn get_est_sat_per_1000_weight(&self, _: ConfirmationTarget) -> u32 {
+        1000
+    }
+}
+impl BroadcasterInterface for BenchChain {
+    fn broadcast_transactions(&self, txs: &[&Transaction]) {
+        if let Ok(mut b) = self.broadcast.lock() {
+            b.extend(txs.iter().map(|t| (*t).clone()));
+        }
+    }
+}
+
+/// One end of an in-memory connection: what it sends is queued for the peer.
+#[derive(Clone)]
+struct Pipe {
+    id: u64,
+    out: Arc<Mutex<VecDeque<u8>>>,
+}
+impl PartialEq for Pipe {
+    fn eq(&self, o: &Self) -> bool {
+        self.id == o.id
+    }
+}
+impl Eq for Pipe {}
+impl Hash for Pipe {
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.id.hash(h)
+    }
+}
+impl SocketDescriptor for Pipe {
+    fn send_data(&mut self, data: &[u8], _continue_read: bool) -> usize {
+        if let Ok(mut q) = self.out.lock() {
+            q.extend(data);
+        }
+        data.len()
+    }
+    fn disconnect_socket(&mut self) {}
+}
+
+/// The lnpd signer core in this process, reached through the node's signer
+/// client exactly as over gRPC, minus the network.
+struct InProcessCore(Signer<MemoryStore>);
+impl SignerTransport for InProcessCore {
+    fn connect(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    fn call(&mut self, body: request::Body, _timeout: Duration) -> Result<reply::Body, CallError> {
+        let req = Request {
+            id: 1,
+            body: Some(body),
+        };
+        let reply = Reply::decode(&self.0.handle_bytes(&req.encode_to_vec())[..])
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+
+        match reply.body {
+            Some(reply::Body::Error(e)) => Err(CallError::Refused {
+                code: if e.kind == ErrorKind::Policy as i32 {
+                    tonic::Code::PermissionDenied
+                } else {
+                    tonic::Code::InvalidArgument
+                },
+                rule: (!e.rule.is_empty()).then_some(e.rule),
+                message: e.message,
+            }),
+            Some(b) => Ok(b),
+            None => Err(CallError::Unavailable("empty reply".into())),
+        }
+    }
+}
+
+/// What a node's key source must provide (LDK's `KeysManager` or lnpd's
+/// remote keys manager).
+trait Keys: EntropySource + NodeSigner + SignerProvider + Send + Sync + 'static {}
+impl<T: EntropySource + NodeSigner + SignerProvider + Send + Sync + 'static> Keys for T {}
+
+type Store = Arc<SqliteStore>;
+type Monitor<K> = chainmonitor::ChainMonitor<
+    <K as SignerProvider>::EcdsaSigner,
+    Arc<dyn Filter + Send + Sync>,
+    Arc<BenchChain>,
+    Arc<BenchChain>,
+    Arc<QuietLogger>,
+    Store,
+    Arc<K>,
+>;
+type Graph = NetworkGraph<Arc<QuietLogger>>;
+type Scorer = ProbabilisticScorer<Arc<Graph>, Arc<QuietLogger>>;
+type Router<K> = DefaultRouter<
+    Arc<Graph>,
+    Arc<QuietLogger>,
+    Arc<K>,
+    Arc<RwLock<Scorer>>,
+    ProbabilisticScoringFeeParameters,
+    Scorer,
+>;
+type MsgRouter<K> = DefaultMessageRouter<Arc<Graph>, Arc<QuietLogger>, Arc<K>>;
+type Manager<K> = channelmanager::ChannelManager<
+    Arc<Monitor<K>>,
+    Arc<BenchChain>,
+    Arc<K>,
+    Arc<K>,
+    Arc<K>,
+    Arc<BenchChain>,
+    Arc<Router<K>>,
+    Arc<MsgRouter<K>>,
+    Arc<QuietLogger>,
+>;
+type Peers<K> = PeerManager<
+    Pipe,
+    Arc<Manager<K>>,
+    IgnoringMessageHandler,
+    IgnoringMessageHandler,
+    Arc<QuietLogger>,
+    IgnoringMessageHandler,
+    Arc<K>,
+    IgnoringMessageHandler,
+>;
+
+/// One benchmark node.
+struct BenchNode<K: Keys> {
+    id: PublicKey,
+    manager: Arc<Manager<K>>,
+    monitor: Arc<Monitor<K>>,
+    peers: Arc<Peers<K>>,
+    chain: Arc<BenchChain>,
+    _dir: TempDir,
+}
+
+fn now() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
+impl<K: Keys> BenchNode<K> {
+    fn new(keys: Arc<K>, tag: &str, genesis: BestBlock) -> Result<Self> {
+        let dir = TempDir::new(tag);
+        let store = Arc::new(SqliteStore::open(&dir.path.join("node.sqlite"))?);
+        let logger = Arc::new(QuietLogger);
+        let chain = Arc::new(BenchChain::default());
+        let graph = Arc::new(NetworkGraph::new(Network::Regtest, logger.clone()));
+        let scorer = Arc::new(RwLock::new(ProbabilisticScorer::new(
+            ProbabilisticScoringDecayParameters::default(),
+            graph.clone(),
+            logger.clone(),
+        )));
+        let router = Arc::new(DefaultRouter::new(
+            graph.clone(),
+            logger.clone(),
+            keys.clone(),
+            scorer,
+            ProbabilisticScoringFeeParameters::default(),
+        ));
+        let msg_router = Arc::new(DefaultMessageRouter::new(graph, keys.clone()));
+        let monitor = Arc::new(chainmonitor::ChainMonitor::new(
+            None,
+            chain.clone(),
+            logger.clone(),
+            chain.clone(),
+            store,
+            keys.clone(),
+            keys.get_peer_storage_key(),
+        ));
+        // As lnpd configures it.
+        let mut config = UserConfig::default();
+        config
+            .channel_handshake_config
+            .negotiate_anchors_zero_fee_htlc_tx = true;
+        config.channel_handshake_config.announce_for_forwarding = false;
+        config.manually_accept_inbound_channels = true;
+        let manager = Arc::new(channelmanager::ChannelManager::new(
+            chain.clone(),
+            monitor.clone(),
+            chain.clone(),
+            router,
+            msg_router,
+            logger.clone(),
+            keys.clone(),
+            keys.clone(),
+            keys.clone(),
+            config,
+            ChainParameters {
+                network: Network::Regtest,
+                best_block: genesis,
+            },
+            now().as_secs() as u32,
+        ));
+        let peers = Arc::new(PeerManager::new(
+            MessageHandler {
+                chan_handler: manager.clone(),
+                route_handler: IgnoringMessageHandler {},
+                onion_message_handler: IgnoringMessageHandler {},
+                custom_message_handler: IgnoringMessageHandler {},
+                send_only_message_handler: IgnoringMessageHandler {},
+            },
+            now().as_secs() as u32,
+            &keys.get_secure_random_bytes(),
+            logger,
+            keys.clone(),
+        ));
+        let id = keys
+            .get_node_id(Recipient::Node)
+            .map_err(|_| anyhow!("no node id"))?;
+        Ok(BenchNode {
+            id,
+            manager,
+            monitor,
+            peers,
+            chain,
+            _dir: dir,
+        })
+    }
+}
+
+/// What the event handlers saw, shared by both nodes.
+#[derive(Default)]
+struct Progress {
+    sent: usize,
+    funding: Option<(PublicKey, lightning::ln::types::ChannelId, ScriptBuf)>,
+    failed: Vec<String>,
+}
+
+/// Two nodes, connected, with one channel from `a` to `b`.
+struct Pair<K: Keys> {
+    a: BenchNode<K>,
+    b: BenchNode<K>,
+    a_pipe: Pipe,
+    b_pipe: Pipe,
+    progress: Arc<Mutex<Progress>>,
+    height: u32,
+    tip: BlockHash,
+}
+
+fn header(prev: BlockHash, height: u32) -> Header {
+    Header {
+        version: BlockVersion::TWO,
+        prev_blockhash: prev,
+        merkle_root: TxMerkleNode::all_zeros(),
+        time: 1_700_000_000 + height,
+        bits: CompactTarget::from_consensus(0x207fffff),
+        nonce: height,
+    }
+}
+
+impl<K: Keys> Pair<K> {
+    fn new(a: BenchNode<K>, b: BenchNode<K>, genesis: BestBlock) -> Result<Self> {
+        let a_pipe = Pipe {
+            id: 1,
+            out: Default::default(),
+        };
+        let b_pipe = Pipe {
+            id: 2,
+            out: Default::default(),
+        };
+        let first = a
+            .peers
+            .new_outbound_connection(b.id, a_pipe.clone(), None)
+            .map_err(|e| anyhow!("connect: {e:?}"))?;
+        b.peers
+            .new_inbound_connection(b_pipe.clone(), None)
+            .map_err(|e| anyhow!("accept: {e:?}"))?;
+        b.peers
+            .read_event(&mut b_pipe.clone(), &first)
+            .map_err(|e| anyhow!("handshake: {e:?}"))?;
+        let mut pair = Pair {
+            a,
+            b,
+            a_pipe,
+            b_pipe,
+            progress: Default::default(),
+            height: genesis.height,
+            tip: genesis.block_hash,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while pair.a.peers.peer_by_node_id(&pair.b.id).is_none()
+            || pair.b.peers.peer_by_node_id(&pair.a.id).is_none()
+        {
+            pair.pump()?;
+            if Instant::now() > deadline {
+                bail!("peers did not connect");
+            }
+        }
+        Ok(pair)
+    }
+
+    /// Moves bytes and events until nothing is left to do; returns whether
+    /// anything happened.
+    fn pump(&mut self) -> Result<bool> {
+        let mut any = false;
+        for _ in 0..1000 {
+            let mut moved = false;
+            for node in [&self.a, &self.b] {
+                node.manager.process_pending_htlc_forwards();
+                node.peers.process_events();
+            }
+            let progress = self.progress.clone();
+            let handler = |who: &'static str, m: Arc<Manager<K>>| {
+                let progress = progress.clone();
+                move |e: Event| {
+                    handle(who, &m, &progress, e);
+                    Ok(())
+                }
+            };
+            self.a
+                .manager
+                .process_pending_events(&handler("a", self.a.manager.clone()));
+            self.b
+                .manager
+                .process_pending_events(&handler("b", self.b.manager.clone()));
+            self.a
+                .monitor
+                .process_pending_events(&handler("a", self.a.manager.clone()));
+            self.b
+                .monitor
+                .process_pending_events(&handler("b", self.b.manager.clone()));
+            for (from, to, to_pipe) in [
+                (&self.a_pipe, &self.b.peers, &self.b_pipe),
+                (&self.b_pipe, &self.a.peers, &self.a_pipe),
+            ] {
+                let bytes: Vec<u8> = match from.out.lock() {
+                    Ok(mut q) => q.drain(..).collect(),
+                    Err(_) => bail!("pipe poisoned"),
+                };
+                if !bytes.is_empty() {
+                    moved = true;
+                    to.read_event(&mut to_pipe.clone(), &bytes)
+                        .map_err(|e| anyhow!("peer: {e:?}"))?;
+                }
+            }
+            if !moved {
+                break;
+            }
+            any = true;
+        }
+        Ok(any)
+    }
+
+    fn mine(&mut self, txs: &[&Transaction]) {
+        self.height += 1;
+        let h = header(self.tip, self.height);
+        self.tip = h.block_hash();
+        let data: Vec<(usize, &Transaction)> =
+            txs.iter().enumerate().map(|(i, t)| (i + 1, *t)).collect();
+        for node in [&self.a, &self.b] {
+            if !data.is_empty() {
+                node.manager.transactions_confirmed(&h, &data, self.height);
+                node.monitor.transactions_confirmed(&h, &data, self.height);
+            }
+            node.manager.best_block_updated(&h, self.height);
+            node.monitor.best_block_updated(&h, self.height);
+        }
+    }
+
+    /// Opens the channel from `a` to `b` and confirms its funding.
+    fn open_channel(&mut self) -> Result<()> {
+        self.a
+            .manager
+            .create_channel(self.b.id, CHANNEL_SAT, 0, 1, None, None)
+            .map_err(|e| anyhow!("create_channel: {e:?}"))?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (peer, temp_id, script) = loop {
+            self.pump()?;
+            if let Some(f) = self.progress.lock().ok().and_then(|mut p| p.funding.take()) {
+                break f;
+            }
+            if Instant::now() > deadline {
+                bail!("no funding request");
+            }
+        };
+        // A segwit input (LDK requires one so the txid is final); the funding
+        // transaction itself is not what this benchmark measures.
+        let funding = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid: Txid::from_byte_array([7; 32]),
+                    vout: 0,
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::from_slice(&[[1u8; 72].as_slice(), [2u8; 33].as_slice()]),
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(CHANNEL_SAT),
+                script_pubkey: script,
+            }],
+        };
+        self.a
+            .manager
+            .funding_transaction_generated(temp_id, peer, funding.clone())
+            .map_err(|e| anyhow!("funding: {e:?}"))?;
+        while self
+            .a
+            .chain
+            .broadcast
+            .lock()
+            .map(|b| b.is_empty())
+            .unwrap_or(true)
+        {
+            self.pump()?;
+            if Instant::now() > deadline {
+                bail!("funding never broadcast");
+            }
+        }
+        self.mine(&[&funding]);
+        for _ in 0..6 {
+            self.mine(&[]);
+        }
+        let usable = |m: &Manager<K>| m.list_usable_channels().len() == 1;
+        while !(usable(&self.a.manager) && usable(&self.b.manager)) {
+            self.pump()?;
+            if Instant::now() > deadline {
+                bail!("channel never usable");
+            }
+        }
+        Ok(())
+    }
+
+    /// Pays `count` invoices from `a` to `b` with up to `window` in flight;
+    /// returns the elapsed time.
+    fn pay(&mut self, count: usize, window: usize) -> Result<Duration> {
+        let start = Instant::now();
+        let base = self.progress.lock().map(|p| p.sent).unwrap_or(0);
+        let mut launched = 0;
+        loop {
+            let done = self.progress.lock().map(|p| p.sent).unwrap_or(0) - base;
+            if let Some(f) = self
+                .progress
+                .lock()
+                .ok()
+                .and_then(|p| p.failed.first().cloned())
+            {
+                bail!("payment failed: {f}");
+            }
+            if done >= count {
+                return Ok(start.elapsed());
+            }
+            while launched < count && launched - done < window {
+                let (hash, secret) = self
+                    .b
+                    .manager
+                    .create_inbound_payment(Some(PAYMENT_MSAT), 3600, None)
+                    .map_err(|_| anyhow!("invoice"))?;
+                let params = RouteParameters::from_payment_params_and_value(
+                    PaymentParameters::from_node_id(self.b.id, 40),
+                    PAYMENT_MSAT,
+                );
+                self.a
+                    .manager
+                    .send_payment(
+                        hash,
+                        RecipientOnionFields::secret_only(secret),
+                        PaymentId(hash.0),
+                        params,
+                        Retry::Attempts(0),
+                    )
+                    .map_err(|e| anyhow!("send: {e:?}"))?;
+                launched += 1;
+            }
+            if !self.pump()? {
+                // Waiting on nothing but our own event processing: go around.
+                std::thread::yield_now();
+            }
+            if start.elapsed() > Duration::from_secs(600) {
+                bail!("payments stalled after {done}");
+            }
+        }
+    }
+}
+
+fn handle<K: Keys>(who: &str, m: &Manager<K>, progress: &Mutex<Progress>, event: Event) {
+    match event {
+        Event::OpenChannelRequest {
+            temporary_channel_id,
+            counterparty_node_id,
+            ..
+        } => {
+            if let Err(e) =
+                m.accept_inbound_channel(&temporary_channel_id, &counterparty_node_id, 7, None)
+            {
+                eprintln!("{who}: accept: {e:?}");
+            }
+        }
+        Event::FundingGenerationReady {
+            temporary_channel_id,
+            counterparty_node_id,
+            output_script,
+            ..
+        } => {
+            if let Ok(mut p) = progress.lock() {
+                p.funding = Some((counterparty_node_id, temporary_channel_id, output_script));
+            }
+        }
+        Event::PaymentClaimable { purpose, .. } => {
+            if let Some(preimage) = purpose.preimage() {
+                m.claim_funds(preimage);
+            }
+        }
+        Event::PaymentSent { .. } => {
+            if let Ok(mut p) = progress.lock() {
+                p.sent += 1;
+            }
+        }
+        Event::PaymentFailed { reason, .. } => {
+            if let Ok(mut p) = progress.lock() {
+                p.failed.push(format!("{who}: {reason:?}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Runs one set-up: opens the channel, warms up, measures each window.
+fn measure<K: Keys>(
+    make: impl Fn(&str) -> Result<Arc<K>>,
+    payments: usize,
+    windows: &[usize],
+) -> Result<Vec<f64>> {
+    let genesis_hash = bitcoin::blockdata::constants::genesis_block(Network::Regtest).block_hash();
+    let genesis = BestBlock::new(genesis_hash, 0);
+    let a = BenchNode::new(make("a")?, "bench-a", genesis)?;
+    let b = BenchNode::new(make("b")?, "bench-b", genesis)?;
+    let mut pair = Pair::new(a, b, genesis)?;
+    pair.open_channel()?;
+    pair.pay(10, 1)?;
+    windows
+        .iter()
+        .map(|w| {
+            let t = pair.pay(payments, *w)?;
+            Ok(payments as f64 / t.as_secs_f64())
+        })
+        .collect()
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let payments = args
+        .iter()
+        .position(|a| a == "--payments")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if quick { 30 } else { 200 });
+    let windows = [1usize, 8];
+    let seed = |tag: &str| {
+        let mut s = [0u8; 32];
+        s[0] = tag.as_bytes()[0];
+        s
+    };
+
+    println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement");
+    let baseline = measure::<KeysManager>(
+        |tag| {
+            let t = now();
+            Ok(Arc::new(KeysManager::new(
+                &seed(tag),
+                t.as_secs(),
+                t.subsec_nanos(),
+                true,
+            )))
+        },
+        payments,
+        &windows,
+    )
+    .context("KeysManager set-up")?;
+
+    let policy = PolicyConfig::default();
+    let in_process = measure::<RemoteKeysManager>(
+        |tag| {
+            let core = memory_signer(seed(tag)[0], policy.clone());
+            let conn = SignerConnection::start_with("in-process core", InProcessCore(core))?;
+            Ok(Arc::new(RemoteKeysManager::new(
+                conn,
+                Duration::from_secs(10),
+            )?))
+        },
+        payments,
+        &windows,
+    )
+    .context("in-process signer core set-up")?;
+
+    let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
+    let grpc = measure::<RemoteKeysManager>(
+        |tag| {
+            let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
+                "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
+            )?;
+            let addr = s.start()?;
+            let conn = SignerConnection::start_with(
+                &addr,
+                Timed(GrpcTransport::new(&addr, s.node_tls())?),
+            )?;
+            if let Ok(mut v) = signers.lock() {
+                v.push(s);
+            }
+            Ok(Arc::new(RemoteKeysManager::new(
+                conn,
+                Duration::from_secs(10),
+            )?))
+        },
+        payments,
+        &windows,
+    )
+    .context("gRPC signer set-up")?;
+
+    println!();
+    println!(
+        "{:<44} {:>8} {:>12} {:>10}",
+        "set-up", "in flight", "payments/s", "vs LDK"
+    );
+    for (i, w) in windows.iter().enumerate() {
+        for (name, r) in [
+            ("LDK KeysManager, in-process (baseline)", &baseline),
+            ("lnpd signer core, in-process", &in_process),
+            ("lnpd-signer over gRPC + mutual TLS", &grpc),
+        ] {
+            println!(
+                "{:<44} {:>8} {:>12.1} {:>9.0}%",
+                name,
+                w,
+                r[i],
+                100.0 * r[i] / baseline[i]
+            );
+        }
+    }
+    println!();
+    println!("gRPC round trips per operation (both nodes, whole run):");
+    if let Ok(m) = ROUND_TRIPS.lock() {
+        for (op, (n, total)) in m.iter().filter(|(_, (n, _))| *n > 10) {
+            println!(
+                "  {op:<34} {n:>6} calls  mean {:>5} µs",
+                (*total / *n).as_micros()
+            );
+        }
+    }
+    Ok(())
+}
