@@ -122,6 +122,27 @@ macro_rules! dispatch {
     };
 }
 
+/// Sends requests as one batch (handled in order, made durable together);
+/// one reply per request, each a result or an `Error` body.
+pub async fn call_batch(
+    client: &mut SignerClient<Channel>,
+    bodies: Vec<request::Body>,
+) -> Result<Vec<crate::signer::Reply>, Status> {
+    let requests = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, b)| crate::signer::Request {
+            id: i as u64,
+            body: Some(b),
+        })
+        .collect();
+    Ok(client
+        .batch(crate::signer::BatchRequest { requests })
+        .await?
+        .into_inner()
+        .replies)
+}
+
 /// Sends one typed request on its rpc and returns the typed reply.
 pub async fn call(
     client: &mut SignerClient<Channel>,

@@ -40,3 +40,22 @@ pub mod client;
 
 /// Version of the node <-> signer protocol; the major part must match.
 pub const SIGNER_PROTOCOL_VERSION: u32 = 1;
+
+/// Whether a request may be sent in a `Batch` (see `BatchRequest` in
+/// signer.proto): the channel-state requests whose only effect is on their
+/// channel's record.
+pub fn batchable(body: &signer::request::Body) -> bool {
+    use signer::request::Body as Q;
+    matches!(
+        body,
+        Q::ValidateCounterpartyRevocation(_)
+            | Q::ValidateHolderCommitment(_)
+            | Q::SignCounterpartyCommitment(_)
+            | Q::ReleaseCommitmentSecret(_)
+            | Q::GetPerCommitmentPoint(_)
+            | Q::Ping(_)
+    )
+}
+
+/// Most requests in one `Batch`.
+pub const MAX_BATCH: usize = 16;

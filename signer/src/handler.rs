@@ -49,7 +49,19 @@ pub struct Signer<S: Store> {
     /// point multiplications saved on every request).
     pub(crate) pubkeys:
         core::cell::RefCell<BTreeMap<ChannelKeysId, lightning::ln::chan_utils::ChannelPublicKeys>>,
+    /// While a batch runs: its writes, and the state before it to undo.
+    pub(crate) batch: Option<PendingBatch>,
 }
+
+/// Writes of a batch not yet durable, and what they replaced in memory.
+#[derive(Default)]
+pub(crate) struct PendingBatch {
+    writes: Vec<Write>,
+    channels_before: BTreeMap<ChannelKeysId, Option<ChannelRecord>>,
+    meta_before: Option<MetaRecord>,
+}
+
+pub use lnpd_proto::{batchable, MAX_BATCH};
 
 impl<S: Store> core::fmt::Debug for Signer<S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -92,6 +104,7 @@ impl<S: Store> Signer<S> {
             entropy,
             wallet_scripts,
             pubkeys: Default::default(),
+            batch: None,
         })
     }
 
@@ -141,6 +154,12 @@ impl<S: Store> Signer<S> {
         &self.store
     }
 
+    /// The store, to inject failures (tests only).
+    #[cfg(any(test, feature = "test-utils"))]
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
     /// Persists a channel record (and optionally the meta record) durably,
     /// then makes it the in-memory state. On error nothing changes.
     pub(crate) fn commit_channel(
@@ -154,7 +173,17 @@ impl<S: Store> Signer<S> {
         if let Some(m) = &meta {
             writes.push(Write::Meta(m.encode_to_vec()));
         }
-        self.store.commit(writes)?;
+        if let Some(batch) = self.batch.as_mut() {
+            // Made durable at the end of the batch, before any reply leaves.
+            let before = self.channels.get(&id).cloned();
+            batch.channels_before.entry(id).or_insert(before);
+            if meta.is_some() && batch.meta_before.is_none() {
+                batch.meta_before = Some(self.meta.clone());
+            }
+            batch.writes.extend(writes);
+        } else {
+            self.store.commit(writes)?;
+        }
         self.channels.insert(id, record);
         if let Some(m) = meta {
             self.meta = m;
@@ -164,10 +193,63 @@ impl<S: Store> Signer<S> {
 
     /// Persists the meta record alone.
     pub(crate) fn commit_meta(&mut self, meta: MetaRecord) -> Result<(), SignerError> {
-        self.store
-            .commit(alloc::vec![Write::Meta(meta.encode_to_vec())])?;
+        let write = Write::Meta(meta.encode_to_vec());
+        if let Some(batch) = self.batch.as_mut() {
+            if batch.meta_before.is_none() {
+                batch.meta_before = Some(self.meta.clone());
+            }
+            batch.writes.push(write);
+        } else {
+            self.store.commit(alloc::vec![write])?;
+        }
         self.meta = meta;
         Ok(())
+    }
+
+    /// Handles requests in order and makes all their state changes durable
+    /// in one write before returning any reply. A request refused or failed
+    /// changes nothing, as alone; if the final write fails, no request of
+    /// the batch keeps any effect and every reply is that error.
+    pub fn handle_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Vec<Result<reply::Body, SignerError>> {
+        if bodies.len() > MAX_BATCH {
+            let e = SignerError::invalid(format!("a batch holds at most {MAX_BATCH} requests"));
+            return bodies.iter().map(|_| Err(e.clone())).collect();
+        }
+        self.batch = Some(PendingBatch::default());
+        let mut results: Vec<_> = bodies
+            .into_iter()
+            .map(|b| {
+                if batchable(&b) {
+                    self.handle(b)
+                } else {
+                    Err(SignerError::invalid(format!(
+                        "{} cannot be part of a batch",
+                        request_name(&b)
+                    )))
+                }
+            })
+            .collect();
+        let batch = self.batch.take().unwrap_or_default();
+        if !batch.writes.is_empty() {
+            if let Err(e) = self.store.commit(batch.writes) {
+                for (id, before) in batch.channels_before {
+                    match before {
+                        Some(r) => self.channels.insert(id, r),
+                        None => self.channels.remove(&id),
+                    };
+                }
+                if let Some(m) = batch.meta_before {
+                    self.meta = m;
+                }
+                let e = SignerError::from(e);
+                tracing::error!("batch not saved, none of it applied: {}", e.message);
+                results = results.iter().map(|_| Err(e.clone())).collect();
+            }
+        }
+        results
     }
 
     /// The record of a channel the signer knows.
@@ -383,7 +465,23 @@ pub fn request_channel(body: &request::Body) -> Option<ChannelKeysId> {
     ChannelKeysId::from_slice(id).ok()
 }
 
-/// The wire form of an error.
+/// A wire `Error` back as a signer error (for clients of the protocol).
+pub fn error_from_wire(e: &pb::Error) -> SignerError {
+    let kind = match pb::ErrorKind::try_from(e.kind) {
+        Ok(pb::ErrorKind::Invalid) => ErrorKind::Invalid,
+        Ok(pb::ErrorKind::NotFound) => ErrorKind::NotFound,
+        Ok(pb::ErrorKind::FailedPrecondition) => ErrorKind::FailedPrecondition,
+        Ok(pb::ErrorKind::Policy) => ErrorKind::Policy,
+        _ => ErrorKind::Internal,
+    };
+    SignerError {
+        kind,
+        rule: crate::policy::RuleId::parse(&e.rule),
+        message: e.message.clone(),
+    }
+}
+
+/// A signer error as the wire's `Error` message.
 pub fn error_to_wire(e: &SignerError) -> pb::Error {
     let kind = match e.kind {
         ErrorKind::Invalid => pb::ErrorKind::Invalid,

@@ -2,7 +2,7 @@
 //! signatures and revocations is accepted, and out-of-order or altered
 //! requests are refused without changing state.
 
-use lnpd_proto::signer::{self as pb, request, ErrorKind as WireKind};
+use lnpd_proto::signer::{self as pb, reply as request_reply, request, ErrorKind as WireKind};
 use lnpd_signer::call;
 use lnpd_signer::policy::RuleId;
 use lnpd_signer::store::MemoryStore;
@@ -523,4 +523,92 @@ fn validation_can_revoke_the_previous_state_in_the_same_write() {
         format!("{r:?}"),
         "ValidateHolderCommitmentReply { <redacted> }"
     );
+}
+
+/// Alice's signer kept by the test too, to break her store on purpose.
+fn pair_with_shared_alice() -> (ChannelPair, lnpd_signer::testing::SharedSigner) {
+    let alice = std::rc::Rc::new(std::cell::RefCell::new(memory_signer(
+        1,
+        PolicyConfig::default(),
+    )));
+    let p = ChannelPair::open(
+        Box::new(alice.clone()),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("channel opens");
+    (p, alice)
+}
+
+#[test]
+fn a_batch_applies_in_order_with_one_write() {
+    let (mut p, _alice) = pair_with_shared_alice();
+    p.advance().unwrap();
+    let (revocation, next) = p.revocation_then_next().unwrap();
+    // Alone, the signature is refused: Bob has not revoked #1 yet.
+    unchanged(&mut p, |p| {
+        assert_refused(
+            p.alice.signer.handle(next.clone()),
+            RuleId::CommitmentPreviousRevoked,
+        )
+    });
+    // In one batch after the revocation, it goes through.
+    let ping = request::Body::Ping(pb::PingRequest { nonce: vec![7] });
+    let not_batchable = request::Body::NewChannelKeysId(pb::NewChannelKeysIdRequest::default());
+    let results = p
+        .alice
+        .signer
+        .handle_batch(vec![revocation, next, ping, not_batchable])
+        .unwrap();
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(
+            results[1],
+            Ok(request_reply::Body::SignCounterpartyCommitment(_))
+        ),
+        "{:?}",
+        results[1]
+    );
+    assert!(
+        matches!(&results[2], Ok(request_reply::Body::Ping(r)) if r.nonce == vec![7]),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(results[3].as_ref().unwrap_err().kind, ErrorKind::Invalid);
+}
+
+#[test]
+fn a_batch_whose_write_fails_leaves_no_trace() {
+    let (mut p, alice) = pair_with_shared_alice();
+    p.advance().unwrap();
+    let (revocation, next) = p.revocation_then_next().unwrap();
+    let before = alice.borrow().state_digest();
+    alice.borrow_mut().store_mut().fail_next_commit = true;
+    let results = p
+        .alice
+        .signer
+        .handle_batch(vec![revocation.clone(), next.clone()])
+        .unwrap();
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Internal)));
+    assert_eq!(
+        before,
+        alice.borrow().state_digest(),
+        "nothing of the batch stayed"
+    );
+    // The same batch again, with a working store, goes through.
+    let results = p.alice.signer.handle_batch(vec![revocation, next]).unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    assert_ne!(before, alice.borrow().state_digest());
+}
+
+#[test]
+fn a_batch_holds_at_most_sixteen_requests() {
+    let mut p = pair(true);
+    let ping = request::Body::Ping(pb::PingRequest { nonce: vec![1] });
+    let results = p.alice.signer.handle_batch(vec![ping; 17]).unwrap();
+    assert!(results
+        .iter()
+        .all(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Invalid)));
 }

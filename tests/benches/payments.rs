@@ -81,6 +81,26 @@ impl SignerTransport for Timed {
         }
         r
     }
+    fn call_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+        let op = bodies.last().map(request_name).unwrap_or("batch");
+        let start = Instant::now();
+        let r = self.0.call_batch(bodies, timeout);
+        if let Ok(mut m) = ROUND_TRIPS.lock() {
+            let key = match op {
+                "sign_counterparty_commitment" => "revocation + sign_counterparty_commitment",
+                "validate_holder_commitment" => "revocation + validate_holder_commitment",
+                _ => "batch, other",
+            };
+            let e = m.entry(key).or_insert((0, Duration::ZERO));
+            e.0 += 1;
+            e.1 += start.elapsed();
+        }
+        r
+    }
 }
 
 const CHANNEL_SAT: u64 = 1_000_000;
@@ -627,7 +647,7 @@ fn measure<K: Keys>(
     let b = BenchNode::new(make("b")?, "bench-b", genesis)?;
     let mut pair = Pair::new(a, b, genesis)?;
     pair.open_channel()?;
-    pair.pay(10, 1)?;
+    pair.pay(payments.min(10), 1)?;
     windows
         .iter()
         .map(|w| {
@@ -639,14 +659,25 @@ fn measure<K: Keys>(
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return Ok(()); // `cargo bench -- --list`: nothing to list
+    }
+    // Under `cargo test` (no --bench) it runs once as a smoke test.
+    let smoke = !args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
     let payments = args
         .iter()
         .position(|a| a == "--payments")
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
-        .unwrap_or(if quick { 30 } else { 200 });
-    let windows = [1usize, 8];
+        .unwrap_or(if smoke {
+            3
+        } else if quick {
+            30
+        } else {
+            200
+        });
+    let windows: &[usize] = if smoke { &[2] } else { &[1, 8] };
     let seed = |tag: &str| {
         let mut s = [0u8; 32];
         s[0] = tag.as_bytes()[0];
@@ -665,7 +696,7 @@ fn main() -> Result<()> {
             )))
         },
         payments,
-        &windows,
+        windows,
     )
     .context("KeysManager set-up")?;
 
@@ -680,7 +711,7 @@ fn main() -> Result<()> {
             )?))
         },
         payments,
-        &windows,
+        windows,
     )
     .context("in-process signer core set-up")?;
 
@@ -704,7 +735,7 @@ fn main() -> Result<()> {
             )?))
         },
         payments,
-        &windows,
+        windows,
     )
     .context("gRPC signer set-up")?;
 

@@ -253,3 +253,32 @@ fn init_restores_the_same_keys_from_the_mnemonic_and_never_overwrites_a_seed() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("wrong passphrase"));
 }
+
+#[test]
+fn a_batch_over_grpc_is_durable_before_it_answers() {
+    let mut alice = SignerProcess::init("batch").unwrap();
+    alice.start().unwrap();
+    let mut pair = ChannelPair::open(
+        Box::new(alice.client().unwrap()),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .unwrap();
+    pair.advance().unwrap();
+    let (revocation, next) = pair.revocation_then_next().unwrap();
+    let results = pair
+        .alice
+        .signer
+        .handle_batch(vec![revocation, next.clone()])
+        .unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    // Killed right after the reply: the revocation and the signature were
+    // both on disk, so the same signature is given again (not refused).
+    alice.kill9();
+    alice.start().unwrap();
+    pair.alice.signer = Box::new(alice.client().unwrap());
+    pair.alice
+        .signer
+        .handle(next)
+        .expect("the batch's state survived the kill");
+}

@@ -49,10 +49,92 @@ struct Link {
     connected: Arc<AtomicBool>,
     next_attempt: Instant,
     backoff: Duration,
+    /// Requests the node already answered for (a revocation LDK checked
+    /// itself), sent with the next request in one batch, or on their own
+    /// after [`DEFER_AT_MOST`].
+    deferred: Vec<request::Body>,
+    deferred_since: Option<Instant>,
 }
 
+/// How long a deferred request waits for company before it goes alone.
+pub const DEFER_AT_MOST: Duration = Duration::from_millis(10);
+
 impl Link {
+    /// Sends the deferred requests, alone; on failure they stay queued.
+    fn flush(&mut self, timeout: Duration) -> Result<(), CallError> {
+        let Some(last) = self.deferred.pop() else {
+            self.deferred_since = None;
+            return Ok(());
+        };
+        // The last one rides as the main request of a batch of them all.
+        match self.call(last.clone(), timeout) {
+            Err(e @ CallError::Unavailable(_)) => {
+                self.deferred.push(last);
+                Err(e)
+            }
+            Err(e) => {
+                tracing::error!("a deferred request was refused by the signer: {e}");
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+        }
+    }
+
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        self.connect()?;
+        if !self.deferred.is_empty() && !lnpd_proto::batchable(&body) {
+            self.flush(timeout)?;
+        }
+        if self.deferred.is_empty() {
+            let result = self.transport.call(body, timeout);
+            self.note(&result);
+            return result;
+        }
+        // The oldest first, as many as fit beside this request.
+        let take = self.deferred.len().min(lnpd_proto::MAX_BATCH - 1);
+        let deferred: Vec<request::Body> = self.deferred.drain(..take).collect();
+        let mut bodies = deferred.clone();
+        bodies.push(body);
+        match self.transport.call_batch(bodies, timeout) {
+            Ok(mut results) => {
+                if self.deferred.is_empty() {
+                    self.deferred_since = None;
+                }
+                let last = results
+                    .pop()
+                    .unwrap_or_else(|| Err(CallError::Unavailable("empty batch reply".into())));
+                for r in results {
+                    if let Err(e) = r {
+                        // LDK was told this one was fine (it had checked it):
+                        // the signer disagrees, so its next request for the
+                        // channel will be refused too. Loud, not silent.
+                        tracing::error!("a deferred request was refused by the signer: {e}");
+                    }
+                }
+                self.note(&last);
+                last
+            }
+            Err(e) => {
+                let rest = std::mem::replace(&mut self.deferred, deferred);
+                self.deferred.extend(rest);
+                let r = Err(e);
+                self.note(&r);
+                r
+            }
+        }
+    }
+
+    fn note(&mut self, result: &Result<reply::Body, CallError>) {
+        if matches!(result, Err(CallError::Unavailable(_))) {
+            tracing::warn!(
+                "lost the signer connection to {}; will reconnect",
+                self.endpoint
+            );
+            self.connected.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn connect(&mut self) -> Result<(), CallError> {
         let ep = &self.endpoint;
         if !self.connected.load(Ordering::SeqCst) {
             if Instant::now() < self.next_attempt {
@@ -75,12 +157,7 @@ impl Link {
                 }
             }
         }
-        let result = self.transport.call(body, timeout);
-        if matches!(result, Err(CallError::Unavailable(_))) {
-            tracing::warn!("lost the signer connection to {ep}; will reconnect");
-            self.connected.store(false, Ordering::SeqCst);
-        }
-        result
+        Ok(())
     }
 }
 
@@ -124,6 +201,40 @@ pub trait SignerTransport: Send + 'static {
     /// `timeout` for the reply. `Unavailable` drops the connection (the next
     /// call reconnects).
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError>;
+
+    /// Sends requests to be handled in order and made durable together;
+    /// one result per request. Without batch support: one call each.
+    fn call_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+        let mut out = Vec::with_capacity(bodies.len());
+        for b in bodies {
+            match self.call(b, timeout) {
+                Err(e @ CallError::Unavailable(_)) => return Err(e),
+                r => out.push(r),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A reply body as a result: its `Error` body becomes a refusal.
+pub fn reply_result(body: Option<reply::Body>) -> Result<reply::Body, CallError> {
+    match body {
+        Some(reply::Body::Error(e)) => Err(CallError::Refused {
+            code: if e.kind == lnpd_proto::signer::ErrorKind::Policy as i32 {
+                tonic::Code::PermissionDenied
+            } else {
+                tonic::Code::InvalidArgument
+            },
+            rule: (!e.rule.is_empty()).then_some(e.rule),
+            message: e.message,
+        }),
+        Some(b) => Ok(b),
+        None => Err(CallError::Unavailable("empty reply".into())),
+    }
 }
 
 /// gRPC over mutual TLS to an `lnpd-signer run` daemon.
@@ -178,6 +289,39 @@ impl SignerTransport for GrpcTransport {
         }
         r
     }
+
+    fn call_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+        let n = bodies.len();
+        let c = self
+            .client
+            .as_mut()
+            .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
+        let replies = match self
+            .runtime
+            .block_on(async { tokio::time::timeout(timeout, client::call_batch(c, bodies)).await })
+        {
+            Ok(r) => r.map_err(classify),
+            Err(_) => Err(CallError::Unavailable(format!(
+                "no answer within {timeout:?}"
+            ))),
+        };
+        if matches!(replies, Err(CallError::Unavailable(_))) {
+            self.client = None;
+        }
+        let replies = replies?;
+        if replies.len() != n {
+            return Err(CallError::Refused {
+                code: tonic::Code::Internal,
+                rule: None,
+                message: format!("{} replies to a batch of {n}", replies.len()),
+            });
+        }
+        Ok(replies.into_iter().map(|r| reply_result(r.body)).collect())
+    }
 }
 
 impl SignerConnection {
@@ -202,17 +346,34 @@ impl SignerConnection {
             connected: connected.clone(),
             next_attempt: Instant::now(),
             backoff: Duration::from_millis(100),
+            deferred: Vec::new(),
+            deferred_since: None,
         }));
         let worker_link = link.clone();
         std::thread::Builder::new()
             .name("lnpd-signer-client".into())
-            .spawn(move || {
-                while let Ok(job) = rx.recv() {
-                    let result = match worker_link.lock() {
-                        Ok(mut l) => l.call(job.body, job.timeout),
-                        Err(_) => Err(CallError::Unavailable("signer link poisoned".into())),
-                    };
-                    let _ = job.reply.send(result);
+            .spawn(move || loop {
+                match rx.recv_timeout(DEFER_AT_MOST) {
+                    Ok(job) => {
+                        let result = match worker_link.lock() {
+                            Ok(mut l) => l.call(job.body, job.timeout),
+                            Err(_) => Err(CallError::Unavailable("signer link poisoned".into())),
+                        };
+                        let _ = job.reply.send(result);
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // Deferred requests with no company go alone.
+                        if let Ok(mut l) = worker_link.try_lock() {
+                            if l.deferred_since
+                                .is_some_and(|t| t.elapsed() >= DEFER_AT_MOST)
+                            {
+                                if let Err(e) = l.flush(Duration::from_secs(10)) {
+                                    tracing::warn!("deferred signer request not sent yet: {e}");
+                                }
+                            }
+                        }
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             })?;
         Ok(Arc::new(SignerConnection {
@@ -222,6 +383,31 @@ impl SignerConnection {
             pending: Arc::new(AtomicBool::new(false)),
             endpoint: endpoint.to_string(),
         }))
+    }
+
+    /// Queues a request the node has already answered for; it goes to the
+    /// signer with the next request (one round trip, one durable write) or
+    /// alone after [`DEFER_AT_MOST`]. Used for the peer's revocation, which
+    /// LDK checks against the peer's commitment point before asking.
+    pub fn defer(&self, body: request::Body) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.link.try_lock() {
+                Ok(mut l) => {
+                    l.deferred.push(body);
+                    l.deferred_since.get_or_insert_with(Instant::now);
+                    return;
+                }
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(50))
+                }
+                Err(_) => {
+                    tracing::error!("signer link busy or broken: sending a deferred request now");
+                    let _ = self.call(body, Duration::from_secs(10));
+                    return;
+                }
+            }
+        }
     }
 
     /// The signer's address.

@@ -93,6 +93,60 @@ impl<S: Store> SignerService<S> {
     }
 }
 
+impl<S: Store + Send + 'static> SignerService<S> {
+    fn call_batch(&self, batch: pb::BatchRequest) -> Result<pb::BatchReply, Status> {
+        let mut signer = self
+            .inner
+            .lock()
+            .map_err(|_| Status::internal("signer state lock poisoned"))?;
+        let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
+        let mut bodies = Vec::with_capacity(batch.requests.len());
+        let mut context = Vec::with_capacity(batch.requests.len());
+        for r in batch.requests {
+            let Some(b) = r.body else {
+                return Err(Status::invalid_argument("a batched request has no body"));
+            };
+            context.push((
+                crate::handler::request_name(&b),
+                crate::handler::request_channel(&b).map(|c| hex::encode(c.0)),
+            ));
+            bodies.push(b);
+        }
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle_batch(bodies)))
+                .map_err(|_| {
+                    tracing::error!("a batch aborted inside the signer (a bug); state unchanged");
+                    Status::internal("the signer could not process this batch")
+                })?;
+        let replies = results
+            .into_iter()
+            .zip(ids)
+            .zip(context)
+            .map(|((result, id), (op, channel))| {
+                let body = match result {
+                    Ok(b) => b,
+                    Err(e) => {
+                        if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
+                            audit.append(&super::audit::AuditEntry::refusal(
+                                rule.as_str(),
+                                op,
+                                channel,
+                                &e.message,
+                            ));
+                        }
+                        reply::Body::Error(crate::handler::error_to_wire(&e))
+                    }
+                };
+                pb::Reply {
+                    id,
+                    body: Some(body),
+                }
+            })
+            .collect();
+        Ok(pb::BatchReply { replies })
+    }
+}
+
 /// Turns a signer error into a gRPC status; a policy refusal carries its
 /// rule id in the `lnpd-rule` metadata entry and in the message.
 pub fn to_status(e: &SignerError) -> Status {
@@ -124,6 +178,9 @@ macro_rules! rpcs {
                     }
                 }
             )*
+            async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
+                self.call_batch(request.into_inner()).map(Response::new)
+            }
         }
     };
 }

@@ -29,6 +29,11 @@ pub trait SignerHandle {
     fn handle_bytes(&mut self, _bytes: &[u8]) -> Option<Vec<u8>> {
         None
     }
+    /// Handles requests as one batch (in order, one durable write).
+    fn handle_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError>;
 }
 
 impl<S: Store> SignerHandle for Signer<S> {
@@ -40,6 +45,30 @@ impl<S: Store> SignerHandle for Signer<S> {
     }
     fn handle_bytes(&mut self, bytes: &[u8]) -> Option<Vec<u8>> {
         Some(Signer::handle_bytes(self, bytes))
+    }
+    fn handle_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
+        Ok(Signer::handle_batch(self, bodies))
+    }
+}
+
+/// A signer shared with the test that drives it (to reach its store).
+pub type SharedSigner = alloc::rc::Rc<core::cell::RefCell<Signer<MemoryStore>>>;
+
+impl SignerHandle for SharedSigner {
+    fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
+        self.borrow_mut().handle(body)
+    }
+    fn state_digest(&self) -> Option<Vec<u8>> {
+        Some(self.borrow().state_digest())
+    }
+    fn handle_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
+        Ok(self.borrow_mut().handle_batch(bodies))
     }
 }
 
@@ -318,6 +347,30 @@ impl ChannelPair {
             htlcs,
             per_commitment_point: point,
         })
+    }
+
+    /// From the state after one [`ChannelPair::advance`]: Bob validates his
+    /// #2 and revokes #1. Returns Alice's request to validate that
+    /// revocation and her request to sign Bob's #3, which needs it.
+    pub fn revocation_then_next(&mut self) -> Result<(request::Body, request::Body), SignerError> {
+        let (mut bob_validates, _) = self.holder_request(false, 2)?;
+        bob_validates.release_previous = true;
+        let secret = call!(self.bob.signer, ValidateHolderCommitment(bob_validates) => ValidateHolderCommitment)?
+            .previous_secret;
+        let revocation = request::Body::ValidateCounterpartyRevocation(
+            pb::ValidateCounterpartyRevocationRequest {
+                channel_keys_id: self.alice.keys_id.clone(),
+                commitment_number: 1,
+                secret,
+            },
+        );
+        let next =
+            request::Body::SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+                channel_keys_id: self.alice.keys_id.clone(),
+                commitment: Some(self.commitment_data(false, 3)?),
+                ..Default::default()
+            });
+        Ok((revocation, next))
     }
 
     /// The other side's signatures over `holder`'s commitment `number`, as a

@@ -312,4 +312,21 @@ impl SignerHandle for RemoteSigner {
     fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
         self.call(body).map_err(|s| status_to_error(&s))
     }
+    fn handle_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
+        let replies = self
+            .rt
+            .block_on(signer_client::call_batch(&mut self.client, bodies))
+            .map_err(|s| status_to_error(&s))?;
+        Ok(replies
+            .into_iter()
+            .map(|r| match r.body {
+                Some(reply::Body::Error(e)) => Err(crate::handler::error_from_wire(&e)),
+                Some(b) => Ok(b),
+                None => Err(SignerError::internal("empty reply")),
+            })
+            .collect())
+    }
 }
