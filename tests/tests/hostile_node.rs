@@ -1,0 +1,386 @@
+//! A compromised node against a real `lnpd-signer` process: the test speaks
+//! `signer.proto` over gRPC with mutual TLS (not through LDK), sends one
+//! attack per rule, sees it refused with that rule's id (in the reply and in
+//! the daemon's log), and then shows the channel still works with honest
+//! requests. Alice's signer is the daemon under attack; Bob's, in-process,
+//! only plays the honest peer's countersignatures.
+
+use std::str::FromStr;
+
+use bitcoin::absolute::LockTime;
+use bitcoin::bip32::DerivationPath;
+use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::transaction::Version;
+use bitcoin::{
+    Amount, CompressedPublicKey, Network, OutPoint, Psbt, ScriptBuf, Sequence, Transaction, TxIn,
+    TxOut, Witness,
+};
+use lnpd_proto::signer as pb;
+use lnpd_signer::keys::KeyRing;
+use lnpd_signer::testing::{memory_signer, next_counterparty_request, ChannelPair, PairOptions};
+use lnpd_signer::{call, PolicyConfig, RuleId, Seed, SignerError};
+use lnpd_tests::SignerProcess;
+
+const MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";
+
+/// Alice's signer as a daemon (known seed), Bob's in-process, one channel.
+fn attacked(tag: &str) -> (SignerProcess, ChannelPair) {
+    let mut alice = SignerProcess::init_restored(tag, MNEMONIC).expect("signer init");
+    alice.start().expect("signer starts");
+    let pair = ChannelPair::open(
+        Box::new(alice.client().expect("mTLS client")),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("channel opens");
+    (alice, pair)
+}
+
+/// The refusal names `rule`, and so does the daemon's log.
+fn refused<T: std::fmt::Debug>(alice: &SignerProcess, r: Result<T, SignerError>, rule: RuleId) {
+    match r {
+        Err(e) => assert_eq!(e.rule, Some(rule), "refused for another reason: {e}"),
+        Ok(v) => panic!("attack on {} was signed: {v:?}", rule.as_str()),
+    }
+    assert!(
+        alice.log().contains(rule.as_str()),
+        "the daemon's log names {}",
+        rule.as_str()
+    );
+}
+
+/// Honest use goes on: a payment each way, added and settled.
+fn still_usable(p: &mut ChannelPair) {
+    let h = p
+        .add_htlc(5_000_000, 0xa1)
+        .expect("honest HTLC after the attack");
+    p.settle_htlc(&h)
+        .expect("honest settlement after the attack");
+}
+
+fn wallet_keys() -> KeyRing {
+    let seed = bip39::Mnemonic::parse_normalized(MNEMONIC)
+        .unwrap()
+        .to_seed("");
+    KeyRing::from_seed(
+        &Seed::new(seed.to_vec()).unwrap(),
+        Network::Regtest,
+        &Secp256k1::new(),
+    )
+    .unwrap()
+}
+
+fn stranger() -> ScriptBuf {
+    let pk =
+        PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[3; 32]).unwrap());
+    ScriptBuf::new_p2wpkh(&CompressedPublicKey(pk).wpubkey_hash())
+}
+
+#[test]
+fn refuses_the_current_secret_before_the_next_state_is_validated() {
+    let (alice, mut p) = attacked("hostile-secret");
+    p.advance().unwrap();
+    let req = pb::ReleaseCommitmentSecretRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: p.number,
+    };
+    refused(
+        &alice,
+        call!(p.alice.signer, ReleaseCommitmentSecret(req) => ReleaseCommitmentSecret),
+        RuleId::RevokeNextValidated,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_to_sign_a_holder_commitment_it_revoked() {
+    let (alice, mut p) = attacked("hostile-revoked");
+    p.advance().unwrap();
+    let req = pb::SignHolderCommitmentRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: p.number - 1,
+    };
+    refused(
+        &alice,
+        call!(p.alice.signer, SignHolderCommitment(req) => Signature),
+        RuleId::CommitmentHolderNotRevoked,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_skipped_and_rewound_commitment_numbers() {
+    let (alice, mut p) = attacked("hostile-numbers");
+    p.advance().unwrap();
+    p.advance().unwrap();
+    for n in [p.number + 2, p.number - 1] {
+        let mut req = next_counterparty_request(&mut p).unwrap();
+        if let Some(c) = req.commitment.as_mut() {
+            c.commitment_number = n;
+        }
+        let r =
+            call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment);
+        // A rewind may also hit "not revoked yet"; a skip never passes.
+        match &r {
+            Err(e) if e.rule == Some(RuleId::CommitmentPreviousRevoked) => {}
+            _ => refused(&alice, r, RuleId::CommitmentNumberSequence),
+        }
+    }
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_feerate_far_above_the_limit() {
+    let (alice, mut p) = attacked("hostile-feerate");
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        c.feerate_per_kw = PolicyConfig::default().max_feerate_per_kw * 10;
+    }
+    refused(
+        &alice,
+        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        RuleId::CommitmentFeeRange,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_more_htlcs_than_the_limit() {
+    let (alice, mut p) = attacked("hostile-htlcs");
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        let h = pb::Htlc {
+            direction: pb::HtlcDirection::Offered as i32,
+            amount_msat: 1_000_000,
+            cltv_expiry: 500,
+            payment_hash: vec![5; 32],
+        };
+        c.htlcs = vec![h; PolicyConfig::default().max_htlcs + 1];
+    }
+    refused(
+        &alice,
+        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        RuleId::CommitmentHtlcCountMax,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_to_local_delay_other_than_negotiated() {
+    let (alice, mut p) = attacked("hostile-delay");
+    let mut setup = p.alice.setup.clone();
+    setup.counterparty_selected_contest_delay += 100;
+    refused(
+        &alice,
+        call!(p.alice.signer, SetupChannel(setup) => SetupChannel),
+        RuleId::ChannelParamsImmutable,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_to_reuse_a_channel_keys_id() {
+    let (alice, mut p) = attacked("hostile-keys-id");
+    // A second channel under the first one's keys id, with other parameters.
+    let mut setup = p.alice.setup.clone();
+    setup.funding_outpoint = Some(pb::OutPoint {
+        txid: vec![9; 32],
+        vout: 0,
+    });
+    refused(
+        &alice,
+        call!(p.alice.signer, SetupChannel(setup) => SetupChannel),
+        RuleId::ChannelKeysIdUnique,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_close_to_an_unknown_address_or_short_of_our_balance() {
+    let (alice, mut p) = attacked("hostile-close");
+    p.advance().unwrap();
+    let ours = call!(p.alice.signer, GetShutdownScript(pb::GetShutdownScriptRequest {}) => Script)
+        .unwrap()
+        .script_pubkey;
+    let honest = pb::SignClosingTransactionRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        to_holder_value_sat: p.alice_msat / 1000 - 1000,
+        to_counterparty_value_sat: p.bob_msat / 1000,
+        to_holder_script: ours,
+        to_counterparty_script: stranger().to_bytes(),
+        lock_time: 0,
+    };
+    let mut elsewhere = honest.clone();
+    elsewhere.to_holder_script = stranger().to_bytes();
+    refused(
+        &alice,
+        call!(p.alice.signer, SignClosingTransaction(elsewhere) => Signature),
+        RuleId::CloseDestinationAllowed,
+    );
+    // Less than our balance, the rest to the peer.
+    let mut short = honest.clone();
+    short.to_holder_value_sat -= 100_000;
+    short.to_counterparty_value_sat += 100_000;
+    let r = call!(p.alice.signer, SignClosingTransaction(short) => Signature);
+    match &r {
+        Err(e) if e.rule == Some(RuleId::CloseFeeRange) => {
+            refused(&alice, r, RuleId::CloseFeeRange)
+        }
+        _ => refused(&alice, r, RuleId::CloseValueMatches),
+    }
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_sweep_to_an_unknown_address() {
+    let (alice, mut p) = attacked("hostile-sweep");
+    let payment_point = PublicKey::from_slice(&p.alice.pubkeys.payment_point).unwrap();
+    // Anchors: to_remote is P2WSH(<payment key> CHECKSIGVERIFY 1 CSV).
+    let script =
+        lightning::ln::chan_utils::get_to_countersigner_keyed_anchor_redeemscript(&payment_point)
+            .to_p2wsh();
+    let req = pb::SpendSpendableOutputsRequest {
+        descriptors: vec![pb::SpendableOutput {
+            outpoint: Some(pb::OutPoint {
+                txid: vec![7; 32],
+                vout: 1,
+            }),
+            output: Some(pb::TxOut {
+                value_sat: 100_000,
+                script_pubkey: script.to_bytes(),
+            }),
+            kind: Some(pb::spendable_output::Kind::StaticPayment(
+                pb::StaticPaymentOutput {
+                    channel_keys_id: p.alice.keys_id.clone(),
+                },
+            )),
+        }],
+        outputs: vec![],
+        change_script: stranger().to_bytes(),
+        feerate_sat_per_kw: 2000,
+        lock_time: None,
+    };
+    refused(
+        &alice,
+        call!(p.alice.signer, SpendSpendableOutputs(req) => SpendSpendableOutputs),
+        RuleId::SweepDestinationAllowed,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_wallet_spend_with_an_unknown_output_or_fee() {
+    let (alice, mut p) = attacked("hostile-onchain");
+    let s = Secp256k1::new();
+    let keys = wallet_keys();
+    let key = keys.wallet_key(&s, 0, 0).unwrap();
+    let pk = CompressedPublicKey(PublicKey::from_secret_key(&s, &key));
+    let prev = Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn::default()],
+        output: vec![TxOut {
+            value: Amount::from_sat(200_000),
+            script_pubkey: ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()),
+        }],
+    };
+    let psbt = |outputs: Vec<TxOut>| {
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid: prev.compute_txid(),
+                    vout: 0,
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output: outputs,
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+        psbt.inputs[0].non_witness_utxo = Some(prev.clone());
+        psbt.inputs[0].witness_utxo = Some(prev.output[0].clone());
+        psbt.inputs[0].bip32_derivation.insert(
+            pk.0,
+            (
+                keys.master_fingerprint(),
+                DerivationPath::from_str("m/84'/1'/0'/0/0").unwrap(),
+            ),
+        );
+        pb::SignPsbtRequest {
+            psbt: psbt.serialize(),
+        }
+    };
+    // All of it to a stranger (what a funding transaction with an unknown
+    // output, or a withdrawal the operator never allowed, looks like).
+    let theft = psbt(vec![TxOut {
+        value: Amount::from_sat(199_000),
+        script_pubkey: stranger(),
+    }]);
+    refused(
+        &alice,
+        call!(p.alice.signer, SignPsbt(theft) => SignPsbt),
+        RuleId::OnchainOutputsKnown,
+    );
+    // To our own wallet, but nearly all of it burnt in fees.
+    let change = keys.wallet_key(&s, 1, 0).unwrap();
+    let change = CompressedPublicKey(PublicKey::from_secret_key(&s, &change));
+    let burn = psbt(vec![TxOut {
+        value: Amount::from_sat(1_000),
+        script_pubkey: ScriptBuf::new_p2wpkh(&change.wpubkey_hash()),
+    }]);
+    refused(
+        &alice,
+        call!(p.alice.signer, SignPsbt(burn) => SignPsbt),
+        RuleId::OnchainFeeRange,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_new_state_before_the_peer_revoked_the_one_before() {
+    let (alice, mut p) = attacked("hostile-unrevoked");
+    p.advance().unwrap();
+    // Bob's #3 while Bob has not revoked #1 (his #2 is not even signed yet).
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    let data = p.commitment_data(false, p.number + 2).unwrap();
+    req.commitment = Some(data);
+    let r = call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment);
+    match &r {
+        Err(e) if e.rule == Some(RuleId::CommitmentNumberSequence) => {
+            refused(&alice, r, RuleId::CommitmentNumberSequence)
+        }
+        _ => refused(&alice, r, RuleId::CommitmentPreviousRevoked),
+    }
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_forged_revocation_secret() {
+    let (alice, mut p) = attacked("hostile-forged-secret");
+    p.advance().unwrap();
+    let (revocation, _) = p.revocation_then_next().unwrap();
+    let pb::request::Body::ValidateCounterpartyRevocation(mut r) = revocation else {
+        unreachable!()
+    };
+    r.secret = vec![0x42; 32];
+    refused(
+        &alice,
+        call!(p.alice.signer, ValidateCounterpartyRevocation(r) => ValidateCounterpartyRevocation),
+        RuleId::RevokeSecretValid,
+    );
+}
+
+#[test]
+fn a_batch_cannot_smuggle_other_requests() {
+    let (_alice, mut p) = attacked("hostile-batch");
+    let smuggled = pb::request::Body::NewChannelKeysId(pb::NewChannelKeysIdRequest::default());
+    let results = p.alice.signer.handle_batch(vec![smuggled]).unwrap();
+    assert!(
+        results[0].is_err(),
+        "a non-batchable request ran in a batch"
+    );
+    still_usable(&mut p);
+}
