@@ -224,6 +224,17 @@ pub fn rebuild(
             "more than 483 HTLCs in one commitment",
         ));
     }
+    let inflight_sat = htlcs.iter().map(|h| h.amount_msat / 1000).fold(0u64, u64::saturating_add);
+    policy.check(
+        RuleId::CommitmentHtlcInflightMax,
+        inflight_sat <= policy.max_htlc_inflight_sat,
+        || {
+            format!(
+                "{inflight_sat} sat in HTLCs, limit {} sat",
+                policy.max_htlc_inflight_sat
+            )
+        },
+    )?;
     let feerate_ok =
         (policy.min_feerate_per_kw..=policy.max_feerate_per_kw).contains(&data.feerate_per_kw);
     policy.check(RuleId::CommitmentFeeRange, feerate_ok, || {

@@ -166,6 +166,29 @@ fn refuses_more_htlcs_than_the_limit() {
 }
 
 #[test]
+fn refuses_more_value_in_flight_than_the_limit() {
+    let (alice, mut p) = attacked("hostile-inflight");
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    let half = PolicyConfig::default().max_htlc_inflight_sat / 2 + 1;
+    if let Some(c) = req.commitment.as_mut() {
+        c.htlcs = (0..2u8)
+            .map(|i| pb::Htlc {
+                direction: pb::HtlcDirection::Received as i32,
+                amount_msat: half * 1000,
+                cltv_expiry: 500,
+                payment_hash: vec![i; 32],
+            })
+            .collect();
+    }
+    refused(
+        &alice,
+        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        RuleId::CommitmentHtlcInflightMax,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
 fn refuses_a_to_local_delay_other_than_negotiated() {
     let (alice, mut p) = attacked("hostile-delay");
     let mut setup = p.alice.setup.clone();

@@ -118,6 +118,8 @@ pub struct PolicyConfig {
     pub max_feerate_per_kw: u32,
     /// Most non-dust HTLCs in one commitment.
     pub max_htlcs: usize,
+    /// Most value in non-dust HTLCs in one commitment (sat), both ways.
+    pub max_htlc_inflight_sat: u64,
     /// Highest feerate of transactions we pay fees on alone: mutual closes
     /// (as funder) and sweeps (sat per 1000 weight).
     pub max_onchain_feerate_per_kw: u32,
@@ -142,6 +144,7 @@ impl Default for PolicyConfig {
             min_feerate_per_kw: 253,
             max_feerate_per_kw: 100_000,
             max_htlcs: 483,
+            max_htlc_inflight_sat: 10_000_000,
             max_onchain_feerate_per_kw: 25_000,
             allow_push: false,
             allowed_scripts: BTreeSet::new(),
