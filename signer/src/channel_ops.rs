@@ -596,6 +596,23 @@ impl<S: Store> Signer<S> {
         }
         let Rebuilt { tx, .. } =
             commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
+        if let (true, Some(previous)) = (is_new, record.counterparty.as_ref()) {
+            let preimages = r
+                .outbound_htlc_preimages
+                .iter()
+                .map(|p| {
+                    <[u8; 32]>::try_from(p.as_slice())
+                        .map_err(|_| SignerError::invalid("a preimage is not 32 bytes"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::policy::balance::check_counterparty_update(
+                &self.policy,
+                setup,
+                previous,
+                data,
+                &preimages,
+            )?;
+        }
         let secrets = self.secrets(&id);
         let sighash =
             commitment::funding_sighash(&tx.trust().built_transaction().transaction, &params)?;

@@ -224,7 +224,10 @@ pub fn rebuild(
             "more than 483 HTLCs in one commitment",
         ));
     }
-    let inflight_sat = htlcs.iter().map(|h| h.amount_msat / 1000).fold(0u64, u64::saturating_add);
+    let inflight_sat = htlcs
+        .iter()
+        .map(|h| h.amount_msat / 1000)
+        .fold(0u64, u64::saturating_add);
     policy.check(
         RuleId::CommitmentHtlcInflightMax,
         inflight_sat <= policy.max_htlc_inflight_sat,

@@ -130,6 +130,44 @@ fn refuses_skipped_and_rewound_commitment_numbers() {
 }
 
 #[test]
+fn refuses_a_commitment_that_moves_our_balance_to_the_peer_without_an_htlc() {
+    let (alice, mut p) = attacked("hostile-balance");
+    p.advance().unwrap();
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        c.to_countersignatory_value_sat -= 100_000;
+        c.to_broadcaster_value_sat += 100_000;
+    }
+    refused(
+        &alice,
+        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        RuleId::CommitmentBalanceConserved,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_to_take_our_htlc_as_paid_without_its_preimage() {
+    let (alice, mut p) = attacked("hostile-preimage");
+    let h = p.add_htlc(40_000_000, 7).unwrap();
+    // The peer claims our HTLC: it leaves the commitment and its value goes
+    // to the peer, but the node shows no preimage.
+    p.htlcs.retain(|x| x != &h);
+    p.bob_msat += h.amount_msat;
+    let req = next_counterparty_request(&mut p).unwrap();
+    assert!(req.outbound_htlc_preimages.is_empty());
+    refused(
+        &alice,
+        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        RuleId::CommitmentSettledPreimage,
+    );
+    // With the preimage, the same update is signed, and the channel goes on.
+    p.settled.push(h.preimage);
+    p.advance().expect("settlement with the preimage");
+    still_usable(&mut p);
+}
+
+#[test]
 fn refuses_a_feerate_far_above_the_limit() {
     let (alice, mut p) = attacked("hostile-feerate");
     let mut req = next_counterparty_request(&mut p).unwrap();

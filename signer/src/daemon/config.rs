@@ -45,6 +45,8 @@ pub struct PolicySection {
     pub max_htlcs: Option<usize>,
     /// Most value in HTLCs in one commitment (sat).
     pub max_htlc_inflight_sat: Option<u64>,
+    /// Most value left out of a commitment's outputs (trimmed HTLCs), sat.
+    pub max_dust_exposure_sat: Option<u64>,
     /// Highest feerate of mutual closes and sweeps (sat/kw).
     pub max_onchain_feerate_per_kw: Option<u32>,
     /// Let channels we fund push value to the peer at open.
@@ -109,6 +111,7 @@ impl ConfigFile {
             max_feerate_per_kw: p.max_feerate_per_kw.unwrap_or(d.max_feerate_per_kw),
             max_htlcs: p.max_htlcs.unwrap_or(d.max_htlcs),
             max_htlc_inflight_sat: p.max_htlc_inflight_sat.unwrap_or(d.max_htlc_inflight_sat),
+            max_dust_exposure_sat: p.max_dust_exposure_sat.unwrap_or(d.max_dust_exposure_sat),
             max_onchain_feerate_per_kw: p
                 .max_onchain_feerate_per_kw
                 .unwrap_or(d.max_onchain_feerate_per_kw),

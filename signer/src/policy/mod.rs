@@ -8,6 +8,7 @@ use alloc::vec::Vec;
 
 use crate::error::SignerError;
 
+pub mod balance;
 pub mod channel;
 pub mod close;
 pub mod onchain;
@@ -120,6 +121,9 @@ pub struct PolicyConfig {
     pub max_htlcs: usize,
     /// Most value in non-dust HTLCs in one commitment (sat), both ways.
     pub max_htlc_inflight_sat: u64,
+    /// Most value a commitment may leave out of its outputs (HTLCs trimmed
+    /// as dust, which the signer does not see), in sat.
+    pub max_dust_exposure_sat: u64,
     /// Highest feerate of transactions we pay fees on alone: mutual closes
     /// (as funder) and sweeps (sat per 1000 weight).
     pub max_onchain_feerate_per_kw: u32,
@@ -145,6 +149,7 @@ impl Default for PolicyConfig {
             max_feerate_per_kw: 100_000,
             max_htlcs: 483,
             max_htlc_inflight_sat: 10_000_000,
+            max_dust_exposure_sat: 50_000,
             max_onchain_feerate_per_kw: 25_000,
             allow_push: false,
             allowed_scripts: BTreeSet::new(),

@@ -154,6 +154,9 @@ pub struct ChannelPair {
     pub feerate_per_kw: u32,
     /// Current commitment number (both sides).
     pub number: u64,
+    /// Preimages of HTLCs settled since the last update, shown to the
+    /// signers with the next commitments (as LDK does).
+    pub settled: Vec<[u8; 32]>,
 }
 
 /// Channel options.
@@ -270,6 +273,7 @@ impl ChannelPair {
             htlcs: Vec::new(),
             feerate_per_kw: opts.feerate_per_kw,
             number: 0,
+            settled: Vec::new(),
         };
         call!(pair.alice.signer, SetupChannel(a_setup) => SetupChannel)?;
         // Bob (inbound) validates his first commitment before he has the parameters, as LDK does.
@@ -393,6 +397,7 @@ impl ChannelPair {
             (&mut self.alice, &self.bob)
         };
         let sign_req = pb::SignCounterpartyCommitmentRequest {
+            outbound_htlc_preimages: self.settled.iter().map(|p| p.to_vec()).collect(),
             channel_keys_id: signer_side.keys_id.clone(),
             commitment: Some(data.clone()),
             ..Default::default()
@@ -455,6 +460,7 @@ impl ChannelPair {
             channel_keys_id: self.bob.keys_id.clone(), commitment_number: n, secret,
         }) => ValidateCounterpartyRevocation)?;
         self.number = n + 1;
+        self.settled.clear();
         Ok(())
     }
 
@@ -475,6 +481,7 @@ impl ChannelPair {
     /// Settles a pending HTLC (its value goes to the receiver) and advances.
     pub fn settle_htlc(&mut self, h: &TestHtlc) -> Result<(), SignerError> {
         self.htlcs.retain(|x| x != h);
+        self.settled.push(h.preimage);
         if h.offered_by_alice {
             self.bob_msat += h.amount_msat;
         } else {
@@ -529,6 +536,7 @@ pub fn next_counterparty_request(
     Ok(pb::SignCounterpartyCommitmentRequest {
         channel_keys_id: pair.alice.keys_id.clone(),
         commitment: Some(data),
+        outbound_htlc_preimages: pair.settled.iter().map(|p| p.to_vec()).collect(),
         ..Default::default()
     })
 }
