@@ -596,6 +596,7 @@ impl<S: Store> Signer<S> {
         }
         let Rebuilt { tx, .. } =
             commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
+        let mut own_payments = Vec::new();
         if let (true, Some(previous)) = (is_new, record.counterparty.as_ref()) {
             let preimages = r
                 .outbound_htlc_preimages
@@ -612,6 +613,14 @@ impl<S: Store> Signer<S> {
                 data,
                 &preimages,
             )?;
+            own_payments = crate::policy::payments::check_new_htlcs(
+                &self.policy,
+                previous,
+                data,
+                |hash| self.incoming_htlc_msat(&id, hash),
+                self.recent_payments_sat(),
+            )?
+            .own;
         }
         let secrets = self.secrets(&id);
         let sighash =
@@ -632,7 +641,8 @@ impl<S: Store> Signer<S> {
             let mut updated = record.clone();
             updated.counterparty_previous = updated.counterparty.take();
             updated.counterparty = Some(data.clone());
-            self.commit_channel(id, updated, None)?;
+            let meta = self.record_payments(&own_payments);
+            self.commit_channel(id, updated, meta)?;
         }
         Ok(pb::SignCounterpartyCommitmentReply {
             signature: signature.serialize_compact().to_vec(),
@@ -1062,4 +1072,48 @@ fn find_htlc<'a>(
             && h.cltv_expiry == wanted.cltv_expiry
             && h.payment_hash == wanted.payment_hash
     })
+}
+
+impl<S: Store> Signer<S> {
+    /// The largest HTLC with `hash` a peer of another channel than `except`
+    /// offers us, in the latest commitment we signed for that peer (msat).
+    fn incoming_htlc_msat(&self, except: &ChannelKeysId, hash: &[u8]) -> Option<u64> {
+        self.channels
+            .iter()
+            .filter(|(id, _)| *id != except)
+            .filter_map(|(_, r)| r.counterparty.as_ref())
+            .flat_map(crate::policy::payments::offered_to_us)
+            .filter(|h| h.payment_hash == hash)
+            .map(|h| h.amount_msat)
+            .max()
+    }
+
+    /// What we paid within the velocity window (sat).
+    fn recent_payments_sat(&self) -> u64 {
+        let window = self.policy.velocity_window_secs;
+        self.meta
+            .recent_payments
+            .iter()
+            .filter(|p| p.at.saturating_add(window) > self.now)
+            .map(|p| p.sat)
+            .sum()
+    }
+
+    /// The meta record with `own` payments added (and old ones dropped),
+    /// when the velocity control needs them kept.
+    fn record_payments(&self, own: &[u64]) -> Option<crate::state::MetaRecord> {
+        if own.is_empty() || self.policy.velocity_limit_sat.is_none() {
+            return None;
+        }
+        let mut meta = self.meta.clone();
+        let window = self.policy.velocity_window_secs;
+        meta.recent_payments
+            .retain(|p| p.at.saturating_add(window) > self.now);
+        meta.recent_payments
+            .extend(own.iter().map(|sat| crate::state::RecentPayment {
+                at: self.now,
+                sat: *sat,
+            }));
+        Some(meta)
+    }
 }

@@ -51,6 +51,8 @@ pub struct Signer<S: Store> {
         core::cell::RefCell<BTreeMap<ChannelKeysId, lightning::ln::chan_utils::ChannelPublicKeys>>,
     /// While a batch runs: its writes, and the state before it to undo.
     pub(crate) batch: Option<PendingBatch>,
+    /// Unix time (seconds) as the host last told it (no clock in no_std).
+    pub(crate) now: u64,
 }
 
 /// Writes of a batch not yet durable, and what they replaced in memory.
@@ -105,7 +107,14 @@ impl<S: Store> Signer<S> {
             wallet_scripts,
             pubkeys: Default::default(),
             batch: None,
+            now: 0,
         })
+    }
+
+    /// Sets the time (unix seconds) payment controls measure windows with;
+    /// the daemon calls it before each request.
+    pub fn set_time(&mut self, unix_secs: u64) {
+        self.now = unix_secs;
     }
 
     /// The node id this signer signs for.

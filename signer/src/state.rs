@@ -104,6 +104,20 @@ pub struct MetaRecord {
     /// Next unused index on the wallet's internal (change) chain.
     #[prost(uint32, tag = "2")]
     pub next_internal_index: u32,
+    /// Our own payments within the velocity window.
+    #[prost(message, repeated, tag = "3")]
+    pub recent_payments: Vec<RecentPayment>,
+}
+
+/// One outgoing payment, for `payment-velocity`.
+#[derive(Clone, PartialEq, Message)]
+pub struct RecentPayment {
+    /// When it was signed (unix seconds, the daemon's clock).
+    #[prost(uint64, tag = "1")]
+    pub at: u64,
+    /// Amount (sat).
+    #[prost(uint64, tag = "2")]
+    pub sat: u64,
 }
 
 impl MetaRecord {

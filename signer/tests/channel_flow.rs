@@ -527,17 +527,7 @@ fn validation_can_revoke_the_previous_state_in_the_same_write() {
 
 /// Alice's signer kept by the test too, to break her store on purpose.
 fn pair_with_shared_alice() -> (ChannelPair, lnpd_signer::testing::SharedSigner) {
-    let alice = std::rc::Rc::new(std::cell::RefCell::new(memory_signer(
-        1,
-        PolicyConfig::default(),
-    )));
-    let p = ChannelPair::open(
-        Box::new(alice.clone()),
-        Box::new(memory_signer(2, PolicyConfig::default())),
-        PairOptions::default(),
-    )
-    .expect("channel opens");
-    (p, alice)
+    pair_with_policy(PolicyConfig::default())
 }
 
 #[test]
@@ -611,4 +601,93 @@ fn a_batch_holds_at_most_sixteen_requests() {
     assert!(results
         .iter()
         .all(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Invalid)));
+}
+
+fn pair_with_policy(policy: PolicyConfig) -> (ChannelPair, lnpd_signer::testing::SharedSigner) {
+    let alice = std::rc::Rc::new(std::cell::RefCell::new(memory_signer(1, policy)));
+    let p = ChannelPair::open(
+        Box::new(alice.clone()),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("channel opens");
+    (p, alice)
+}
+
+/// Alice offers an HTLC; on refusal the pair's bookkeeping is put back.
+fn try_add(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
+    match p.add_htlc(amount_msat, tag) {
+        Ok(h) => p.settle_htlc(&h),
+        Err(e) => {
+            p.htlcs.pop();
+            p.alice_msat += amount_msat;
+            Err(e)
+        }
+    }
+}
+
+#[test]
+fn payment_controls_cap_single_payments_and_the_rolling_total() {
+    let (mut p, alice) = pair_with_policy(PolicyConfig {
+        max_payment_sat: Some(30_000),
+        velocity_limit_sat: Some(50_000),
+        velocity_window_secs: 3600,
+        ..Default::default()
+    });
+    alice.borrow_mut().set_time(1_000_000);
+    try_add(&mut p, 25_000_000, 1).expect("under both limits");
+    assert_refused(try_add(&mut p, 31_000_000, 2), RuleId::PaymentMax);
+    // 25k + 26k within the hour is above 50k.
+    assert_refused(try_add(&mut p, 26_000_000, 3), RuleId::PaymentVelocity);
+    // An hour later the window has moved on.
+    alice.borrow_mut().set_time(1_000_000 + 3601);
+    try_add(&mut p, 26_000_000, 4).expect("the window moved");
+}
+
+#[test]
+fn merchant_mode_never_sends() {
+    let (mut p, _alice) = pair_with_policy(PolicyConfig {
+        merchant_no_sends: true,
+        ..Default::default()
+    });
+    assert_refused(try_add(&mut p, 10_000_000, 1), RuleId::MerchantNoSends);
+    p.advance().expect("an update that sends nothing");
+}
+
+#[test]
+fn forwards_must_be_covered_by_an_incoming_htlc() {
+    // Alice's signer has two channels: Bob pays Carol through Alice.
+    let alice = std::rc::Rc::new(std::cell::RefCell::new(memory_signer(
+        1,
+        PolicyConfig {
+            routing_balanced: true,
+            ..Default::default()
+        },
+    )));
+    let open = |peer: u8| {
+        ChannelPair::open(
+            Box::new(alice.clone()),
+            Box::new(memory_signer(peer, PolicyConfig::default())),
+            PairOptions::default(),
+        )
+        .expect("channel opens")
+    };
+    let (mut with_bob, mut with_carol) = (open(2), open(3));
+    // Bob gets a balance (Alice pays him), then offers Alice 50k sat for hash 9.
+    try_add(&mut with_bob, 200_000_000, 1).unwrap();
+    with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    // Forwarding more than came in is refused; as much or less goes out.
+    assert_refused(
+        try_add_pending(&mut with_carol, 60_000_000, 9),
+        RuleId::RoutingBalanced,
+    );
+    try_add_pending(&mut with_carol, 49_000_000, 9).expect("a covered forward");
+}
+
+/// Alice offers an HTLC and leaves it pending (a forward in flight).
+fn try_add_pending(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
+    p.add_htlc(amount_msat, tag).map(|_| ()).inspect_err(|_| {
+        p.htlcs.pop();
+        p.alice_msat += amount_msat;
+    })
 }

@@ -25,15 +25,7 @@ const MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon 
 
 /// Alice's signer as a daemon (known seed), Bob's in-process, one channel.
 fn attacked(tag: &str) -> (SignerProcess, ChannelPair) {
-    let mut alice = SignerProcess::init_restored(tag, MNEMONIC).expect("signer init");
-    alice.start().expect("signer starts");
-    let pair = ChannelPair::open(
-        Box::new(alice.client().expect("mTLS client")),
-        Box::new(memory_signer(2, PolicyConfig::default())),
-        PairOptions::default(),
-    )
-    .expect("channel opens");
-    (alice, pair)
+    attacked_with(tag, "")
 }
 
 /// The refusal names `rule`, and so does the daemon's log.
@@ -444,4 +436,79 @@ fn a_batch_cannot_smuggle_other_requests() {
         "a non-batchable request ran in a batch"
     );
     still_usable(&mut p);
+}
+
+/// Like [`attacked`], with `[policy]` lines added to the daemon's config.
+fn attacked_with(tag: &str, policy: &str) -> (SignerProcess, ChannelPair) {
+    let mut alice = SignerProcess::init_restored(tag, MNEMONIC).expect("signer init");
+    let toml = alice.data_dir().join("signer.toml");
+    let mut config = std::fs::read_to_string(&toml).expect("signer.toml");
+    config.push_str(policy);
+    std::fs::write(&toml, config).unwrap();
+    alice.start().expect("signer starts");
+    let pair = ChannelPair::open(
+        Box::new(alice.client().expect("mTLS client")),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("channel opens");
+    (alice, pair)
+}
+
+/// Alice offers an HTLC; on refusal the pair's bookkeeping is put back.
+fn offer(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
+    p.add_htlc(amount_msat, tag).map(|_| ()).inspect_err(|_| {
+        p.htlcs.pop();
+        p.alice_msat += amount_msat;
+    })
+}
+
+#[test]
+fn refuses_a_payment_above_the_single_payment_limit() {
+    let (alice, mut p) = attacked_with("hostile-max", "max_payment_sat = 30000\n");
+    refused(&alice, offer(&mut p, 31_000_000, 1), RuleId::PaymentMax);
+    offer(&mut p, 29_000_000, 2).expect("a payment under the limit");
+}
+
+#[test]
+fn refuses_payments_beyond_the_rolling_limit() {
+    let (alice, mut p) = attacked_with(
+        "hostile-velocity",
+        "velocity_limit_sat = 50000\nvelocity_window_secs = 3600\n",
+    );
+    offer(&mut p, 30_000_000, 1).expect("first payment");
+    refused(
+        &alice,
+        offer(&mut p, 30_000_000, 2),
+        RuleId::PaymentVelocity,
+    );
+    offer(&mut p, 15_000_000, 3).expect("what is left of the limit");
+}
+
+#[test]
+fn refuses_any_payment_in_merchant_mode() {
+    let (alice, mut p) = attacked_with("hostile-merchant", "merchant_no_sends = true\n");
+    refused(&alice, offer(&mut p, 1_000_000, 1), RuleId::MerchantNoSends);
+    p.advance().expect("updates that send nothing go on");
+}
+
+#[test]
+fn refuses_to_forward_more_than_came_in() {
+    let (alice, mut with_bob) = attacked_with("hostile-routing", "routing_balanced = true\n");
+    let mut with_carol = ChannelPair::open(
+        Box::new(alice.client().expect("mTLS client")),
+        Box::new(memory_signer(3, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("second channel");
+    // Bob gets a balance, then offers Alice 50k sat for hash 9.
+    let h = with_bob.add_htlc(200_000_000, 1).unwrap();
+    with_bob.settle_htlc(&h).unwrap();
+    with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    refused(
+        &alice,
+        offer(&mut with_carol, 60_000_000, 9),
+        RuleId::RoutingBalanced,
+    );
+    offer(&mut with_carol, 49_000_000, 9).expect("a covered forward");
 }

@@ -51,6 +51,16 @@ pub struct PolicySection {
     pub max_onchain_feerate_per_kw: Option<u32>,
     /// Let channels we fund push value to the peer at open.
     pub allow_push: Option<bool>,
+    /// Largest single outgoing payment (sat).
+    pub max_payment_sat: Option<u64>,
+    /// Most paid within the velocity window (sat).
+    pub velocity_limit_sat: Option<u64>,
+    /// The velocity window (seconds).
+    pub velocity_window_secs: Option<u64>,
+    /// Receive-only mode.
+    pub merchant_no_sends: Option<bool>,
+    /// Forwards only against an incoming HTLC of at least the same value.
+    pub routing_balanced: Option<bool>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -116,6 +126,11 @@ impl ConfigFile {
                 .max_onchain_feerate_per_kw
                 .unwrap_or(d.max_onchain_feerate_per_kw),
             allow_push: p.allow_push.unwrap_or(d.allow_push),
+            max_payment_sat: p.max_payment_sat,
+            velocity_limit_sat: p.velocity_limit_sat,
+            velocity_window_secs: p.velocity_window_secs.unwrap_or(d.velocity_window_secs),
+            merchant_no_sends: p.merchant_no_sends.unwrap_or(d.merchant_no_sends),
+            routing_balanced: p.routing_balanced.unwrap_or(d.routing_balanced),
             allowed_scripts: Default::default(),
             allowed_payees: Default::default(),
         };

@@ -66,6 +66,7 @@ impl<S: Store> SignerService<S> {
             );
             signer.set_allowlist(scripts, payees);
         }
+        signer.set_time(unix_now());
         let (op, channel) = (
             crate::handler::request_name(&body),
             crate::handler::request_channel(&body),
@@ -99,6 +100,7 @@ impl<S: Store + Send + 'static> SignerService<S> {
             .inner
             .lock()
             .map_err(|_| Status::internal("signer state lock poisoned"))?;
+        signer.set_time(unix_now());
         let ids: Vec<u64> = batch.requests.iter().map(|r| r.id).collect();
         let mut bodies = Vec::with_capacity(batch.requests.len());
         let mut context = Vec::with_capacity(batch.requests.len());
@@ -145,6 +147,14 @@ impl<S: Store + Send + 'static> SignerService<S> {
             .collect();
         Ok(pb::BatchReply { replies })
     }
+}
+
+/// The daemon's clock, for the signer's payment windows.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Turns a signer error into a gRPC status; a policy refusal carries its

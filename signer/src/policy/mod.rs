@@ -12,6 +12,7 @@ pub mod balance;
 pub mod channel;
 pub mod close;
 pub mod onchain;
+pub mod payments;
 
 macro_rules! rules {
     ($($variant:ident => $id:literal,)*) => {
@@ -129,6 +130,16 @@ pub struct PolicyConfig {
     pub max_onchain_feerate_per_kw: u32,
     /// Whether a channel we fund may push value to the peer at open.
     pub allow_push: bool,
+    /// Largest single outgoing payment (sat); none: no limit.
+    pub max_payment_sat: Option<u64>,
+    /// Most we pay within `velocity_window_secs` (sat); none: no limit.
+    pub velocity_limit_sat: Option<u64>,
+    /// The rolling window of `velocity_limit_sat`.
+    pub velocity_window_secs: u64,
+    /// Receive-only: our balance never goes out except by forwarding.
+    pub merchant_no_sends: bool,
+    /// Forwards must be covered by an incoming HTLC of the same hash.
+    pub routing_balanced: bool,
     /// Output scripts the operator allows funds to go to besides the wallet
     /// (withdrawals, closes, sweeps). Managed with `lnpd-signer allowlist`.
     pub allowed_scripts: BTreeSet<Vec<u8>>,
@@ -152,6 +163,11 @@ impl Default for PolicyConfig {
             max_dust_exposure_sat: 50_000,
             max_onchain_feerate_per_kw: 25_000,
             allow_push: false,
+            max_payment_sat: None,
+            velocity_limit_sat: None,
+            velocity_window_secs: 86_400,
+            merchant_no_sends: false,
+            routing_balanced: false,
             allowed_scripts: BTreeSet::new(),
             allowed_payees: BTreeSet::new(),
         }

@@ -478,6 +478,24 @@ impl ChannelPair {
         Ok(h)
     }
 
+    /// Bob offers Alice an HTLC (a payment to her, or one she forwards).
+    pub fn add_htlc_from_bob(
+        &mut self,
+        amount_msat: u64,
+        tag: u8,
+    ) -> Result<TestHtlc, SignerError> {
+        let h = TestHtlc {
+            offered_by_alice: false,
+            amount_msat,
+            cltv_expiry: 600 + tag as u32,
+            preimage: [tag; 32],
+        };
+        self.bob_msat -= amount_msat;
+        self.htlcs.push(h.clone());
+        self.advance()?;
+        Ok(h)
+    }
+
     /// Settles a pending HTLC (its value goes to the receiver) and advances.
     pub fn settle_htlc(&mut self, h: &TestHtlc) -> Result<(), SignerError> {
         self.htlcs.retain(|x| x != h);

@@ -1,0 +1,90 @@
+//! Payment controls (`payment-max`, `payment-velocity`, `merchant-no-sends`,
+//! `routing-balanced`), all off unless configured. They look at the HTLCs we
+//! newly offer in a counterparty commitment: one matched by an HTLC the
+//! peer of another channel offered us with the same payment hash is a
+//! forward; any other is a payment of our own.
+
+use alloc::format;
+use alloc::vec::Vec;
+
+use lnpd_proto::signer::{CommitmentData, Htlc, HtlcDirection};
+
+use crate::error::SignerError;
+use crate::policy::{PolicyConfig, RuleId};
+
+/// What a commitment update sends out of the channel.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Our own payments (sat each).
+    pub own: Vec<u64>,
+}
+
+/// HTLCs we offer on a commitment the counterparty broadcasts.
+fn offered_by_us(c: &CommitmentData) -> impl Iterator<Item = &Htlc> {
+    c.htlcs
+        .iter()
+        .filter(|h| h.direction == HtlcDirection::Received as i32)
+}
+
+/// HTLCs the peer offers us, on a commitment it broadcasts.
+pub fn offered_to_us(c: &CommitmentData) -> impl Iterator<Item = &Htlc> {
+    c.htlcs
+        .iter()
+        .filter(|h| h.direction == HtlcDirection::Offered as i32)
+}
+
+/// Checks the HTLCs `next` adds over `previous` (counterparty commitments
+/// of one channel). `incoming(hash)` gives the largest HTLC with that hash
+/// other channels' peers offer us (msat). `recent_sat` is what we paid in
+/// the velocity window so far. Returns our own new payments.
+pub fn check_new_htlcs(
+    policy: &PolicyConfig,
+    previous: &CommitmentData,
+    next: &CommitmentData,
+    incoming: impl Fn(&[u8]) -> Option<u64>,
+    recent_sat: u64,
+) -> Result<Outgoing, SignerError> {
+    let before: Vec<_> = offered_by_us(previous)
+        .map(|h| (&h.payment_hash, h.amount_msat, h.cltv_expiry))
+        .collect();
+    let mut out = Outgoing::default();
+    for h in offered_by_us(next) {
+        if before.contains(&(&h.payment_hash, h.amount_msat, h.cltv_expiry)) {
+            continue;
+        }
+        let sat = h.amount_msat / 1000;
+        match incoming(&h.payment_hash) {
+            Some(in_msat) => {
+                if policy.routing_balanced {
+                    policy.check(RuleId::RoutingBalanced, in_msat >= h.amount_msat, || {
+                        format!(
+                            "forward of {} msat against an incoming HTLC of only {in_msat} msat",
+                            h.amount_msat
+                        )
+                    })?;
+                }
+            }
+            None => {
+                policy.check(RuleId::MerchantNoSends, !policy.merchant_no_sends, || {
+                    format!("receive-only: an outgoing payment of {sat} sat is not a forward")
+                })?;
+                if let Some(max) = policy.max_payment_sat {
+                    policy.check(RuleId::PaymentMax, sat <= max, || {
+                        format!("payment of {sat} sat above the {max} sat limit")
+                    })?;
+                }
+                out.own.push(sat);
+            }
+        }
+    }
+    if let Some(limit) = policy.velocity_limit_sat {
+        let total = recent_sat.saturating_add(out.own.iter().sum());
+        policy.check(RuleId::PaymentVelocity, total <= limit, || {
+            format!(
+                "{total} sat paid within {} s, limit {limit} sat",
+                policy.velocity_window_secs
+            )
+        })?;
+    }
+    Ok(out)
+}
