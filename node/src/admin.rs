@@ -311,18 +311,45 @@ impl node_server::Node for AdminService {
         });
         let node = self.node.clone();
         let amount = r.amount_msat;
+        let bolt11 = r.invoice.trim().to_string();
         tokio::task::spawn_blocking(move || {
-            node.channel_manager.pay_for_bolt11_invoice(
-                &invoice,
-                PaymentId(hash),
-                amount,
-                RouteParametersConfig::default(),
-                Retry::Timeout(timeout),
-            )
+            // The signer sees the invoice first: its payment controls refuse
+            // here, before an HTLC could get stuck on a refused signature.
+            use lnpd_proto::signer::{request, ShowInvoiceRequest};
+            match node.signer.call_retrying(
+                "show invoice",
+                request::Body::ShowInvoice(ShowInvoiceRequest {
+                    bolt11,
+                    amount_msat: amount.unwrap_or(0),
+                }),
+                std::time::Duration::from_secs(15),
+            ) {
+                Ok(_) => {}
+                Err(crate::signer_client::CallError::Refused { message, rule, .. }) => {
+                    return Err(Status::permission_denied(format!(
+                        "payment not started: the signer refuses it{}: {message}",
+                        rule.map(|r| format!(" (rule {r})")).unwrap_or_default()
+                    )))
+                }
+                Err(e) => {
+                    return Err(Status::failed_precondition(format!(
+                        "payment not started: the signer did not answer within 15 s; \
+                         try again once it is up ({e})"
+                    )))
+                }
+            }
+            node.channel_manager
+                .pay_for_bolt11_invoice(
+                    &invoice,
+                    PaymentId(hash),
+                    amount,
+                    RouteParametersConfig::default(),
+                    Retry::Timeout(timeout),
+                )
+                .map_err(|e| Status::failed_precondition(format!("payment not started: {e:?}")))
         })
         .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| Status::failed_precondition(format!("payment not started: {e:?}")))?;
+        .map_err(|e| Status::internal(e.to_string()))??;
         if let Ok(mut p) = self.node.payments.lock() {
             p.entry(hash).or_insert(crate::node::PaymentRecord {
                 direction: "outbound",

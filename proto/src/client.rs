@@ -179,5 +179,6 @@ pub async fn call(
         SpendSpendableOutputs => spend_spendable_outputs => SpendSpendableOutputs,
         GetWalletDescriptor => get_wallet_descriptor => GetWalletDescriptor,
         SignPsbt => sign_psbt => SignPsbt,
+        ShowInvoice => show_invoice => ShowInvoice,
     })
 }

@@ -317,6 +317,19 @@ impl<S: Store> Signer<S> {
         let (_, _, params) = self.set_up_channel(&id)?;
         let holder = self.check_holder_commitment(&id, &record, &params, &r)?;
         let n = CommitmentNumber::new(data.commitment_number)?;
+        let previous = record.holder.as_ref().and_then(|h| h.commitment.as_ref());
+        if let (Some(previous), Some(setup)) = (previous, record.setup.as_ref()) {
+            if previous.commitment_number < n.0 {
+                crate::policy::balance::check_update(
+                    &self.policy,
+                    setup,
+                    true,
+                    previous,
+                    data,
+                    &preimages(&r.outbound_htlc_preimages)?,
+                )?;
+            }
+        }
         let mut updated = record.clone();
         updated.holder = Some(holder);
         // The previous state is revoked in the same durable write, but only
@@ -598,27 +611,22 @@ impl<S: Store> Signer<S> {
             commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
         let mut own_payments = Vec::new();
         if let (true, Some(previous)) = (is_new, record.counterparty.as_ref()) {
-            let preimages = r
-                .outbound_htlc_preimages
-                .iter()
-                .map(|p| {
-                    <[u8; 32]>::try_from(p.as_slice())
-                        .map_err(|_| SignerError::invalid("a preimage is not 32 bytes"))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            crate::policy::balance::check_counterparty_update(
+            crate::policy::balance::check_update(
                 &self.policy,
                 setup,
+                false,
                 previous,
                 data,
-                &preimages,
+                &preimages(&r.outbound_htlc_preimages)?,
             )?;
             own_payments = crate::policy::payments::check_new_htlcs(
                 &self.policy,
                 previous,
                 data,
                 |hash| self.incoming_htlc_msat(&id, hash),
+                |hash| self.shown_invoice(hash),
                 self.recent_payments_sat(),
+                self.now,
             )?
             .own;
         }
@@ -1089,7 +1097,7 @@ impl<S: Store> Signer<S> {
     }
 
     /// What we paid within the velocity window (sat).
-    fn recent_payments_sat(&self) -> u64 {
+    pub(crate) fn recent_payments_sat(&self) -> u64 {
         let window = self.policy.velocity_window_secs;
         self.meta
             .recent_payments
@@ -1116,4 +1124,14 @@ impl<S: Store> Signer<S> {
             }));
         Some(meta)
     }
+}
+
+/// Payment preimages from a request, each 32 bytes.
+fn preimages(raw: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, SignerError> {
+    raw.iter()
+        .map(|p| {
+            <[u8; 32]>::try_from(p.as_slice())
+                .map_err(|_| SignerError::invalid("a preimage is not 32 bytes"))
+        })
+        .collect()
 }

@@ -340,6 +340,7 @@ impl<S: Store> Signer<S> {
             }
             Q::GetWalletDescriptor(_) => A::GetWalletDescriptor(self.wallet_descriptor()),
             Q::SignPsbt(r) => A::SignPsbt(self.sign_psbt(&r)?),
+            Q::ShowInvoice(r) => A::ShowInvoice(self.show_invoice(&r)?),
         })
     }
 
@@ -435,6 +436,7 @@ pub fn request_name(body: &request::Body) -> &'static str {
         Q::SpendSpendableOutputs(_) => "spend_spendable_outputs",
         Q::GetWalletDescriptor(_) => "get_wallet_descriptor",
         Q::SignPsbt(_) => "sign_psbt",
+        Q::ShowInvoice(_) => "show_invoice",
     }
 }
 
@@ -453,7 +455,10 @@ pub fn request_channel(body: &request::Body) -> Option<ChannelKeysId> {
         | Q::SignMessage(_)
         | Q::GetNodeKeys(_)
         | Q::GetShutdownScript(_) => return None,
-        Q::SpendSpendableOutputs(_) | Q::GetWalletDescriptor(_) | Q::SignPsbt(_) => return None,
+        Q::SpendSpendableOutputs(_)
+        | Q::GetWalletDescriptor(_)
+        | Q::SignPsbt(_)
+        | Q::ShowInvoice(_) => return None,
         Q::GetChannelPublicKeys(r) => &r.channel_keys_id,
         Q::SetupChannel(r) => &r.channel_keys_id,
         Q::GetDestinationScript(r) => &r.channel_keys_id,

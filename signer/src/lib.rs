@@ -22,6 +22,7 @@ pub mod types;
 pub mod wallet;
 
 mod channel_ops;
+pub mod invoices;
 mod node_ops;
 mod spend;
 

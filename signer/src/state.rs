@@ -107,6 +107,26 @@ pub struct MetaRecord {
     /// Our own payments within the velocity window.
     #[prost(message, repeated, tag = "3")]
     pub recent_payments: Vec<RecentPayment>,
+    /// Invoices the node showed before paying them, until they expire.
+    #[prost(message, repeated, tag = "4")]
+    pub shown_invoices: Vec<ShownInvoice>,
+}
+
+/// An invoice the node is about to pay (`payment-invoiced`).
+#[derive(Clone, PartialEq, Message)]
+pub struct ShownInvoice {
+    /// Its payment hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub payment_hash: Vec<u8>,
+    /// The amount it asks (msat).
+    #[prost(uint64, tag = "2")]
+    pub amount_msat: u64,
+    /// Unix time it expires.
+    #[prost(uint64, tag = "3")]
+    pub expires_at: u64,
+    /// The payee's node id.
+    #[prost(bytes = "vec", tag = "4")]
+    pub payee: Vec<u8>,
 }
 
 /// One outgoing payment, for `payment-velocity`.

@@ -512,3 +512,115 @@ fn refuses_to_forward_more_than_came_in() {
     );
     offer(&mut with_carol, 49_000_000, 9).expect("a covered forward");
 }
+
+/// A BOLT 11 invoice for the HTLC test tag `tag`, signed by `payee_key`.
+fn invoice(tag: u8, amount_msat: u64, payee_key: &SecretKey, expiry_secs: u64) -> String {
+    use bitcoin::hashes::{sha256, Hash};
+    use lightning_invoice::{Currency, InvoiceBuilder};
+    let s = Secp256k1::new();
+    let hash = sha256::Hash::hash(&[tag; 32]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    InvoiceBuilder::new(Currency::Regtest)
+        .description("hostile test".into())
+        .payment_hash(hash)
+        .payment_secret(lightning::types::payment::PaymentSecret([1; 32]))
+        .duration_since_epoch(now)
+        .min_final_cltv_expiry_delta(18)
+        .amount_milli_satoshis(amount_msat)
+        .expiry_time(std::time::Duration::from_secs(expiry_secs))
+        .build_signed(|m| s.sign_ecdsa_recoverable(m, payee_key))
+        .unwrap()
+        .to_string()
+}
+
+fn show(p: &mut ChannelPair, bolt11: String) -> Result<pb::ShowInvoiceReply, SignerError> {
+    call!(p.alice.signer, ShowInvoice(pb::ShowInvoiceRequest { bolt11, amount_msat: 0 }) => ShowInvoice)
+}
+
+#[test]
+fn pays_only_invoices_it_was_shown_for_their_amount() {
+    let (alice, mut p) = attacked_with("hostile-invoiced", "payment_invoiced = true\n");
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    // No invoice shown for this payment hash.
+    refused(
+        &alice,
+        offer(&mut p, 20_000_000, 5),
+        RuleId::PaymentInvoiced,
+    );
+    show(&mut p, invoice(5, 20_000_000, &payee, 3600)).expect("a valid invoice");
+    offer(&mut p, 20_000_000, 5).expect("the invoice's amount");
+    // More than the invoice asks (beyond the routing-fee allowance).
+    show(&mut p, invoice(6, 10_000_000, &payee, 3600)).unwrap();
+    refused(
+        &alice,
+        offer(&mut p, 30_000_000, 6),
+        RuleId::PaymentInvoiced,
+    );
+    // Garbage is not an invoice.
+    let err = show(&mut p, "lnbcrt1garbage".into()).unwrap_err();
+    assert_eq!(err.kind, lnpd_signer::ErrorKind::Invalid, "{err}");
+    still_usable_invoiced(&mut p, &payee);
+}
+
+/// Honest use under `payment-invoiced`: show, then pay.
+fn still_usable_invoiced(p: &mut ChannelPair, payee: &SecretKey) {
+    show(p, invoice(0xb2, 5_000_000, payee, 3600)).unwrap();
+    let h = p.add_htlc(5_000_000, 0xb2).expect("honest payment");
+    p.settle_htlc(&h).expect("settled");
+}
+
+#[test]
+fn pays_only_allowed_payees() {
+    let (alice, mut p) = attacked_with("hostile-payees", "payee_allowlist = true\n");
+    let stranger = SecretKey::from_slice(&[4; 32]).unwrap();
+    refused(
+        &alice,
+        show(&mut p, invoice(7, 1_000_000, &stranger, 3600)),
+        RuleId::PaymentPayeeAllowlist,
+    );
+    // Without an invoice the payee is unknown: refused when the HTLC comes.
+    refused(
+        &alice,
+        offer(&mut p, 1_000_000, 7),
+        RuleId::PaymentPayeeAllowlist,
+    );
+    p.advance().expect("updates that pay nobody go on");
+}
+
+#[test]
+fn refuses_an_invoice_beyond_the_limits_before_any_htlc() {
+    let (alice, mut p) = attacked_with("hostile-early", "max_payment_sat = 30000\n");
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    refused(
+        &alice,
+        show(&mut p, invoice(8, 40_000_000, &payee, 3600)),
+        RuleId::PaymentMax,
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn refuses_a_holder_commitment_that_moves_our_balance_away() {
+    let (alice, mut p) = attacked("hostile-holder-balance");
+    p.advance().unwrap();
+    // The peer countersigns a commitment of ours that gives it 100k sat of
+    // our balance without an HTLC.
+    p.alice_msat -= 100_000_000;
+    p.bob_msat += 100_000_000;
+    let (mut req, _) = p.holder_request(true, p.number + 1).unwrap();
+    req.release_previous = true;
+    refused(
+        &alice,
+        call!(p.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment),
+        RuleId::CommitmentBalanceConserved,
+    );
+    // Nothing moved: the last good commitment can still go on chain.
+    let latest = pb::SignHolderCommitmentRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: p.number,
+    };
+    call!(p.alice.signer, SignHolderCommitment(latest) => Signature)
+        .expect("the last validated commitment is still ours to broadcast");
+}

@@ -79,10 +79,13 @@ async fn signer_killed_mid_burst_no_force_close() {
         "only {succeeded} of {BURST} payments went through"
     );
     println!("signer killed after {at_kill} payments; {succeeded} of {BURST} succeeded");
+    // The node lost the signer and found it again (what it had to wait for
+    // was retried or answered "pending" and resumed, depending on timing).
+    let log = a.log();
     assert!(
-        a.log().contains("signer is back"),
-        "the node noticed the signer's return\n{}",
-        a.log()
+        log.contains("lost the signer connection")
+            && log.matches("connected to the signer at").count() >= 2,
+        "the node did not reconnect to the signer\n{log}"
     );
 
     // Nothing was force-closed: the channel is there and usable on both sides.

@@ -363,12 +363,16 @@ impl SignerConnection {
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // Deferred requests with no company go alone.
+                        // (Not while waiting to reconnect: the link logs that.)
                         if let Ok(mut l) = worker_link.try_lock() {
-                            if l.deferred_since
-                                .is_some_and(|t| t.elapsed() >= DEFER_AT_MOST)
-                            {
+                            let due = l
+                                .deferred_since
+                                .is_some_and(|t| t.elapsed() >= DEFER_AT_MOST);
+                            let reachable = l.connected.load(Ordering::SeqCst)
+                                || Instant::now() >= l.next_attempt;
+                            if due && reachable {
                                 if let Err(e) = l.flush(Duration::from_secs(10)) {
-                                    tracing::warn!("deferred signer request not sent yet: {e}");
+                                    tracing::debug!("deferred signer request not sent yet: {e}");
                                 }
                             }
                         }

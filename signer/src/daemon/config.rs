@@ -61,6 +61,12 @@ pub struct PolicySection {
     pub merchant_no_sends: Option<bool>,
     /// Forwards only against an incoming HTLC of at least the same value.
     pub routing_balanced: Option<bool>,
+    /// Pay only invoices the node showed.
+    pub payment_invoiced: Option<bool>,
+    /// Pay only payees on the allow-list.
+    pub payee_allowlist: Option<bool>,
+    /// Routing fee allowance over an invoice's amount (millionths).
+    pub invoice_fee_allowance_ppm: Option<u64>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -131,6 +137,11 @@ impl ConfigFile {
             velocity_window_secs: p.velocity_window_secs.unwrap_or(d.velocity_window_secs),
             merchant_no_sends: p.merchant_no_sends.unwrap_or(d.merchant_no_sends),
             routing_balanced: p.routing_balanced.unwrap_or(d.routing_balanced),
+            payment_invoiced: p.payment_invoiced.unwrap_or(d.payment_invoiced),
+            payee_allowlist: p.payee_allowlist.unwrap_or(d.payee_allowlist),
+            invoice_fee_allowance_ppm: p
+                .invoice_fee_allowance_ppm
+                .unwrap_or(d.invoice_fee_allowance_ppm),
             allowed_scripts: Default::default(),
             allowed_payees: Default::default(),
         };

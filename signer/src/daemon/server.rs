@@ -226,6 +226,7 @@ rpcs! {
     spend_spendable_outputs(SpendSpendableOutputsRequest) -> SpendSpendableOutputsReply via SpendSpendableOutputs => SpendSpendableOutputs;
     get_wallet_descriptor(GetWalletDescriptorRequest) -> GetWalletDescriptorReply via GetWalletDescriptor => GetWalletDescriptor;
     sign_psbt(SignPsbtRequest) -> SignPsbtReply via SignPsbt => SignPsbt;
+    show_invoice(ShowInvoiceRequest) -> ShowInvoiceReply via ShowInvoice => ShowInvoice;
 }
 
 /// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.

@@ -38,20 +38,27 @@ fn fee_and_anchors(setup: &SetupChannelRequest, c: &CommitmentData) -> u64 {
         }
 }
 
-/// HTLCs we offered, on a commitment broadcast by the counterparty (where
-/// they are "received" by the broadcaster).
-fn ours(c: &CommitmentData) -> impl Iterator<Item = &lnpd_proto::signer::Htlc> {
-    c.htlcs
-        .iter()
-        .filter(|h| h.direction == HtlcDirection::Received as i32)
+/// HTLCs we offered: "offered" by the broadcaster on our own commitment,
+/// "received" by it on the counterparty's.
+fn ours(c: &CommitmentData, holder: bool) -> impl Iterator<Item = &lnpd_proto::signer::Htlc> {
+    let direction = if holder {
+        HtlcDirection::Offered
+    } else {
+        HtlcDirection::Received
+    } as i32;
+    c.htlcs.iter().filter(move |h| h.direction == direction)
 }
 
-fn side(setup: &SetupChannelRequest, c: &CommitmentData) -> Side {
+fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
     let fees = fee_and_anchors(setup, c);
-    let our_htlcs: u64 = ours(c).map(|h| h.amount_msat / 1000).sum();
+    let our_htlcs: u64 = ours(c, holder).map(|h| h.amount_msat / 1000).sum();
     let all_htlcs: u64 = c.htlcs.iter().map(|h| h.amount_msat / 1000).sum();
-    let total =
-        c.to_countersignatory_value_sat + our_htlcs + if setup.is_outbound { fees } else { 0 };
+    let our_value = if holder {
+        c.to_broadcaster_value_sat
+    } else {
+        c.to_countersignatory_value_sat
+    };
+    let total = our_value + our_htlcs + if setup.is_outbound { fees } else { 0 };
     let visible = c
         .to_broadcaster_value_sat
         .saturating_add(c.to_countersignatory_value_sat)
@@ -63,17 +70,19 @@ fn side(setup: &SetupChannelRequest, c: &CommitmentData) -> Side {
     }
 }
 
-/// Checks a new counterparty commitment against the last one we signed.
+/// Checks a new commitment against the previous one of the same side: ours
+/// (`holder`, which we validate) or the counterparty's (which we sign).
 /// `preimages` are the payment preimages the node shows for our HTLCs the
 /// peer claimed.
-pub fn check_counterparty_update(
+pub fn check_update(
     policy: &PolicyConfig,
     setup: &SetupChannelRequest,
+    holder: bool,
     previous: &CommitmentData,
     next: &CommitmentData,
     preimages: &[[u8; 32]],
 ) -> Result<(), SignerError> {
-    let (old, new) = (side(setup, previous), side(setup, next));
+    let (old, new) = (side(setup, previous, holder), side(setup, next, holder));
     policy.check(
         RuleId::CommitmentBalanceConserved,
         new.pot <= policy.max_dust_exposure_sat,
@@ -89,8 +98,8 @@ pub fn check_counterparty_update(
         return Ok(());
     }
     let key = |h: &lnpd_proto::signer::Htlc| (h.payment_hash.clone(), h.amount_msat, h.cltv_expiry);
-    let still: Vec<_> = ours(next).map(key).collect();
-    let removed: Vec<_> = ours(previous)
+    let still: Vec<_> = ours(next, holder).map(key).collect();
+    let removed: Vec<_> = ours(previous, holder)
         .filter(|h| !still.contains(&key(h)))
         .collect();
     let hashes: Vec<[u8; 32]> = preimages

@@ -140,6 +140,13 @@ pub struct PolicyConfig {
     pub merchant_no_sends: bool,
     /// Forwards must be covered by an incoming HTLC of the same hash.
     pub routing_balanced: bool,
+    /// Own payments only for invoices the node showed (amount, expiry).
+    pub payment_invoiced: bool,
+    /// Own payments only to payees in `allowed_payees` (needs the invoice).
+    pub payee_allowlist: bool,
+    /// What an HTLC may carry above the invoice's amount for routing fees,
+    /// in millionths of the amount (plus 1 000 msat).
+    pub invoice_fee_allowance_ppm: u64,
     /// Output scripts the operator allows funds to go to besides the wallet
     /// (withdrawals, closes, sweeps). Managed with `lnpd-signer allowlist`.
     pub allowed_scripts: BTreeSet<Vec<u8>>,
@@ -168,6 +175,9 @@ impl Default for PolicyConfig {
             velocity_window_secs: 86_400,
             merchant_no_sends: false,
             routing_balanced: false,
+            payment_invoiced: false,
+            payee_allowlist: false,
+            invoice_fee_allowance_ppm: 10_000,
             allowed_scripts: BTreeSet::new(),
             allowed_payees: BTreeSet::new(),
         }

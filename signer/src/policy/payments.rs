@@ -42,7 +42,9 @@ pub fn check_new_htlcs(
     previous: &CommitmentData,
     next: &CommitmentData,
     incoming: impl Fn(&[u8]) -> Option<u64>,
+    invoice: impl Fn(&[u8]) -> Option<crate::invoices::KnownInvoice>,
     recent_sat: u64,
+    now: u64,
 ) -> Result<Outgoing, SignerError> {
     let before: Vec<_> = offered_by_us(previous)
         .map(|h| (&h.payment_hash, h.amount_msat, h.cltv_expiry))
@@ -73,6 +75,15 @@ pub fn check_new_htlcs(
                         format!("payment of {sat} sat above the {max} sat limit")
                     })?;
                 }
+                let shown = invoice(&h.payment_hash);
+                if policy.payment_invoiced {
+                    check_invoiced(policy, h, shown.as_ref(), now)?;
+                }
+                policy.check(
+                    RuleId::PaymentPayeeAllowlist,
+                    !policy.payee_allowlist || shown.as_ref().is_some_and(|s| s.payee_allowed),
+                    || "payment to a payee not on the allow-list (or no invoice shown)".into(),
+                )?;
                 out.own.push(sat);
             }
         }
@@ -87,4 +98,38 @@ pub fn check_new_htlcs(
         })?;
     }
     Ok(out)
+}
+
+/// `payment-invoiced`: an invoice was shown for the HTLC's hash, it has not
+/// expired, and the HTLC carries at most its amount plus a routing-fee
+/// allowance.
+fn check_invoiced(
+    policy: &PolicyConfig,
+    h: &Htlc,
+    shown: Option<&crate::invoices::KnownInvoice>,
+    now: u64,
+) -> Result<(), SignerError> {
+    let Some(inv) = shown else {
+        return policy.check(RuleId::PaymentInvoiced, false, || {
+            "an outgoing payment for an invoice the signer was not shown".into()
+        });
+    };
+    let allowance = inv
+        .amount_msat
+        .saturating_mul(policy.invoice_fee_allowance_ppm)
+        / 1_000_000
+        + 1_000;
+    policy.check(
+        RuleId::PaymentInvoiced,
+        h.amount_msat <= inv.amount_msat.saturating_add(allowance),
+        || {
+            format!(
+                "HTLC of {} msat for an invoice of {} msat (allowance {allowance} msat)",
+                h.amount_msat, inv.amount_msat
+            )
+        },
+    )?;
+    policy.check(RuleId::PaymentInvoiced, now <= inv.expires_at, || {
+        format!("the invoice expired at {} (now {now})", inv.expires_at)
+    })
 }

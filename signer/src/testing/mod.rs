@@ -409,7 +409,7 @@ impl ChannelPair {
                 commitment: Some(data),
                 counterparty_signature: sig.signature,
                 htlc_signatures: sig.htlc_signatures,
-                outbound_htlc_preimages: vec![],
+                outbound_htlc_preimages: self.settled.iter().map(|p| p.to_vec()).collect(),
                 release_previous: false,
             },
             sign_req,
@@ -438,7 +438,7 @@ impl ChannelPair {
             commitment: req.commitment,
             counterparty_signature: sig.signature,
             htlc_signatures: sig.htlc_signatures,
-            outbound_htlc_preimages: vec![],
+            outbound_htlc_preimages: self.settled.iter().map(|p| p.to_vec()).collect(),
             release_previous: false,
         }) => ValidateHolderCommitment)?;
         let secret =
