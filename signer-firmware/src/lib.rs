@@ -1,5 +1,14 @@
-//! Device logic of the lnpd hardware signer. `no_std`: the same code runs on a
-//! board and in the host simulator.
+//! Device logic of the lnpd hardware signer. `no_std` + `alloc`: the same
+//! code runs on a board and in the host simulator.
+//!
+//! Done: [`hid`], the framing of `signer.proto` messages into 64-byte USB
+//! HID reports. To come (see the README): dispatch over the signer core, the
+//! flash store, the user-interface abstraction, pairing, the simulator.
 #![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod hid;
 
 pub use lnpd_proto::signer as wire;
