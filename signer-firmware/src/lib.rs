@@ -2,13 +2,15 @@
 //! code runs on a board and in the host simulator.
 //!
 //! Done: [`hid`], the framing of `signer.proto` messages into 64-byte USB
-//! HID reports. To come (see the README): dispatch over the signer core, the
-//! flash store, the user-interface abstraction, pairing, the simulator.
+//! HID reports, and [`flash`], the signer core's store over two flash slots
+//! with power-cut-safe updates. To come (see the README): dispatch over the
+//! signer core, the user-interface abstraction, pairing, the simulator.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod flash;
 pub mod hid;
 
 pub use lnpd_proto::signer as wire;

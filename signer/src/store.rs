@@ -29,7 +29,7 @@ pub enum Write {
 }
 
 /// Everything in a store, as read at start-up.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Snapshot {
     /// Channel records by keys id.
     pub channels: BTreeMap<[u8; 32], Vec<u8>>,
