@@ -217,71 +217,89 @@ impl<F: Flash> Store for FlashStore<F> {
     }
 }
 
+/// Flash in RAM: the simulator's volatile mode and the tests. It can lose
+/// power after a given number of written or erased bytes: the operation in
+/// progress stops half way and fails, as on a board.
+pub struct RamFlash {
+    mem: Vec<u8>,
+    page: usize,
+    budget: Option<usize>,
+}
+
+impl RamFlash {
+    /// `size` bytes of erased flash in pages of `page` bytes.
+    pub fn new(size: usize, page: usize) -> Self {
+        RamFlash {
+            mem: vec![0xFF; size],
+            page,
+            budget: None,
+        }
+    }
+
+    /// Power fails after `bytes` more bytes are written or erased (`None`:
+    /// power stays on).
+    pub fn set_power_budget(&mut self, bytes: Option<usize>) {
+        self.budget = bytes;
+    }
+
+    fn spend(&mut self, n: usize) -> usize {
+        match &mut self.budget {
+            None => n,
+            Some(b) => {
+                let k = n.min(*b);
+                *b -= k;
+                k
+            }
+        }
+    }
+}
+
+impl Flash for RamFlash {
+    fn size(&self) -> usize {
+        self.mem.len()
+    }
+    fn page_size(&self) -> usize {
+        self.page
+    }
+    fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), FlashError> {
+        let src = self
+            .mem
+            .get(offset..offset.saturating_add(buf.len()))
+            .ok_or(FlashError("read out of range"))?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+    fn erase(&mut self, offset: usize) -> Result<(), FlashError> {
+        let end = offset.saturating_add(self.page);
+        if end > self.mem.len() || !offset.is_multiple_of(self.page) {
+            return Err(FlashError("erase out of range"));
+        }
+        let k = self.spend(self.page);
+        self.mem[offset..offset + k].fill(0xFF);
+        if k < self.page {
+            // Half erased: the rest holds garbage, as real flash may.
+            self.mem[offset + k..end].fill(0x5A);
+            return Err(FlashError("power lost"));
+        }
+        Ok(())
+    }
+    fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), FlashError> {
+        if offset.saturating_add(data.len()) > self.mem.len() {
+            return Err(FlashError("write out of range"));
+        }
+        let k = self.spend(data.len());
+        self.mem[offset..offset + k].copy_from_slice(&data[..k]);
+        if k < data.len() {
+            return Err(FlashError("power lost"));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-
-    /// Flash in RAM that loses power after `budget` written or erased bytes:
-    /// the operation in progress stops half way, nothing after it happens.
-    struct TestFlash {
-        mem: Vec<u8>,
-        budget: Option<usize>,
-    }
-
-    impl TestFlash {
-        fn new(size: usize) -> Self {
-            TestFlash {
-                mem: vec![0xFF; size],
-                budget: None,
-            }
-        }
-        fn spend(&mut self, n: usize) -> usize {
-            match &mut self.budget {
-                None => n,
-                Some(b) => {
-                    let k = n.min(*b);
-                    *b -= k;
-                    k
-                }
-            }
-        }
-    }
-
-    impl Flash for TestFlash {
-        fn size(&self) -> usize {
-            self.mem.len()
-        }
-        fn page_size(&self) -> usize {
-            256
-        }
-        fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), FlashError> {
-            let src = self
-                .mem
-                .get(offset..offset + buf.len())
-                .ok_or(FlashError("read out of range"))?;
-            buf.copy_from_slice(src);
-            Ok(())
-        }
-        fn erase(&mut self, offset: usize) -> Result<(), FlashError> {
-            let k = self.spend(256);
-            self.mem[offset..offset + k].fill(0xFF);
-            if k < 256 {
-                // Half erased: what is left holds garbage, as real flash may.
-                self.mem[offset + k..offset + 256].fill(0x5A);
-                return Err(FlashError("power lost"));
-            }
-            Ok(())
-        }
-        fn write(&mut self, offset: usize, data: &[u8]) -> Result<(), FlashError> {
-            let k = self.spend(data.len());
-            self.mem[offset..offset + k].copy_from_slice(&data[..k]);
-            if k < data.len() {
-                return Err(FlashError("power lost"));
-            }
-            Ok(())
-        }
-    }
 
     fn channel_write(tag: u8, len: usize) -> Write {
         Write::Channel([tag; 32], vec![tag; len])
@@ -289,7 +307,7 @@ mod tests {
 
     #[test]
     fn state_survives_reopening() {
-        let mut s = FlashStore::open(TestFlash::new(8192)).unwrap();
+        let mut s = FlashStore::open(RamFlash::new(8192, 256)).unwrap();
         assert_eq!(s.load().unwrap(), Snapshot::default());
         s.commit(vec![channel_write(1, 100), Write::Meta(vec![9; 10])])
             .unwrap();
@@ -309,7 +327,7 @@ mod tests {
             vec![channel_write(2, 200), Write::Meta(vec![7; 20])],
             vec![channel_write(1, 500)],
         ];
-        let mut reference = FlashStore::open(TestFlash::new(8192)).unwrap();
+        let mut reference = FlashStore::open(RamFlash::new(8192, 256)).unwrap();
         let mut states = vec![reference.load().unwrap()];
         for c in commits.clone() {
             reference.commit(c).unwrap();
@@ -319,15 +337,15 @@ mod tests {
         // third commit, restart, and look.
         let mut finished = 0;
         for cut in 0..2100 {
-            let mut s = FlashStore::open(TestFlash::new(8192)).unwrap();
+            let mut s = FlashStore::open(RamFlash::new(8192, 256)).unwrap();
             s.commit(commits[0].clone()).unwrap();
             s.commit(commits[1].clone()).unwrap();
             let mut flash = s.into_flash();
-            flash.budget = Some(cut);
+            flash.set_power_budget(Some(cut));
             let mut s = FlashStore::open(flash).unwrap();
             let done = s.commit(commits[2].clone()).is_ok();
             let mut flash = s.into_flash();
-            flash.budget = None;
+            flash.set_power_budget(None);
             let s = FlashStore::open(flash).unwrap();
             let got = s.load().unwrap();
             if done {
@@ -352,7 +370,7 @@ mod tests {
 
     #[test]
     fn refuses_a_state_larger_than_a_slot() {
-        let mut s = FlashStore::open(TestFlash::new(1024)).unwrap();
+        let mut s = FlashStore::open(RamFlash::new(1024, 256)).unwrap();
         assert!(s.commit(vec![channel_write(1, 600)]).is_err());
         assert_eq!(s.load().unwrap(), Snapshot::default());
     }

@@ -3,13 +3,15 @@
 //!
 //! Done: [`hid`], the framing of `signer.proto` messages into 64-byte USB
 //! HID reports, and [`flash`], the signer core's store over two flash slots
-//! with power-cut-safe updates. To come (see the README): dispatch over the
-//! signer core, the user-interface abstraction, pairing, the simulator.
+//! with power-cut-safe updates, and [`device`], which runs the signer core
+//! behind them. To come (see the README): the user-interface abstraction,
+//! pairing, the simulator.
 #![no_std]
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod device;
 pub mod flash;
 pub mod hid;
 
