@@ -938,13 +938,14 @@ impl Node {
         }
     }
 
-    /// Stops the background processor (which writes the channel manager a
-    /// last time) and persists the channel manager.
+    /// Stops the background processor, which writes the channel manager a
+    /// last time (written here instead if it was not running).
     pub fn shutdown(&self) {
         let bp = self.background.lock().ok().and_then(|mut b| b.take());
         if let Some(bp) = bp {
-            if let Err(e) = bp.stop() {
-                tracing::error!("background processor: {e}");
+            match bp.stop() {
+                Ok(()) => return,
+                Err(e) => tracing::error!("background processor: {e}"),
             }
         }
         if let Err(e) = self

@@ -80,26 +80,11 @@ impl<S: Store> Signer<S> {
         // The controls that would refuse the HTLC refuse the invoice now,
         // before the node starts a payment that could only get stuck.
         let sat = amount_msat / 1000;
-        self.policy.check(
-            RuleId::MerchantNoSends,
-            !self.policy.merchant_no_sends,
-            || format!("receive-only: no payment of {sat} sat"),
+        crate::policy::payments::check_own_payment(&self.policy, sat)?;
+        crate::policy::payments::check_velocity(
+            &self.policy,
+            self.recent_payments_sat().saturating_add(sat),
         )?;
-        if let Some(max) = self.policy.max_payment_sat {
-            self.policy.check(RuleId::PaymentMax, sat <= max, || {
-                format!("payment of {sat} sat above the {max} sat limit")
-            })?;
-        }
-        if let Some(limit) = self.policy.velocity_limit_sat {
-            let total = self.recent_payments_sat().saturating_add(sat);
-            self.policy
-                .check(RuleId::PaymentVelocity, total <= limit, || {
-                    format!(
-                        "{total} sat within {} s with this payment, limit {limit} sat",
-                        self.policy.velocity_window_secs
-                    )
-                })?;
-        }
         let hash = invoice.payment_hash().to_byte_array().to_vec();
         let mut meta = self.meta.clone();
         let now = self.now;

@@ -614,16 +614,10 @@ fn pair_with_policy(policy: PolicyConfig) -> (ChannelPair, lnpd_signer::testing:
     (p, alice)
 }
 
-/// Alice offers an HTLC; on refusal the pair's bookkeeping is put back.
+/// Alice pays an HTLC and it is settled; a refusal changes nothing.
 fn try_add(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
-    match p.add_htlc(amount_msat, tag) {
-        Ok(h) => p.settle_htlc(&h),
-        Err(e) => {
-            p.htlcs.pop();
-            p.alice_msat += amount_msat;
-            Err(e)
-        }
-    }
+    let h = p.offer(amount_msat, tag)?;
+    p.settle_htlc(&h)
 }
 
 #[test]
@@ -677,17 +671,6 @@ fn forwards_must_be_covered_by_an_incoming_htlc() {
     try_add(&mut with_bob, 200_000_000, 1).unwrap();
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
     // Forwarding more than came in is refused; as much or less goes out.
-    assert_refused(
-        try_add_pending(&mut with_carol, 60_000_000, 9),
-        RuleId::RoutingBalanced,
-    );
-    try_add_pending(&mut with_carol, 49_000_000, 9).expect("a covered forward");
-}
-
-/// Alice offers an HTLC and leaves it pending (a forward in flight).
-fn try_add_pending(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
-    p.add_htlc(amount_msat, tag).map(|_| ()).inspect_err(|_| {
-        p.htlcs.pop();
-        p.alice_msat += amount_msat;
-    })
+    assert_refused(with_carol.offer(60_000_000, 9), RuleId::RoutingBalanced);
+    with_carol.offer(49_000_000, 9).expect("a covered forward");
 }

@@ -48,11 +48,12 @@ use lightning::routing::scoring::{
 use lightning::sign::{EntropySource, KeysManager, NodeSigner, Recipient, SignerProvider};
 use lightning::util::config::UserConfig;
 use lightning::util::logger::{Level, Logger, Record};
+use lnpd_node::signer_client::connection::reply_result;
 use lnpd_node::signer_client::{
     CallError, GrpcTransport, RemoteKeysManager, SignerConnection, SignerTransport,
 };
 use lnpd_node::store::SqliteStore;
-use lnpd_proto::signer::{reply, request, ErrorKind, Reply, Request};
+use lnpd_proto::signer::{reply, request, Reply, Request};
 use lnpd_signer::handler::request_name;
 use lnpd_signer::policy::PolicyConfig;
 use lnpd_signer::store::MemoryStore;
@@ -175,20 +176,7 @@ impl SignerTransport for InProcessCore {
         };
         let reply = Reply::decode(&self.0.handle_bytes(&req.encode_to_vec())[..])
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-
-        match reply.body {
-            Some(reply::Body::Error(e)) => Err(CallError::Refused {
-                code: if e.kind == ErrorKind::Policy as i32 {
-                    tonic::Code::PermissionDenied
-                } else {
-                    tonic::Code::InvalidArgument
-                },
-                rule: (!e.rule.is_empty()).then_some(e.rule),
-                message: e.message,
-            }),
-            Some(b) => Ok(b),
-            None => Err(CallError::Unavailable("empty reply".into())),
-        }
+        reply_result(reply.body)
     }
 }
 

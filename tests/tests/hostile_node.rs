@@ -455,19 +455,11 @@ fn attacked_with(tag: &str, policy: &str) -> (SignerProcess, ChannelPair) {
     (alice, pair)
 }
 
-/// Alice offers an HTLC; on refusal the pair's bookkeeping is put back.
-fn offer(p: &mut ChannelPair, amount_msat: u64, tag: u8) -> Result<(), SignerError> {
-    p.add_htlc(amount_msat, tag).map(|_| ()).inspect_err(|_| {
-        p.htlcs.pop();
-        p.alice_msat += amount_msat;
-    })
-}
-
 #[test]
 fn refuses_a_payment_above_the_single_payment_limit() {
     let (alice, mut p) = attacked_with("hostile-max", "max_payment_sat = 30000\n");
-    refused(&alice, offer(&mut p, 31_000_000, 1), RuleId::PaymentMax);
-    offer(&mut p, 29_000_000, 2).expect("a payment under the limit");
+    refused(&alice, p.offer(31_000_000, 1), RuleId::PaymentMax);
+    p.offer(29_000_000, 2).expect("a payment under the limit");
 }
 
 #[test]
@@ -476,19 +468,15 @@ fn refuses_payments_beyond_the_rolling_limit() {
         "hostile-velocity",
         "velocity_limit_sat = 50000\nvelocity_window_secs = 3600\n",
     );
-    offer(&mut p, 30_000_000, 1).expect("first payment");
-    refused(
-        &alice,
-        offer(&mut p, 30_000_000, 2),
-        RuleId::PaymentVelocity,
-    );
-    offer(&mut p, 15_000_000, 3).expect("what is left of the limit");
+    p.offer(30_000_000, 1).expect("first payment");
+    refused(&alice, p.offer(30_000_000, 2), RuleId::PaymentVelocity);
+    p.offer(15_000_000, 3).expect("what is left of the limit");
 }
 
 #[test]
 fn refuses_any_payment_in_merchant_mode() {
     let (alice, mut p) = attacked_with("hostile-merchant", "merchant_no_sends = true\n");
-    refused(&alice, offer(&mut p, 1_000_000, 1), RuleId::MerchantNoSends);
+    refused(&alice, p.offer(1_000_000, 1), RuleId::MerchantNoSends);
     p.advance().expect("updates that send nothing go on");
 }
 
@@ -507,10 +495,10 @@ fn refuses_to_forward_more_than_came_in() {
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
     refused(
         &alice,
-        offer(&mut with_carol, 60_000_000, 9),
+        with_carol.offer(60_000_000, 9),
         RuleId::RoutingBalanced,
     );
-    offer(&mut with_carol, 49_000_000, 9).expect("a covered forward");
+    with_carol.offer(49_000_000, 9).expect("a covered forward");
 }
 
 /// A BOLT 11 invoice for the HTLC test tag `tag`, signed by `payee_key`.
@@ -544,20 +532,12 @@ fn pays_only_invoices_it_was_shown_for_their_amount() {
     let (alice, mut p) = attacked_with("hostile-invoiced", "payment_invoiced = true\n");
     let payee = SecretKey::from_slice(&[4; 32]).unwrap();
     // No invoice shown for this payment hash.
-    refused(
-        &alice,
-        offer(&mut p, 20_000_000, 5),
-        RuleId::PaymentInvoiced,
-    );
+    refused(&alice, p.offer(20_000_000, 5), RuleId::PaymentInvoiced);
     show(&mut p, invoice(5, 20_000_000, &payee, 3600)).expect("a valid invoice");
-    offer(&mut p, 20_000_000, 5).expect("the invoice's amount");
+    p.offer(20_000_000, 5).expect("the invoice's amount");
     // More than the invoice asks (beyond the routing-fee allowance).
     show(&mut p, invoice(6, 10_000_000, &payee, 3600)).unwrap();
-    refused(
-        &alice,
-        offer(&mut p, 30_000_000, 6),
-        RuleId::PaymentInvoiced,
-    );
+    refused(&alice, p.offer(30_000_000, 6), RuleId::PaymentInvoiced);
     // Garbage is not an invoice.
     let err = show(&mut p, "lnbcrt1garbage".into()).unwrap_err();
     assert_eq!(err.kind, lnpd_signer::ErrorKind::Invalid, "{err}");
@@ -581,11 +561,7 @@ fn pays_only_allowed_payees() {
         RuleId::PaymentPayeeAllowlist,
     );
     // Without an invoice the payee is unknown: refused when the HTLC comes.
-    refused(
-        &alice,
-        offer(&mut p, 1_000_000, 7),
-        RuleId::PaymentPayeeAllowlist,
-    );
+    refused(&alice, p.offer(1_000_000, 7), RuleId::PaymentPayeeAllowlist);
     p.advance().expect("updates that pay nobody go on");
 }
 

@@ -67,14 +67,7 @@ pub fn check_new_htlcs(
                 }
             }
             None => {
-                policy.check(RuleId::MerchantNoSends, !policy.merchant_no_sends, || {
-                    format!("receive-only: an outgoing payment of {sat} sat is not a forward")
-                })?;
-                if let Some(max) = policy.max_payment_sat {
-                    policy.check(RuleId::PaymentMax, sat <= max, || {
-                        format!("payment of {sat} sat above the {max} sat limit")
-                    })?;
-                }
+                check_own_payment(policy, sat)?;
                 let shown = invoice(&h.payment_hash);
                 if policy.payment_invoiced {
                     check_invoiced(policy, h, shown.as_ref(), now)?;
@@ -88,16 +81,34 @@ pub fn check_new_htlcs(
             }
         }
     }
-    if let Some(limit) = policy.velocity_limit_sat {
-        let total = recent_sat.saturating_add(out.own.iter().sum());
-        policy.check(RuleId::PaymentVelocity, total <= limit, || {
-            format!(
-                "{total} sat paid within {} s, limit {limit} sat",
-                policy.velocity_window_secs
-            )
+    check_velocity(policy, recent_sat.saturating_add(out.own.iter().sum()))?;
+    Ok(out)
+}
+
+/// `merchant-no-sends` and `payment-max` on one payment of our own (sat).
+pub fn check_own_payment(policy: &PolicyConfig, sat: u64) -> Result<(), SignerError> {
+    policy.check(RuleId::MerchantNoSends, !policy.merchant_no_sends, || {
+        format!("receive-only: an outgoing payment of {sat} sat is not a forward")
+    })?;
+    if let Some(max) = policy.max_payment_sat {
+        policy.check(RuleId::PaymentMax, sat <= max, || {
+            format!("payment of {sat} sat above the {max} sat limit")
         })?;
     }
-    Ok(out)
+    Ok(())
+}
+
+/// `payment-velocity`: `total_sat` paid within the window, this included.
+pub fn check_velocity(policy: &PolicyConfig, total_sat: u64) -> Result<(), SignerError> {
+    match policy.velocity_limit_sat {
+        Some(limit) => policy.check(RuleId::PaymentVelocity, total_sat <= limit, || {
+            format!(
+                "{total_sat} sat paid within {} s, limit {limit} sat",
+                policy.velocity_window_secs
+            )
+        }),
+        None => Ok(()),
+    }
 }
 
 /// `payment-invoiced`: an invoice was shown for the HTLC's hash, it has not

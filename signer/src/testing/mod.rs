@@ -478,6 +478,15 @@ impl ChannelPair {
         Ok(h)
     }
 
+    /// Like [`ChannelPair::add_htlc`], but a refused HTLC leaves the pair's
+    /// bookkeeping as it was (for attacks and policy tests).
+    pub fn offer(&mut self, amount_msat: u64, tag: u8) -> Result<TestHtlc, SignerError> {
+        self.add_htlc(amount_msat, tag).inspect_err(|_| {
+            self.htlcs.pop();
+            self.alice_msat += amount_msat;
+        })
+    }
+
     /// Bob offers Alice an HTLC (a payment to her, or one she forwards).
     pub fn add_htlc_from_bob(
         &mut self,
