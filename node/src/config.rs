@@ -93,3 +93,11 @@ pub fn required<T: Clone>(
 ) -> Result<T, ConfigError> {
     v.clone().ok_or(ConfigError::Missing(name, flag))
 }
+
+/// A path from a flag or config, with a leading `~/` meaning `$HOME`.
+pub fn expand_home(dir: &str) -> std::path::PathBuf {
+    match (dir.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::PathBuf::from(home).join(rest),
+        _ => std::path::PathBuf::from(dir),
+    }
+}

@@ -1,7 +1,5 @@
 //! `lnpd-cli`: talks to a running `lnpd` over its admin API.
 
-use std::path::PathBuf;
-
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lnpd_proto::node::{self as pb, node_client::NodeClient};
@@ -99,13 +97,6 @@ enum Cmd {
     },
 }
 
-fn expand(dir: &str) -> PathBuf {
-    match (dir.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(dir),
-    }
-}
-
 fn explain(s: tonic::Status) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unavailable => anyhow!(
@@ -118,7 +109,7 @@ fn explain(s: tonic::Status) -> anyhow::Error {
 }
 
 async fn run(cli: Cli) -> Result<()> {
-    let dir = expand(&cli.data_dir);
+    let dir = lnpd_node::config::expand_home(&cli.data_dir);
     let addr = match cli.rpc {
         Some(a) => a,
         None => std::fs::read_to_string(dir.join("admin.addr")).with_context(|| {

@@ -59,15 +59,8 @@ struct Cli {
     log: String,
 }
 
-fn expand(dir: &str) -> PathBuf {
-    match (dir.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
-        _ => PathBuf::from(dir),
-    }
-}
-
 async fn run(cli: Cli) -> Result<()> {
-    let data_dir = expand(&cli.data_dir);
+    let data_dir = lnpd_node::config::expand_home(&cli.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let file = NodeConfig::load(&data_dir.join("lnpd.toml"))?;
