@@ -53,6 +53,75 @@ pub fn auth_interceptor(
     }
 }
 
+/// Longest the node waits for the signer's operator to answer an approval
+/// request; the signer's own timeout (10 minutes unless configured) is
+/// meant to answer first.
+const APPROVAL_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Shows the invoice to the signer before paying it: its payment controls
+/// refuse here, before an HTLC could get stuck on a refused signature. A
+/// payment above the signer's approval threshold waits (showing the
+/// invoice again every second) until the operator approves or denies it.
+fn show_invoice_to_signer(node: &Node, bolt11: &str, amount: Option<u64>) -> Result<(), Status> {
+    use lnpd_proto::signer::{reply, request, ShowInvoiceRequest};
+    let started = std::time::Instant::now();
+    let mut announced = false;
+    loop {
+        let shown = node.signer.call_retrying(
+            "show invoice",
+            request::Body::ShowInvoice(ShowInvoiceRequest {
+                bolt11: bolt11.to_string(),
+                amount_msat: amount.unwrap_or(0),
+            }),
+            std::time::Duration::from_secs(15),
+        );
+        let reply = match shown {
+            Ok(reply::Body::ShowInvoice(r)) => r,
+            Ok(_) => {
+                return Err(Status::internal(
+                    "the signer answered with the wrong reply type",
+                ))
+            }
+            Err(crate::signer_client::CallError::Refused { message, rule, .. }) => {
+                return Err(Status::permission_denied(format!(
+                    "payment not started: the signer refuses it{}: {message}",
+                    rule.map(|r| format!(" (rule {r})")).unwrap_or_default()
+                )))
+            }
+            Err(e) => {
+                return Err(Status::failed_precondition(format!(
+                    "payment not started: the signer did not answer within 15 s; \
+                     try again once it is up ({e})"
+                )))
+            }
+        };
+        if !reply.awaiting_approval {
+            if announced {
+                tracing::info!("payment {} approved on the signer", reply.approval_id);
+            }
+            return Ok(());
+        }
+        if !announced {
+            tracing::warn!(
+                "payment of {} msat waits for the signer operator's approval: \
+                 on the signer, `lnpd-signer approve {}` (or `deny`)",
+                reply.amount_msat,
+                reply.approval_id
+            );
+            announced = true;
+        }
+        if started.elapsed() > APPROVAL_PATIENCE {
+            return Err(Status::deadline_exceeded(format!(
+                "payment not started: the signer's operator did not answer approval request {} \
+                 within {} s",
+                reply.approval_id,
+                APPROVAL_PATIENCE.as_secs()
+            )));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(1));
+    }
+}
+
 /// The admin service.
 pub struct AdminService {
     node: Arc<Node>,
@@ -313,31 +382,7 @@ impl node_server::Node for AdminService {
         let amount = r.amount_msat;
         let bolt11 = r.invoice.trim().to_string();
         tokio::task::spawn_blocking(move || {
-            // The signer sees the invoice first: its payment controls refuse
-            // here, before an HTLC could get stuck on a refused signature.
-            use lnpd_proto::signer::{request, ShowInvoiceRequest};
-            match node.signer.call_retrying(
-                "show invoice",
-                request::Body::ShowInvoice(ShowInvoiceRequest {
-                    bolt11,
-                    amount_msat: amount.unwrap_or(0),
-                }),
-                std::time::Duration::from_secs(15),
-            ) {
-                Ok(_) => {}
-                Err(crate::signer_client::CallError::Refused { message, rule, .. }) => {
-                    return Err(Status::permission_denied(format!(
-                        "payment not started: the signer refuses it{}: {message}",
-                        rule.map(|r| format!(" (rule {r})")).unwrap_or_default()
-                    )))
-                }
-                Err(e) => {
-                    return Err(Status::failed_precondition(format!(
-                        "payment not started: the signer did not answer within 15 s; \
-                         try again once it is up ({e})"
-                    )))
-                }
-            }
+            show_invoice_to_signer(&node, &bolt11, amount)?;
             node.channel_manager
                 .pay_for_bolt11_invoice(
                     &invoice,

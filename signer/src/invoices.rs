@@ -4,6 +4,8 @@
 //! HTLC appears in a commitment.
 
 use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
 use core::str::FromStr;
 
 use bitcoin::hashes::Hash;
@@ -13,7 +15,7 @@ use lnpd_proto::signer as pb;
 use crate::error::SignerError;
 use crate::handler::Signer;
 use crate::policy::RuleId;
-use crate::state::ShownInvoice;
+use crate::state::{Approval, ShownInvoice};
 use crate::store::Store;
 
 /// How long a shown invoice is kept after it expires (an HTLC for it may
@@ -33,6 +35,36 @@ pub struct KnownInvoice {
     pub expires_at: u64,
     /// Whether its payee is on the operator's allow-list.
     pub payee_allowed: bool,
+    /// Whether the operator approved paying it.
+    pub approved: bool,
+}
+
+/// A payment waiting for the operator (`payment-approval`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingApproval {
+    /// What the operator approves it by: the payment hash's first 5 bytes, hex.
+    pub id: String,
+    /// Its payment hash.
+    pub payment_hash: Vec<u8>,
+    /// The amount (msat).
+    pub amount_msat: u64,
+    /// The payee's node id.
+    pub payee: Vec<u8>,
+    /// Unix time the node first showed it.
+    pub shown_at: u64,
+}
+
+/// The approval id of a payment hash.
+pub fn approval_id(hash: &[u8]) -> String {
+    hash.iter().take(5).map(|b| format!("{b:02x}")).collect()
+}
+
+/// An invoice's amount plus the routing-fee allowance an HTLC may add
+/// (`invoice_fee_allowance_ppm`, plus 1 000 msat), in msat.
+pub fn with_allowance(policy: &crate::policy::PolicyConfig, amount_msat: u64) -> u64 {
+    amount_msat
+        .saturating_add(amount_msat.saturating_mul(policy.invoice_fee_allowance_ppm) / 1_000_000)
+        .saturating_add(1_000)
 }
 
 impl<S: Store> Signer<S> {
@@ -86,8 +118,38 @@ impl<S: Store> Signer<S> {
             self.recent_payments_sat().saturating_add(sat),
         )?;
         let hash = invoice.payment_hash().to_byte_array().to_vec();
-        let mut meta = self.meta.clone();
+        let most_sat = with_allowance(&self.policy, amount_msat) / 1000;
+        // In warn mode the check logs and lets the payment go unapproved.
+        let needs_approval = match self.policy.approval_above_sat {
+            Some(t) if most_sat > t => self
+                .policy
+                .check(RuleId::PaymentApproval, false, || {
+                    format!("payment of up to {most_sat} sat above the {t} sat approval threshold")
+                })
+                .is_err(),
+            _ => false,
+        };
         let now = self.now;
+        let earlier = self
+            .meta
+            .shown_invoices
+            .iter()
+            .find(|s| s.payment_hash == hash)
+            .cloned();
+        // An approval covers the amount it was given for, not a larger one
+        // the node names later for the same (amount-less) invoice.
+        let approval = match &earlier {
+            _ if !needs_approval => Approval::NotNeeded,
+            Some(e) if e.approval == Approval::Approved as i32 && e.amount_msat >= amount_msat => {
+                Approval::Approved
+            }
+            _ => Approval::Pending,
+        };
+        let shown_at = earlier
+            .as_ref()
+            .filter(|e| e.approval == approval as i32)
+            .map_or(now, |e| e.shown_at);
+        let mut meta = self.meta.clone();
         meta.shown_invoices.retain(|s| {
             s.expires_at.saturating_add(KEEP_AFTER_EXPIRY_SECS) > now && s.payment_hash != hash
         });
@@ -99,13 +161,68 @@ impl<S: Store> Signer<S> {
             amount_msat,
             expires_at,
             payee: payee.serialize().to_vec(),
+            approval: approval as i32,
+            shown_at,
         });
         self.commit_meta(meta)?;
+        let awaiting_approval = approval == Approval::Pending;
         Ok(pb::ShowInvoiceReply {
+            approval_id: if awaiting_approval {
+                approval_id(&hash)
+            } else {
+                String::new()
+            },
             payment_hash: hash,
             amount_msat,
             expires_at,
+            awaiting_approval,
         })
+    }
+
+    /// Payments waiting for the operator's approval (`payment-approval`),
+    /// oldest first.
+    pub fn pending_approvals(&self) -> Vec<PendingApproval> {
+        self.meta
+            .shown_invoices
+            .iter()
+            .filter(|s| s.approval == Approval::Pending as i32)
+            .map(|s| PendingApproval {
+                id: approval_id(&s.payment_hash),
+                payment_hash: s.payment_hash.clone(),
+                amount_msat: s.amount_msat,
+                payee: s.payee.clone(),
+                shown_at: s.shown_at,
+            })
+            .collect()
+    }
+
+    /// The operator's answer to a pending payment: approved, its HTLC may
+    /// be signed; declined, it is forgotten (shown again, it waits anew).
+    /// Only the operator's side (daemon command, device button) calls this,
+    /// never a request from the node.
+    pub fn decide_payment(
+        &mut self,
+        id: &str,
+        approve: bool,
+    ) -> Result<PendingApproval, SignerError> {
+        let Some(pending) = self.pending_approvals().into_iter().find(|p| p.id == id) else {
+            return Err(SignerError::not_found(format!(
+                "no payment awaits approval under id {id:?}"
+            )));
+        };
+        let mut meta = self.meta.clone();
+        if approve {
+            for s in meta.shown_invoices.iter_mut() {
+                if s.payment_hash == pending.payment_hash {
+                    s.approval = Approval::Approved as i32;
+                }
+            }
+        } else {
+            meta.shown_invoices
+                .retain(|s| s.payment_hash != pending.payment_hash);
+        }
+        self.commit_meta(meta)?;
+        Ok(pending)
     }
 
     /// The invoice shown for `hash`, if any.
@@ -119,6 +236,7 @@ impl<S: Store> Signer<S> {
                 expires_at: s.expires_at,
                 payee_allowed: <[u8; 33]>::try_from(s.payee.as_slice())
                     .is_ok_and(|p| self.policy.allowed_payees.contains(&p)),
+                approved: s.approval == Approval::Approved as i32,
             })
     }
 }

@@ -127,6 +127,24 @@ pub struct ShownInvoice {
     /// The payee's node id.
     #[prost(bytes = "vec", tag = "4")]
     pub payee: Vec<u8>,
+    /// Where the operator's approval stands (`payment-approval`).
+    #[prost(enumeration = "Approval", tag = "5")]
+    pub approval: i32,
+    /// Unix time the invoice was first shown.
+    #[prost(uint64, tag = "6")]
+    pub shown_at: u64,
+}
+
+/// The operator's approval of a payment above the threshold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, prost::Enumeration)]
+#[repr(i32)]
+pub enum Approval {
+    /// Below the threshold: no approval needed.
+    NotNeeded = 0,
+    /// Waiting for the operator.
+    Pending = 1,
+    /// The operator approved it.
+    Approved = 2,
 }
 
 /// One outgoing payment, for `payment-velocity`.

@@ -600,3 +600,97 @@ fn refuses_a_holder_commitment_that_moves_our_balance_away() {
     call!(p.alice.signer, SignHolderCommitment(latest) => Signature)
         .expect("the last validated commitment is still ours to broadcast");
 }
+
+/// Runs `lnpd-signer <args> --data-dir <alice's>` (the operator's side).
+fn operator(alice: &SignerProcess, args: &[&str]) -> String {
+    let out = std::process::Command::new(lnpd_tests::signer_bin())
+        .args(args)
+        .arg("--data-dir")
+        .arg(alice.data_dir())
+        .output()
+        .expect("lnpd-signer runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "lnpd-signer {args:?}: {text}");
+    text
+}
+
+#[test]
+fn a_payment_above_the_threshold_waits_for_the_operator() {
+    let (alice, mut p) = attacked_with(
+        "hostile-approval",
+        "approval_above_sat = 10000\napproval_timeout_secs = 600\n",
+    );
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    // A node that skips showing the invoice gets nothing signed.
+    refused(&alice, p.offer(20_000_000, 0x31), RuleId::PaymentApproval);
+    // Shown, it waits; the HTLC is still refused while nobody approved.
+    let waiting = show(&mut p, invoice(0x31, 20_000_000, &payee, 3600)).unwrap();
+    assert!(waiting.awaiting_approval);
+    let id = waiting.approval_id.clone();
+    assert_eq!(id.len(), 10);
+    refused(&alice, p.offer(20_000_000, 0x31), RuleId::PaymentApproval);
+    let listed = operator(&alice, &["pending"]);
+    assert!(
+        listed.contains(&id) && listed.contains("20000 sat"),
+        "{listed}"
+    );
+    assert!(
+        show(&mut p, invoice(0x31, 20_000_000, &payee, 3600))
+            .unwrap()
+            .awaiting_approval
+    );
+    // The operator approves; the next showing applies it.
+    assert!(operator(&alice, &["approve", &id]).contains("approved"));
+    let approved = show(&mut p, invoice(0x31, 20_000_000, &payee, 3600)).unwrap();
+    assert!(!approved.awaiting_approval);
+    assert!(operator(&alice, &["log"]).contains("approved"));
+    assert!(operator(&alice, &["pending"]).contains("no payment waits"));
+    let h = p.offer(20_000_000, 0x31).expect("the approved payment");
+    p.settle_htlc(&h).expect("settled");
+    // Below the threshold nothing waits.
+    assert!(
+        !show(&mut p, invoice(0x32, 5_000_000, &payee, 3600))
+            .unwrap()
+            .awaiting_approval
+    );
+    still_usable(&mut p);
+}
+
+#[test]
+fn a_denied_or_unanswered_payment_is_refused() {
+    let (alice, mut p) = attacked_with(
+        "hostile-approval-deny",
+        "approval_above_sat = 10000\napproval_timeout_secs = 1\n",
+    );
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    let bolt11 = invoice(0x33, 20_000_000, &payee, 3600);
+    let id = show(&mut p, bolt11.clone()).unwrap().approval_id;
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let late = show(&mut p, bolt11.clone());
+    assert!(
+        matches!(&late, Err(e) if e.message.contains("not approved within")),
+        "{late:?}"
+    );
+    refused(&alice, late, RuleId::PaymentApproval);
+    // Shown again, it is a new request; this time the operator says no.
+    let again = show(&mut p, bolt11.clone()).unwrap();
+    assert!(again.awaiting_approval);
+    assert_eq!(again.approval_id, id);
+    assert!(operator(&alice, &["deny", &id]).contains("denied"));
+    let denied = show(&mut p, bolt11);
+    assert!(
+        matches!(&denied, Err(e) if e.message.contains("denied by the operator")),
+        "{denied:?}"
+    );
+    refused(&alice, p.offer(20_000_000, 0x33), RuleId::PaymentApproval);
+    // An unknown id is an error the operator sees.
+    let out = std::process::Command::new(lnpd_tests::signer_bin())
+        .args(["approve", "0000000000", "--data-dir"])
+        .arg(alice.data_dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no payment waits"));
+    still_usable(&mut p);
+}

@@ -68,13 +68,17 @@ enum Cmd {
         expiry: u32,
     },
     /// Pay a BOLT 11 invoice and wait for the outcome.
+    ///
+    /// The signer sees the invoice first. Above its approval threshold the
+    /// payment waits for its operator (`lnpd-signer approve <id>` on the
+    /// signer's machine; the node's log names the id) before it starts.
     Pay {
         /// The invoice.
         invoice: String,
         /// Amount in millisatoshis, for invoices without one.
         #[arg(long)]
         amount_msat: Option<u64>,
-        /// Seconds to wait.
+        /// Seconds to wait for the payment once started.
         #[arg(long, default_value_t = 60)]
         timeout: u32,
     },

@@ -104,6 +104,35 @@ enum Command {
         #[arg(long)]
         last: Option<usize>,
     },
+    /// List payments waiting for the operator's approval (policy
+    /// `payment-approval`, set with `approval_above_sat` in signer.toml).
+    ///
+    /// Reads <data-dir>/approvals; works while the daemon runs and needs no passphrase.
+    Pending {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting payment: the signer signs it when the node asks again
+    /// (the node retries by itself while it waits).
+    Approve {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The payment's id, as `lnpd-signer pending` shows it.
+        id: String,
+    },
+    /// Deny a waiting payment: the signer refuses it (rule payment-approval).
+    Deny {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The payment's id, as `lnpd-signer pending` shows it.
+        id: String,
+    },
     /// Show the node id, the wallet descriptors and the channels the signer knows.
     Info {
         #[command(flatten)]
@@ -327,7 +356,8 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let service = SignerService::new(signer)
         .with_audit(audit)
-        .with_allowlist(dir.allowlist());
+        .with_allowlist(dir.allowlist())
+        .with_approvals(dir.approvals(), config.approval_timeout());
     server::serve(service, listener, tls_config, shutdown).await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
@@ -441,6 +471,55 @@ fn allowlist(data_dir: &str, action: AllowlistAction) -> Result<()> {
     Ok(())
 }
 
+fn pending(data_dir: &str, json: bool) -> Result<()> {
+    use lnpd_signer::daemon::approvals::{ApprovalDir, Decision};
+    let dir = DataDir(expand(data_dir));
+    let list = ApprovalDir::new(dir.approvals()).list()?;
+    if list.is_empty() && !json {
+        println!("no payment waits for approval");
+    }
+    for (p, answer) in list {
+        let answer = match answer {
+            None => "waiting",
+            Some(Decision::Approved) => "approved (applied when the node asks again)",
+            Some(Decision::Denied) => "denied (applied when the node asks again)",
+        };
+        if json {
+            let mut v = serde_json::to_value(&p)?;
+            v["answer"] = answer.split(' ').next().unwrap_or(answer).into();
+            println!("{v}");
+        } else {
+            println!(
+                "{}  {} sat  to {}  hash {}  requested {}  declined after {}  {answer}",
+                p.id,
+                p.amount_msat / 1000,
+                p.payee,
+                p.payment_hash,
+                p.requested_at,
+                p.deadline
+            );
+        }
+    }
+    Ok(())
+}
+
+fn answer(data_dir: &str, id: &str, d: lnpd_signer::daemon::approvals::Decision) -> Result<()> {
+    let dir = DataDir(expand(data_dir));
+    let p = lnpd_signer::daemon::approvals::ApprovalDir::new(dir.approvals())
+        .answer_with(id.trim(), d)?;
+    println!(
+        "{} payment {} of {} sat to {}",
+        match d {
+            lnpd_signer::daemon::approvals::Decision::Approved => "approved",
+            lnpd_signer::daemon::approvals::Decision::Denied => "denied",
+        },
+        p.id,
+        p.amount_msat / 1000,
+        p.payee
+    );
+    Ok(())
+}
+
 fn show_log(data_dir: &str, json: bool, last: Option<usize>) -> Result<()> {
     let dir = DataDir(expand(data_dir));
     let entries = lnpd_signer::daemon::audit::read(&dir.audit_log())
@@ -502,6 +581,17 @@ fn main() {
             json,
             last,
         } => show_log(&data_dir, json, last),
+        Command::Pending { data_dir, json } => pending(&data_dir, json),
+        Command::Approve { data_dir, id } => answer(
+            &data_dir,
+            &id,
+            lnpd_signer::daemon::approvals::Decision::Approved,
+        ),
+        Command::Deny { data_dir, id } => answer(
+            &data_dir,
+            &id,
+            lnpd_signer::daemon::approvals::Decision::Denied,
+        ),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -1,4 +1,4 @@
-//! The audit log: every refusal (and, later, every approval) appended as one
+//! The audit log: every refusal and every operator approval appended as one
 //! JSON line to `audit.log` in the data directory and synced to disk, so it
 //! survives crashes and can be read while the daemon runs
 //! (`lnpd-signer log`).
@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 pub struct AuditEntry {
     /// Seconds since the Unix epoch.
     pub time: u64,
-    /// What happened: "refused".
+    /// What happened: "refused" or "approved".
     pub event: String,
     /// The policy rule id.
     pub rule: String,
@@ -42,6 +42,16 @@ impl AuditEntry {
             operation: operation.into(),
             channel,
             reason: reason.into(),
+        }
+    }
+}
+
+impl AuditEntry {
+    /// An operator's approval happening now (`event` "approved").
+    pub fn approval(rule: &str, operation: &str, reason: &str) -> Self {
+        AuditEntry {
+            event: "approved".into(),
+            ..AuditEntry::refusal(rule, operation, None, reason)
         }
     }
 }

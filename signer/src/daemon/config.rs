@@ -8,6 +8,9 @@ use serde::Deserialize;
 
 use crate::policy::{PolicyConfig, RuleId, RuleMode};
 
+/// How long a payment waits for approval unless configured (10 minutes).
+pub const DEFAULT_APPROVAL_TIMEOUT_SECS: u64 = 600;
+
 /// The config file.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,6 +70,10 @@ pub struct PolicySection {
     pub payee_allowlist: Option<bool>,
     /// Routing fee allowance over an invoice's amount (millionths).
     pub invoice_fee_allowance_ppm: Option<u64>,
+    /// Own payments above this (sat) wait for `lnpd-signer approve`.
+    pub approval_above_sat: Option<u64>,
+    /// How long a payment waits for approval before it is declined (s).
+    pub approval_timeout_secs: Option<u64>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -112,6 +119,15 @@ impl ConfigFile {
         }
     }
 
+    /// How long a payment waits for the operator's approval.
+    pub fn approval_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.policy
+                .approval_timeout_secs
+                .unwrap_or(DEFAULT_APPROVAL_TIMEOUT_SECS),
+        )
+    }
+
     /// The policy this config describes.
     pub fn policy(&self) -> Result<PolicyConfig, ConfigError> {
         let p = &self.policy;
@@ -142,6 +158,7 @@ impl ConfigFile {
             invoice_fee_allowance_ppm: p
                 .invoice_fee_allowance_ppm
                 .unwrap_or(d.invoice_fee_allowance_ppm),
+            approval_above_sat: p.approval_above_sat,
             allowed_scripts: Default::default(),
             allowed_payees: Default::default(),
         };

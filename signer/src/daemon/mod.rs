@@ -2,6 +2,7 @@
 //! seed file, TLS material, the durable store and the gRPC server.
 
 pub mod allowlist;
+pub mod approvals;
 pub mod audit;
 pub mod config;
 pub mod seed_file;
@@ -35,6 +36,10 @@ impl DataDir {
     /// The operator's allow-list.
     pub fn allowlist(&self) -> PathBuf {
         self.0.join("allowlist.json")
+    }
+    /// Payments waiting for the operator's approval.
+    pub fn approvals(&self) -> PathBuf {
+        self.0.join("approvals")
     }
     /// The audit log of refusals.
     pub fn audit_log(&self) -> PathBuf {

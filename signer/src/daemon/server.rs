@@ -16,6 +16,7 @@ pub struct SignerService<S: Store> {
     inner: Arc<Mutex<Signer<S>>>,
     audit: Option<Arc<super::audit::AuditLog>>,
     allowlist: Option<Mutex<super::allowlist::AllowlistWatcher>>,
+    approvals: Option<(super::approvals::ApprovalDir, std::time::Duration)>,
 }
 
 impl<S: Store> SignerService<S> {
@@ -25,6 +26,7 @@ impl<S: Store> SignerService<S> {
             inner: Arc::new(Mutex::new(signer)),
             audit: None,
             allowlist: None,
+            approvals: None,
         }
     }
 
@@ -37,6 +39,13 @@ impl<S: Store> SignerService<S> {
     /// Follows the operator's allow-list file, reloading it when it changes.
     pub fn with_allowlist(mut self, path: std::path::PathBuf) -> Self {
         self.allowlist = Some(Mutex::new(super::allowlist::AllowlistWatcher::new(path)));
+        self
+    }
+
+    /// Asks the operator, through `dir`, to approve payments above the
+    /// threshold (`payment-approval`); unanswered after `timeout`, declined.
+    pub fn with_approvals(mut self, dir: std::path::PathBuf, timeout: std::time::Duration) -> Self {
+        self.approvals = Some((super::approvals::ApprovalDir::new(dir), timeout));
         self
     }
 
@@ -71,7 +80,15 @@ impl<S: Store> SignerService<S> {
             crate::handler::request_name(&body),
             crate::handler::request_channel(&body),
         );
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle(body))) {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match signer.handle(body)? {
+                reply::Body::ShowInvoice(r) if r.awaiting_approval => self
+                    .ask_operator(&mut signer, r)
+                    .map(reply::Body::ShowInvoice),
+                other => Ok(other),
+            }
+        }));
+        match result {
             Ok(result) => result.map_err(|e| {
                 if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
                     let channel = channel.map(|c| hex::encode(c.0));
@@ -89,6 +106,89 @@ impl<S: Store> SignerService<S> {
                 Err(Status::internal(
                     "the signer could not process this request",
                 ))
+            }
+        }
+    }
+}
+
+impl<S: Store> SignerService<S> {
+    /// A payment awaits approval: applies the operator's answer if there is
+    /// one (or the timeout), else makes sure the request is posted.
+    fn ask_operator(
+        &self,
+        signer: &mut Signer<S>,
+        reply: pb::ShowInvoiceReply,
+    ) -> Result<pb::ShowInvoiceReply, SignerError> {
+        use super::approvals::{Decision, PendingPayment};
+        use crate::policy::RuleId;
+        let Some((dir, timeout)) = &self.approvals else {
+            return Ok(reply);
+        };
+        let id = reply.approval_id.clone();
+        let store_err = |e: super::approvals::ApprovalError| SignerError::internal(e.to_string());
+        let posted = dir.get(&id).map_err(store_err)?;
+        let now = unix_now();
+        let decline = |signer: &mut Signer<S>, why: String| {
+            signer.decide_payment(&id, false)?;
+            dir.clear(&id);
+            Err(SignerError::policy(RuleId::PaymentApproval, why))
+        };
+        match (dir.answer(&id).map_err(store_err)?, posted) {
+            (Some(Decision::Approved), _) => {
+                signer.decide_payment(&id, true)?;
+                dir.clear(&id);
+                let what = format!(
+                    "payment {id} of {} msat approved by the operator",
+                    reply.amount_msat
+                );
+                tracing::info!(rule = RuleId::PaymentApproval.as_str(), "{what}");
+                if let Some(audit) = &self.audit {
+                    audit.append(&super::audit::AuditEntry::approval(
+                        RuleId::PaymentApproval.as_str(),
+                        "show_invoice",
+                        &what,
+                    ));
+                }
+                Ok(pb::ShowInvoiceReply {
+                    awaiting_approval: false,
+                    ..reply
+                })
+            }
+            (Some(Decision::Denied), _) => {
+                decline(signer, format!("payment {id} denied by the operator"))
+            }
+            (None, Some(p)) if now >= p.deadline => decline(
+                signer,
+                format!(
+                    "payment {id} not approved within {} s",
+                    p.deadline.saturating_sub(p.requested_at)
+                ),
+            ),
+            (None, Some(_)) => Ok(reply),
+            (None, None) => {
+                let payee = signer
+                    .pending_approvals()
+                    .into_iter()
+                    .find(|p| p.id == id)
+                    .map(|p| hex::encode(p.payee))
+                    .unwrap_or_default();
+                dir.post(&PendingPayment {
+                    id: id.clone(),
+                    payment_hash: hex::encode(&reply.payment_hash),
+                    amount_msat: reply.amount_msat,
+                    payee: payee.clone(),
+                    requested_at: now,
+                    deadline: now.saturating_add(timeout.as_secs()),
+                })
+                .map_err(store_err)?;
+                tracing::warn!(
+                    rule = RuleId::PaymentApproval.as_str(),
+                    "payment {id} of {} msat to {payee} awaits approval: \
+                     `lnpd-signer approve {id}` or `lnpd-signer deny {id}` within {} s",
+                    reply.amount_msat,
+                    timeout.as_secs()
+                );
+                Ok(reply)
             }
         }
     }

@@ -147,6 +147,9 @@ pub struct PolicyConfig {
     /// What an HTLC may carry above the invoice's amount for routing fees,
     /// in millionths of the amount (plus 1 000 msat).
     pub invoice_fee_allowance_ppm: u64,
+    /// Own payments above this (sat) wait for the operator's approval;
+    /// none: no approval asked.
+    pub approval_above_sat: Option<u64>,
     /// Output scripts the operator allows funds to go to besides the wallet
     /// (withdrawals, closes, sweeps). Managed with `lnpd-signer allowlist`.
     pub allowed_scripts: BTreeSet<Vec<u8>>,
@@ -178,6 +181,7 @@ impl Default for PolicyConfig {
             payment_invoiced: false,
             payee_allowlist: false,
             invoice_fee_allowance_ppm: 10_000,
+            approval_above_sat: None,
             allowed_scripts: BTreeSet::new(),
             allowed_payees: BTreeSet::new(),
         }

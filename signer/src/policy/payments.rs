@@ -72,6 +72,9 @@ pub fn check_new_htlcs(
                 if policy.payment_invoiced {
                     check_invoiced(policy, h, shown.as_ref(), now)?;
                 }
+                if let Some(t) = policy.approval_above_sat.filter(|t| sat > *t) {
+                    check_approved(policy, h, shown.as_ref(), t)?;
+                }
                 policy.check(
                     RuleId::PaymentPayeeAllowlist,
                     !policy.payee_allowlist || shown.as_ref().is_some_and(|s| s.payee_allowed),
@@ -111,6 +114,34 @@ pub fn check_velocity(policy: &PolicyConfig, total_sat: u64) -> Result<(), Signe
     }
 }
 
+/// `payment-approval`: an own payment above `threshold_sat` carries at most
+/// what the operator approved (the invoice's amount plus the fee allowance).
+fn check_approved(
+    policy: &PolicyConfig,
+    h: &Htlc,
+    shown: Option<&crate::invoices::KnownInvoice>,
+    threshold_sat: u64,
+) -> Result<(), SignerError> {
+    let approved = shown
+        .filter(|s| s.approved)
+        .map(|s| crate::invoices::with_allowance(policy, s.amount_msat));
+    policy.check(
+        RuleId::PaymentApproval,
+        approved.is_some_and(|most| h.amount_msat <= most),
+        || match approved {
+            Some(most) => format!(
+                "HTLC of {} msat above the {most} msat the operator approved",
+                h.amount_msat
+            ),
+            None => format!(
+                "payment of {} msat above the {threshold_sat} sat approval threshold \
+                 was not approved by the operator",
+                h.amount_msat
+            ),
+        },
+    )
+}
+
 /// `payment-invoiced`: an invoice was shown for the HTLC's hash, it has not
 /// expired, and the HTLC carries at most its amount plus a routing-fee
 /// allowance.
@@ -125,21 +156,13 @@ fn check_invoiced(
             "an outgoing payment for an invoice the signer was not shown".into()
         });
     };
-    let allowance = inv
-        .amount_msat
-        .saturating_mul(policy.invoice_fee_allowance_ppm)
-        / 1_000_000
-        + 1_000;
-    policy.check(
-        RuleId::PaymentInvoiced,
-        h.amount_msat <= inv.amount_msat.saturating_add(allowance),
-        || {
-            format!(
-                "HTLC of {} msat for an invoice of {} msat (allowance {allowance} msat)",
-                h.amount_msat, inv.amount_msat
-            )
-        },
-    )?;
+    let most = crate::invoices::with_allowance(policy, inv.amount_msat);
+    policy.check(RuleId::PaymentInvoiced, h.amount_msat <= most, || {
+        format!(
+            "HTLC of {} msat for an invoice of {} msat (at most {most} msat with fees)",
+            h.amount_msat, inv.amount_msat
+        )
+    })?;
     policy.check(RuleId::PaymentInvoiced, now <= inv.expires_at, || {
         format!("the invoice expired at {} (now {now})", inv.expires_at)
     })
