@@ -152,6 +152,9 @@ impl node_server::Node for AdminService {
             num_channels: n.channel_manager.list_channels().len() as u32,
             signer_endpoint: n.signer.endpoint().to_string(),
             signer_connected: n.signer.is_connected(),
+            signer_block_height: n
+                .signer_chain_height
+                .load(std::sync::atomic::Ordering::Relaxed),
         }))
     }
 

@@ -146,8 +146,16 @@ impl ChainRpc {
         }
     }
 
-    /// A header with its height and chainwork.
-    pub async fn header(&self, hash: &BlockHash) -> Result<BlockHeaderData, ChainError> {
+    /// The hash of the best chain's block at `height`.
+    pub async fn block_hash_at(&self, height: u32) -> Result<BlockHash, ChainError> {
+        let v = self.call("getblockhash", &[json!(height)]).await?;
+        v.as_str()
+            .and_then(|h| h.parse().ok())
+            .ok_or_else(|| Self::unexpected("getblockhash", "not a block hash"))
+    }
+
+    /// A block header alone (checked to hash to `hash`).
+    pub async fn raw_header(&self, hash: &BlockHash) -> Result<Header, ChainError> {
         let raw = self
             .call("getblockheader", &[json!(hash.to_string()), json!(false)])
             .await?;
@@ -163,6 +171,12 @@ impl ChainRpc {
                 "header of another block",
             ));
         }
+        Ok(header)
+    }
+
+    /// A header with its height and chainwork.
+    pub async fn header(&self, hash: &BlockHash) -> Result<BlockHeaderData, ChainError> {
+        let header = self.raw_header(hash).await?;
         let verbose = self
             .call("getblockheader", &[json!(hash.to_string()), json!(true)])
             .await?;

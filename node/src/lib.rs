@@ -7,6 +7,7 @@ pub mod config;
 pub mod fee_bump;
 pub mod logger;
 pub mod node;
+pub mod signer_chain;
 pub mod signer_client;
 pub mod store;
 pub mod wallet;

@@ -197,6 +197,9 @@ pub struct Node {
     logger: Arc<TracingLogger>,
     /// LDK's background processor (persistence, timers, events, sweeps).
     background: std::sync::Mutex<Option<BackgroundProcessor>>,
+    /// The chain height the signer last confirmed (it bounds HTLC expiries
+    /// and sweep locktimes by it).
+    pub signer_chain_height: std::sync::atomic::AtomicU32,
 }
 
 /// What the node knows of one payment.
@@ -489,6 +492,7 @@ impl Node {
             scorer,
             logger,
             background: std::sync::Mutex::new(None),
+            signer_chain_height: Default::default(),
         });
         node.spawn_listener(listener);
         node.spawn_chain_poller(tip_hash, tip_height);
@@ -554,9 +558,16 @@ impl Node {
             let poller = ChainPoller::new(&*chain, node.settings.network);
             let mut spv = SpvClient::new(validated, poller, &mut cache, &listener);
             let mut fees_at = tokio::time::Instant::now();
+            // When the signer's chain must be fed next (now, then after each
+            // new block; after a failure, again in 10 s).
+            let mut feed_at = Some(tokio::time::Instant::now());
             loop {
+                if feed_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
+                    feed_at = node.feed_signer_chain().await;
+                }
                 match spv.poll_best_tip().await {
                     Ok((_, true)) => {
+                        feed_at = Some(tokio::time::Instant::now());
                         // Claim what a new block made spendable now rather
                         // than at the background processor's next sweep timer.
                         let sweeper = node.sweeper.clone();
@@ -574,6 +585,26 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
+    }
+
+    /// Brings the signer's header chain up to the backend's tip; returns
+    /// when to try again (none: up to date).
+    async fn feed_signer_chain(&self) -> Option<tokio::time::Instant> {
+        let result = match self.chain.best_block().await {
+            Ok(best) => crate::signer_chain::feed(&self.chain, &self.signer, best).await,
+            Err(e) => Err(e.into()),
+        };
+        match result {
+            Ok(height) => {
+                self.signer_chain_height
+                    .store(height, std::sync::atomic::Ordering::Relaxed);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("the signer's chain view is behind ({e}); retrying in 10 s");
+                Some(tokio::time::Instant::now() + Duration::from_secs(10))
+            }
+        }
     }
 
     /// Starts LDK's background processor: it persists the channel manager,

@@ -180,5 +180,6 @@ pub async fn call(
         GetWalletDescriptor => get_wallet_descriptor => GetWalletDescriptor,
         SignPsbt => sign_psbt => SignPsbt,
         ShowInvoice => show_invoice => ShowInvoice,
+        UpdateChain => update_chain => UpdateChain,
     })
 }

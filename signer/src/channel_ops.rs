@@ -121,8 +121,19 @@ impl<S: Store> Signer<S> {
         self.secp.sign_ecdsa(msg, key)
     }
 
-    /// Every output of a sweep we sign pays the signer's wallet (`except`:
-    /// an output fixed by BOLT 3, such as a second-stage HTLC output).
+    /// A sweep pays only the signer's wallet and unlocks near the chain tip.
+    fn check_sweep(&self, tx: &Transaction) -> Result<(), SignerError> {
+        crate::policy::expiry::check_sweep_locktime(
+            &self.policy,
+            tx.lock_time,
+            self.chain_height(),
+            self.now,
+        )?;
+        self.check_sweep_outputs(tx, None)
+    }
+
+    /// Every output of a transaction we sign alone pays the signer's wallet
+    /// (`except`: an output fixed by BOLT 3, such as a second-stage HTLC output).
     fn check_sweep_outputs(
         &self,
         tx: &Transaction,
@@ -609,6 +620,14 @@ impl<S: Store> Signer<S> {
         }
         let Rebuilt { tx, .. } =
             commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
+        if is_new {
+            crate::policy::expiry::check_htlc_expiries(
+                &self.policy,
+                record.counterparty.as_ref(),
+                data,
+                self.chain_height(),
+            )?;
+        }
         let mut own_payments = Vec::new();
         if let (true, Some(previous)) = (is_new, record.counterparty.as_ref()) {
             crate::policy::balance::check_update(
@@ -820,7 +839,7 @@ impl<S: Store> Signer<S> {
             tx.input[i].previous_output == outpoint,
             || "sweep input does not spend that HTLC output".into(),
         )?;
-        self.check_sweep_outputs(&tx, None)?;
+        self.check_sweep(&tx)?;
         self.sign_htlc_spend(&id, &tx, i, htlc, &trusted)
     }
 
@@ -901,7 +920,7 @@ impl<S: Store> Signer<S> {
             self.revoked_keys(&id, r.commitment_number, &r.per_commitment_secret)?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
-        self.check_sweep_outputs(&tx, None)?;
+        self.check_sweep(&tx)?;
         let script = chan_utils::get_revokeable_redeemscript(
             &keys.revocation_key,
             params.holder_selected_contest_delay,
@@ -927,7 +946,7 @@ impl<S: Store> Signer<S> {
         let htlc = htlcs
             .first()
             .ok_or_else(|| SignerError::invalid("missing htlc"))?;
-        self.check_sweep_outputs(&tx, None)?;
+        self.check_sweep(&tx)?;
         let script = chan_utils::get_htlc_redeemscript(htlc, &params.channel_type_features, &keys);
         let msg = p2wsh_sighash(&tx, i, &script, r.amount_sat, EcdsaSighashType::All)?;
         Ok(sig_reply(self.sign(&msg, &revocation_key)))
@@ -1038,7 +1057,7 @@ impl<S: Store> Signer<S> {
             tx.input[i].previous_output == outpoint,
             || "anchor input does not spend our anchor of the latest holder commitment".into(),
         )?;
-        self.check_sweep_outputs(&tx, None)?;
+        self.check_sweep(&tx)?;
         let msg = p2wsh_sighash(
             &tx,
             i,

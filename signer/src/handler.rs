@@ -341,6 +341,7 @@ impl<S: Store> Signer<S> {
             Q::GetWalletDescriptor(_) => A::GetWalletDescriptor(self.wallet_descriptor()),
             Q::SignPsbt(r) => A::SignPsbt(self.sign_psbt(&r)?),
             Q::ShowInvoice(r) => A::ShowInvoice(self.show_invoice(&r)?),
+            Q::UpdateChain(r) => A::UpdateChain(self.update_chain(&r)?),
         })
     }
 
@@ -437,6 +438,7 @@ pub fn request_name(body: &request::Body) -> &'static str {
         Q::GetWalletDescriptor(_) => "get_wallet_descriptor",
         Q::SignPsbt(_) => "sign_psbt",
         Q::ShowInvoice(_) => "show_invoice",
+        Q::UpdateChain(_) => "update_chain",
     }
 }
 
@@ -458,7 +460,8 @@ pub fn request_channel(body: &request::Body) -> Option<ChannelKeysId> {
         Q::SpendSpendableOutputs(_)
         | Q::GetWalletDescriptor(_)
         | Q::SignPsbt(_)
-        | Q::ShowInvoice(_) => return None,
+        | Q::ShowInvoice(_)
+        | Q::UpdateChain(_) => return None,
         Q::GetChannelPublicKeys(r) => &r.channel_keys_id,
         Q::SetupChannel(r) => &r.channel_keys_id,
         Q::GetDestinationScript(r) => &r.channel_keys_id,

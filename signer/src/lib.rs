@@ -11,6 +11,7 @@
 
 extern crate alloc;
 
+pub mod chain;
 pub mod commitment;
 pub mod error;
 pub mod handler;

@@ -173,9 +173,16 @@ impl<S: Store> Signer<S> {
             .try_fold(0u64, |a, o| a.checked_add(o.value.to_sat()))
             .ok_or_else(|| SignerError::invalid("output values overflow"))?;
 
+        let lock_time = LockTime::from_consensus(r.lock_time.unwrap_or(0));
+        crate::policy::expiry::check_sweep_locktime(
+            &self.policy,
+            lock_time,
+            self.chain_height(),
+            self.now,
+        )?;
         let mut tx = Transaction {
             version: Version::TWO,
-            lock_time: LockTime::from_consensus(r.lock_time.unwrap_or(0)),
+            lock_time,
             input: inputs.iter().map(|(i, _, _)| i.clone()).collect(),
             output: outputs,
         };

@@ -110,6 +110,13 @@ pub struct MetaRecord {
     /// Invoices the node showed before paying them, until they expire.
     #[prost(message, repeated, tag = "4")]
     pub shown_invoices: Vec<ShownInvoice>,
+    /// Height of `chain_headers[0]`.
+    #[prost(uint32, tag = "5")]
+    pub chain_first_height: u32,
+    /// The most recent block headers the node fed (80 bytes each), oldest
+    /// first; empty until the first `UpdateChain`.
+    #[prost(bytes = "vec", repeated, tag = "6")]
+    pub chain_headers: Vec<Vec<u8>>,
 }
 
 /// An invoice the node is about to pay (`payment-invoiced`).

@@ -284,15 +284,18 @@ fn refuses_a_close_to_an_unknown_address_or_short_of_our_balance() {
     still_usable(&mut p);
 }
 
-#[test]
-fn refuses_a_sweep_to_an_unknown_address() {
-    let (alice, mut p) = attacked("hostile-sweep");
+/// A sweep of Alice's to_remote output on a (made-up) commitment.
+fn sweep_request(
+    p: &ChannelPair,
+    change: ScriptBuf,
+    lock_time: Option<u32>,
+) -> pb::SpendSpendableOutputsRequest {
     let payment_point = PublicKey::from_slice(&p.alice.pubkeys.payment_point).unwrap();
     // Anchors: to_remote is P2WSH(<payment key> CHECKSIGVERIFY 1 CSV).
     let script =
         lightning::ln::chan_utils::get_to_countersigner_keyed_anchor_redeemscript(&payment_point)
             .to_p2wsh();
-    let req = pb::SpendSpendableOutputsRequest {
+    pb::SpendSpendableOutputsRequest {
         descriptors: vec![pb::SpendableOutput {
             outpoint: Some(pb::OutPoint {
                 txid: vec![7; 32],
@@ -309,15 +312,101 @@ fn refuses_a_sweep_to_an_unknown_address() {
             )),
         }],
         outputs: vec![],
-        change_script: stranger().to_bytes(),
+        change_script: change.to_bytes(),
         feerate_sat_per_kw: 2000,
-        lock_time: None,
-    };
+        lock_time,
+    }
+}
+
+#[test]
+fn refuses_a_sweep_to_an_unknown_address() {
+    let (alice, mut p) = attacked("hostile-sweep");
+    let req = sweep_request(&p, stranger(), None);
     refused(
         &alice,
         call!(p.alice.signer, SpendSpendableOutputs(req) => SpendSpendableOutputs),
         RuleId::SweepDestinationAllowed,
     );
+    still_usable(&mut p);
+}
+
+/// Feeds Alice's signer `n` more regtest headers; returns the new height.
+fn feed_headers(p: &mut ChannelPair, n: usize) -> u32 {
+    let tip = call!(p.alice.signer, UpdateChain(pb::UpdateChainRequest::default()) => UpdateChain)
+        .unwrap();
+    let last = if tip.height == 0 {
+        bitcoin::constants::genesis_block(Network::Regtest).header
+    } else {
+        *HEADERS.lock().unwrap().last().unwrap()
+    };
+    let new = lnpd_signer::chain::mine_regtest(&last, n, 1);
+    HEADERS.lock().unwrap().extend(new.iter().copied());
+    let req = pb::UpdateChainRequest {
+        first_height: tip.height + 1,
+        headers: new.iter().map(bitcoin::consensus::serialize).collect(),
+    };
+    call!(p.alice.signer, UpdateChain(req) => UpdateChain)
+        .unwrap()
+        .height
+}
+
+/// The headers mined so far by [`feed_headers`] (one test uses it).
+static HEADERS: std::sync::Mutex<Vec<bitcoin::block::Header>> = std::sync::Mutex::new(Vec::new());
+
+#[test]
+fn bounds_htlc_expiries_and_sweep_locktimes_by_the_checked_chain_height() {
+    let (alice, mut p) = attacked_with(
+        "hostile-height",
+        "max_htlc_cltv_window = 144\nmax_sweep_locktime_ahead = 6\n",
+    );
+    assert_eq!(feed_headers(&mut p, 100), 100);
+    // Offered HTLCs expire at 500 + tag: too far past height 100.
+    refused(
+        &alice,
+        p.offer(1_000_000, 1),
+        RuleId::CommitmentHtlcCltvRange,
+    );
+    // Headers without their proof of work do not move the height.
+    let mut forged = lnpd_signer::chain::mine_regtest(&HEADERS.lock().unwrap()[99], 300, 2);
+    for h in forged.iter_mut() {
+        while h.validate_pow(h.target()).is_ok() {
+            h.nonce += 1;
+        }
+    }
+    let lie = call!(p.alice.signer, UpdateChain(pb::UpdateChainRequest {
+        first_height: 101,
+        headers: forged.iter().map(bitcoin::consensus::serialize).collect(),
+    }) => UpdateChain);
+    assert!(
+        matches!(&lie, Err(e) if e.message.contains("proof of work")),
+        "{lie:?}"
+    );
+    refused(
+        &alice,
+        p.offer(1_000_000, 1),
+        RuleId::CommitmentHtlcCltvRange,
+    );
+    // Real blocks do.
+    assert_eq!(feed_headers(&mut p, 300), 400);
+    let h = p.offer(1_000_000, 1).expect("an expiry 101 blocks ahead");
+    p.settle_htlc(&h).unwrap();
+
+    let wallet = call!(p.alice.signer, GetDestinationScript(pb::GetDestinationScriptRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+    }) => Script)
+    .unwrap();
+    let wallet = ScriptBuf::from_bytes(wallet.script_pubkey);
+    let req = sweep_request(&p, wallet.clone(), Some(420));
+    refused(
+        &alice,
+        call!(p.alice.signer, SpendSpendableOutputs(req) => SpendSpendableOutputs),
+        RuleId::SweepLocktimeRange,
+    );
+    let req = sweep_request(&p, wallet, Some(405));
+    call!(p.alice.signer, SpendSpendableOutputs(req) => SpendSpendableOutputs)
+        .expect("a sweep locked to a near height");
+    // still_usable's HTLC expires at 661.
+    assert_eq!(feed_headers(&mut p, 200), 600);
     still_usable(&mut p);
 }
 

@@ -2,7 +2,8 @@
 //! channel (the funding transaction signed only after the first commitment
 //! is countersigned), pay 20 invoices each way, close cooperatively; the
 //! final on-chain balances are the payments made minus the fees of the
-//! funding and closing transactions, read back from the chain.
+//! funding and closing transactions, read back from the chain. The signer
+//! follows the chain height from the headers the node feeds it.
 
 use bitcoin::OutPoint;
 use lnpd_tests::network::{
@@ -30,6 +31,15 @@ async fn pays_twenty_each_way_and_balances_add_up_on_chain() {
         .await
         .expect("channel");
     let b_id = node_id(&b);
+    // The signer follows the chain from the headers the node feeds it.
+    assert!(
+        wait_for(30, || {
+            let info = ok(&a, &["--json", "getinfo"]);
+            field(&info, "signer_block_height") == field(&info, "block_height")
+        }),
+        "A's signer checked the headers up to the tip: {}",
+        ok(&a, &["--json", "getinfo"])
+    );
 
     for i in 0..PAYMENTS {
         let out = pay(&a, &b, A_TO_B_MSAT, &format!("a-to-b {i}")).unwrap_or_else(|e| {

@@ -143,13 +143,13 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner();
             if cli.json {
                 println!(
-                    "{{\"node_id\":\"{}\",\"alias\":\"{}\",\"network\":\"{}\",\"block_height\":{},\"block_hash\":\"{}\",\"num_peers\":{},\"num_channels\":{},\"signer\":\"{}\",\"signer_connected\":{}}}",
-                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint, i.signer_connected
+                    "{{\"node_id\":\"{}\",\"alias\":\"{}\",\"network\":\"{}\",\"block_height\":{},\"block_hash\":\"{}\",\"num_peers\":{},\"num_channels\":{},\"signer\":\"{}\",\"signer_connected\":{},\"signer_block_height\":{}}}",
+                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint, i.signer_connected, i.signer_block_height
                 );
             } else {
-                println!("node id:   {}\nalias:     {}\nnetwork:   {}\nblock:     {} ({})\npeers:     {}\nchannels:  {}\nsigner:    {} ({})",
+                println!("node id:   {}\nalias:     {}\nnetwork:   {}\nblock:     {} ({})\npeers:     {}\nchannels:  {}\nsigner:    {} ({}, chain checked to block {})",
                     i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint,
-                    if i.signer_connected { "connected" } else { "not connected" });
+                    if i.signer_connected { "connected" } else { "not connected" }, i.signer_block_height);
             }
         }
         Cmd::Connect { peer } => {

@@ -24,6 +24,20 @@ pub struct ConfigFile {
     /// Policy limits and rule modes.
     #[serde(default)]
     pub policy: PolicySection,
+    /// Where the signer's view of the chain starts.
+    #[serde(default)]
+    pub chain: ChainSection,
+}
+
+/// `[chain]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainSection {
+    /// `<height>:<block header hex>` the header chain starts from instead of
+    /// the genesis block (on mainnet, spares the node feeding every header
+    /// since 2009). Take it from a node you trust:
+    /// `bitcoin-cli getblockheader $(bitcoin-cli getblockhash H) false`.
+    pub checkpoint: Option<String>,
 }
 
 /// `[policy]`: limits, and `[policy.rules]`: per-rule "enforce" or "warn".
@@ -74,6 +88,10 @@ pub struct PolicySection {
     pub approval_above_sat: Option<u64>,
     /// How long a payment waits for approval before it is declined (s).
     pub approval_timeout_secs: Option<u64>,
+    /// How far past the chain tip an HTLC we offer may expire (blocks).
+    pub max_htlc_cltv_window: Option<u32>,
+    /// How far past the chain tip a sweep's locktime may be (blocks).
+    pub max_sweep_locktime_ahead: Option<u32>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -159,6 +177,16 @@ impl ConfigFile {
                 .invoice_fee_allowance_ppm
                 .unwrap_or(d.invoice_fee_allowance_ppm),
             approval_above_sat: p.approval_above_sat,
+            max_htlc_cltv_window: p.max_htlc_cltv_window.unwrap_or(d.max_htlc_cltv_window),
+            max_sweep_locktime_ahead: p
+                .max_sweep_locktime_ahead
+                .unwrap_or(d.max_sweep_locktime_ahead),
+            chain_checkpoint: match &self.chain.checkpoint {
+                Some(c) => Some(crate::chain::Checkpoint::parse(c).map_err(|e| {
+                    ConfigError::Invalid(format!("[chain] checkpoint: {}", e.message))
+                })?),
+                None => None,
+            },
             allowed_scripts: Default::default(),
             allowed_payees: Default::default(),
         };
@@ -203,6 +231,31 @@ mod tests {
         assert_eq!(p.max_htlcs, 10);
         assert_eq!(p.mode(RuleId::CommitmentFeeRange), RuleMode::Warn);
         assert_eq!(p.mode(RuleId::CommitmentHtlcCountMax), RuleMode::Enforce);
+    }
+
+    #[test]
+    fn parses_the_chain_checkpoint_and_approval_settings() {
+        // Regtest's genesis header.
+        let genesis = "0100000000000000000000000000000000000000000000000000000000000000000000003ba3edfd7a7b12b27ac72c3e67768f617fc81bc3888a51323a9fb8aa4b1e5e4adae5494dffff7f2002000000";
+        let c: ConfigFile = toml::from_str(&format!(
+            "[policy]\napproval_above_sat = 50000\napproval_timeout_secs = 30\nmax_sweep_locktime_ahead = 3\n[chain]\ncheckpoint = \"0:{genesis}\"\n"
+        ))
+        .unwrap();
+        let p = c.policy().unwrap();
+        assert_eq!(p.approval_above_sat, Some(50_000));
+        assert_eq!(c.approval_timeout(), std::time::Duration::from_secs(30));
+        assert_eq!(p.max_sweep_locktime_ahead, 3);
+        assert_eq!(p.max_htlc_cltv_window, 2_016);
+        assert_eq!(
+            p.chain_checkpoint,
+            Some(crate::chain::Checkpoint::genesis(bitcoin::Network::Regtest))
+        );
+        let bad: ConfigFile = toml::from_str("[chain]\ncheckpoint = \"12:abcd\"\n").unwrap();
+        assert!(bad
+            .policy()
+            .unwrap_err()
+            .to_string()
+            .contains("[chain] checkpoint"));
     }
 
     #[test]

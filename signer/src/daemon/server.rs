@@ -327,6 +327,7 @@ rpcs! {
     get_wallet_descriptor(GetWalletDescriptorRequest) -> GetWalletDescriptorReply via GetWalletDescriptor => GetWalletDescriptor;
     sign_psbt(SignPsbtRequest) -> SignPsbtReply via SignPsbt => SignPsbt;
     show_invoice(ShowInvoiceRequest) -> ShowInvoiceReply via ShowInvoice => ShowInvoice;
+    update_chain(UpdateChainRequest) -> UpdateChainReply via UpdateChain => UpdateChain;
 }
 
 /// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.

@@ -11,6 +11,7 @@ use crate::error::SignerError;
 pub mod balance;
 pub mod channel;
 pub mod close;
+pub mod expiry;
 pub mod onchain;
 pub mod payments;
 
@@ -150,6 +151,12 @@ pub struct PolicyConfig {
     /// Own payments above this (sat) wait for the operator's approval;
     /// none: no approval asked.
     pub approval_above_sat: Option<u64>,
+    /// How far past the chain tip an HTLC we offer may expire (blocks).
+    pub max_htlc_cltv_window: u32,
+    /// How far past the chain tip a sweep's locktime may be (blocks).
+    pub max_sweep_locktime_ahead: u32,
+    /// Where the signer's header chain starts; none: the network's genesis.
+    pub chain_checkpoint: Option<crate::chain::Checkpoint>,
     /// Output scripts the operator allows funds to go to besides the wallet
     /// (withdrawals, closes, sweeps). Managed with `lnpd-signer allowlist`.
     pub allowed_scripts: BTreeSet<Vec<u8>>,
@@ -182,6 +189,9 @@ impl Default for PolicyConfig {
             payee_allowlist: false,
             invoice_fee_allowance_ppm: 10_000,
             approval_above_sat: None,
+            max_htlc_cltv_window: 2_016,
+            max_sweep_locktime_ahead: 12,
+            chain_checkpoint: None,
             allowed_scripts: BTreeSet::new(),
             allowed_payees: BTreeSet::new(),
         }

@@ -20,7 +20,7 @@ pub struct Outgoing {
 }
 
 /// HTLCs we offer on a commitment the counterparty broadcasts.
-fn offered_by_us(c: &CommitmentData) -> impl Iterator<Item = &Htlc> {
+pub fn offered_by_us(c: &CommitmentData) -> impl Iterator<Item = &Htlc> {
     c.htlcs
         .iter()
         .filter(|h| h.direction == HtlcDirection::Received as i32)
