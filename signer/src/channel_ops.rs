@@ -443,6 +443,13 @@ impl<S: Store> Signer<S> {
         let Rebuilt { tx, .. } =
             commitment::rebuild(params, setup, true, &data, &self.policy, &self.secp)?;
         let trusted = tx.trust();
+        crate::policy::commitment_tx::check_given(
+            &self.policy,
+            &trusted,
+            &data.transaction,
+            setup.holder_dust_limit_sat,
+            params.as_holder_broadcastable().contest_delay(),
+        )?;
         let built = trusted.built_transaction();
         let cp_sig = parse_signature("counterparty_signature", &r.counterparty_signature)?;
         let cp_funding = params
@@ -620,6 +627,13 @@ impl<S: Store> Signer<S> {
         }
         let Rebuilt { tx, .. } =
             commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
+        crate::policy::commitment_tx::check_given(
+            &self.policy,
+            &tx.trust(),
+            &data.transaction,
+            setup.counterparty_dust_limit_sat,
+            params.as_counterparty_broadcastable().contest_delay(),
+        )?;
         if is_new {
             crate::policy::expiry::check_htlc_expiries(
                 &self.policy,
@@ -772,18 +786,32 @@ impl<S: Store> Signer<S> {
         self.policy.check(RuleId::HtlcFormat, input_ok, || {
             "HTLC transaction input does not spend that HTLC output with the BOLT 3 sequence".into()
         })?;
-        let format_ok = if anchors {
-            // Peer signed SINGLE|ANYONECANPAY: our output must sit at our input's index.
-            tx.output.get(i) == expected.output.first()
-                && (!htlc.offered || tx.lock_time == expected.lock_time)
-        } else {
-            tx.version == expected.version
-                && tx.lock_time == expected.lock_time
-                && tx.input.len() == 1
-                && tx.output == expected.output
+        // Peer signed SINGLE|ANYONECANPAY with anchors: our output must sit
+        // at our input's index, and other inputs may bump the fee.
+        let (ours, wanted) = match (anchors, expected.output.first()) {
+            (true, Some(w)) => (tx.output.get(i), w),
+            (false, Some(w)) if tx.output.len() == 1 => (tx.output.first(), w),
+            _ => (None, &expected.output[0]),
         };
+        let format_ok = (!htlc.offered || tx.lock_time == expected.lock_time)
+            && (anchors
+                || (tx.version == expected.version
+                    && tx.lock_time == expected.lock_time
+                    && tx.input.len() == 1))
+            && ours.is_some();
         self.policy.check(RuleId::HtlcFormat, format_ok, || {
-            "HTLC transaction differs from the one BOLT 3 prescribes".into()
+            "HTLC transaction version, locktime or shape differ from BOLT 3's".into()
+        })?;
+        let ours = ours.ok_or_else(|| SignerError::internal("checked above"))?;
+        self.policy.check(RuleId::HtlcKeys, ours.script_pubkey == wanted.script_pubkey, || {
+            "HTLC transaction output is not the revocable output of the channel's keys and delay".into()
+        })?;
+        self.policy.check(RuleId::HtlcFeeRange, ours.value == wanted.value, || {
+            format!(
+                "HTLC transaction output of {} sat, BOLT 3's fee at the commitment's feerate leaves {} sat",
+                ours.value.to_sat(),
+                wanted.value.to_sat()
+            )
         })?;
         if anchors {
             // Fee-bumping inputs may bring change: it must come back to us.

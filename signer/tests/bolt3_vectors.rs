@@ -171,6 +171,8 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
                 to_countersignatory_value_sat: to_remote,
                 htlcs,
                 per_commitment_point: point.clone(),
+                // The spec's transaction stands for the one the node built.
+                transaction: hexv(&case["output_commit_tx"]),
             }),
             ..Default::default()
         }) => SignCounterpartyCommitment)

@@ -188,6 +188,7 @@ fn refuses_a_holder_commitment_with_a_bad_counterparty_signature() {
     if let Some(c) = req.commitment.as_mut() {
         c.to_broadcaster_value_sat -= 1000; // not what the peer signed
         c.to_countersignatory_value_sat += 1000;
+        c.transaction = p.built_transaction(true, c);
     }
     let err = unchanged(
         &mut p,
@@ -348,6 +349,7 @@ fn an_inbound_channels_early_commitment_is_checked_at_set_up() {
             to_countersignatory_value_sat: 998_216,
             htlcs: vec![],
             per_commitment_point: point.per_commitment_point,
+            transaction: vec![],
         }),
         counterparty_signature: vec![1; 64], // not Alice's signature
         htlc_signatures: vec![],

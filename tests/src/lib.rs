@@ -3,6 +3,7 @@
 
 pub use lnpd_signer::testing::process::*;
 
+pub mod hostile;
 pub mod network;
 pub mod node_process;
 pub mod regtest;

@@ -5,68 +5,13 @@
 //! requests. Alice's signer is the daemon under attack; Bob's, in-process,
 //! only plays the honest peer's countersignatures.
 
-use std::str::FromStr;
-
-use bitcoin::absolute::LockTime;
-use bitcoin::bip32::DerivationPath;
-use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
-use bitcoin::{
-    Amount, CompressedPublicKey, Network, OutPoint, Psbt, ScriptBuf, Sequence, Transaction, TxIn,
-    TxOut, Witness,
-};
+use bitcoin::{Amount, Network, ScriptBuf, TxOut};
 use lnpd_proto::signer as pb;
-use lnpd_signer::keys::KeyRing;
 use lnpd_signer::testing::{memory_signer, next_counterparty_request, ChannelPair, PairOptions};
-use lnpd_signer::{call, PolicyConfig, RuleId, Seed, SignerError};
-use lnpd_tests::SignerProcess;
-
-const MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";
-
-/// Alice's signer as a daemon (known seed), Bob's in-process, one channel.
-fn attacked(tag: &str) -> (SignerProcess, ChannelPair) {
-    attacked_with(tag, "")
-}
-
-/// The refusal names `rule`, and so does the daemon's log.
-fn refused<T: std::fmt::Debug>(alice: &SignerProcess, r: Result<T, SignerError>, rule: RuleId) {
-    match r {
-        Err(e) => assert_eq!(e.rule, Some(rule), "refused for another reason: {e}"),
-        Ok(v) => panic!("attack on {} was signed: {v:?}", rule.as_str()),
-    }
-    assert!(
-        alice.log().contains(rule.as_str()),
-        "the daemon's log names {}",
-        rule.as_str()
-    );
-}
-
-/// Honest use goes on: a payment each way, added and settled.
-fn still_usable(p: &mut ChannelPair) {
-    let h = p
-        .add_htlc(5_000_000, 0xa1)
-        .expect("honest HTLC after the attack");
-    p.settle_htlc(&h)
-        .expect("honest settlement after the attack");
-}
-
-fn wallet_keys() -> KeyRing {
-    let seed = bip39::Mnemonic::parse_normalized(MNEMONIC)
-        .unwrap()
-        .to_seed("");
-    KeyRing::from_seed(
-        &Seed::new(seed.to_vec()).unwrap(),
-        Network::Regtest,
-        &Secp256k1::new(),
-    )
-    .unwrap()
-}
-
-fn stranger() -> ScriptBuf {
-    let pk =
-        PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[3; 32]).unwrap());
-    ScriptBuf::new_p2wpkh(&CompressedPublicKey(pk).wpubkey_hash())
-}
+use lnpd_signer::{call, PolicyConfig, RuleId, SignerError};
+use lnpd_tests::hostile::*;
 
 #[test]
 fn refuses_the_current_secret_before_the_next_state_is_validated() {
@@ -129,6 +74,7 @@ fn refuses_a_commitment_that_moves_our_balance_to_the_peer_without_an_htlc() {
     if let Some(c) = req.commitment.as_mut() {
         c.to_countersignatory_value_sat -= 100_000;
         c.to_broadcaster_value_sat += 100_000;
+        c.transaction = p.built_transaction(false, c);
     }
     refused(
         &alice,
@@ -284,40 +230,6 @@ fn refuses_a_close_to_an_unknown_address_or_short_of_our_balance() {
     still_usable(&mut p);
 }
 
-/// A sweep of Alice's to_remote output on a (made-up) commitment.
-fn sweep_request(
-    p: &ChannelPair,
-    change: ScriptBuf,
-    lock_time: Option<u32>,
-) -> pb::SpendSpendableOutputsRequest {
-    let payment_point = PublicKey::from_slice(&p.alice.pubkeys.payment_point).unwrap();
-    // Anchors: to_remote is P2WSH(<payment key> CHECKSIGVERIFY 1 CSV).
-    let script =
-        lightning::ln::chan_utils::get_to_countersigner_keyed_anchor_redeemscript(&payment_point)
-            .to_p2wsh();
-    pb::SpendSpendableOutputsRequest {
-        descriptors: vec![pb::SpendableOutput {
-            outpoint: Some(pb::OutPoint {
-                txid: vec![7; 32],
-                vout: 1,
-            }),
-            output: Some(pb::TxOut {
-                value_sat: 100_000,
-                script_pubkey: script.to_bytes(),
-            }),
-            kind: Some(pb::spendable_output::Kind::StaticPayment(
-                pb::StaticPaymentOutput {
-                    channel_keys_id: p.alice.keys_id.clone(),
-                },
-            )),
-        }],
-        outputs: vec![],
-        change_script: change.to_bytes(),
-        feerate_sat_per_kw: 2000,
-        lock_time,
-    }
-}
-
 #[test]
 fn refuses_a_sweep_to_an_unknown_address() {
     let (alice, mut p) = attacked("hostile-sweep");
@@ -413,66 +325,30 @@ fn bounds_htlc_expiries_and_sweep_locktimes_by_the_checked_chain_height() {
 #[test]
 fn refuses_a_wallet_spend_with_an_unknown_output_or_fee() {
     let (alice, mut p) = attacked("hostile-onchain");
-    let s = Secp256k1::new();
-    let keys = wallet_keys();
-    let key = keys.wallet_key(&s, 0, 0).unwrap();
-    let pk = CompressedPublicKey(PublicKey::from_secret_key(&s, &key));
-    let prev = Transaction {
-        version: Version::TWO,
-        lock_time: LockTime::ZERO,
-        input: vec![TxIn::default()],
-        output: vec![TxOut {
-            value: Amount::from_sat(200_000),
-            script_pubkey: ScriptBuf::new_p2wpkh(&pk.wpubkey_hash()),
-        }],
-    };
-    let psbt = |outputs: Vec<TxOut>| {
-        let tx = Transaction {
-            version: Version::TWO,
-            lock_time: LockTime::ZERO,
-            input: vec![TxIn {
-                previous_output: OutPoint {
-                    txid: prev.compute_txid(),
-                    vout: 0,
-                },
-                script_sig: ScriptBuf::new(),
-                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
-                witness: Witness::new(),
-            }],
-            output: outputs,
-        };
-        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
-        psbt.inputs[0].non_witness_utxo = Some(prev.clone());
-        psbt.inputs[0].witness_utxo = Some(prev.output[0].clone());
-        psbt.inputs[0].bip32_derivation.insert(
-            pk.0,
-            (
-                keys.master_fingerprint(),
-                DerivationPath::from_str("m/84'/1'/0'/0/0").unwrap(),
-            ),
-        );
-        pb::SignPsbtRequest {
-            psbt: psbt.serialize(),
-        }
-    };
     // All of it to a stranger (what a funding transaction with an unknown
     // output, or a withdrawal the operator never allowed, looks like).
-    let theft = psbt(vec![TxOut {
-        value: Amount::from_sat(199_000),
-        script_pubkey: stranger(),
-    }]);
+    let theft = wallet_psbt(
+        vec![TxOut {
+            value: Amount::from_sat(199_000),
+            script_pubkey: stranger(),
+        }],
+        Version::TWO,
+        None,
+    );
     refused(
         &alice,
         call!(p.alice.signer, SignPsbt(theft) => SignPsbt),
         RuleId::OnchainOutputsKnown,
     );
     // To our own wallet, but nearly all of it burnt in fees.
-    let change = keys.wallet_key(&s, 1, 0).unwrap();
-    let change = CompressedPublicKey(PublicKey::from_secret_key(&s, &change));
-    let burn = psbt(vec![TxOut {
-        value: Amount::from_sat(1_000),
-        script_pubkey: ScriptBuf::new_p2wpkh(&change.wpubkey_hash()),
-    }]);
+    let burn = wallet_psbt(
+        vec![TxOut {
+            value: Amount::from_sat(1_000),
+            script_pubkey: wallet_script(1, 0),
+        }],
+        Version::TWO,
+        None,
+    );
     refused(
         &alice,
         call!(p.alice.signer, SignPsbt(burn) => SignPsbt),
@@ -525,23 +401,6 @@ fn a_batch_cannot_smuggle_other_requests() {
         "a non-batchable request ran in a batch"
     );
     still_usable(&mut p);
-}
-
-/// Like [`attacked`], with `[policy]` lines added to the daemon's config.
-fn attacked_with(tag: &str, policy: &str) -> (SignerProcess, ChannelPair) {
-    let mut alice = SignerProcess::init_restored(tag, MNEMONIC).expect("signer init");
-    let toml = alice.data_dir().join("signer.toml");
-    let mut config = std::fs::read_to_string(&toml).expect("signer.toml");
-    config.push_str(policy);
-    std::fs::write(&toml, config).unwrap();
-    alice.start().expect("signer starts");
-    let pair = ChannelPair::open(
-        Box::new(alice.client().expect("mTLS client")),
-        Box::new(memory_signer(2, PolicyConfig::default())),
-        PairOptions::default(),
-    )
-    .expect("channel opens");
-    (alice, pair)
 }
 
 #[test]
@@ -688,20 +547,6 @@ fn refuses_a_holder_commitment_that_moves_our_balance_away() {
     };
     call!(p.alice.signer, SignHolderCommitment(latest) => Signature)
         .expect("the last validated commitment is still ours to broadcast");
-}
-
-/// Runs `lnpd-signer <args> --data-dir <alice's>` (the operator's side).
-fn operator(alice: &SignerProcess, args: &[&str]) -> String {
-    let out = std::process::Command::new(lnpd_tests::signer_bin())
-        .args(args)
-        .arg("--data-dir")
-        .arg(alice.data_dir())
-        .output()
-        .expect("lnpd-signer runs");
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "lnpd-signer {args:?}: {text}");
-    text
 }
 
 #[test]

@@ -79,6 +79,9 @@ pub fn commitment_data(tx: &CommitmentTransaction) -> pb::CommitmentData {
         to_countersignatory_value_sat: tx.to_countersignatory_value_sat(),
         htlcs: tx.nondust_htlcs().iter().map(htlc).collect(),
         per_commitment_point: tx.per_commitment_point().serialize().to_vec(),
+        transaction: bitcoin::consensus::encode::serialize(
+            &tx.trust().built_transaction().transaction,
+        ),
     }
 }
 

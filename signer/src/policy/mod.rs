@@ -11,6 +11,7 @@ use crate::error::SignerError;
 pub mod balance;
 pub mod channel;
 pub mod close;
+pub mod commitment_tx;
 pub mod expiry;
 pub mod onchain;
 pub mod payments;

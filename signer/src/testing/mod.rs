@@ -249,17 +249,28 @@ impl ChannelPair {
         bob: Box<dyn SignerHandle>,
         opts: PairOptions,
     ) -> Result<Self, SignerError> {
+        let mut pair = Self::prepare(alice, bob, opts)?;
+        pair.exchange_first_commitments()?;
+        Ok(pair)
+    }
+
+    /// Channel keys on both signers and the set-up requests, nothing set up yet.
+    pub fn prepare(
+        alice: Box<dyn SignerHandle>,
+        bob: Box<dyn SignerHandle>,
+        opts: PairOptions,
+    ) -> Result<Self, SignerError> {
         let (mut alice, mut bob) = (alice, bob);
         let (a_id, a_keys) = new_channel(alice.as_mut())?;
         let (b_id, b_keys) = new_channel(bob.as_mut())?;
         let a_setup = setup_for(&a_id, true, &opts, &b_keys);
         let b_setup = setup_for(&b_id, false, &opts, &a_keys);
-        let mut pair = ChannelPair {
+        let pair = ChannelPair {
             alice: Party {
                 signer: alice,
                 keys_id: a_id,
                 pubkeys: a_keys,
-                setup: a_setup.clone(),
+                setup: a_setup,
             },
             bob: Party {
                 signer: bob,
@@ -275,6 +286,14 @@ impl ChannelPair {
             number: 0,
             settled: Vec::new(),
         };
+        Ok(pair)
+    }
+
+    /// Sets Alice up, has Bob validate his first commitment (parked), sets
+    /// Bob up, and has Alice validate hers: the channel is open.
+    pub fn exchange_first_commitments(&mut self) -> Result<(), SignerError> {
+        let pair = self;
+        let a_setup = pair.alice.setup.clone();
         call!(pair.alice.signer, SetupChannel(a_setup) => SetupChannel)?;
         // Bob (inbound) validates his first commitment before he has the parameters, as LDK does.
         let bob_first = pair.commitment_data(false, 0)?;
@@ -291,7 +310,7 @@ impl ChannelPair {
         call!(pair.bob.signer, SetupChannel(b_setup) => SetupChannel)?;
         let (req, _) = pair.holder_request(true, 0)?;
         call!(pair.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)?;
-        Ok(pair)
+        Ok(())
     }
 
     fn anchors(&self) -> bool {
@@ -343,14 +362,40 @@ impl ChannelPair {
         } else {
             (bob_sat, alice_sat)
         };
-        Ok(pb::CommitmentData {
+        let mut data = pb::CommitmentData {
             commitment_number: number,
             feerate_per_kw: self.feerate_per_kw,
             to_broadcaster_value_sat: to_b,
             to_countersignatory_value_sat: to_c,
             htlcs,
             per_commitment_point: point,
-        })
+            transaction: Vec::new(),
+        };
+        data.transaction = self.built_transaction(alice, &data);
+        Ok(data)
+    }
+
+    /// The transaction an honest node builds for `data` (broadcast by Alice
+    /// if `alice`); empty when the data cannot make one (an attack the
+    /// signer refuses before it looks at the transaction).
+    pub fn built_transaction(&self, alice: bool, data: &pb::CommitmentData) -> Vec<u8> {
+        let party = if alice { &self.alice } else { &self.bob };
+        let permissive = PolicyConfig {
+            max_htlc_inflight_sat: u64::MAX,
+            min_feerate_per_kw: 0,
+            max_feerate_per_kw: u32::MAX,
+            ..PolicyConfig::default()
+        };
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        crate::commitment::parse_channel_keys(Some(&party.pubkeys))
+            .and_then(|keys| crate::commitment::channel_parameters(&party.setup, keys))
+            .and_then(|params| {
+                crate::commitment::rebuild(&params, &party.setup, true, data, &permissive, &secp)
+            })
+            .map(|r| {
+                bitcoin::consensus::encode::serialize(&r.tx.trust().built_transaction().transaction)
+            })
+            .unwrap_or_default()
     }
 
     /// From the state after one [`ChannelPair::advance`]: Bob validates his
