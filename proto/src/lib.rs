@@ -1,8 +1,15 @@
 //! lnpd's wire contracts, generated from `signer.proto` and `node.proto`.
 //!
 //! Without the `grpc` feature this crate is `no_std` + `alloc` and holds the
-//! message types only (the firmware uses them on the USB wire).
+//! message types only (the firmware uses them on the USB wire), plus the
+//! hardware signer's link: [`hid`] framing and [`pairing`] codes.
 #![cfg_attr(not(feature = "grpc"), no_std)]
+
+extern crate alloc;
+
+pub mod device_client;
+pub mod hid;
+pub mod pairing;
 
 /// Node <-> signer messages and (with `grpc`) the `Signer` service.
 pub mod signer {

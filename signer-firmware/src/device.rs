@@ -1,42 +1,74 @@
 //! The device's main loop body: HID reports in, HID reports out. A complete
-//! message is a `signer.proto` `Request`, handled by the signer core (the
-//! same code, policy and state rules as `lnpd-signer run`) over the flash
-//! store; its `Reply` goes back on the same channel. A bad frame gets an
-//! `INVALID` error reply and changes nothing.
+//! message is a `DeviceRequest`: a `signer.proto` `Request` (or batch),
+//! handled by the signer core (the same code, policy and state rules as
+//! `lnpd-signer run`) over the flash store, or pairing and the
+//! per-connection hello. Signing requests are served only on a connection
+//! whose host said hello with a paired key. Payments above the approval
+//! threshold and new pairings ask the user ([`crate::ui`]). A bad frame or
+//! message gets an error reply and changes nothing.
 
 use alloc::boxed::Box;
 use alloc::string::ToString;
 use alloc::vec::Vec;
+use core::str::FromStr;
 
+use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
+use bitcoin::secp256k1::{All, Message as Digest, PublicKey, Secp256k1, SecretKey};
 use bitcoin::Network;
-use lnpd_proto::signer as pb;
+use lnpd_proto::pairing::{hello_digest, pairing_code};
+use lnpd_proto::signer::{self as pb, device_reply, device_request, reply};
 use lnpd_signer::handler::{error_to_wire, Entropy};
+use lnpd_signer::policy::RuleId;
 use lnpd_signer::{PolicyConfig, Seed, Signer, SignerError};
 use prost::Message;
 
 use crate::flash::{Flash, FlashStore};
 use crate::hid::{fragment, Reassembler, Report};
+use crate::ui::{Answer, Prompt, Ui};
 
 /// A hardware signer: the signer core over flash, behind HID framing.
-pub struct Device<F: Flash> {
+pub struct Device<F: Flash, U: Ui> {
     signer: Signer<FlashStore<F>>,
     rx: Reassembler,
+    ui: U,
+    secp: Secp256k1<All>,
+    identity: SecretKey,
+    /// The connection (channel id) whose host proved it is paired.
+    hello: Option<u32>,
 }
 
-impl<F: Flash> Device<F> {
+impl<F: Flash, U: Ui> Device<F, U> {
     /// Starts the device with its seed, loading its state from `flash`.
     pub fn new(
         seed: &Seed,
         network: Network,
         policy: PolicyConfig,
         flash: F,
+        ui: U,
         entropy: Box<dyn Entropy>,
     ) -> Result<Self, SignerError> {
         let store = FlashStore::open(flash).map_err(SignerError::from)?;
+        // The identity key comes from the seed: a restored device is the
+        // same device to its hosts.
+        let mut e = hmac::HmacEngine::<sha256::Hash>::new(b"lnpd-device-identity");
+        e.input(seed.expose());
+        let identity = SecretKey::from_slice(hmac::Hmac::from_engine(e).as_byte_array())
+            .map_err(|_| SignerError::internal("identity key out of range"))?;
+        let mut signer = Signer::new(seed, network, policy, store, entropy)?;
+        signer.load_kept_allowlist();
         Ok(Device {
-            signer: Signer::new(seed, network, policy, store, entropy)?,
+            signer,
             rx: Reassembler::new(),
+            ui,
+            secp: Secp256k1::new(),
+            identity,
+            hello: None,
         })
+    }
+
+    /// The device's identity key (what hosts pair with).
+    pub fn identity(&self) -> PublicKey {
+        PublicKey::from_secret_key(&self.secp, &self.identity)
     }
 
     /// Handles one report; returns the reports of the reply (none until a
@@ -44,9 +76,12 @@ impl<F: Flash> Device<F> {
     pub fn on_report(&mut self, report: &[u8]) -> Vec<Report> {
         match self.rx.push(report) {
             Ok(None) => Vec::new(),
-            Ok(Some((cid, request))) => {
-                let reply = self.signer.handle_bytes(&request);
-                fragment(cid, &reply)
+            Ok(Some((cid, message))) => {
+                let reply = match pb::DeviceRequest::decode(&message[..]) {
+                    Ok(r) => self.on_request(cid, r),
+                    Err(_) => error(&SignerError::invalid("not a DeviceRequest")),
+                };
+                fragment(cid, &reply.encode_to_vec())
                     .unwrap_or_else(|e| error_reports(cid, &SignerError::internal(e.to_string())))
             }
             Err(e) => {
@@ -59,19 +94,189 @@ impl<F: Flash> Device<F> {
         }
     }
 
+    fn on_request(&mut self, cid: u32, r: pb::DeviceRequest) -> pb::DeviceReply {
+        let body = match r.body {
+            Some(device_request::Body::Identity(_)) => {
+                Ok(device_reply::Body::Identity(pb::IdentityReply {
+                    device_key: self.identity().serialize().to_vec(),
+                }))
+            }
+            Some(device_request::Body::Pair(p)) => self.pair(&p).map(device_reply::Body::Pair),
+            Some(device_request::Body::Hello(h)) => {
+                self.hello(cid, &h).map(device_reply::Body::Hello)
+            }
+            Some(_) if self.hello != Some(cid) => Err(SignerError::precondition(
+                "this connection has not proved a paired host: send Hello (pair first)",
+            )),
+            Some(device_request::Body::Request(q)) => Ok(device_reply::Body::Reply(pb::Reply {
+                id: q.id,
+                body: Some(match q.body {
+                    Some(b) => self
+                        .signer_request(b)
+                        .unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e))),
+                    None => {
+                        reply::Body::Error(error_to_wire(&SignerError::invalid("empty request")))
+                    }
+                }),
+            })),
+            Some(device_request::Body::Batch(b)) => self.batch(b).map(device_reply::Body::Batch),
+            Some(device_request::Body::AllowlistAdd(a)) => self
+                .allowlist_add(&a.entry)
+                .map(device_reply::Body::AllowlistAdd),
+            None => Err(SignerError::invalid("empty device request")),
+        };
+        pb::DeviceReply {
+            body: Some(body.unwrap_or_else(|e| device_reply::Body::Error(error_to_wire(&e)))),
+        }
+    }
+
+    fn pair(&mut self, p: &pb::PairRequest) -> Result<pb::PairReply, SignerError> {
+        PublicKey::from_slice(&p.host_key)
+            .map_err(|_| SignerError::invalid("host_key is not a public key"))?;
+        if p.nonce.len() != 32 {
+            return Err(SignerError::invalid("nonce must be 32 bytes"));
+        }
+        let device_key = self.identity().serialize();
+        let code = pairing_code(&device_key, &p.host_key, &p.nonce);
+        match self.ui.ask(&Prompt::Pair { code: code.clone() }) {
+            Answer::Confirm => {
+                self.signer.pair_host(&p.host_key)?;
+                Ok(pb::PairReply {
+                    device_key: device_key.to_vec(),
+                    code,
+                })
+            }
+            _ => Err(SignerError::precondition("pairing refused on the device")),
+        }
+    }
+
+    /// A new allow-list entry, kept only if the user confirms it.
+    fn allowlist_add(&mut self, entry: &str) -> Result<pb::AllowlistAddReply, SignerError> {
+        let entry = entry.trim();
+        let (script, payee) = if entry.len() == 66 {
+            let key = PublicKey::from_str(entry)
+                .map_err(|_| SignerError::invalid("not a node id (66 hex digits)"))?;
+            (None, Some(key.serialize()))
+        } else {
+            let address = bitcoin::Address::from_str(entry)
+                .map_err(|_| SignerError::invalid("neither an address nor a node id"))?
+                .require_network(self.signer.network())
+                .map_err(|_| SignerError::invalid("an address of another network"))?;
+            (Some(address.script_pubkey().to_bytes()), None)
+        };
+        match self.ui.ask(&Prompt::Allow {
+            entry: entry.to_string(),
+        }) {
+            Answer::Confirm => {
+                self.signer.allow(script, payee)?;
+                Ok(pb::AllowlistAddReply {})
+            }
+            _ => Err(SignerError::precondition("not allowed on the device")),
+        }
+    }
+
+    fn hello(&mut self, cid: u32, h: &pb::HelloRequest) -> Result<pb::HelloReply, SignerError> {
+        if h.challenge.len() != 32 {
+            return Err(SignerError::invalid("challenge must be 32 bytes"));
+        }
+        if !self.signer.paired_hosts().contains(&h.host_key) {
+            return Err(SignerError::precondition(
+                "this host is not paired with the device: pair first",
+            ));
+        }
+        let digest = Digest::from_digest(hello_digest(&h.challenge, &h.host_key));
+        let signature = self.secp.sign_ecdsa(&digest, &self.identity);
+        self.hello = Some(cid);
+        Ok(pb::HelloReply {
+            device_key: self.identity().serialize().to_vec(),
+            signature: signature.serialize_compact().to_vec(),
+        })
+    }
+
+    /// A signer request; a payment awaiting approval asks the user now.
+    fn signer_request(&mut self, body: pb::request::Body) -> Result<reply::Body, SignerError> {
+        match self.signer.handle(body)? {
+            reply::Body::ShowInvoice(r) if r.awaiting_approval => {
+                let pending = self
+                    .signer
+                    .pending_approvals()
+                    .into_iter()
+                    .find(|p| p.id == r.approval_id)
+                    .ok_or_else(|| SignerError::internal("approval request vanished"))?;
+                let prompt = Prompt::Payment {
+                    id: pending.id.clone(),
+                    amount_msat: pending.amount_msat,
+                    payee: pending
+                        .payee
+                        .iter()
+                        .map(|b| alloc::format!("{b:02x}"))
+                        .collect(),
+                };
+                let answer = self.ui.ask(&prompt);
+                let approve = answer == Answer::Confirm;
+                self.signer.decide_payment(&pending.id, approve)?;
+                if approve {
+                    Ok(reply::Body::ShowInvoice(pb::ShowInvoiceReply {
+                        awaiting_approval: false,
+                        ..r
+                    }))
+                } else {
+                    Err(SignerError::policy(
+                        RuleId::PaymentApproval,
+                        match answer {
+                            Answer::Timeout => "not approved on the device in time",
+                            _ => "denied on the device",
+                        },
+                    ))
+                }
+            }
+            other => Ok(other),
+        }
+    }
+
+    fn batch(&mut self, b: pb::BatchRequest) -> Result<pb::BatchReply, SignerError> {
+        let ids: Vec<u64> = b.requests.iter().map(|r| r.id).collect();
+        let bodies = b
+            .requests
+            .into_iter()
+            .map(|r| {
+                r.body
+                    .ok_or_else(|| SignerError::invalid("a batched request has no body"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = self.signer.handle_batch(bodies);
+        Ok(pb::BatchReply {
+            replies: results
+                .into_iter()
+                .zip(ids)
+                .map(|(r, id)| pb::Reply {
+                    id,
+                    body: Some(r.unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e)))),
+                })
+                .collect(),
+        })
+    }
+
     /// The signer core (for the simulator's status output).
     pub fn signer(&self) -> &Signer<FlashStore<F>> {
         &self.signer
     }
+
+    /// Stops the device, handing the flash back (tests restart it).
+    pub fn into_flash(self) -> F {
+        self.signer.into_store().into_flash()
+    }
+}
+
+fn error(e: &SignerError) -> pb::DeviceReply {
+    pb::DeviceReply {
+        body: Some(device_reply::Body::Error(error_to_wire(e))),
+    }
 }
 
 fn error_reports(cid: u32, e: &SignerError) -> Vec<Report> {
-    let reply = pb::Reply {
-        id: 0,
-        body: Some(pb::reply::Body::Error(error_to_wire(e))),
-    };
     // An error reply is small: it always frames.
-    fragment(cid, &reply.encode_to_vec()).unwrap_or_default()
+    fragment(cid, &error(e).encode_to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -79,47 +284,79 @@ mod tests {
     use super::*;
     use crate::flash::RamFlash;
     use crate::hid::REPORT_SIZE;
-    use lnpd_proto::signer::{reply, request};
+    use crate::ui::Always;
+    use alloc::collections::VecDeque;
+    use lnpd_proto::device_client::{DeviceClient, ReportLink};
+    use lnpd_proto::signer::request;
     use lnpd_signer::testing::{
         memory_signer, test_entropy, ChannelPair, PairOptions, SignerHandle,
     };
 
-    /// The host side: requests framed into reports and fed to the device.
-    struct OverHid {
-        device: Device<RamFlash>,
-        cid: u32,
+    /// A device in the same process, as a report link.
+    struct Wire<U: Ui> {
+        device: Device<RamFlash, U>,
+        out: VecDeque<Report>,
     }
 
-    impl OverHid {
-        fn exchange(&mut self, bytes: &[u8]) -> Vec<u8> {
-            let mut out = Vec::new();
-            for r in fragment(self.cid, bytes).unwrap() {
-                out.extend(self.device.on_report(&r));
-            }
-            let mut rx = Reassembler::new();
-            let mut reply = None;
-            for r in out {
-                if let Some((cid, m)) = rx.push(&r).unwrap() {
-                    assert_eq!(cid, self.cid);
-                    reply = Some(m);
-                }
-            }
-            reply.expect("one reply per request")
+    impl<U: Ui> ReportLink for Wire<U> {
+        type Error = &'static str;
+        fn send(&mut self, report: &Report) -> Result<(), Self::Error> {
+            self.out.extend(self.device.on_report(report));
+            Ok(())
+        }
+        fn receive(&mut self) -> Result<Report, Self::Error> {
+            self.out.pop_front().ok_or("the device has nothing to say")
         }
     }
 
-    impl SignerHandle for OverHid {
+    /// The host: pairs, says hello, then sends signer requests.
+    struct Host<U: Ui> {
+        client: DeviceClient<Wire<U>>,
+    }
+
+    fn host_key() -> Vec<u8> {
+        // Any valid point will do: the generator's x with prefix 2.
+        PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[7; 32]).unwrap())
+            .serialize()
+            .to_vec()
+    }
+
+    impl<U: Ui> Host<U> {
+        fn send(&mut self, body: device_request::Body) -> device_reply::Body {
+            self.client
+                .exchange(&pb::DeviceRequest { body: Some(body) })
+                .expect("link")
+                .body
+                .expect("reply body")
+        }
+        fn pair(&mut self) -> device_reply::Body {
+            self.send(device_request::Body::Pair(pb::PairRequest {
+                host_key: host_key(),
+                nonce: alloc::vec![5; 32],
+            }))
+        }
+        fn hello(&mut self) -> device_reply::Body {
+            self.send(device_request::Body::Hello(pb::HelloRequest {
+                host_key: host_key(),
+                challenge: alloc::vec![6; 32],
+            }))
+        }
+    }
+
+    impl<U: Ui> SignerHandle for Host<U> {
         fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
             let req = pb::Request {
                 id: 3,
                 body: Some(body),
             };
-            let reply = pb::Reply::decode(&self.exchange(&req.encode_to_vec())[..])
-                .map_err(|_| SignerError::internal("undecodable reply"))?;
-            match reply.body {
-                Some(reply::Body::Error(e)) => Err(lnpd_signer::handler::error_from_wire(&e)),
-                Some(b) => Ok(b),
-                None => Err(SignerError::internal("empty reply")),
+            match self.send(device_request::Body::Request(req)) {
+                device_reply::Body::Reply(pb::Reply {
+                    body: Some(reply::Body::Error(e)),
+                    ..
+                })
+                | device_reply::Body::Error(e) => Err(lnpd_signer::handler::error_from_wire(&e)),
+                device_reply::Body::Reply(pb::Reply { body: Some(b), .. }) => Ok(b),
+                _ => Err(SignerError::internal("unexpected reply")),
             }
         }
         fn handle_batch(
@@ -130,37 +367,142 @@ mod tests {
         }
     }
 
-    fn device(flash: RamFlash) -> Device<RamFlash> {
+    fn device<U: Ui>(flash: RamFlash, policy: PolicyConfig, ui: U) -> Device<RamFlash, U> {
         Device::new(
             &Seed::new(alloc::vec![1; 32]).unwrap(),
             Network::Regtest,
-            PolicyConfig::default(),
+            policy,
             flash,
+            ui,
             test_entropy(1),
         )
         .unwrap()
     }
 
+    fn host<U: Ui>(device: Device<RamFlash, U>, cid: u32) -> Host<U> {
+        Host {
+            client: DeviceClient::new(
+                Wire {
+                    device,
+                    out: VecDeque::new(),
+                },
+                cid,
+            ),
+        }
+    }
+
+    fn is_error(b: &device_reply::Body) -> bool {
+        matches!(b, device_reply::Body::Error(_))
+    }
+
     #[test]
-    fn a_channel_runs_through_hid_reports() {
-        let host = OverHid {
-            device: device(RamFlash::new(64 * 1024, 256)),
-            cid: 0x0102_0304,
+    fn a_paired_host_runs_a_channel_through_hid_reports() {
+        let mut h = host(
+            device(
+                RamFlash::new(64 * 1024, 256),
+                PolicyConfig::default(),
+                Always(Answer::Confirm),
+            ),
+            0x0102_0304,
+        );
+        let device_key = match h.pair() {
+            device_reply::Body::Pair(p) => {
+                assert_eq!(
+                    p.code,
+                    pairing_code(&p.device_key, &host_key(), &[5; 32]),
+                    "both sides compute the same code"
+                );
+                p.device_key
+            }
+            other => panic!("pairing: {other:?}"),
         };
+        match h.hello() {
+            device_reply::Body::Hello(r) => {
+                assert_eq!(r.device_key, device_key);
+                let sig = bitcoin::secp256k1::ecdsa::Signature::from_compact(&r.signature).unwrap();
+                Secp256k1::new()
+                    .verify_ecdsa(
+                        &Digest::from_digest(hello_digest(&[6; 32], &host_key())),
+                        &sig,
+                        &PublicKey::from_slice(&device_key).unwrap(),
+                    )
+                    .expect("the device proves its identity");
+            }
+            other => panic!("hello: {other:?}"),
+        }
         let mut p = ChannelPair::open(
-            Box::new(host),
+            Box::new(h),
             Box::new(memory_signer(2, PolicyConfig::default())),
             PairOptions::default(),
         )
         .expect("channel opens over HID");
-        let h = p.add_htlc(20_000_000, 1).expect("payment over HID");
-        p.settle_htlc(&h).expect("settled over HID");
+        let htlc = p.add_htlc(20_000_000, 1).expect("payment over HID");
+        p.settle_htlc(&htlc).expect("settled over HID");
         assert_eq!(p.number, 2);
     }
 
     #[test]
+    fn only_a_paired_host_that_said_hello_is_served() {
+        let mut h = host(
+            device(
+                RamFlash::new(64 * 1024, 256),
+                PolicyConfig::default(),
+                Always(Answer::Deny),
+            ),
+            7,
+        );
+        let ping = device_request::Body::Request(pb::Request {
+            id: 1,
+            body: Some(request::Body::Ping(Default::default())),
+        });
+        assert!(is_error(&h.send(ping.clone())), "no hello yet");
+        assert!(is_error(&h.hello()), "not paired");
+        assert!(is_error(&h.pair()), "the user denied the pairing");
+        assert!(is_error(&h.hello()), "still not paired");
+        assert!(h
+            .client
+            .into_link()
+            .device
+            .signer()
+            .paired_hosts()
+            .is_empty());
+    }
+
+    #[test]
+    fn pairing_survives_a_restart_and_hello_is_per_connection() {
+        let mut h = host(
+            device(
+                RamFlash::new(64 * 1024, 256),
+                PolicyConfig::default(),
+                Always(Answer::Confirm),
+            ),
+            7,
+        );
+        assert!(!is_error(&h.pair()));
+        let flash = h.client.into_link().device.into_flash();
+        let mut h = host(
+            device(flash, PolicyConfig::default(), Always(Answer::Deny)),
+            8,
+        );
+        let ping = device_request::Body::Request(pb::Request {
+            id: 1,
+            body: Some(request::Body::Ping(Default::default())),
+        });
+        assert!(
+            is_error(&h.send(ping.clone())),
+            "a new connection says hello first"
+        );
+        assert!(!is_error(&h.hello()), "paired before the restart");
+        assert!(!is_error(&h.send(ping)));
+    }
+
+    #[test]
     fn a_bad_frame_gets_an_error_reply_and_changes_nothing() {
-        let mut d = device(RamFlash::new(64 * 1024, 256));
+        let mut d = device(
+            RamFlash::new(64 * 1024, 256),
+            PolicyConfig::default(),
+            Always(Answer::Confirm),
+        );
         let mut out = d.on_report(&[0u8; 10]);
         assert_eq!(out.len(), 1);
         let mut second = [0u8; REPORT_SIZE];
@@ -170,16 +512,153 @@ mod tests {
         for r in out {
             let mut rx = Reassembler::new();
             let (_, m) = rx.push(&r).unwrap().expect("one-report error reply");
-            let reply = pb::Reply::decode(&m[..]).unwrap();
+            let reply = pb::DeviceReply::decode(&m[..]).unwrap();
             assert!(matches!(
                 reply.body,
-                Some(reply::Body::Error(e)) if e.kind == pb::ErrorKind::Invalid as i32
+                Some(device_reply::Body::Error(e)) if e.kind == pb::ErrorKind::Invalid as i32
             ));
         }
-        // Garbage that frames fine but is no Request: an error reply too.
-        let mut host = OverHid { device: d, cid: 9 };
-        let reply = pb::Reply::decode(&host.exchange(&[0xFF; 40])[..]).unwrap();
-        assert!(matches!(reply.body, Some(reply::Body::Error(_))));
-        assert_eq!(host.device.signer().channels().count(), 0);
+        // Garbage that frames fine but is no DeviceRequest: an error reply too.
+        let mut rx = Reassembler::new();
+        let mut reply = None;
+        for r in fragment(9, &[0xFF; 40]).unwrap() {
+            for out in d.on_report(&r) {
+                reply = rx.push(&out).unwrap().or(reply);
+            }
+        }
+        let (_, m) = reply.expect("a reply");
+        assert!(is_error(
+            &pb::DeviceReply::decode(&m[..]).unwrap().body.unwrap()
+        ));
+        assert_eq!(d.signer().channels().count(), 0);
+    }
+
+    #[test]
+    fn allow_list_entries_need_the_button_and_survive_a_restart() {
+        let addr = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        let script = bitcoin::Address::from_str(addr)
+            .unwrap()
+            .assume_checked()
+            .script_pubkey()
+            .to_bytes();
+        let add = |entry: &str| {
+            device_request::Body::AllowlistAdd(pb::AllowlistAddRequest {
+                entry: entry.into(),
+            })
+        };
+        let mut h = host(
+            device(
+                RamFlash::new(64 * 1024, 256),
+                PolicyConfig::default(),
+                Always(Answer::Deny),
+            ),
+            1,
+        );
+        h.send(device_request::Body::Pair(pb::PairRequest {
+            host_key: host_key(),
+            nonce: alloc::vec![5; 32],
+        }));
+        // Denied on the device (and unpaired hosts are not even asked).
+        assert!(is_error(&h.send(add(addr))));
+        let flash = h.client.into_link().device.into_flash();
+        let mut h = host(
+            device(flash, PolicyConfig::default(), Always(Answer::Confirm)),
+            2,
+        );
+        assert!(is_error(&h.send(add(addr))), "hello first");
+        assert!(!is_error(&h.pair()));
+        assert!(!is_error(&h.hello()));
+        assert!(
+            is_error(&h.send(add("bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4"))),
+            "mainnet address"
+        );
+        assert!(is_error(&h.send(add("garbage"))));
+        assert!(!is_error(&h.send(add(addr))));
+        // The generator point, as a payee node id.
+        let payee = "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+        assert!(!is_error(&h.send(add(payee))));
+        let flash = h.client.into_link().device.into_flash();
+        let d = device(flash, PolicyConfig::default(), Always(Answer::Deny));
+        assert!(
+            d.signer().policy().allowed_scripts.contains(&script),
+            "kept across a restart"
+        );
+    }
+
+    /// A BOLT 11 invoice of `amount_msat` for payment hash tag `tag`.
+    fn invoice(tag: u8, amount_msat: u64) -> alloc::string::String {
+        use lightning_invoice::{Currency, InvoiceBuilder};
+        let s = Secp256k1::new();
+        let key = SecretKey::from_slice(&[4; 32]).unwrap();
+        InvoiceBuilder::new(Currency::Regtest)
+            .description("device test".into())
+            .payment_hash(sha256::Hash::hash(&[tag; 32]))
+            .payment_secret(lightning::types::payment::PaymentSecret([1; 32]))
+            .duration_since_epoch(core::time::Duration::from_secs(1_700_000_000))
+            .min_final_cltv_expiry_delta(18)
+            .amount_milli_satoshis(amount_msat)
+            .expiry_time(core::time::Duration::from_secs(3600))
+            .build_signed(|m| s.sign_ecdsa_recoverable(m, &key))
+            .unwrap()
+            .to_string()
+    }
+
+    /// Confirms pairings; answers payments with its answer.
+    struct Payments(Answer);
+
+    impl Ui for Payments {
+        fn ask(&mut self, prompt: &Prompt) -> Answer {
+            match prompt {
+                Prompt::Payment { .. } => self.0,
+                _ => Answer::Confirm,
+            }
+        }
+    }
+
+    #[test]
+    fn a_payment_above_the_threshold_asks_the_user() {
+        let policy = PolicyConfig {
+            approval_above_sat: Some(10_000),
+            ..PolicyConfig::default()
+        };
+        for (answer, approved) in [
+            (Answer::Confirm, true),
+            (Answer::Deny, false),
+            (Answer::Timeout, false),
+        ] {
+            let mut h = host(
+                device(
+                    RamFlash::new(64 * 1024, 256),
+                    policy.clone(),
+                    Payments(answer),
+                ),
+                1,
+            );
+            h.pair();
+            h.hello();
+            let shown = call_show(&mut h, invoice(1, 50_000_000));
+            match shown {
+                Ok(r) => assert!(approved && !r.awaiting_approval, "{answer:?}"),
+                Err(e) => {
+                    assert!(!approved, "{answer:?}: {e}");
+                    assert_eq!(e.rule, Some(RuleId::PaymentApproval), "{e}");
+                }
+            }
+            // Below the threshold nothing is asked.
+            assert!(call_show(&mut h, invoice(2, 5_000_000)).is_ok());
+        }
+    }
+
+    fn call_show<U: Ui>(
+        h: &mut Host<U>,
+        bolt11: alloc::string::String,
+    ) -> Result<pb::ShowInvoiceReply, SignerError> {
+        match h.handle(request::Body::ShowInvoice(pb::ShowInvoiceRequest {
+            bolt11,
+            amount_msat: 0,
+        }))? {
+            reply::Body::ShowInvoice(r) => Ok(r),
+            _ => Err(SignerError::internal("wrong reply")),
+        }
     }
 }

@@ -13,6 +13,9 @@ extern crate alloc;
 
 pub mod device;
 pub mod flash;
-pub mod hid;
+pub mod ui;
+
+/// USB HID framing (shared with the host side, in `lnpd-proto`).
+pub use lnpd_proto::hid;
 
 pub use lnpd_proto::signer as wire;

@@ -153,6 +153,59 @@ impl<S: Store> Signer<S> {
         self.policy.allowed_payees = payees;
     }
 
+    /// Applies the allow-list kept with the state (see [`Self::allow`]).
+    pub fn load_kept_allowlist(&mut self) {
+        let scripts = self.meta.allowed_scripts.iter().cloned().collect();
+        let payees = self
+            .meta
+            .allowed_payees
+            .iter()
+            .filter_map(|p| <[u8; 33]>::try_from(p.as_slice()).ok())
+            .collect();
+        self.set_allowlist(scripts, payees);
+    }
+
+    /// Adds an output script or (33 bytes) a payee node id to the
+    /// allow-list kept with the state, durably. For a hardware signer,
+    /// after its user confirmed the entry; never from a node's request.
+    pub fn allow(
+        &mut self,
+        script: Option<Vec<u8>>,
+        payee: Option<[u8; 33]>,
+    ) -> Result<(), SignerError> {
+        let mut meta = self.meta.clone();
+        if let Some(s) = script.filter(|s| !meta.allowed_scripts.contains(s)) {
+            meta.allowed_scripts.push(s);
+        }
+        if let Some(p) = payee.filter(|p| !meta.allowed_payees.iter().any(|q| q == p)) {
+            meta.allowed_payees.push(p.to_vec());
+        }
+        self.commit_meta(meta)?;
+        self.load_kept_allowlist();
+        Ok(())
+    }
+
+    /// Stops the signer, handing its store back.
+    pub fn into_store(self) -> S {
+        self.store
+    }
+
+    /// Hosts paired with this signer when it runs on a hardware device.
+    pub fn paired_hosts(&self) -> &[Vec<u8>] {
+        &self.meta.paired_hosts
+    }
+
+    /// Records a paired host (durably); the device calls it once its user
+    /// confirmed the pairing code.
+    pub fn pair_host(&mut self, host_key: &[u8]) -> Result<(), SignerError> {
+        if self.meta.paired_hosts.iter().any(|h| h == host_key) {
+            return Ok(());
+        }
+        let mut meta = self.meta.clone();
+        meta.paired_hosts.push(host_key.to_vec());
+        self.commit_meta(meta)
+    }
+
     /// Known channels, by keys id.
     pub fn channels(&self) -> impl Iterator<Item = (&ChannelKeysId, &ChannelRecord)> {
         self.channels.iter()

@@ -117,6 +117,15 @@ pub struct MetaRecord {
     /// first; empty until the first `UpdateChain`.
     #[prost(bytes = "vec", repeated, tag = "6")]
     pub chain_headers: Vec<Vec<u8>>,
+    /// Hosts paired with a hardware signer (33-byte keys).
+    #[prost(bytes = "vec", repeated, tag = "7")]
+    pub paired_hosts: Vec<Vec<u8>>,
+    /// Allow-list entries kept with the state (a hardware signer's, each
+    /// confirmed on its button): output scripts, then payee node ids.
+    #[prost(bytes = "vec", repeated, tag = "8")]
+    pub allowed_scripts: Vec<Vec<u8>>,
+    #[prost(bytes = "vec", repeated, tag = "9")]
+    pub allowed_payees: Vec<Vec<u8>>,
 }
 
 /// An invoice the node is about to pay (`payment-invoiced`).
