@@ -7,3 +7,4 @@ pub mod hostile;
 pub mod network;
 pub mod node_process;
 pub mod regtest;
+pub mod sim;

@@ -60,6 +60,10 @@ enum Command {
         /// Do not print the mnemonic (for scripted test set-ups only).
         #[arg(long, hide = true)]
         no_show_mnemonic: bool,
+        /// For a hardware signer: no seed here (the device holds it); only
+        /// the TLS material and signer.toml for `run --device`.
+        #[arg(long)]
+        for_device: bool,
     },
     /// Serve the node over gRPC with mutual TLS until interrupted.
     Run {
@@ -72,6 +76,25 @@ enum Command {
         /// Log filter (overrides signer.toml and RUST_LOG), e.g. "info" or "lnpd_signer=debug".
         #[arg(long)]
         log: Option<String>,
+        /// Bridge to a hardware signer instead of signing here: "hid" (USB,
+        /// vendor 1209 product 4c4e), "hid:<vid>:<pid>", a /dev/hidraw
+        /// path, or "sim:<socket>" for lnpd-signer-sim. The device holds the
+        /// keys and enforces the policy; pair it first (`pair`).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Pair this host with a hardware signer: both show a code; confirm on
+    /// the device, then here. Writes host.key and device.json.
+    Pair {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The device, as for `run --device`.
+        #[arg(long)]
+        device: String,
+        /// Do not ask for confirmation here (the device's button still decides).
+        #[arg(long)]
+        yes: bool,
     },
     /// Manage the allow-list: addresses funds may go to besides the wallet
     /// (withdrawals, closes, sweeps) and payee node ids.
@@ -87,6 +110,10 @@ enum Command {
             global = true
         )]
         data_dir: String,
+        /// A paired hardware signer (as for `run --device`): `add` then asks
+        /// its user to confirm the entry, and keeps it on the device.
+        #[arg(long, global = true)]
+        device: Option<String>,
         #[command(subcommand)]
         action: AllowlistAction,
     },
@@ -295,17 +322,141 @@ fn init(
     println!("network:     {}", network.to_core_arg());
     println!("seed:        {} (encrypted)", dir.seed().display());
     println!("config:      {}", dir.config().display());
+    print_node_tls(&files);
+    println!(
+        "next:        lnpd-signer run --data-dir {}",
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// Tells the operator which TLS files the node needs.
+fn print_node_tls(files: &tls::TlsFiles) {
     println!(
         "node TLS:    give the node {}, {} and {}",
         files.ca_cert.display(),
         files.node_cert.display(),
         files.node_key.display()
     );
+}
+
+/// `init --for-device`: TLS material and signer.toml, no seed.
+fn init_for_device(
+    data_dir: &str,
+    network: &str,
+    listen: &str,
+    tls_hosts: &[String],
+) -> Result<()> {
+    let network = parse_network(network)?;
+    listen
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    let dir = &DataDir(expand(data_dir));
+    if dir.config().exists() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            dir.config().display()
+        );
+    }
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let files = tls::generate(&dir.tls(), tls_hosts)?;
+    let config = format!(
+        "# lnpd-signer configuration (bridge to a hardware signer)\nnetwork = \"{}\"\nlisten = \"{listen}\"\n",
+        network.to_core_arg()
+    );
+    std::fs::write(dir.config(), config)
+        .with_context(|| format!("writing {}", dir.config().display()))?;
+    println!("config:      {}", dir.config().display());
+    print_node_tls(&files);
     println!(
-        "next:        lnpd-signer run --data-dir {}",
+        "next:        lnpd-signer pair --data-dir {0} --device hid, then lnpd-signer run --data-dir {0} --device hid",
         dir.path().display()
     );
     Ok(())
+}
+
+fn pair(data_dir: &str, device: &str, yes: bool) -> Result<()> {
+    use lnpd_signer::daemon::device_bridge::{self, DeviceSpec, HostKey};
+    let dir = DataDir(expand(data_dir));
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let spec: DeviceSpec = device.parse()?;
+    let host = HostKey::load_or_create(&dir.host_key())?;
+    let paired = device_bridge::pair(&spec, &host, &dir.paired_device(), |code| {
+        if yes {
+            return true;
+        }
+        eprint!("Did the device show {code}? [y/N] ");
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).is_ok() && line.trim().eq_ignore_ascii_case("y")
+    })?;
+    println!("paired with device {}", paired.device_key);
+    println!("saved:       {}", dir.paired_device().display());
+    Ok(())
+}
+
+/// `run --device`: the node's calls bridged to the paired hardware signer.
+async fn run_device(
+    common: Common,
+    listen: Option<String>,
+    log: Option<String>,
+    device: String,
+) -> Result<()> {
+    use lnpd_signer::daemon::device_bridge::{DeviceBackend, DeviceSpec, HostKey, Paired};
+    let dir = DataDir(expand(&common.data_dir));
+    let config = ConfigFile::load(&dir.config())?;
+    init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
+    let spec: DeviceSpec = device.parse()?;
+    let host = HostKey::load_or_create(&dir.host_key())?;
+    let paired = Paired::load(&dir.paired_device())?;
+    let backend = tokio::task::spawn_blocking(move || DeviceBackend::connect(spec, host, paired))
+        .await
+        .map_err(|e| anyhow!("{e}"))??;
+    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
+    tracing::info!(
+        "lnpd-signer bridging {device} (paired, identity proven) on {local} (mutual TLS)"
+    );
+    println!("listening on {local}");
+    server::serve(backend, listener, tls_config, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(dir.listen_addr_file());
+    Ok(())
+}
+
+/// Listens where `--listen` or signer.toml says (port 0: a free one,
+/// written to signer.addr), with the server's TLS configuration.
+async fn bind(
+    dir: &DataDir,
+    config: &ConfigFile,
+    listen: Option<String>,
+) -> Result<(
+    tokio::net::TcpListener,
+    tonic::transport::ServerTlsConfig,
+    SocketAddr,
+)> {
+    let listen = listen
+        .or(config.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:9736".into());
+    let addr: SocketAddr = listen
+        .parse()
+        .with_context(|| format!("listen address {listen:?} is not address:port"))?;
+    let tls_config = server::tls_config(&tls::TlsFiles::in_dir(&dir.tls()))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    std::fs::write(dir.listen_addr_file(), local.to_string())?;
+    Ok((listener, tls_config, local))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
+    }
+    tracing::info!("shutting down");
 }
 
 async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Result<()> {
@@ -315,19 +466,7 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         signer,
     } = open(&common)?;
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
-    let listen = listen
-        .or(config.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:9736".into());
-    let addr: SocketAddr = listen
-        .parse()
-        .with_context(|| format!("listen address {listen:?} is not address:port"))?;
-    let tls_files = tls::TlsFiles::in_dir(&dir.tls());
-    let tls_config = server::tls_config(&tls_files)?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))?;
-    let local = listener.local_addr()?;
-    std::fs::write(dir.listen_addr_file(), local.to_string())?;
+    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
     tracing::info!(
         node_id = %signer.node_id(),
         network = signer.network().to_core_arg(),
@@ -343,15 +482,7 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         }
     }
     println!("listening on {local}");
-    let shutdown = async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {},
-        }
-        tracing::info!("shutting down");
-    };
+    let shutdown = shutdown_signal();
     let audit = lnpd_signer::daemon::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let service = SignerService::new(signer)
@@ -520,6 +651,22 @@ fn answer(data_dir: &str, id: &str, d: lnpd_signer::daemon::approvals::Decision)
     Ok(())
 }
 
+/// `allowlist add --device`: the entry goes to the device, whose user confirms it.
+fn allowlist_on_device(data_dir: &str, device: &str, action: AllowlistAction) -> Result<()> {
+    use lnpd_signer::daemon::device_bridge::{self, DeviceSpec, HostKey, Paired};
+    let AllowlistAction::Add { entry } = action else {
+        bail!("a hardware signer keeps its allow-list itself: only `add` (confirmed on the device) is supported with --device");
+    };
+    let dir = DataDir(expand(data_dir));
+    let spec: DeviceSpec = device.parse()?;
+    let host = HostKey::load_or_create(&dir.host_key())?;
+    let paired = Paired::load(&dir.paired_device())?;
+    println!("confirm {entry} on the device");
+    device_bridge::allowlist_add(&spec, &host, &paired, &entry)?;
+    println!("added {entry} on the device");
+    Ok(())
+}
+
 fn show_log(data_dir: &str, json: bool, last: Option<usize>) -> Result<()> {
     let dir = DataDir(expand(data_dir));
     let entries = lnpd_signer::daemon::audit::read(&dir.audit_log())
@@ -552,11 +699,20 @@ fn main() {
         Command::Init {
             common,
             network,
+            listen,
+            tls_hosts,
+            for_device: true,
+            ..
+        } => init_for_device(&common.data_dir, &network, &listen, &tls_hosts),
+        Command::Init {
+            common,
+            network,
             restore,
             listen,
             tls_hosts,
             kdf_memory_kib,
             no_show_mnemonic,
+            for_device: false,
         } => init(
             common,
             network,
@@ -570,11 +726,29 @@ fn main() {
             common,
             listen,
             log,
+            device,
         } => match tokio::runtime::Runtime::new() {
-            Ok(rt) => rt.block_on(run(common, listen, log)),
+            Ok(rt) => match device {
+                Some(d) => rt.block_on(run_device(common, listen, log, d)),
+                None => rt.block_on(run(common, listen, log)),
+            },
             Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
         },
-        Command::Allowlist { data_dir, action } => allowlist(&data_dir, action),
+        Command::Pair {
+            data_dir,
+            device,
+            yes,
+        } => pair(&data_dir, &device, yes),
+        Command::Allowlist {
+            data_dir,
+            device: Some(device),
+            action,
+        } => allowlist_on_device(&data_dir, &device, action),
+        Command::Allowlist {
+            data_dir,
+            device: None,
+            action,
+        } => allowlist(&data_dir, action),
         Command::Info { common, json } => info(common, json),
         Command::Log {
             data_dir,

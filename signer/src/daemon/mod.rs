@@ -5,6 +5,7 @@ pub mod allowlist;
 pub mod approvals;
 pub mod audit;
 pub mod config;
+pub mod device_bridge;
 pub mod seed_file;
 pub mod server;
 pub mod store_redb;
@@ -36,6 +37,14 @@ impl DataDir {
     /// The operator's allow-list.
     pub fn allowlist(&self) -> PathBuf {
         self.0.join("allowlist.json")
+    }
+    /// This host's key for pairing with a hardware signer.
+    pub fn host_key(&self) -> PathBuf {
+        self.0.join("host.key")
+    }
+    /// The hardware signer paired with this host.
+    pub fn paired_device(&self) -> PathBuf {
+        self.0.join("device.json")
     }
     /// Payments waiting for the operator's approval.
     pub fn approvals(&self) -> PathBuf {

@@ -11,6 +11,20 @@ use crate::error::{ErrorKind, SignerError};
 use crate::handler::Signer;
 use crate::store::Store;
 
+/// What answers the node's calls: the signer core in this process
+/// ([`SignerService`]) or a hardware signer behind the bridge
+/// (`device_bridge::DeviceBackend`).
+pub trait Backend: Send + Sync + 'static {
+    /// One request.
+    fn call(&self, body: request::Body) -> Result<reply::Body, Status>;
+    /// A batch (see `BatchRequest` in signer.proto).
+    fn call_batch(&self, batch: pb::BatchRequest) -> Result<pb::BatchReply, Status>;
+}
+
+/// A [`Backend`] as the tonic service. Calls may block (a durable write, a
+/// device waiting for its button): they run with `block_in_place`.
+pub struct Grpc<B: Backend>(pub B);
+
 /// The tonic service wrapping a [`Signer`].
 pub struct SignerService<S: Store> {
     inner: Arc<Mutex<Signer<S>>>,
@@ -54,7 +68,7 @@ impl<S: Store> SignerService<S> {
         self.inner.clone()
     }
 
-    fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
+    fn call_core(&self, body: request::Body) -> Result<reply::Body, Status> {
         let mut signer = self
             .inner
             .lock()
@@ -194,7 +208,11 @@ impl<S: Store> SignerService<S> {
     }
 }
 
-impl<S: Store + Send + 'static> SignerService<S> {
+impl<S: Store + Send + 'static> Backend for SignerService<S> {
+    fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
+        self.call_core(body)
+    }
+
     fn call_batch(&self, batch: pb::BatchRequest) -> Result<pb::BatchReply, Status> {
         let mut signer = self
             .inner
@@ -279,17 +297,19 @@ pub fn to_status(e: &SignerError) -> Status {
 macro_rules! rpcs {
     ($($method:ident($req:ident) -> $rep:ident via $q:ident => $a:ident;)*) => {
         #[tonic::async_trait]
-        impl<S: Store + Send + 'static> signer_server::Signer for SignerService<S> {
+        impl<B: Backend> signer_server::Signer for Grpc<B> {
             $(
                 async fn $method(&self, request: Request<pb::$req>) -> Result<Response<pb::$rep>, Status> {
-                    match self.call(request::Body::$q(request.into_inner()))? {
+                    let body = request::Body::$q(request.into_inner());
+                    match tokio::task::block_in_place(|| self.0.call(body))? {
                         reply::Body::$a(r) => Ok(Response::new(r)),
                         _ => Err(Status::internal("signer produced a reply of the wrong type")),
                     }
                 }
             )*
             async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
-                self.call_batch(request.into_inner()).map(Response::new)
+                let batch = request.into_inner();
+                tokio::task::block_in_place(|| self.0.call_batch(batch)).map(Response::new)
             }
         }
     };
@@ -331,8 +351,8 @@ rpcs! {
 }
 
 /// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.
-pub async fn serve<S: Store + Send + 'static>(
-    service: SignerService<S>,
+pub async fn serve<B: Backend>(
+    service: B,
     listener: tokio::net::TcpListener,
     tls: tonic::transport::ServerTlsConfig,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -340,7 +360,7 @@ pub async fn serve<S: Store + Send + 'static>(
     tonic::transport::Server::builder()
         .tls_config(tls)?
         .add_service(
-            signer_server::SignerServer::new(service)
+            signer_server::SignerServer::new(Grpc(service))
                 .max_decoding_message_size(crate::handler::MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener), shutdown)

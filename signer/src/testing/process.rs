@@ -90,6 +90,8 @@ pub struct SignerProcess {
     pub addr: Option<String>,
     /// The address it listened on last (kept across a kill, for restart).
     last_addr: Option<String>,
+    /// `run --device` value: a bridge to a hardware signer.
+    device: Option<String>,
 }
 
 impl SignerProcess {
@@ -159,6 +161,49 @@ impl SignerProcess {
             child: None,
             addr: None,
             last_addr: None,
+            device: None,
+        })
+    }
+
+    /// A bridge to the hardware signer `device` (`run --device` value):
+    /// `init --for-device`, then `pair --yes` (the device's button must
+    /// confirm, e.g. a simulator started with `--approve yes`).
+    pub fn init_for_device(dir: TempDir, device: &str) -> Result<Self> {
+        let data = dir.path.join("signer");
+        for args in [
+            vec![
+                "init",
+                "--for-device",
+                "--network",
+                "regtest",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            vec!["pair", "--device", device, "--yes"],
+        ] {
+            let out = Command::new(signer_bin())
+                .args(&args)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdin(Stdio::null())
+                .output()
+                .with_context(|| format!("running lnpd-signer {}", args[0]))?;
+            if !out.status.success() {
+                bail!(
+                    "lnpd-signer {} failed: {}",
+                    args[0],
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let passphrase = dir.path.join("passphrase");
+        Ok(SignerProcess {
+            dir,
+            passphrase,
+            child: None,
+            addr: None,
+            last_addr: None,
+            device: Some(device.to_string()),
         })
     }
 
@@ -202,6 +247,7 @@ impl SignerProcess {
             .arg("--passphrase-file")
             .arg(&self.passphrase)
             .args(["--listen", listen, "--log", "info"])
+            .args(self.device.iter().flat_map(|d| ["--device", d.as_str()]))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
