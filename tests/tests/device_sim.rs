@@ -2,7 +2,8 @@
 //! the host (flash in a file, HID reports on a Unix socket) and
 //! `lnpd-signer run --device sim:<socket>` bridges a node to it as it would
 //! to a USB device.
-//! - a node pays and is paid through the bridge and the simulated device;
+//! - a node pays and is paid through the bridge and the simulated device,
+//!   a payment above the threshold confirmed on the device's button;
 //! - the device is killed (SIGKILL) at random points while it writes its
 //!   state, many times: it always restarts on a consistent state (channel
 //!   keys ids never reissued), and the channel it holds goes on;
@@ -25,7 +26,12 @@ use lnpd_tests::{SignerProcess, TempDir};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_pays_through_the_bridge_and_the_simulated_device() {
     let chain = Chain::start().await.expect("bcoin");
-    let sim = SimProcess::start("dev-pay-sim", &["--approve", "yes"]).expect("simulator");
+    // The device's button confirms; payments above 20 000 sat ask it.
+    let sim = SimProcess::start(
+        "dev-pay-sim",
+        &["--approve", "yes", "--approval-above-sat", "20000"],
+    )
+    .expect("simulator");
     let signer = SignerProcess::init_for_device(TempDir::new("dev-pay-bridge"), &sim.spec())
         .expect("init and pair the bridge");
     let a = NodeProcess::start_with(signer, TempDir::new("dev-pay-a"), "dev-pay-a", &chain.bcoin)
@@ -44,6 +50,17 @@ async fn a_node_pays_through_the_bridge_and_the_simulated_device() {
             .unwrap_or_else(|e| panic!("{e}\n--- A ---\n{}\n--- sim ---\n{}", a.log(), sim.log()));
         assert_eq!(field(&out, "status"), "succeeded");
     }
+    assert!(
+        !sim.log().contains("[device display] Pay"),
+        "small payments ask nobody"
+    );
+    let big = pay(&a, &b, 30_000_000, "big").expect("a payment confirmed on the device");
+    assert_eq!(field(&big, "status"), "succeeded");
+    assert!(
+        sim.log().contains("[device display] Pay 30000 sat"),
+        "{}",
+        sim.log()
+    );
     let back = pay(&b, &a, 5_000_000, "b-to-a").expect("A paid through the device");
     assert_eq!(field(&back, "status"), "succeeded");
     assert!(
