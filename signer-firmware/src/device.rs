@@ -201,7 +201,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
                     .signer
                     .pending_approvals()
                     .into_iter()
-                    .find(|p| p.id == r.approval_id)
+                    .find(|p| p.payment_hash == r.payment_hash)
                     .ok_or_else(|| SignerError::internal("approval request vanished"))?;
                 let prompt = Prompt::Payment {
                     id: pending.id.clone(),
@@ -214,7 +214,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
                 };
                 let answer = self.ui.ask(&prompt);
                 let approve = answer == Answer::Confirm;
-                self.signer.decide_payment(&pending.id, approve)?;
+                self.signer.decide_payment(&pending, approve)?;
                 if approve {
                     Ok(reply::Body::ShowInvoice(pb::ShowInvoiceReply {
                         awaiting_approval: false,

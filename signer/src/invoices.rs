@@ -37,12 +37,14 @@ pub struct KnownInvoice {
     pub payee_allowed: bool,
     /// Whether the operator approved paying it.
     pub approved: bool,
+    /// Whether it was above the approval threshold when shown.
+    pub needs_approval: bool,
 }
 
 /// A payment waiting for the operator (`payment-approval`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingApproval {
-    /// What the operator approves it by: the payment hash's first 5 bytes, hex.
+    /// What the operator approves it by: the payment hash's first 8 bytes, hex.
     pub id: String,
     /// Its payment hash.
     pub payment_hash: Vec<u8>,
@@ -54,9 +56,10 @@ pub struct PendingApproval {
     pub shown_at: u64,
 }
 
-/// The approval id of a payment hash.
+/// The approval id of a payment hash (its first 8 bytes in hex: what the
+/// operator types; the signer itself always goes by the whole hash).
 pub fn approval_id(hash: &[u8]) -> String {
-    hash.iter().take(5).map(|b| format!("{b:02x}")).collect()
+    hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// An invoice's amount plus the routing-fee allowance an HTLC may add
@@ -196,33 +199,40 @@ impl<S: Store> Signer<S> {
             .collect()
     }
 
-    /// The operator's answer to a pending payment: approved, its HTLC may
-    /// be signed; declined, it is forgotten (shown again, it waits anew).
-    /// Only the operator's side (daemon command, device button) calls this,
-    /// never a request from the node.
+    /// The operator's answer to the pending payment `seen` (as shown to
+    /// the operator): approved, its HTLCs may be signed; declined, it is
+    /// forgotten (shown again, it waits anew). Refused if the invoice
+    /// changed since (another amount or payee): the operator answered for
+    /// something else. Only the operator's side (daemon command, device
+    /// button) calls this, never a request from the node.
     pub fn decide_payment(
         &mut self,
-        id: &str,
+        seen: &PendingApproval,
         approve: bool,
-    ) -> Result<PendingApproval, SignerError> {
-        let Some(pending) = self.pending_approvals().into_iter().find(|p| p.id == id) else {
-            return Err(SignerError::not_found(format!(
-                "no payment awaits approval under id {id:?}"
+    ) -> Result<(), SignerError> {
+        let current = self.pending_approvals().into_iter().find(|p| {
+            p.payment_hash == seen.payment_hash
+                && p.amount_msat == seen.amount_msat
+                && p.payee == seen.payee
+        });
+        if current.is_none() {
+            return Err(SignerError::precondition(format!(
+                "payment {} no longer waits as the operator saw it (changed or answered)",
+                seen.id
             )));
-        };
+        }
         let mut meta = self.meta.clone();
         if approve {
             for s in meta.shown_invoices.iter_mut() {
-                if s.payment_hash == pending.payment_hash {
+                if s.payment_hash == seen.payment_hash {
                     s.approval = Approval::Approved as i32;
                 }
             }
         } else {
             meta.shown_invoices
-                .retain(|s| s.payment_hash != pending.payment_hash);
+                .retain(|s| s.payment_hash != seen.payment_hash);
         }
-        self.commit_meta(meta)?;
-        Ok(pending)
+        self.commit_meta(meta)
     }
 
     /// The invoice shown for `hash`, if any.
@@ -237,6 +247,7 @@ impl<S: Store> Signer<S> {
                 payee_allowed: <[u8; 33]>::try_from(s.payee.as_slice())
                     .is_ok_and(|p| self.policy.allowed_payees.contains(&p)),
                 approved: s.approval == Approval::Approved as i32,
+                needs_approval: s.approval != Approval::NotNeeded as i32,
             })
     }
 }

@@ -68,6 +68,40 @@ async fn a_node_pays_through_the_bridge_and_the_simulated_device() {
         "{}",
         a.signer.log()
     );
+    // A withdrawal to an address the device was never told about is refused
+    // by the device and audited on the host; once the address is added on
+    // the device (its button confirms), the same withdrawal is signed.
+    let addr = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+    let refused = a.cli(&["withdraw", addr, "100000"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("onchain-outputs-known"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let operator = |args: &[&str]| {
+        let out = std::process::Command::new(lnpd_tests::signer_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(a.signer.data_dir())
+            .output()
+            .expect("lnpd-signer");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert!(operator(&["log"]).contains("onchain-outputs-known"));
+    operator(&["allowlist", "add", addr, "--device", &sim.spec()]);
+    assert!(sim.log().contains("[device display] Allow sending to"));
+    let sent = a.cli(&["withdraw", addr, "100000"]);
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
     assert!(sim.log().contains("host connected"));
 }
 

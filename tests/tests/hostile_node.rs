@@ -562,7 +562,7 @@ fn a_payment_above_the_threshold_waits_for_the_operator() {
     let waiting = show(&mut p, invoice(0x31, 20_000_000, &payee, 3600)).unwrap();
     assert!(waiting.awaiting_approval);
     let id = waiting.approval_id.clone();
-    assert_eq!(id.len(), 10);
+    assert_eq!(id.len(), 16);
     refused(&alice, p.offer(20_000_000, 0x31), RuleId::PaymentApproval);
     let listed = operator(&alice, &["pending"]);
     assert!(
@@ -626,5 +626,81 @@ fn a_denied_or_unanswered_payment_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no payment waits"));
+    still_usable(&mut p);
+}
+
+/// A BOLT 11 invoice without an amount (the payer names it).
+fn invoice_without_amount(tag: u8, payee_key: &SecretKey) -> String {
+    use bitcoin::hashes::{sha256, Hash};
+    use lightning_invoice::{Currency, InvoiceBuilder};
+    let s = Secp256k1::new();
+    InvoiceBuilder::new(Currency::Regtest)
+        .description("hostile test".into())
+        .payment_hash(sha256::Hash::hash(&[tag; 32]))
+        .payment_secret(lightning::types::payment::PaymentSecret([1; 32]))
+        .duration_since_epoch(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap(),
+        )
+        .min_final_cltv_expiry_delta(18)
+        .build_signed(|m| s.sign_ecdsa_recoverable(m, payee_key))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn an_approval_covers_only_the_payment_the_operator_saw() {
+    let (alice, mut p) = attacked_with(
+        "hostile-approval-swap",
+        "approval_above_sat = 10000\napproval_timeout_secs = 600\n",
+    );
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    let bolt11 = invoice_without_amount(0x41, &payee);
+    let show_for = |p: &mut ChannelPair, amount_msat: u64| call!(p.alice.signer, ShowInvoice(pb::ShowInvoiceRequest { bolt11: bolt11.clone(), amount_msat }) => ShowInvoice);
+    let id = show_for(&mut p, 20_000_000).unwrap().approval_id;
+    assert!(operator(&alice, &["pending"]).contains("20000 sat"));
+    operator(&alice, &["approve", &id]);
+    // Before the answer is applied, the node names a far larger amount.
+    let swapped = show_for(&mut p, 400_000_000).unwrap();
+    assert!(
+        swapped.awaiting_approval,
+        "an answer for 20 000 sat does not cover 400 000"
+    );
+    assert!(operator(&alice, &["pending"]).contains("400000 sat"));
+    refused(&alice, p.offer(400_000_000, 0x41), RuleId::PaymentApproval);
+    still_usable(&mut p);
+}
+
+#[test]
+fn splitting_a_payment_does_not_avoid_approval() {
+    let (alice, mut p) = attacked_with(
+        "hostile-approval-split",
+        "approval_above_sat = 10000\napproval_timeout_secs = 600\n",
+    );
+    let payee = SecretKey::from_slice(&[4; 32]).unwrap();
+    // Shown and waiting: none of its parts is signed, however small.
+    assert!(
+        show(&mut p, invoice(0x42, 20_000_000, &payee, 3600))
+            .unwrap()
+            .awaiting_approval
+    );
+    refused(&alice, p.offer(5_000_000, 0x42), RuleId::PaymentApproval);
+    // Never shown: parts under the threshold add up over it.
+    p.offer(6_000_000, 0x43)
+        .expect("one part under the threshold");
+    refused(&alice, p.offer(6_000_000, 0x43), RuleId::PaymentApproval);
+    still_usable(&mut p);
+}
+
+#[test]
+fn a_second_htlc_just_like_the_first_counts_as_a_payment_too() {
+    let (alice, mut p) = attacked_with(
+        "hostile-duplicate",
+        "velocity_limit_sat = 50000\nvelocity_window_secs = 3600\n",
+    );
+    p.offer(30_000_000, 5).expect("first payment");
+    // Same hash, amount and expiry: still 30 000 sat more out of the channel.
+    refused(&alice, p.offer(30_000_000, 5), RuleId::PaymentVelocity);
     still_usable(&mut p);
 }

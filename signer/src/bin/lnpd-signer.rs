@@ -410,9 +410,12 @@ async fn run_device(
     let spec: DeviceSpec = device.parse()?;
     let host = HostKey::load_or_create(&dir.host_key())?;
     let paired = Paired::load(&dir.paired_device())?;
+    let audit = lnpd_signer::daemon::audit::AuditLog::open(&dir.audit_log())
+        .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let backend = tokio::task::spawn_blocking(move || DeviceBackend::connect(spec, host, paired))
         .await
-        .map_err(|e| anyhow!("{e}"))??;
+        .map_err(|e| anyhow!("{e}"))??
+        .with_audit(audit);
     let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
     tracing::info!(
         "lnpd-signer bridging {device} (paired, identity proven) on {local} (mutual TLS)"

@@ -418,6 +418,7 @@ pub struct DeviceBackend {
     host: HostKey,
     paired: Paired,
     conn: Mutex<Option<DeviceClient<Link>>>,
+    audit: Option<super::audit::AuditLog>,
 }
 
 impl DeviceBackend {
@@ -429,7 +430,34 @@ impl DeviceBackend {
             host,
             paired,
             conn: Mutex::new(Some(client)),
+            audit: None,
         })
+    }
+
+    /// Records the device's refusals in `audit` (`lnpd-signer log`).
+    pub fn with_audit(mut self, audit: super::audit::AuditLog) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The device's error as a status, audited when a rule refused.
+    fn refusal(&self, e: &pb::Error, op: &str, channel: Option<String>) -> Status {
+        let err = crate::handler::error_from_wire(e);
+        if let (Some(rule), Some(audit)) = (err.rule, &self.audit) {
+            tracing::warn!(
+                rule = rule.as_str(),
+                op,
+                "the device refused: {}",
+                err.message
+            );
+            audit.append(&super::audit::AuditEntry::refusal(
+                rule.as_str(),
+                op,
+                channel,
+                &err.message,
+            ));
+        }
+        super::server::to_status(&err)
     }
 
     fn send(&self, body: device_request::Body) -> Result<device_reply::Body, Status> {
@@ -466,12 +494,10 @@ impl DeviceBackend {
     }
 }
 
-fn device_error(e: &pb::Error) -> Status {
-    super::server::to_status(&crate::handler::error_from_wire(e))
-}
-
 impl Backend for DeviceBackend {
     fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
+        let op = crate::handler::request_name(&body);
+        let channel = crate::handler::request_channel(&body).map(|c| hex::encode(c.0));
         let req = pb::Request {
             id: 1,
             body: Some(body),
@@ -481,16 +507,34 @@ impl Backend for DeviceBackend {
                 body: Some(reply::Body::Error(e)),
                 ..
             })
-            | device_reply::Body::Error(e) => Err(device_error(&e)),
+            | device_reply::Body::Error(e) => Err(self.refusal(&e, op, channel)),
             device_reply::Body::Reply(pb::Reply { body: Some(b), .. }) => Ok(b),
             _ => Err(Status::internal("unexpected reply from the device")),
         }
     }
 
     fn call_batch(&self, batch: pb::BatchRequest) -> Result<pb::BatchReply, Status> {
+        let context: Vec<_> = batch
+            .requests
+            .iter()
+            .map(|r| match &r.body {
+                Some(b) => (
+                    crate::handler::request_name(b),
+                    crate::handler::request_channel(b).map(|c| hex::encode(c.0)),
+                ),
+                None => ("empty", None),
+            })
+            .collect();
         match self.send(device_request::Body::Batch(batch))? {
-            device_reply::Body::Batch(b) => Ok(b),
-            device_reply::Body::Error(e) => Err(device_error(&e)),
+            device_reply::Body::Batch(b) => {
+                for (r, (op, channel)) in b.replies.iter().zip(context) {
+                    if let Some(reply::Body::Error(e)) = &r.body {
+                        let _ = self.refusal(e, op, channel);
+                    }
+                }
+                Ok(b)
+            }
+            device_reply::Body::Error(e) => Err(self.refusal(&e, "batch", None)),
             _ => Err(Status::internal("unexpected reply from the device")),
         }
     }

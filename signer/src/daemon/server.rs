@@ -138,22 +138,54 @@ impl<S: Store> SignerService<S> {
         let Some((dir, timeout)) = &self.approvals else {
             return Ok(reply);
         };
+        let key = hex::encode(&reply.payment_hash);
         let id = reply.approval_id.clone();
         let store_err = |e: super::approvals::ApprovalError| SignerError::internal(e.to_string());
-        let posted = dir.get(&id).map_err(store_err)?;
         let now = unix_now();
-        let decline = |signer: &mut Signer<S>, why: String| {
-            signer.decide_payment(&id, false)?;
-            dir.clear(&id);
+        // What waits in the signer now: the operator's answer must be for it.
+        let current = signer
+            .pending_approvals()
+            .into_iter()
+            .find(|p| p.payment_hash == reply.payment_hash)
+            .ok_or_else(|| SignerError::internal("awaiting approval, but nothing pending"))?;
+        let as_posted = |p: &PendingPayment| crate::invoices::PendingApproval {
+            id: p.id.clone(),
+            payment_hash: hex::decode(&p.payment_hash).unwrap_or_default(),
+            amount_msat: p.amount_msat,
+            payee: hex::decode(&p.payee).unwrap_or_default(),
+            shown_at: 0,
+        };
+        let posted = match dir.get(&key).map_err(store_err)? {
+            Some(p)
+                if p.amount_msat != current.amount_msat
+                    || p.payee != hex::encode(&current.payee) =>
+            {
+                // Any answer given was for the request as posted, not this.
+                tracing::warn!(
+                    "payment {id} changed since it was posted for approval (now {} msat): asking again",
+                    current.amount_msat
+                );
+                dir.clear(&key);
+                None
+            }
+            other => other,
+        };
+        let answer = match &posted {
+            Some(_) => dir.answer(&key).map_err(store_err)?,
+            None => None,
+        };
+        let decline = |signer: &mut Signer<S>, p: &PendingPayment, why: String| {
+            signer.decide_payment(&as_posted(p), false)?;
+            dir.clear(&key);
             Err(SignerError::policy(RuleId::PaymentApproval, why))
         };
-        match (dir.answer(&id).map_err(store_err)?, posted) {
-            (Some(Decision::Approved), _) => {
-                signer.decide_payment(&id, true)?;
-                dir.clear(&id);
+        match (answer, posted) {
+            (Some(Decision::Approved), Some(p)) => {
+                signer.decide_payment(&as_posted(&p), true)?;
+                dir.clear(&key);
                 let what = format!(
-                    "payment {id} of {} msat approved by the operator",
-                    reply.amount_msat
+                    "payment {id} of {} msat to {} approved by the operator",
+                    p.amount_msat, p.payee
                 );
                 tracing::info!(rule = RuleId::PaymentApproval.as_str(), "{what}");
                 if let Some(audit) = &self.audit {
@@ -168,28 +200,24 @@ impl<S: Store> SignerService<S> {
                     ..reply
                 })
             }
-            (Some(Decision::Denied), _) => {
-                decline(signer, format!("payment {id} denied by the operator"))
+            (Some(Decision::Denied), Some(p)) => {
+                decline(signer, &p, format!("payment {id} denied by the operator"))
             }
             (None, Some(p)) if now >= p.deadline => decline(
                 signer,
+                &p,
                 format!(
                     "payment {id} not approved within {} s",
                     p.deadline.saturating_sub(p.requested_at)
                 ),
             ),
             (None, Some(_)) => Ok(reply),
-            (None, None) => {
-                let payee = signer
-                    .pending_approvals()
-                    .into_iter()
-                    .find(|p| p.id == id)
-                    .map(|p| hex::encode(p.payee))
-                    .unwrap_or_default();
+            (_, None) => {
+                let payee = hex::encode(&current.payee);
                 dir.post(&PendingPayment {
                     id: id.clone(),
-                    payment_hash: hex::encode(&reply.payment_hash),
-                    amount_msat: reply.amount_msat,
+                    payment_hash: key.clone(),
+                    amount_msat: current.amount_msat,
                     payee: payee.clone(),
                     requested_at: now,
                     deadline: now.saturating_add(timeout.as_secs()),

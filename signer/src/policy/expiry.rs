@@ -7,6 +7,7 @@
 //! refusing them would only stall the channel.
 
 use alloc::format;
+use alloc::vec::Vec;
 
 use bitcoin::absolute::LockTime;
 use lnpd_proto::signer::CommitmentData;
@@ -26,12 +27,18 @@ pub fn check_htlc_expiries(
     height: u32,
 ) -> Result<(), SignerError> {
     let latest = height.saturating_add(policy.max_htlc_cltv_window);
+    // A multiset, as for the payment controls.
+    let mut before: Vec<_> = previous
+        .into_iter()
+        .flat_map(crate::policy::payments::offered_by_us)
+        .map(|o| (&o.payment_hash, o.cltv_expiry))
+        .collect();
     for h in crate::policy::payments::offered_by_us(next) {
-        let known = previous.is_some_and(|p| {
-            crate::policy::payments::offered_by_us(p)
-                .any(|o| o.payment_hash == h.payment_hash && o.cltv_expiry == h.cltv_expiry)
-        });
-        if known {
+        if let Some(i) = before
+            .iter()
+            .position(|b| *b == (&h.payment_hash, h.cltv_expiry))
+        {
+            before.swap_remove(i);
             continue;
         }
         policy.check(RuleId::CommitmentHtlcCltvRange, h.cltv_expiry <= latest, || {

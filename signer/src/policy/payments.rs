@@ -46,12 +46,15 @@ pub fn check_new_htlcs(
     recent_sat: u64,
     now: u64,
 ) -> Result<Outgoing, SignerError> {
-    let before: Vec<_> = offered_by_us(previous)
+    // A multiset: a second HTLC just like one already there is new too.
+    let mut before: Vec<_> = offered_by_us(previous)
         .map(|h| (&h.payment_hash, h.amount_msat, h.cltv_expiry))
         .collect();
     let mut out = Outgoing::default();
     for h in offered_by_us(next) {
-        if before.contains(&(&h.payment_hash, h.amount_msat, h.cltv_expiry)) {
+        let key = (&h.payment_hash, h.amount_msat, h.cltv_expiry);
+        if let Some(i) = before.iter().position(|b| *b == key) {
+            before.swap_remove(i);
             continue;
         }
         let sat = h.amount_msat / 1000;
@@ -72,8 +75,17 @@ pub fn check_new_htlcs(
                 if policy.payment_invoiced {
                     check_invoiced(policy, h, shown.as_ref(), now)?;
                 }
-                if let Some(t) = policy.approval_above_sat.filter(|t| sat > *t) {
-                    check_approved(policy, h, shown.as_ref(), t)?;
+                if let Some(t) = policy.approval_above_sat {
+                    // Parts of one payment count together: splitting it
+                    // into HTLCs under the threshold does not avoid approval.
+                    let total_msat = offered_by_us(next)
+                        .filter(|o| o.payment_hash == h.payment_hash)
+                        .fold(0u64, |a, o| a.saturating_add(o.amount_msat));
+                    let needed =
+                        total_msat / 1000 > t || shown.as_ref().is_some_and(|s| s.needs_approval);
+                    if needed {
+                        check_approved(policy, total_msat, shown.as_ref(), t)?;
+                    }
                 }
                 policy.check(
                     RuleId::PaymentPayeeAllowlist,
@@ -114,11 +126,12 @@ pub fn check_velocity(policy: &PolicyConfig, total_sat: u64) -> Result<(), Signe
     }
 }
 
-/// `payment-approval`: an own payment above `threshold_sat` carries at most
-/// what the operator approved (the invoice's amount plus the fee allowance).
+/// `payment-approval`: an own payment above `threshold_sat` (all its HTLCs
+/// in this commitment, `total_msat`) carries at most what the operator
+/// approved (the invoice's amount plus the fee allowance).
 fn check_approved(
     policy: &PolicyConfig,
-    h: &Htlc,
+    total_msat: u64,
     shown: Option<&crate::invoices::KnownInvoice>,
     threshold_sat: u64,
 ) -> Result<(), SignerError> {
@@ -127,16 +140,14 @@ fn check_approved(
         .map(|s| crate::invoices::with_allowance(policy, s.amount_msat));
     policy.check(
         RuleId::PaymentApproval,
-        approved.is_some_and(|most| h.amount_msat <= most),
+        approved.is_some_and(|most| total_msat <= most),
         || match approved {
             Some(most) => format!(
-                "HTLC of {} msat above the {most} msat the operator approved",
-                h.amount_msat
+                "{total_msat} msat in HTLCs for this payment, above the {most} msat the operator approved"
             ),
             None => format!(
-                "payment of {} msat above the {threshold_sat} sat approval threshold \
-                 was not approved by the operator",
-                h.amount_msat
+                "payment of {total_msat} msat above the {threshold_sat} sat approval threshold \
+                 was not approved by the operator"
             ),
         },
     )
