@@ -67,12 +67,15 @@ fn show_invoice_to_signer(node: &Node, bolt11: &str, amount: Option<u64>) -> Res
     let started = std::time::Instant::now();
     let mut announced = false;
     loop {
-        let shown = node.signer.call_retrying(
+        // A hardware signer asks its user before it answers: wait for the
+        // button (the bridge gives up after 300 s), not just for a restart.
+        let shown = node.signer.call_retrying_each(
             "show invoice",
             request::Body::ShowInvoice(ShowInvoiceRequest {
                 bolt11: bolt11.to_string(),
                 amount_msat: amount.unwrap_or(0),
             }),
+            std::time::Duration::from_secs(330),
             std::time::Duration::from_secs(15),
         );
         let reply = match shown {

@@ -22,7 +22,9 @@ const HEADER: usize = 6;
 pub const FIRST_PAYLOAD: usize = REPORT_SIZE - HEADER - 4;
 /// Payload bytes in each following report.
 pub const NEXT_PAYLOAD: usize = REPORT_SIZE - HEADER;
-/// Largest message: what the signer accepts in one request (64 KiB).
+/// Largest message on the device link (64 KiB, what a device's RAM
+/// allows); the bridge sends larger batches one request at a time and
+/// refuses a single larger request.
 pub const MAX_MESSAGE: usize = 64 * 1024;
 
 /// One 64-byte report.

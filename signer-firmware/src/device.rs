@@ -3,7 +3,10 @@
 //! handled by the signer core (the same code, policy and state rules as
 //! `lnpd-signer run`) over the flash store, or pairing and the
 //! per-connection hello. Signing requests are served only on a connection
-//! whose host said hello with a paired key. Payments above the approval
+//! (channel id) that said hello with a paired host key. The host does not
+//! prove it holds that key, and the channel id is no secret to other
+//! programs that can open the same USB device: the hello proves the device
+//! to the host, not the host to the device (an encrypted session would). Payments above the approval
 //! threshold and new pairings ask the user ([`crate::ui`]). A bad frame or
 //! message gets an error reply and changes nothing.
 
@@ -33,9 +36,13 @@ pub struct Device<F: Flash, U: Ui> {
     ui: U,
     secp: Secp256k1<All>,
     identity: SecretKey,
-    /// The connection (channel id) whose host proved it is paired.
-    hello: Option<u32>,
+    /// Connections (channel ids) that said hello with a paired key, newest
+    /// last: the bridge and, now and then, an operator's command.
+    hello: Vec<u32>,
 }
+
+/// Connections remembered at once.
+const MAX_CONNECTIONS: usize = 4;
 
 impl<F: Flash, U: Ui> Device<F, U> {
     /// Starts the device with its seed, loading its state from `flash`.
@@ -62,7 +69,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
             ui,
             secp: Secp256k1::new(),
             identity,
-            hello: None,
+            hello: Vec::new(),
         })
     }
 
@@ -105,7 +112,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
             Some(device_request::Body::Hello(h)) => {
                 self.hello(cid, &h).map(device_reply::Body::Hello)
             }
-            Some(_) if self.hello != Some(cid) => Err(SignerError::precondition(
+            Some(_) if !self.hello.contains(&cid) => Err(SignerError::precondition(
                 "this connection has not proved a paired host: send Hello (pair first)",
             )),
             Some(device_request::Body::Request(q)) => Ok(device_reply::Body::Reply(pb::Reply {
@@ -186,7 +193,11 @@ impl<F: Flash, U: Ui> Device<F, U> {
         }
         let digest = Digest::from_digest(hello_digest(&h.challenge, &h.host_key));
         let signature = self.secp.sign_ecdsa(&digest, &self.identity);
-        self.hello = Some(cid);
+        self.hello.retain(|c| *c != cid);
+        if self.hello.len() >= MAX_CONNECTIONS {
+            self.hello.remove(0);
+        }
+        self.hello.push(cid);
         Ok(pb::HelloReply {
             device_key: self.identity().serialize().to_vec(),
             signature: signature.serialize_compact().to_vec(),

@@ -12,12 +12,13 @@ mod sim_ui;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::Network;
 use clap::Parser;
-use lnpd_proto::hid::REPORT_SIZE;
+use lnpd_proto::hid::{FIRST_PAYLOAD, MAX_MESSAGE, NEXT_PAYLOAD, REPORT_SIZE};
 use lnpd_signer::{PolicyConfig, Seed};
 use lnpd_signer_firmware::device::Device;
 
@@ -55,6 +56,10 @@ struct Cli {
     /// Own payments above this (sat) ask the button (`payment-approval`).
     #[arg(long)]
     approval_above_sat: Option<u64>,
+    /// Where the device's header chain starts, `<height>:<header hex>`
+    /// (default: the genesis block; on mainnet give a recent block).
+    #[arg(long)]
+    checkpoint: Option<String>,
 }
 
 fn network(s: &str) -> Result<Network> {
@@ -89,19 +94,44 @@ fn random32() -> [u8; 32] {
     b
 }
 
-/// Serves one host connection until it closes.
+/// How many reports the message starting with `first` takes (1 for a
+/// report that starts none: the device answers it with an error).
+fn reports_in_message(first: &[u8; REPORT_SIZE]) -> usize {
+    let seq = u16::from_be_bytes([first[4], first[5]]);
+    let len = u32::from_be_bytes([first[6], first[7], first[8], first[9]]) as usize;
+    if seq != 0 || len > MAX_MESSAGE {
+        return 1;
+    }
+    1 + len.saturating_sub(FIRST_PAYLOAD).div_ceil(NEXT_PAYLOAD)
+}
+
+/// Serves one host connection until it closes. Several hosts may be
+/// connected (the bridge and an operator's command): each message is
+/// handed to the device whole, under the lock, as one USB pipe would.
 fn serve<U: lnpd_signer_firmware::ui::Ui>(
-    device: &mut Device<FileFlash, U>,
+    device: &Mutex<Device<FileFlash, U>>,
     mut conn: UnixStream,
 ) -> std::io::Result<()> {
-    let mut report = [0u8; REPORT_SIZE];
+    let mut first = [0u8; REPORT_SIZE];
     loop {
-        match conn.read_exact(&mut report) {
+        match conn.read_exact(&mut first) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
             Err(e) => return Err(e),
         }
-        for out in device.on_report(&report) {
+        let mut message = vec![first];
+        for _ in 1..reports_in_message(&first) {
+            let mut r = [0u8; REPORT_SIZE];
+            conn.read_exact(&mut r)?;
+            message.push(r);
+        }
+        let replies: Vec<_> = {
+            let mut d = device
+                .lock()
+                .map_err(|_| std::io::Error::other("device lock poisoned"))?;
+            message.iter().flat_map(|r| d.on_report(r)).collect()
+        };
+        for out in replies {
             conn.write_all(&out)?;
         }
     }
@@ -115,12 +145,20 @@ fn run(cli: Cli) -> Result<()> {
     let flash_path = cli.data_dir.join("flash.bin");
     let flash = FileFlash::open(&flash_path, FLASH_SIZE, FLASH_PAGE)
         .with_context(|| format!("opening {}", flash_path.display()))?;
+    let chain_checkpoint = match &cli.checkpoint {
+        Some(c) => Some(
+            lnpd_signer::chain::Checkpoint::parse(c)
+                .map_err(|e| anyhow!("--checkpoint: {}", e.message))?,
+        ),
+        None => None,
+    };
     let policy = PolicyConfig {
         approval_above_sat: cli.approval_above_sat,
+        chain_checkpoint,
         ..PolicyConfig::default()
     };
     let ui = SimUi::new(cli.approve, Duration::from_secs(cli.approve_timeout));
-    let mut device = Device::new(&seed, network, policy, flash, ui, Box::new(random32))
+    let device = Device::new(&seed, network, policy, flash, ui, Box::new(random32))
         .map_err(|e| anyhow!("device start: {e}"))?;
     if cli.socket.exists() {
         std::fs::remove_file(&cli.socket)
@@ -134,16 +172,20 @@ fn run(cli: Cli) -> Result<()> {
         device.signer().channels().count(),
         cli.socket.display()
     );
-    for conn in listener.incoming() {
+    let device = Arc::new(Mutex::new(device));
+    for (n, conn) in listener.incoming().enumerate() {
         let conn = match conn {
             Ok(c) => c,
             Err(e) => bail!("accepting a host: {e}"),
         };
-        eprintln!("host connected");
-        if let Err(e) = serve(&mut device, conn) {
-            eprintln!("host link failed: {e}");
-        }
-        eprintln!("host disconnected");
+        eprintln!("host connection {n} opened");
+        let device = device.clone();
+        std::thread::spawn(move || {
+            if let Err(e) = serve(&device, conn) {
+                eprintln!("host connection {n} failed: {e}");
+            }
+            eprintln!("host connection {n} closed");
+        });
     }
     Ok(())
 }

@@ -469,10 +469,22 @@ impl SignerConnection {
         body: request::Body,
         patience: Duration,
     ) -> Result<reply::Body, CallError> {
+        self.call_retrying_each(what, body, Duration::from_secs(10), patience)
+    }
+
+    /// Like [`Self::call_retrying`], each attempt waiting up to `per_call`
+    /// for its answer (a hardware signer may be waiting for its button).
+    pub fn call_retrying_each(
+        &self,
+        what: &str,
+        body: request::Body,
+        per_call: Duration,
+        patience: Duration,
+    ) -> Result<reply::Body, CallError> {
         let deadline = Instant::now() + patience;
         let mut wait = Duration::from_millis(50);
         loop {
-            match self.call(body.clone(), Duration::from_secs(10)) {
+            match self.call(body.clone(), per_call) {
                 Err(e) if e.is_unavailable() && Instant::now() + wait < deadline => {
                     tracing::warn!("{what}: {e}; retrying in {wait:?}");
                     std::thread::sleep(wait);

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
 use lnpd_proto::device_client::{DeviceClient, LinkError, ReportLink};
-use lnpd_proto::hid::{Report, REPORT_SIZE};
+use lnpd_proto::hid::{Report, MAX_MESSAGE, REPORT_SIZE};
 use lnpd_proto::pairing::{hello_digest, pairing_code};
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply, request};
 use serde::{Deserialize, Serialize};
@@ -461,6 +461,12 @@ impl DeviceBackend {
     }
 
     fn send(&self, body: device_request::Body) -> Result<device_reply::Body, Status> {
+        let request = pb::DeviceRequest { body: Some(body) };
+        if prost::Message::encoded_len(&request) > MAX_MESSAGE {
+            return Err(Status::invalid_argument(format!(
+                "request too large for the hardware signer's link (over {MAX_MESSAGE} bytes)"
+            )));
+        }
         let mut conn = self
             .conn
             .lock()
@@ -474,7 +480,7 @@ impl DeviceBackend {
         let client = conn
             .as_mut()
             .ok_or_else(|| Status::internal("no device link"))?;
-        match client.exchange(&pb::DeviceRequest { body: Some(body) }) {
+        match client.exchange(&request) {
             Ok(pb::DeviceReply { body: Some(b) }) => Ok(b),
             Ok(_) => Err(Status::internal("empty reply from the device")),
             Err(e) => {
@@ -525,6 +531,28 @@ impl Backend for DeviceBackend {
                 None => ("empty", None),
             })
             .collect();
+        if prost::Message::encoded_len(&batch) + 16 > MAX_MESSAGE {
+            // Too large for one message: one by one, in order (each its own
+            // durable write on the device instead of one for all).
+            let replies = batch
+                .requests
+                .into_iter()
+                .map(|r| pb::Reply {
+                    id: r.id,
+                    body: Some(match r.body {
+                        Some(b) => self.call(b).unwrap_or_else(|s| {
+                            reply::Body::Error(crate::handler::error_to_wire(
+                                &super::server::status_to_error(&s),
+                            ))
+                        }),
+                        None => reply::Body::Error(crate::handler::error_to_wire(
+                            &crate::SignerError::invalid("a batched request has no body"),
+                        )),
+                    }),
+                })
+                .collect();
+            return Ok(pb::BatchReply { replies });
+        }
         match self.send(device_request::Body::Batch(batch))? {
             device_reply::Body::Batch(b) => {
                 for (r, (op, channel)) in b.replies.iter().zip(context) {

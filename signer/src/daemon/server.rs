@@ -322,6 +322,31 @@ pub fn to_status(e: &SignerError) -> Status {
     status
 }
 
+/// Maps a gRPC status back onto the signer's error.
+pub fn status_to_error(s: &tonic::Status) -> SignerError {
+    let kind = match s.code() {
+        tonic::Code::InvalidArgument => ErrorKind::Invalid,
+        tonic::Code::NotFound => ErrorKind::NotFound,
+        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
+        tonic::Code::PermissionDenied => ErrorKind::Policy,
+        _ => ErrorKind::Internal,
+    };
+    let rule = lnpd_proto::client::refused_rule(s).and_then(|r| crate::RuleId::parse(&r));
+    // The status text repeats the rule for humans; the error keeps it apart.
+    let message = match rule {
+        Some(r) => s
+            .message()
+            .strip_prefix(&format!("refused by policy {}: ", r.as_str()))
+            .unwrap_or(s.message()),
+        None => s.message(),
+    };
+    SignerError {
+        kind,
+        rule,
+        message: message.to_string(),
+    }
+}
+
 macro_rules! rpcs {
     ($($method:ident($req:ident) -> $rep:ident via $q:ident => $a:ident;)*) => {
         #[tonic::async_trait]

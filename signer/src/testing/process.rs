@@ -13,7 +13,7 @@ use lnpd_proto::signer::{reply, request};
 use tonic::transport::Channel;
 
 use super::SignerHandle;
-use crate::{ErrorKind, RuleId, SignerError};
+use crate::SignerError;
 
 /// Path of a binary of this workspace: next to the running executable
 /// (a binary) or one directory up (a test, which runs from `deps/`).
@@ -329,30 +329,7 @@ impl RemoteSigner {
     }
 }
 
-/// Maps a gRPC status back onto the signer's error.
-pub fn status_to_error(s: &tonic::Status) -> SignerError {
-    let kind = match s.code() {
-        tonic::Code::InvalidArgument => ErrorKind::Invalid,
-        tonic::Code::NotFound => ErrorKind::NotFound,
-        tonic::Code::FailedPrecondition => ErrorKind::FailedPrecondition,
-        tonic::Code::PermissionDenied => ErrorKind::Policy,
-        _ => ErrorKind::Internal,
-    };
-    let rule = signer_client::refused_rule(s).and_then(|r| RuleId::parse(&r));
-    // The status text repeats the rule for humans; the error keeps it apart.
-    let message = match rule {
-        Some(r) => s
-            .message()
-            .strip_prefix(&format!("refused by policy {}: ", r.as_str()))
-            .unwrap_or(s.message()),
-        None => s.message(),
-    };
-    SignerError {
-        kind,
-        rule,
-        message: message.to_string(),
-    }
-}
+pub use crate::daemon::server::status_to_error;
 
 impl SignerHandle for RemoteSigner {
     fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
