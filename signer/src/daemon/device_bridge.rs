@@ -501,6 +501,10 @@ impl DeviceBackend {
 }
 
 impl Backend for DeviceBackend {
+    fn may_block_long(&self) -> bool {
+        true
+    }
+
     fn call(&self, body: request::Body) -> Result<reply::Body, Status> {
         let op = crate::handler::request_name(&body);
         let channel = crate::handler::request_channel(&body).map(|c| hex::encode(c.0));

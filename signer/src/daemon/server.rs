@@ -19,10 +19,24 @@ pub trait Backend: Send + Sync + 'static {
     fn call(&self, body: request::Body) -> Result<reply::Body, Status>;
     /// A batch (see `BatchRequest` in signer.proto).
     fn call_batch(&self, batch: pb::BatchRequest) -> Result<pb::BatchReply, Status>;
+    /// Whether a call may block for long (a device waiting for its
+    /// button): then it runs with `block_in_place`, which costs a thread
+    /// hand-off that a sub-millisecond call does not need.
+    fn may_block_long(&self) -> bool {
+        false
+    }
 }
 
-/// A [`Backend`] as the tonic service. Calls may block (a durable write, a
-/// device waiting for its button): they run with `block_in_place`.
+/// Runs `f`, handing the runtime thread over first if `long`.
+fn run_blocking<T>(long: bool, f: impl FnOnce() -> T) -> T {
+    if long {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// A [`Backend`] as the tonic service.
 pub struct Grpc<B: Backend>(pub B);
 
 /// The tonic service wrapping a [`Signer`].
@@ -354,7 +368,7 @@ macro_rules! rpcs {
             $(
                 async fn $method(&self, request: Request<pb::$req>) -> Result<Response<pb::$rep>, Status> {
                     let body = request::Body::$q(request.into_inner());
-                    match tokio::task::block_in_place(|| self.0.call(body))? {
+                    match run_blocking(self.0.may_block_long(), || self.0.call(body))? {
                         reply::Body::$a(r) => Ok(Response::new(r)),
                         _ => Err(Status::internal("signer produced a reply of the wrong type")),
                     }
@@ -362,7 +376,7 @@ macro_rules! rpcs {
             )*
             async fn batch(&self, request: Request<pb::BatchRequest>) -> Result<Response<pb::BatchReply>, Status> {
                 let batch = request.into_inner();
-                tokio::task::block_in_place(|| self.0.call_batch(batch)).map(Response::new)
+                run_blocking(self.0.may_block_long(), || self.0.call_batch(batch)).map(Response::new)
             }
         }
     };
