@@ -315,3 +315,48 @@ fn random_reports_get_error_replies_and_change_nothing() {
     let mut c = hello(&sim, 2, false);
     new_keys_id(&mut c).expect("usable after the fuzz");
 }
+
+#[test]
+fn the_bridge_sends_a_batch_too_large_for_the_link_one_request_at_a_time() {
+    let sim = SimProcess::start("dev-batch-sim", &["--approve", "yes"]).expect("simulator");
+    let mut signer = SignerProcess::init_for_device(TempDir::new("dev-batch-bridge"), &sim.spec())
+        .expect("init and pair the bridge");
+    signer.start().expect("bridge");
+    let mut client = signer.client().expect("mTLS client");
+    // Two requests of 40 KB each: together over the 64 KiB a device takes.
+    let big = |n: u8| {
+        request::Body::ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+            channel_keys_id: vec![n; 32],
+            commitment: Some(pb::CommitmentData {
+                transaction: vec![0; 40_000],
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+    };
+    let replies = client
+        .handle_batch(vec![
+            big(1),
+            request::Body::Ping(Default::default()),
+            big(2),
+        ])
+        .expect("a batch reply, not a broken link");
+    assert_eq!(replies.len(), 3);
+    assert!(replies[0].is_err(), "no such channel");
+    assert!(replies[1].is_ok(), "the ping in between is answered");
+    assert!(replies[2].is_err());
+    // A single request too large for the link is refused as such.
+    let huge = request::Body::ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+        commitment: Some(pb::CommitmentData {
+            transaction: vec![0; 70_000],
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let err = client.handle(huge).expect_err("too large");
+    assert_eq!(err.kind, lnpd_signer::ErrorKind::Invalid, "{err}");
+    // The link is still up.
+    client
+        .handle(request::Body::Ping(Default::default()))
+        .expect("ping after the large requests");
+}
