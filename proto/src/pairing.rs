@@ -5,7 +5,9 @@
 //! six-digit code derived from both keys and the nonce, and the host shows
 //! the same code: the operator checks they match and confirms on the
 //! device. On every later connection the host sends a fresh challenge and
-//! the device signs [`hello_digest`] with its identity key.
+//! the device signs [`hello_digest`] with its identity key; the host signs
+//! [`host_hello_digest`] over a nonce the device gave it on that
+//! connection, so a recorded hello cannot be replayed.
 
 use alloc::string::String;
 use bitcoin_hashes::{sha256, Hash, HashEngine};
@@ -30,6 +32,18 @@ pub fn hello_digest(challenge: &[u8], host_key: &[u8]) -> [u8; 32] {
     e.input(&(challenge.len() as u32).to_be_bytes());
     e.input(challenge);
     e.input(host_key);
+    sha256::Hash::from_engine(e).to_byte_array()
+}
+
+/// What the host signs in its hello: the device's nonce for this
+/// connection, the connection's channel id and the device's key.
+pub fn host_hello_digest(nonce: &[u8], cid: u32, device_key: &[u8]) -> [u8; 32] {
+    let mut e = sha256::Hash::engine();
+    e.input(b"lnpd-host-hello");
+    e.input(&(nonce.len() as u32).to_be_bytes());
+    e.input(nonce);
+    e.input(&cid.to_be_bytes());
+    e.input(device_key);
     sha256::Hash::from_engine(e).to_byte_array()
 }
 

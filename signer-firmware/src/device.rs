@@ -3,10 +3,10 @@
 //! handled by the signer core (the same code, policy and state rules as
 //! `lnpd-signer run`) over the flash store, or pairing and the
 //! per-connection hello. Signing requests are served only on a connection
-//! (channel id) that said hello with a paired host key. The host does not
-//! prove it holds that key, and the channel id is no secret to other
-//! programs that can open the same USB device: the hello proves the device
-//! to the host, not the host to the device (an encrypted session would). Payments above the approval
+//! (channel id) whose host proved, over a fresh nonce, that it holds a
+//! paired key. The channel id is no secret to other programs that can open
+//! the same USB device, though: only an encrypted session would stop one
+//! from sending on an authenticated connection. Payments above the approval
 //! threshold and new pairings ask the user ([`crate::ui`]). A bad frame or
 //! message gets an error reply and changes nothing.
 
@@ -18,7 +18,7 @@ use core::str::FromStr;
 use bitcoin::hashes::{hmac, sha256, Hash, HashEngine};
 use bitcoin::secp256k1::{All, Message as Digest, PublicKey, Secp256k1, SecretKey};
 use bitcoin::Network;
-use lnpd_proto::pairing::{hello_digest, pairing_code};
+use lnpd_proto::pairing::{hello_digest, host_hello_digest, pairing_code};
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply};
 use lnpd_signer::handler::{error_to_wire, Entropy};
 use lnpd_signer::policy::RuleId;
@@ -39,6 +39,10 @@ pub struct Device<F: Flash, U: Ui> {
     /// Connections (channel ids) that said hello with a paired key, newest
     /// last: the bridge and, now and then, an operator's command.
     hello: Vec<u32>,
+    /// Nonces handed out by Identity, per channel id, for the next hello.
+    nonces: Vec<(u32, [u8; 32])>,
+    /// Randomness for the nonces.
+    entropy: Box<dyn Entropy>,
 }
 
 /// Connections remembered at once.
@@ -46,6 +50,7 @@ const MAX_CONNECTIONS: usize = 4;
 
 impl<F: Flash, U: Ui> Device<F, U> {
     /// Starts the device with its seed, loading its state from `flash`.
+    /// `entropy` feeds the signer core, `nonces` the connection nonces.
     pub fn new(
         seed: &Seed,
         network: Network,
@@ -53,6 +58,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
         flash: F,
         ui: U,
         entropy: Box<dyn Entropy>,
+        nonces: Box<dyn Entropy>,
     ) -> Result<Self, SignerError> {
         let store = FlashStore::open(flash).map_err(SignerError::from)?;
         // The identity key comes from the seed: a restored device is the
@@ -70,6 +76,8 @@ impl<F: Flash, U: Ui> Device<F, U> {
             secp: Secp256k1::new(),
             identity,
             hello: Vec::new(),
+            nonces: Vec::new(),
+            entropy: nonces,
         })
     }
 
@@ -104,8 +112,15 @@ impl<F: Flash, U: Ui> Device<F, U> {
     fn on_request(&mut self, cid: u32, r: pb::DeviceRequest) -> pb::DeviceReply {
         let body = match r.body {
             Some(device_request::Body::Identity(_)) => {
+                let nonce = self.entropy.random_bytes();
+                self.nonces.retain(|(c, _)| *c != cid);
+                if self.nonces.len() >= MAX_CONNECTIONS {
+                    self.nonces.remove(0);
+                }
+                self.nonces.push((cid, nonce));
                 Ok(device_reply::Body::Identity(pb::IdentityReply {
                     device_key: self.identity().serialize().to_vec(),
+                    nonce: nonce.to_vec(),
                 }))
             }
             Some(device_request::Body::Pair(p)) => self.pair(&p).map(device_reply::Body::Pair),
@@ -189,6 +204,25 @@ impl<F: Flash, U: Ui> Device<F, U> {
         if !self.signer.paired_hosts().contains(&h.host_key) {
             return Err(SignerError::precondition(
                 "this host is not paired with the device: pair first",
+            ));
+        }
+        // The host proves it holds the paired key, over this connection's
+        // nonce (used once).
+        let Some(i) = self.nonces.iter().position(|(c, _)| *c == cid) else {
+            return Err(SignerError::precondition(
+                "no nonce for this connection: send Identity before Hello",
+            ));
+        };
+        let (_, nonce) = self.nonces.remove(i);
+        let host = PublicKey::from_slice(&h.host_key)
+            .map_err(|_| SignerError::invalid("host_key is not a public key"))?;
+        let proof = bitcoin::secp256k1::ecdsa::Signature::from_compact(&h.host_signature)
+            .map_err(|_| SignerError::invalid("host_signature is not a compact signature"))?;
+        let digest =
+            Digest::from_digest(host_hello_digest(&nonce, cid, &self.identity().serialize()));
+        if self.secp.verify_ecdsa(&digest, &proof, &host).is_err() {
+            return Err(SignerError::precondition(
+                "the host's hello signature does not verify: not this paired host",
             ));
         }
         let digest = Digest::from_digest(hello_digest(&h.challenge, &h.host_key));
@@ -326,7 +360,7 @@ mod tests {
     }
 
     fn host_key() -> Vec<u8> {
-        // Any valid point will do: the generator's x with prefix 2.
+        // The host's key: secret 07…07.
         PublicKey::from_secret_key(&Secp256k1::new(), &SecretKey::from_slice(&[7; 32]).unwrap())
             .serialize()
             .to_vec()
@@ -347,10 +381,29 @@ mod tests {
             }))
         }
         fn hello(&mut self) -> device_reply::Body {
+            let signature = self.host_signature(&[7; 32]);
             self.send(device_request::Body::Hello(pb::HelloRequest {
                 host_key: host_key(),
                 challenge: alloc::vec![6; 32],
+                host_signature: signature,
             }))
+        }
+
+        /// Identity (a fresh nonce), signed with the host secret `secret`.
+        fn host_signature(&mut self, secret: &[u8; 32]) -> Vec<u8> {
+            let (device_key, nonce) =
+                match self.send(device_request::Body::Identity(Default::default())) {
+                    device_reply::Body::Identity(i) => (i.device_key, i.nonce),
+                    other => panic!("identity: {other:?}"),
+                };
+            let digest = host_hello_digest(&nonce, self.client.cid(), &device_key);
+            Secp256k1::new()
+                .sign_ecdsa(
+                    &Digest::from_digest(digest),
+                    &SecretKey::from_slice(secret).unwrap(),
+                )
+                .serialize_compact()
+                .to_vec()
         }
     }
 
@@ -386,6 +439,7 @@ mod tests {
             flash,
             ui,
             test_entropy(1),
+            test_entropy(9),
         )
         .unwrap()
     }
@@ -477,6 +531,36 @@ mod tests {
             .signer()
             .paired_hosts()
             .is_empty());
+    }
+
+    #[test]
+    fn hello_needs_the_paired_hosts_signature_over_a_fresh_nonce() {
+        let mut h = host(
+            device(
+                RamFlash::new(64 * 1024, 256),
+                PolicyConfig::default(),
+                Always(Answer::Confirm),
+            ),
+            7,
+        );
+        assert!(!is_error(&h.pair()));
+        let hello_with = |h: &mut Host<Always>, signature: Vec<u8>| {
+            h.send(device_request::Body::Hello(pb::HelloRequest {
+                host_key: host_key(),
+                challenge: alloc::vec![6; 32],
+                host_signature: signature,
+            }))
+        };
+        // Signed with another key than the paired one.
+        let wrong = h.host_signature(&[8; 32]);
+        assert!(is_error(&hello_with(&mut h, wrong)));
+        // Right key, but no fresh nonce: a replayed hello.
+        let good = h.host_signature(&[7; 32]);
+        assert!(!is_error(&hello_with(&mut h, good.clone())));
+        assert!(
+            is_error(&hello_with(&mut h, good)),
+            "the nonce is used once"
+        );
     }
 
     #[test]

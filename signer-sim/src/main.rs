@@ -158,8 +158,16 @@ fn run(cli: Cli) -> Result<()> {
         ..PolicyConfig::default()
     };
     let ui = SimUi::new(cli.approve, Duration::from_secs(cli.approve_timeout));
-    let device = Device::new(&seed, network, policy, flash, ui, Box::new(random32))
-        .map_err(|e| anyhow!("device start: {e}"))?;
+    let device = Device::new(
+        &seed,
+        network,
+        policy,
+        flash,
+        ui,
+        Box::new(random32),
+        Box::new(random32),
+    )
+    .map_err(|e| anyhow!("device start: {e}"))?;
     if cli.socket.exists() {
         std::fs::remove_file(&cli.socket)
             .with_context(|| format!("removing the stale socket {}", cli.socket.display()))?;

@@ -141,11 +141,25 @@ fn hello(sim: &SimProcess, cid: u32, pair: bool) -> DeviceClient<SimSocket> {
         );
         assert!(matches!(r, Ok(device_reply::Body::Pair(_))), "{r:?}");
     }
+    let (device_key, nonce) = match send(&mut c, device_request::Body::Identity(Default::default()))
+    {
+        Ok(device_reply::Body::Identity(i)) => (i.device_key, i.nonce),
+        other => panic!("identity: {other:?}"),
+    };
+    let digest = lnpd_proto::pairing::host_hello_digest(&nonce, cid, &device_key);
+    let host_signature = Secp256k1::new()
+        .sign_ecdsa(
+            &bitcoin::secp256k1::Message::from_digest(digest),
+            &SecretKey::from_slice(&[9; 32]).unwrap(),
+        )
+        .serialize_compact()
+        .to_vec();
     let r = send(
         &mut c,
         device_request::Body::Hello(pb::HelloRequest {
             host_key: host_key(),
             challenge: vec![2; 32],
+            host_signature,
         }),
     );
     assert!(matches!(r, Ok(device_reply::Body::Hello(_))), "{r:?}");

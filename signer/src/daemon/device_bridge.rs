@@ -3,7 +3,8 @@
 //! simulator's Unix socket carrying the same 64-byte reports. The device
 //! holds the keys and enforces the policy; this side only moves messages,
 //! after checking on each connection that the device is the one paired
-//! with this host (`lnpd-signer pair`).
+//! with this host (`lnpd-signer pair`) and proving to it that this is the
+//! paired host.
 //!
 //! No USB device is attached to the machines this project is tested on: the
 //! hidapi path is built and its "nothing found" error tested; everything
@@ -19,7 +20,7 @@ use std::time::Duration;
 use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, Secp256k1, SecretKey};
 use lnpd_proto::device_client::{DeviceClient, LinkError, ReportLink};
 use lnpd_proto::hid::{Report, MAX_MESSAGE, REPORT_SIZE};
-use lnpd_proto::pairing::{hello_digest, pairing_code};
+use lnpd_proto::pairing::{hello_digest, host_hello_digest, pairing_code};
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply, request};
 use serde::{Deserialize, Serialize};
 use tonic::Status;
@@ -244,6 +245,14 @@ impl HostKey {
         }
     }
 
+    /// Signs `digest` (the host's hello proof).
+    fn sign(&self, digest: [u8; 32]) -> Vec<u8> {
+        Secp256k1::new()
+            .sign_ecdsa(&Message::from_digest(digest), &self.0)
+            .serialize_compact()
+            .to_vec()
+    }
+
     /// The public key the device pairs with.
     pub fn public(&self) -> Vec<u8> {
         PublicKey::from_secret_key(&Secp256k1::new(), &self.0)
@@ -367,18 +376,27 @@ fn connect(
     paired: &Paired,
 ) -> Result<DeviceClient<Link>, BridgeError> {
     let mut client = new_client(spec)?;
+    let expected = hex::decode(&paired.device_key).unwrap_or_default();
+    let nonce = match exchange(
+        &mut client,
+        device_request::Body::Identity(Default::default()),
+    )? {
+        device_reply::Body::Identity(i) => i.nonce,
+        _ => return Err(BridgeError::Link("wrong reply to Identity".into())),
+    };
     let challenge = random32().to_vec();
+    let proof = host.sign(host_hello_digest(&nonce, client.cid(), &expected));
     let reply = match exchange(
         &mut client,
         device_request::Body::Hello(pb::HelloRequest {
             host_key: host.public(),
             challenge: challenge.clone(),
+            host_signature: proof,
         }),
     )? {
         device_reply::Body::Hello(h) => h,
         _ => return Err(BridgeError::Link("wrong reply to Hello".into())),
     };
-    let expected = hex::decode(&paired.device_key).unwrap_or_default();
     let key = PublicKey::from_slice(&expected)
         .map_err(|_| BridgeError::Trust("device.json holds no valid device key".into()))?;
     let sig = Signature::from_compact(&reply.signature)
