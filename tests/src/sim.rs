@@ -119,8 +119,24 @@ impl SimProcess {
 
     /// A raw connection to the device.
     pub fn connect(&self, cid: u32) -> Result<lnpd_proto::device_client::DeviceClient<SimSocket>> {
-        let s = std::os::unix::net::UnixStream::connect(self.socket())
-            .with_context(|| format!("connecting to {}", self.socket().display()))?;
+        // The socket file appears at bind, a moment before the simulator
+        // listens: a refusal right after a (re)start is retried briefly.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let s = loop {
+            match std::os::unix::net::UnixStream::connect(self.socket()) {
+                Ok(s) => break s,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => {
+                    return Err(e)
+                        .with_context(|| format!("connecting to {}", self.socket().display()))
+                }
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         Ok(lnpd_proto::device_client::DeviceClient::new(
             SimSocket(s),

@@ -161,7 +161,18 @@ impl ReportLink for HidLink {
 pub fn open_link(spec: &DeviceSpec) -> Result<Link, BridgeError> {
     match spec {
         DeviceSpec::Sim(path) => {
-            let s = UnixStream::connect(path).map_err(|e| {
+            // A simulator that just started may not listen yet.
+            let mut tries = 0;
+            let connected = loop {
+                match UnixStream::connect(path) {
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 20 => {
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
+                    other => break other,
+                }
+            };
+            let s = connected.map_err(|e| {
                 BridgeError::NotFound(format!(
                     "cannot connect to the simulator at {}: {e} (is lnpd-signer-sim running?)",
                     path.display()
