@@ -444,6 +444,14 @@ mod tests {
         .unwrap()
     }
 
+    /// A host on channel `cid` of a new device with the default policy.
+    fn new_host<U: Ui>(ui: U, cid: u32) -> Host<U> {
+        host(
+            device(RamFlash::new(64 * 1024, 256), PolicyConfig::default(), ui),
+            cid,
+        )
+    }
+
     fn host<U: Ui>(device: Device<RamFlash, U>, cid: u32) -> Host<U> {
         Host {
             client: DeviceClient::new(
@@ -462,14 +470,7 @@ mod tests {
 
     #[test]
     fn a_paired_host_runs_a_channel_through_hid_reports() {
-        let mut h = host(
-            device(
-                RamFlash::new(64 * 1024, 256),
-                PolicyConfig::default(),
-                Always(Answer::Confirm),
-            ),
-            0x0102_0304,
-        );
+        let mut h = new_host(Always(Answer::Confirm), 0x0102_0304);
         let device_key = match h.pair() {
             device_reply::Body::Pair(p) => {
                 assert_eq!(
@@ -508,14 +509,7 @@ mod tests {
 
     #[test]
     fn only_a_paired_host_that_said_hello_is_served() {
-        let mut h = host(
-            device(
-                RamFlash::new(64 * 1024, 256),
-                PolicyConfig::default(),
-                Always(Answer::Deny),
-            ),
-            7,
-        );
+        let mut h = new_host(Always(Answer::Deny), 7);
         let ping = device_request::Body::Request(pb::Request {
             id: 1,
             body: Some(request::Body::Ping(Default::default())),
@@ -535,14 +529,7 @@ mod tests {
 
     #[test]
     fn hello_needs_the_paired_hosts_signature_over_a_fresh_nonce() {
-        let mut h = host(
-            device(
-                RamFlash::new(64 * 1024, 256),
-                PolicyConfig::default(),
-                Always(Answer::Confirm),
-            ),
-            7,
-        );
+        let mut h = new_host(Always(Answer::Confirm), 7);
         assert!(!is_error(&h.pair()));
         let hello_with = |h: &mut Host<Always>, signature: Vec<u8>| {
             h.send(device_request::Body::Hello(pb::HelloRequest {
@@ -565,14 +552,7 @@ mod tests {
 
     #[test]
     fn pairing_survives_a_restart_and_hello_is_per_connection() {
-        let mut h = host(
-            device(
-                RamFlash::new(64 * 1024, 256),
-                PolicyConfig::default(),
-                Always(Answer::Confirm),
-            ),
-            7,
-        );
+        let mut h = new_host(Always(Answer::Confirm), 7);
         assert!(!is_error(&h.pair()));
         let flash = h.client.into_link().device.into_flash();
         let mut h = host(
@@ -641,14 +621,7 @@ mod tests {
                 entry: entry.into(),
             })
         };
-        let mut h = host(
-            device(
-                RamFlash::new(64 * 1024, 256),
-                PolicyConfig::default(),
-                Always(Answer::Deny),
-            ),
-            1,
-        );
+        let mut h = new_host(Always(Answer::Deny), 1);
         h.send(device_request::Body::Pair(pb::PairRequest {
             host_key: host_key(),
             nonce: alloc::vec![5; 32],
