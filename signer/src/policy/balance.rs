@@ -10,6 +10,12 @@
 //! trimmed from commitments and LDK does not show them to the signer, so
 //! their value shows only as an unexplained remainder (the "dust pot"),
 //! bounded by `max_dust_exposure_sat`.
+//!
+//! One commitment may both add trimmed HTLCs of ours and settle trimmed
+//! HTLCs to the peer (several updates in one round), so the pot can shrink
+//! while our side drops: value that went into the pot is its growth plus
+//! what left it for the peer, and what left it is at most the peer's gain
+//! and at most the previous pot (never more than was in it).
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -24,6 +30,8 @@ use crate::policy::{PolicyConfig, RuleId};
 struct Side {
     /// Our main output, plus fee and anchors when we fund.
     total: u64,
+    /// The same for the peer.
+    theirs: u64,
     /// Value the commitment does not show (trimmed HTLCs, rounding).
     pot: u64,
 }
@@ -58,7 +66,15 @@ fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
     } else {
         c.to_countersignatory_value_sat
     };
+    let their_value = if holder {
+        c.to_countersignatory_value_sat
+    } else {
+        c.to_broadcaster_value_sat
+    };
     let total = our_value + our_htlcs + if setup.is_outbound { fees } else { 0 };
+    let theirs = their_value
+        + all_htlcs.saturating_sub(our_htlcs)
+        + if setup.is_outbound { 0 } else { fees };
     let visible = c
         .to_broadcaster_value_sat
         .saturating_add(c.to_countersignatory_value_sat)
@@ -66,6 +82,7 @@ fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
         .saturating_add(fees);
     Side {
         total,
+        theirs,
         pot: setup.channel_value_sat.saturating_sub(visible),
     }
 }
@@ -112,7 +129,8 @@ pub fn check_update(
         .filter(|h| hashes.iter().any(|x| h.payment_hash == x[..]))
         .map(|h| h.amount_msat / 1000)
         .sum();
-    let invisible = new.pot.saturating_sub(old.pot);
+    let left_pot_to_them = new.theirs.saturating_sub(old.theirs).min(old.pot);
+    let invisible = (new.pot + left_pot_to_them).saturating_sub(old.pot);
     // Rounding of msat to sat: at most one sat per output.
     let slack = 2 + (previous.htlcs.len() + next.htlcs.len()) as u64;
     policy.check(
@@ -135,4 +153,64 @@ pub fn check_update(
             )
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A static-remote-key channel of 1 000 000 sat that we fund, fee 0.
+    fn setup() -> SetupChannelRequest {
+        SetupChannelRequest {
+            channel_value_sat: 1_000_000,
+            is_outbound: true,
+            ..Default::default()
+        }
+    }
+
+    /// The counterparty's commitment (the one we sign): they broadcast it.
+    fn theirs(their_sat: u64, our_sat: u64) -> CommitmentData {
+        CommitmentData {
+            to_broadcaster_value_sat: their_sat,
+            to_countersignatory_value_sat: our_sat,
+            ..Default::default()
+        }
+    }
+
+    fn check(previous: &CommitmentData, next: &CommitmentData) -> Result<(), SignerError> {
+        check_update(
+            &PolicyConfig::default(),
+            &setup(),
+            false,
+            previous,
+            next,
+            &[],
+        )
+    }
+
+    #[test]
+    fn allows_a_new_trimmed_htlc_while_trimmed_ones_settle_to_the_peer() {
+        // 100 sat of trimmed HTLCs in the pot; in one round, seven of ours
+        // (70 sat) are claimed by the peer and we offer a new one of 10 sat.
+        let previous = theirs(500, 999_400);
+        let next = theirs(570, 999_390);
+        assert!(check(&previous, &next).is_ok());
+    }
+
+    #[test]
+    fn refuses_a_transfer_to_the_peer_with_no_pot_to_explain_it() {
+        let previous = theirs(500, 999_500);
+        let next = theirs(100_500, 899_500);
+        let e = check(&previous, &next).unwrap_err();
+        assert_eq!(e.rule, Some(RuleId::CommitmentBalanceConserved));
+    }
+
+    #[test]
+    fn refuses_more_than_the_previous_pot_going_to_the_peer() {
+        // 100 sat in the pot; the peer gains 10 100 sat, we lose 10 000.
+        let previous = theirs(500, 999_400);
+        let next = theirs(10_600, 989_400);
+        let e = check(&previous, &next).unwrap_err();
+        assert_eq!(e.rule, Some(RuleId::CommitmentBalanceConserved));
+    }
 }
