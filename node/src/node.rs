@@ -635,13 +635,32 @@ impl Node {
         }
     }
 
-    /// Watches the signer connection: once the signer answers again, LDK
-    /// retries every operation left pending while it was away.
+    /// Watches the signer connection: an answer to a request LDK was told
+    /// "pending" for (a counterparty commitment signature) is taken up at
+    /// once; once the signer answers again after an outage, LDK retries
+    /// every operation left pending while it was away.
     fn spawn_signer_watch(self: &Arc<Self>) {
         let node = self.clone();
+        let answered = Arc::new(tokio::sync::Notify::new());
+        let hook = answered.clone();
+        self.signer.on_answer(move || hook.notify_one());
         tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                let woken = tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+                    _ = answered.notified() => true,
+                };
+                if woken {
+                    let n = node.clone();
+                    let r = tokio::task::spawn_blocking(move || {
+                        n.channel_manager.signer_unblocked(None);
+                        n.peer_manager.process_events();
+                    })
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!("taking up the signer's answer aborted: {e}");
+                    }
+                }
                 if node.signer.is_connected() && node.signer.take_pending() {
                     tracing::info!("signer is back: retrying operations left pending");
                     let n = node.clone();

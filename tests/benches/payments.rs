@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -101,6 +101,55 @@ impl SignerTransport for Timed {
             e.1 += start.elapsed();
         }
         r
+    }
+}
+
+/// Signer connections of the remote set-ups, and whether one of them has
+/// answered a request LDK was told "pending" for since the loop last looked.
+static CONNECTIONS: Mutex<Vec<Arc<SignerConnection>>> = Mutex::new(Vec::new());
+static ANSWERED: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// The node's keys over `conn`, whose answers wake the loop.
+fn remote_keys(conn: Arc<SignerConnection>) -> Result<Arc<RemoteKeysManager>> {
+    conn.on_answer(|| {
+        if let Ok(mut a) = ANSWERED.0.lock() {
+            *a = true;
+            ANSWERED.1.notify_all();
+        }
+    });
+    if let Ok(mut c) = CONNECTIONS.lock() {
+        c.push(conn.clone());
+    }
+    Ok(Arc::new(RemoteKeysManager::new(
+        conn,
+        Duration::from_secs(10),
+    )?))
+}
+
+/// Takes the "answered" mark.
+fn take_answered() -> bool {
+    ANSWERED
+        .0
+        .lock()
+        .map(|mut a| std::mem::take(&mut *a))
+        .unwrap_or(false)
+}
+
+/// With nothing else to do: waits (briefly) for a signer's answer, if any
+/// is outstanding.
+fn wait_for_answer() {
+    let outstanding = CONNECTIONS
+        .lock()
+        .map(|c| c.iter().any(|c| c.unanswered() > 0))
+        .unwrap_or(false);
+    if !outstanding {
+        std::thread::yield_now();
+        return;
+    }
+    if let Ok(a) = ANSWERED.0.lock() {
+        let _ = ANSWERED
+            .1
+            .wait_timeout_while(a, Duration::from_millis(2), |a| !*a);
     }
 }
 
@@ -401,6 +450,12 @@ impl<K: Keys> Pair<K> {
         let mut any = false;
         for _ in 0..1000 {
             let mut moved = false;
+            if take_answered() {
+                // LDK asks again for what it was told is pending.
+                self.a.manager.signer_unblocked(None);
+                self.b.manager.signer_unblocked(None);
+                moved = true;
+            }
             for node in [&self.a, &self.b] {
                 node.manager.process_pending_htlc_forwards();
                 node.peers.process_events();
@@ -571,8 +626,7 @@ impl<K: Keys> Pair<K> {
                 launched += 1;
             }
             if !self.pump()? {
-                // Waiting on nothing but our own event processing: go around.
-                std::thread::yield_now();
+                wait_for_answer();
             }
             if start.elapsed() > Duration::from_secs(600) {
                 bail!("payments stalled after {done}");
@@ -666,6 +720,8 @@ fn main() -> Result<()> {
             200
         });
     let windows: &[usize] = if smoke { &[2] } else { &[1, 8] };
+    // `--grpc-only`: just the deployed set-up (for profiling the signer).
+    let grpc_only = args.iter().any(|a| a == "--grpc-only");
     let seed = |tag: &str| {
         let mut s = [0u8; 32];
         s[0] = tag.as_bytes()[0];
@@ -673,35 +729,43 @@ fn main() -> Result<()> {
     };
 
     println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement");
-    let baseline = measure::<KeysManager>(
-        |tag| {
-            let t = now();
-            Ok(Arc::new(KeysManager::new(
-                &seed(tag),
-                t.as_secs(),
-                t.subsec_nanos(),
-                true,
-            )))
-        },
-        payments,
-        windows,
-    )
-    .context("KeysManager set-up")?;
+    let skipped = || Ok(vec![f64::NAN; windows.len()]);
+    let baseline = if grpc_only {
+        skipped()
+    } else {
+        measure::<KeysManager>(
+            |tag| {
+                let t = now();
+                Ok(Arc::new(KeysManager::new(
+                    &seed(tag),
+                    t.as_secs(),
+                    t.subsec_nanos(),
+                    true,
+                )))
+            },
+            payments,
+            windows,
+        )
+        .context("KeysManager set-up")
+    }?;
 
     let policy = PolicyConfig::default();
-    let in_process = measure::<RemoteKeysManager>(
-        |tag| {
-            let core = memory_signer(seed(tag)[0], policy.clone());
-            let conn = SignerConnection::start_with("in-process core", InProcessCore(core))?;
-            Ok(Arc::new(RemoteKeysManager::new(
-                conn,
-                Duration::from_secs(10),
-            )?))
-        },
-        payments,
-        windows,
-    )
-    .context("in-process signer core set-up")?;
+    let in_process = if grpc_only {
+        skipped()
+    } else {
+        measure::<RemoteKeysManager>(
+            |tag| {
+                let core = memory_signer(seed(tag)[0], policy.clone());
+                remote_keys(SignerConnection::start_with(
+                    "in-process core",
+                    InProcessCore(core),
+                )?)
+            },
+            payments,
+            windows,
+        )
+        .context("in-process signer core set-up")
+    }?;
 
     let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
     let grpc = measure::<RemoteKeysManager>(
@@ -717,10 +781,7 @@ fn main() -> Result<()> {
             if let Ok(mut v) = signers.lock() {
                 v.push(s);
             }
-            Ok(Arc::new(RemoteKeysManager::new(
-                conn,
-                Duration::from_secs(10),
-            )?))
+            remote_keys(conn)
         },
         payments,
         windows,

@@ -1,11 +1,16 @@
 //! `RemoteChannelSigner`: LDK's per-channel signer traits over the signer
 //! connection. Only the channel's public keys are cached.
 //!
-//! Where LDK can take "pending" (counterparty commitment, revocation secret,
-//! holder commitment, closing, sweeps, anchors), an unavailable signer gets
-//! `Err(())` and the connection is marked pending: the node calls
-//! `signer_unblocked` when the signer is back. Where LDK cannot (points,
-//! validation), the call waits for the signer with bounded retries.
+//! The counterparty commitment, the signature of every payment's round, is
+//! asked for without waiting: LDK hears "pending" (`Err(())`) and goes on
+//! with its other work, the answer is kept here, and the connection's
+//! answer hook has the node call `signer_unblocked`, when LDK asks again
+//! and gets it. Where LDK can take "pending" but the operation is rare
+//! (revocation secret, holder commitment, closing, sweeps, anchors), the
+//! call waits, and an unavailable signer gets `Err(())` with the
+//! connection marked pending: the node calls `signer_unblocked` when the
+//! signer is back. Where LDK cannot (points, validation), the call waits
+//! for the signer with bounded retries.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -45,7 +50,27 @@ pub struct RemoteChannelSigner {
     /// it next to send it to the peer) and our next per-commitment point.
     /// Saves two round trips per commitment.
     ahead: Arc<Mutex<Ahead>>,
+    /// Counterparty commitment signatures asked for without waiting.
+    counterparty_sigs: Arc<Mutex<Vec<(SigKey, SigSlot)>>>,
 }
+
+/// A counterparty commitment: its number (LDK's index) and txid.
+type SigKey = (u64, Txid);
+
+/// Where a counterparty commitment signature stands.
+#[derive(Clone)]
+enum SigSlot {
+    /// Sent to the signer, no answer yet.
+    Asked,
+    /// The commitment signature and the HTLC signatures.
+    Signed(Signature, Vec<Signature>),
+    /// Refused by the signer: LDK keeps the update pending (the error was
+    /// logged when it came); asking again would be refused again.
+    Refused,
+}
+
+/// How many counterparty commitments' answers are kept.
+const KEPT_SIGS: usize = 4;
 
 /// Answers the signer gave before LDK asked, by LDK commitment index.
 #[derive(Default)]
@@ -90,6 +115,7 @@ impl RemoteChannelSigner {
             pubkeys,
             setup_sent: Arc::new(Mutex::new(false)),
             ahead: Arc::new(Mutex::new(Ahead::default())),
+            counterparty_sigs: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -285,33 +311,75 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         outbound_htlc_preimages: Vec<PaymentPreimage>,
         _secp: &Secp256k1<All>,
     ) -> Result<(Signature, Vec<Signature>), ()> {
-        let r = (|| {
-            self.ensure_setup(channel_parameters)?;
-            let body =
-                request::Body::SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
-                    channel_keys_id: self.id(),
-                    commitment: Some(convert::commitment_data(commitment_tx)),
-                    inbound_htlc_preimages: inbound_htlc_preimages
-                        .iter()
-                        .map(|p| p.0.to_vec())
-                        .collect(),
-                    outbound_htlc_preimages: outbound_htlc_preimages
-                        .iter()
-                        .map(|p| p.0.to_vec())
-                        .collect(),
-                });
-            let r = expect_reply!(
-                self.conn.call(body, PENDING_TIMEOUT),
-                SignCounterpartyCommitment
-            )?;
-            let htlcs = r
-                .htlc_signatures
-                .iter()
-                .map(|s| sig(s))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((sig(&r.signature)?, htlcs))
-        })();
-        self.pending("sign counterparty commitment", r)
+        let key: SigKey = (
+            commitment_tx.commitment_number(),
+            commitment_tx.trust().txid(),
+        );
+        let Ok(mut slots) = self.counterparty_sigs.lock() else {
+            tracing::error!("sign counterparty commitment: signature cache poisoned");
+            return Err(());
+        };
+        match slots
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, s)| s.clone())
+        {
+            Some(SigSlot::Signed(sig, htlcs)) => return Ok((sig, htlcs)),
+            Some(SigSlot::Asked | SigSlot::Refused) => return Err(()),
+            None => {}
+        }
+        if let Err(e) = self.ensure_setup(channel_parameters) {
+            return self.pending("sign counterparty commitment", Err(e));
+        }
+        let body =
+            request::Body::SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+                channel_keys_id: self.id(),
+                commitment: Some(convert::commitment_data(commitment_tx)),
+                inbound_htlc_preimages: inbound_htlc_preimages
+                    .iter()
+                    .map(|p| p.0.to_vec())
+                    .collect(),
+                outbound_htlc_preimages: outbound_htlc_preimages
+                    .iter()
+                    .map(|p| p.0.to_vec())
+                    .collect(),
+            });
+        if slots.len() >= KEPT_SIGS {
+            slots.remove(0);
+        }
+        slots.push((key, SigSlot::Asked));
+        drop(slots);
+        let (cache, conn) = (self.counterparty_sigs.clone(), self.conn.clone());
+        self.conn.submit(body, PENDING_TIMEOUT, move |r| {
+            let r = expect_reply!(r, SignCounterpartyCommitment).and_then(|r| {
+                let htlcs = r
+                    .htlc_signatures
+                    .iter()
+                    .map(|s| sig(s))
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok((sig(&r.signature)?, htlcs))
+            });
+            let Ok(mut slots) = cache.lock() else { return };
+            let Some(i) = slots.iter().position(|(k, _)| *k == key) else {
+                return;
+            };
+            match r {
+                Ok((sig, htlcs)) => slots[i].1 = SigSlot::Signed(sig, htlcs),
+                Err(e) if e.is_unavailable() => {
+                    // Asked again once the signer is back.
+                    tracing::warn!(
+                        "sign counterparty commitment: signer unavailable, left pending: {e}"
+                    );
+                    slots.remove(i);
+                    conn.mark_pending();
+                }
+                Err(e) => {
+                    tracing::error!("sign counterparty commitment: {e}");
+                    slots[i].1 = SigSlot::Refused;
+                }
+            }
+        });
+        Err(())
     }
 
     fn sign_holder_commitment(

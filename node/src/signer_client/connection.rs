@@ -1,9 +1,11 @@
 //! One connection to the signer, usable from LDK's synchronous trait
 //! methods: a dedicated thread owns the gRPC client (and its own runtime),
-//! callers hand it requests and wait with a timeout. It reconnects with
-//! backoff when the signer goes away.
+//! callers hand it requests and wait with a timeout, or hand them over
+//! without waiting ([`SignerConnection::submit`]) for operations LDK can
+//! take "pending" for. Requests reach the signer in the order they were
+//! made. It reconnects with backoff when the signer goes away.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,10 +38,23 @@ impl CallError {
     }
 }
 
+/// What to do with a reply.
+type Done = Box<dyn FnOnce(Result<reply::Body, CallError>) + Send>;
+
 struct Job {
     body: request::Body,
     timeout: Duration,
-    reply: mpsc::SyncSender<Result<reply::Body, CallError>>,
+    done: Done,
+}
+
+/// Requests the node already answered for (a revocation LDK checked
+/// itself), sent with the next request in one batch, or on their own after
+/// [`DEFER_AT_MOST`]. Apart from the link, so queueing one never waits for
+/// a call in progress.
+#[derive(Default)]
+struct Deferred {
+    bodies: Vec<request::Body>,
+    since: Option<Instant>,
 }
 
 /// The transport and its reconnect state; one call at a time.
@@ -49,27 +64,55 @@ struct Link {
     connected: Arc<AtomicBool>,
     next_attempt: Instant,
     backoff: Duration,
-    /// Requests the node already answered for (a revocation LDK checked
-    /// itself), sent with the next request in one batch, or on their own
-    /// after [`DEFER_AT_MOST`].
-    deferred: Vec<request::Body>,
-    deferred_since: Option<Instant>,
+    deferred: Arc<Mutex<Deferred>>,
 }
 
 /// How long a deferred request waits for company before it goes alone.
 pub const DEFER_AT_MOST: Duration = Duration::from_millis(10);
 
 impl Link {
+    /// Takes up to `n` of the oldest deferred requests.
+    fn take_deferred(&self, n: usize) -> Vec<request::Body> {
+        match self.deferred.lock() {
+            Ok(mut d) => {
+                let take = d.bodies.len().min(n);
+                let out: Vec<request::Body> = d.bodies.drain(..take).collect();
+                if d.bodies.is_empty() {
+                    d.since = None;
+                }
+                out
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Puts requests that could not be sent back in front of the queue.
+    fn restore_deferred(&self, mut bodies: Vec<request::Body>) {
+        if bodies.is_empty() {
+            return;
+        }
+        if let Ok(mut d) = self.deferred.lock() {
+            bodies.append(&mut d.bodies);
+            d.bodies = bodies;
+            d.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    fn has_deferred(&self) -> bool {
+        self.deferred.lock().is_ok_and(|d| !d.bodies.is_empty())
+    }
+
     /// Sends the deferred requests, alone; on failure they stay queued.
     fn flush(&mut self, timeout: Duration) -> Result<(), CallError> {
-        let Some(last) = self.deferred.pop() else {
-            self.deferred_since = None;
+        let mut all = self.take_deferred(usize::MAX);
+        let Some(last) = all.pop() else {
             return Ok(());
         };
+        self.restore_deferred(all);
         // The last one rides as the main request of a batch of them all.
         match self.call(last.clone(), timeout) {
             Err(e @ CallError::Unavailable(_)) => {
-                self.deferred.push(last);
+                self.restore_deferred(vec![last]);
                 Err(e)
             }
             Err(e) => {
@@ -82,24 +125,20 @@ impl Link {
 
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
         self.connect()?;
-        if !self.deferred.is_empty() && !lnpd_proto::batchable(&body) {
+        if self.has_deferred() && !lnpd_proto::batchable(&body) {
             self.flush(timeout)?;
         }
-        if self.deferred.is_empty() {
+        // The oldest first, as many as fit beside this request.
+        let deferred = self.take_deferred(lnpd_proto::MAX_BATCH - 1);
+        if deferred.is_empty() {
             let result = self.transport.call(body, timeout);
             self.note(&result);
             return result;
         }
-        // The oldest first, as many as fit beside this request.
-        let take = self.deferred.len().min(lnpd_proto::MAX_BATCH - 1);
-        let deferred: Vec<request::Body> = self.deferred.drain(..take).collect();
         let mut bodies = deferred.clone();
         bodies.push(body);
         match self.transport.call_batch(bodies, timeout) {
             Ok(mut results) => {
-                if self.deferred.is_empty() {
-                    self.deferred_since = None;
-                }
                 let last = results
                     .pop()
                     .unwrap_or_else(|| Err(CallError::Unavailable("empty batch reply".into())));
@@ -115,8 +154,7 @@ impl Link {
                 last
             }
             Err(e) => {
-                let rest = std::mem::replace(&mut self.deferred, deferred);
-                self.deferred.extend(rest);
+                self.restore_deferred(deferred);
                 let r = Err(e);
                 self.note(&r);
                 r
@@ -164,11 +202,18 @@ impl Link {
 /// A connection to `lnpd-signer`, shared by every signer object of the node.
 pub struct SignerConnection {
     link: Arc<Mutex<Link>>,
-    /// Calls from inside the async runtime go through a worker thread (a
-    /// runtime cannot block on another one); plain threads (LDK's
-    /// background processor) call the link directly, saving two thread
-    /// hand-offs per request.
+    /// Calls from inside the async runtime, and every request submitted
+    /// without waiting, go through a worker thread (a runtime cannot block
+    /// on another one); plain threads (LDK's background processor) call the
+    /// link directly, saving two thread hand-offs per request.
     jobs: mpsc::Sender<Job>,
+    /// Requests handed to the worker and not answered yet: a direct call
+    /// waits for them, so that requests reach the signer in order.
+    queued: Arc<AtomicUsize>,
+    /// Run after each answer to a submitted request (the node calls
+    /// `signer_unblocked` from it).
+    on_answer: Arc<Mutex<Option<AnswerHook>>>,
+    deferred: Arc<Mutex<Deferred>>,
     connected: Arc<AtomicBool>,
     /// Set when an operation LDK can retry was answered "pending" because
     /// the signer was unavailable; the node calls `signer_unblocked` once
@@ -176,6 +221,9 @@ pub struct SignerConnection {
     pending: Arc<AtomicBool>,
     endpoint: String,
 }
+
+/// What [`SignerConnection::on_answer`] runs.
+pub type AnswerHook = Arc<dyn Fn() + Send + Sync>;
 
 fn classify(status: tonic::Status) -> CallError {
     use tonic::Code::*;
@@ -340,16 +388,17 @@ impl SignerConnection {
     ) -> std::io::Result<Arc<Self>> {
         let (jobs, rx) = mpsc::channel::<Job>();
         let connected = Arc::new(AtomicBool::new(false));
+        let deferred = Arc::new(Mutex::new(Deferred::default()));
         let link = Arc::new(Mutex::new(Link {
             transport: Box::new(transport),
             endpoint: endpoint.to_string(),
             connected: connected.clone(),
             next_attempt: Instant::now(),
             backoff: Duration::from_millis(100),
-            deferred: Vec::new(),
-            deferred_since: None,
+            deferred: deferred.clone(),
         }));
         let worker_link = link.clone();
+        let worker_deferred = deferred.clone();
         std::thread::Builder::new()
             .name("lnpd-signer-client".into())
             .spawn(move || loop {
@@ -359,18 +408,21 @@ impl SignerConnection {
                             Ok(mut l) => l.call(job.body, job.timeout),
                             Err(_) => Err(CallError::Unavailable("signer link poisoned".into())),
                         };
-                        let _ = job.reply.send(result);
+                        (job.done)(result);
                     }
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // Deferred requests with no company go alone.
                         // (Not while waiting to reconnect: the link logs that.)
+                        let due = worker_deferred
+                            .lock()
+                            .is_ok_and(|d| d.since.is_some_and(|t| t.elapsed() >= DEFER_AT_MOST));
+                        if !due {
+                            continue;
+                        }
                         if let Ok(mut l) = worker_link.try_lock() {
-                            let due = l
-                                .deferred_since
-                                .is_some_and(|t| t.elapsed() >= DEFER_AT_MOST);
                             let reachable = l.connected.load(Ordering::SeqCst)
                                 || Instant::now() >= l.next_attempt;
-                            if due && reachable {
+                            if reachable {
                                 if let Err(e) = l.flush(Duration::from_secs(10)) {
                                     tracing::debug!("deferred signer request not sent yet: {e}");
                                 }
@@ -383,6 +435,9 @@ impl SignerConnection {
         Ok(Arc::new(SignerConnection {
             link,
             jobs,
+            queued: Arc::new(AtomicUsize::new(0)),
+            on_answer: Arc::new(Mutex::new(None)),
+            deferred,
             connected,
             pending: Arc::new(AtomicBool::new(false)),
             endpoint: endpoint.to_string(),
@@ -394,23 +449,60 @@ impl SignerConnection {
     /// alone after [`DEFER_AT_MOST`]. Used for the peer's revocation, which
     /// LDK checks against the peer's commitment point before asking.
     pub fn defer(&self, body: request::Body) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            match self.link.try_lock() {
-                Ok(mut l) => {
-                    l.deferred.push(body);
-                    l.deferred_since.get_or_insert_with(Instant::now);
-                    return;
-                }
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(50))
-                }
-                Err(_) => {
-                    tracing::error!("signer link busy or broken: sending a deferred request now");
-                    let _ = self.call(body, Duration::from_secs(10));
-                    return;
-                }
+        match self.deferred.lock() {
+            Ok(mut d) => {
+                d.bodies.push(body);
+                d.since.get_or_insert_with(Instant::now);
             }
+            Err(_) => {
+                tracing::error!("deferred queue broken: sending a deferred request now");
+                let _ = self.call(body, Duration::from_secs(10));
+            }
+        }
+    }
+
+    /// Hands `body` to the signer without waiting: `done` gets the answer
+    /// on the connection's thread, after which the hook set with
+    /// [`Self::on_answer`] runs. For operations LDK can take "pending"
+    /// for: the caller answers pending, and LDK asks again once told the
+    /// signer is unblocked.
+    pub fn submit(
+        &self,
+        body: request::Body,
+        timeout: Duration,
+        done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
+    ) {
+        let queued = self.queued.clone();
+        let hook = self.on_answer.clone();
+        queued.fetch_add(1, Ordering::SeqCst);
+        let job = Job {
+            body,
+            timeout,
+            done: Box::new(move |r| {
+                done(r);
+                queued.fetch_sub(1, Ordering::SeqCst);
+                let hook = hook.lock().ok().and_then(|h| h.clone());
+                if let Some(hook) = hook {
+                    hook();
+                }
+            }),
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            (job.done)(Err(CallError::Unavailable(
+                "signer client thread stopped".into(),
+            )));
+        }
+    }
+
+    /// How many submitted requests wait for their answer.
+    pub fn unanswered(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Sets what runs after each answer to a submitted request.
+    pub fn on_answer(&self, hook: impl Fn() + Send + Sync + 'static) {
+        if let Ok(mut h) = self.on_answer.lock() {
+            *h = Some(Arc::new(hook));
         }
     }
 
@@ -430,6 +522,16 @@ impl SignerConnection {
             // Waiting for the link counts against this call's timeout too.
             let deadline = Instant::now() + timeout;
             loop {
+                // Submitted requests go first (they were made first).
+                if self.queued.load(Ordering::SeqCst) > 0 {
+                    if Instant::now() >= deadline {
+                        return Err(CallError::Unavailable(format!(
+                            "no answer within {timeout:?}"
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_micros(50));
+                    continue;
+                }
                 match self.link.try_lock() {
                     Ok(mut l) => {
                         let left = deadline.saturating_duration_since(Instant::now());
@@ -454,7 +556,9 @@ impl SignerConnection {
             .send(Job {
                 body,
                 timeout,
-                reply: tx,
+                done: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
             })
             .map_err(|_| CallError::Unavailable("signer client thread stopped".into()))?;
         rx.recv_timeout(timeout)
