@@ -15,7 +15,8 @@
 //! the cost of signing.
 //!
 //! Run: `cargo build --workspace --bins && cargo bench -p lnpd-tests --bench payments`
-//! (`-- --payments N` to change the count, `--quick` for a short run).
+//! (`-- --payments N` to change the count, `--quick` for a short run,
+//! `--only ldk|core|grpc` for one set-up).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -720,8 +721,13 @@ fn main() -> Result<()> {
             200
         });
     let windows: &[usize] = if smoke { &[2] } else { &[1, 8] };
-    // `--grpc-only`: just the deployed set-up (for profiling the signer).
-    let grpc_only = args.iter().any(|a| a == "--grpc-only");
+    // `--only ldk|core|grpc`: one set-up (for profiling).
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str);
+    let skip = |name: &str| only.is_some_and(|o| o != name);
     let seed = |tag: &str| {
         let mut s = [0u8; 32];
         s[0] = tag.as_bytes()[0];
@@ -730,7 +736,7 @@ fn main() -> Result<()> {
 
     println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement");
     let skipped = || Ok(vec![f64::NAN; windows.len()]);
-    let baseline = if grpc_only {
+    let baseline = if skip("ldk") {
         skipped()
     } else {
         measure::<KeysManager>(
@@ -750,7 +756,7 @@ fn main() -> Result<()> {
     }?;
 
     let policy = PolicyConfig::default();
-    let in_process = if grpc_only {
+    let in_process = if skip("core") {
         skipped()
     } else {
         measure::<RemoteKeysManager>(
@@ -768,25 +774,29 @@ fn main() -> Result<()> {
     }?;
 
     let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
-    let grpc = measure::<RemoteKeysManager>(
-        |tag| {
-            let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
-                "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
-            )?;
-            let addr = s.start()?;
-            let conn = SignerConnection::start_with(
-                &addr,
-                Timed(GrpcTransport::new(&addr, s.node_tls())?),
-            )?;
-            if let Ok(mut v) = signers.lock() {
-                v.push(s);
-            }
-            remote_keys(conn)
-        },
-        payments,
-        windows,
-    )
-    .context("gRPC signer set-up")?;
+    let grpc = if skip("grpc") {
+        skipped()
+    } else {
+        measure::<RemoteKeysManager>(
+            |tag| {
+                let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
+                    "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
+                )?;
+                let addr = s.start()?;
+                let conn = SignerConnection::start_with(
+                    &addr,
+                    Timed(GrpcTransport::new(&addr, s.node_tls())?),
+                )?;
+                if let Ok(mut v) = signers.lock() {
+                    v.push(s);
+                }
+                remote_keys(conn)
+            },
+            payments,
+            windows,
+        )
+        .context("gRPC signer set-up")
+    }?;
 
     println!();
     println!(

@@ -27,6 +27,34 @@ fn keys_manager(p: &SignerProcess) -> RemoteKeysManager {
     RemoteKeysManager::new(conn, Duration::from_secs(10)).expect("keys manager")
 }
 
+/// Signs a counterparty commitment as LDK does it: the first call answers
+/// "pending" (the request goes to the signer without waiting), a call after
+/// the answer has come gets the signatures.
+fn sign_counterparty<S: EcdsaChannelSigner>(
+    signer: &S,
+    params: &ChannelTransactionParameters,
+    tx: &CommitmentTransaction,
+) -> (
+    bitcoin::secp256k1::ecdsa::Signature,
+    Vec<bitcoin::secp256k1::ecdsa::Signature>,
+) {
+    let s = Secp256k1::new();
+    assert!(
+        signer
+            .sign_counterparty_commitment(params, tx, vec![], vec![], &s)
+            .is_err(),
+        "the first ask answers pending"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(sigs) = signer.sign_counterparty_commitment(params, tx, vec![], vec![], &s) {
+            return sigs;
+        }
+        assert!(std::time::Instant::now() < deadline, "no signature");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn node_key_operations_through_ldk_traits() {
     let mut signer = SignerProcess::init("remote-node").unwrap();
@@ -136,9 +164,7 @@ fn first_commitments_flow_through_ldk_types() {
         &bob_params.as_holder_broadcastable(),
         &s,
     );
-    let (sig, htlc_sigs) = alice
-        .sign_counterparty_commitment(&alice_params, &bob_tx, vec![], vec![], &s)
-        .expect("Alice signs Bob's #0");
+    let (sig, htlc_sigs) = sign_counterparty(&alice, &alice_params, &bob_tx);
     // Bob validates before he has the parameters (parked in the signer) ...
     let holder = HolderCommitmentTransaction::new(
         bob_tx.clone(),
@@ -161,9 +187,8 @@ fn first_commitments_flow_through_ldk_types() {
         &alice_params.as_holder_broadcastable(),
         &s,
     );
-    let (sig, htlc_sigs) = bob
-        .sign_counterparty_commitment(&bob_params, &alice_tx, vec![], vec![], &s)
-        .expect("Bob signs Alice's #0 (his set-up validates the parked #0)");
+    // (Bob's set-up validates the parked #0 before he signs.)
+    let (sig, htlc_sigs) = sign_counterparty(&bob, &bob_params, &alice_tx);
     let alice_holder = HolderCommitmentTransaction::new(
         alice_tx,
         sig,

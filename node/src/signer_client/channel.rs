@@ -208,12 +208,14 @@ impl ChannelSigner for RemoteChannelSigner {
     }
 
     fn release_commitment_secret(&self, idx: u64) -> Result<[u8; 32], ()> {
-        let early = self.ahead.lock().ok().and_then(|mut a| match &a.secret {
-            Some((i, _)) if *i == idx => a.secret.take(),
+        // Kept, not taken: LDK may ask twice for the same revocation (once
+        // more when a pending signature lets it build its messages again).
+        let early = self.ahead.lock().ok().and_then(|a| match &a.secret {
+            Some((i, s)) if *i == idx => Some(**s),
             _ => None,
         });
-        if let Some((_, secret)) = early {
-            return Ok(*secret);
+        if let Some(secret) = early {
+            return Ok(secret);
         }
         let body = request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
             channel_keys_id: self.id(),

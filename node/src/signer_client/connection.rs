@@ -67,6 +67,15 @@ struct Link {
     deferred: Arc<Mutex<Deferred>>,
 }
 
+/// Requests whose answer depends on no channel's state, which may overtake
+/// deferred ones.
+fn independent_of_channels(body: &request::Body) -> bool {
+    matches!(
+        body,
+        request::Body::Ecdh(_) | request::Body::GetNodeId(_) | request::Body::Info(_)
+    )
+}
+
 /// How long a deferred request waits for company before it goes alone.
 pub const DEFER_AT_MOST: Duration = Duration::from_millis(10);
 
@@ -126,6 +135,14 @@ impl Link {
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
         self.connect()?;
         if self.has_deferred() && !lnpd_proto::batchable(&body) {
+            if independent_of_channels(&body) {
+                // Onion decoding needs no channel state: it does not wait
+                // for the deferred requests, which go with the next
+                // channel request as usual.
+                let result = self.transport.call(body, timeout);
+                self.note(&result);
+                return result;
+            }
             self.flush(timeout)?;
         }
         // The oldest first, as many as fit beside this request.

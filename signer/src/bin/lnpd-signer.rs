@@ -730,7 +730,14 @@ fn main() {
             listen,
             log,
             device,
-        } => match tokio::runtime::Runtime::new() {
+        } => match tokio::runtime::Builder::new_multi_thread()
+            // One worker: requests are served one at a time under the
+            // signer's lock anyway, and a second worker only costs a
+            // cross-thread wake-up on every request.
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
             Ok(rt) => match device {
                 Some(d) => rt.block_on(run_device(common, listen, log, d)),
                 None => rt.block_on(run(common, listen, log)),
