@@ -117,6 +117,27 @@ impl<S: Store> Signer<S> {
         k
     }
 
+    /// Our per-commitment point `n` of channel `id`, from the cache when
+    /// recently derived.
+    pub(crate) fn our_point(&self, id: &ChannelKeysId, n: CommitmentNumber) -> PublicKey {
+        if let Some(p) = self
+            .points
+            .borrow()
+            .get(id)
+            .and_then(|v| v.iter().find(|(i, _)| *i == n.0))
+        {
+            return p.1;
+        }
+        let point = self.secrets(id).per_commitment_point(&self.secp, n);
+        let mut points = self.points.borrow_mut();
+        let kept = points.entry(*id).or_default();
+        if kept.len() >= 4 {
+            kept.remove(0);
+        }
+        kept.push((n.0, point));
+        point
+    }
+
     fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
         self.secp.sign_ecdsa(msg, key)
     }
@@ -168,7 +189,22 @@ impl<S: Store> Signer<S> {
         let setup = record.setup.as_ref().ok_or_else(|| {
             SignerError::precondition(format!("channel {id} has not been set up"))
         })?;
-        let params = commitment::channel_parameters(setup, self.holder_pubkeys(id))?;
+        let cached = self
+            .params
+            .borrow()
+            .get(id)
+            .filter(|(s, _)| s == setup)
+            .map(|(_, p)| p.clone());
+        let params = match cached {
+            Some(p) => p,
+            None => {
+                let p = commitment::channel_parameters(setup, self.holder_pubkeys(id))?;
+                self.params
+                    .borrow_mut()
+                    .insert(*id, (setup.clone(), p.clone()));
+                p
+            }
+        };
         Ok((record, setup, params))
     }
 
@@ -252,7 +288,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::GetPerCommitmentPointReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let n = CommitmentNumber::new(r.commitment_number)?;
-        let point = self.secrets(&id).per_commitment_point(&self.secp, n);
+        let point = self.our_point(&id, n);
         Ok(pb::GetPerCommitmentPointReply {
             per_commitment_point: point.serialize().to_vec(),
         })
@@ -367,8 +403,8 @@ impl<S: Store> Signer<S> {
             previous_secret: previous
                 .map(|p| secrets.commitment_secret(p).to_vec())
                 .unwrap_or_default(),
-            upcoming_per_commitment_point: secrets
-                .per_commitment_point(&self.secp, CommitmentNumber(n.0 + 2))
+            upcoming_per_commitment_point: self
+                .our_point(&id, CommitmentNumber(n.0 + 2))
                 .serialize()
                 .to_vec(),
         })
@@ -396,7 +432,7 @@ impl<S: Store> Signer<S> {
                 format!("channel {id}: a closing transaction was signed; no new commitment")
             })?;
         // Our own point for this number; a different one in the request is refused.
-        let point = self.secrets(id).per_commitment_point(&self.secp, n);
+        let point = self.our_point(id, n);
         if !data.per_commitment_point.is_empty() && data.per_commitment_point != point.serialize() {
             return Err(self.policy_refusal(RuleId::CommitmentKeys, || {
                 format!("channel {id}: per-commitment point of holder commitment {n} is not ours")

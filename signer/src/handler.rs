@@ -49,6 +49,23 @@ pub struct Signer<S: Store> {
     /// point multiplications saved on every request).
     pub(crate) pubkeys:
         core::cell::RefCell<BTreeMap<ChannelKeysId, lightning::ln::chan_utils::ChannelPublicKeys>>,
+    /// Channel parameters as parsed from a recorded set-up (and the set-up
+    /// they came from): public data, parsed once instead of on every
+    /// request (each public key costs a square root to decompress).
+    pub(crate) params: core::cell::RefCell<
+        BTreeMap<
+            ChannelKeysId,
+            (
+                lnpd_proto::signer::SetupChannelRequest,
+                lightning::ln::chan_utils::ChannelTransactionParameters,
+            ),
+        >,
+    >,
+    /// Our latest per-commitment points by channel (public; a validation
+    /// hands out the point two states ahead, which the next but one
+    /// validation needs again).
+    pub(crate) points:
+        core::cell::RefCell<BTreeMap<ChannelKeysId, Vec<(u64, bitcoin::secp256k1::PublicKey)>>>,
     /// While a batch runs: its writes, and the state before it to undo.
     pub(crate) batch: Option<PendingBatch>,
     /// Unix time (seconds) as the host last told it (no clock in no_std).
@@ -106,6 +123,8 @@ impl<S: Store> Signer<S> {
             entropy,
             wallet_scripts,
             pubkeys: Default::default(),
+            params: Default::default(),
+            points: Default::default(),
             batch: None,
             now: 0,
         })
@@ -130,6 +149,8 @@ impl<S: Store> Signer<S> {
         secrets: crate::keys::ChannelSecrets,
     ) {
         self.pubkeys.borrow_mut().remove(&id);
+        self.params.borrow_mut().remove(&id);
+        self.points.borrow_mut().remove(&id);
         self.keys.set_channel_secrets(id, secrets);
     }
 
