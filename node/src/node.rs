@@ -645,11 +645,14 @@ impl Node {
         let hook = answered.clone();
         self.signer.on_answer(move || hook.notify_one());
         tokio::spawn(async move {
+            // Once at the start: an answer may have come before the hook was set.
+            let mut first = true;
             loop {
-                let woken = tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => false,
-                    _ = answered.notified() => true,
-                };
+                let woken = std::mem::take(&mut first)
+                    || tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => false,
+                        _ = answered.notified() => true,
+                    };
                 if woken {
                     let n = node.clone();
                     let r = tokio::task::spawn_blocking(move || {

@@ -111,25 +111,32 @@ impl Link {
         self.deferred.lock().is_ok_and(|d| !d.bodies.is_empty())
     }
 
-    /// Sends the deferred requests, alone; on failure they stay queued.
+    /// Sends the deferred requests (as many as fit in one batch) without
+    /// company; on failure they stay queued, in their order.
     fn flush(&mut self, timeout: Duration) -> Result<(), CallError> {
-        let mut all = self.take_deferred(usize::MAX);
-        let Some(last) = all.pop() else {
+        self.connect()?;
+        let bodies = self.take_deferred(lnpd_proto::MAX_BATCH);
+        if bodies.is_empty() {
             return Ok(());
-        };
-        self.restore_deferred(all);
-        // The last one rides as the main request of a batch of them all.
-        match self.call(last.clone(), timeout) {
-            Err(e @ CallError::Unavailable(_)) => {
-                self.restore_deferred(vec![last]);
-                Err(e)
-            }
-            Err(e) => {
-                tracing::error!("a deferred request was refused by the signer: {e}");
-                Ok(())
-            }
-            Ok(_) => Ok(()),
         }
+        let results = match self.transport.call_batch(bodies.clone(), timeout) {
+            Ok(results) => results,
+            Err(e) => {
+                let r = Err(e);
+                self.note(&r);
+                if let Err(e @ CallError::Unavailable(_)) = r {
+                    self.restore_deferred(bodies);
+                    return Err(e);
+                }
+                vec![r]
+            }
+        };
+        for r in results {
+            if let Err(e) = r {
+                tracing::error!("a deferred request was refused by the signer: {e}");
+            }
+        }
+        Ok(())
     }
 
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
@@ -145,8 +152,14 @@ impl Link {
             }
             self.flush(timeout)?;
         }
-        // The oldest first, as many as fit beside this request.
-        let deferred = self.take_deferred(lnpd_proto::MAX_BATCH - 1);
+        // The oldest first, as many as fit beside this request (only a
+        // request that may be batched: one deferred while this call ran
+        // waits for the next).
+        let deferred = if lnpd_proto::batchable(&body) {
+            self.take_deferred(lnpd_proto::MAX_BATCH - 1)
+        } else {
+            Vec::new()
+        };
         if deferred.is_empty() {
             let result = self.transport.call(body, timeout);
             self.note(&result);
@@ -224,9 +237,11 @@ pub struct SignerConnection {
     /// on another one); plain threads (LDK's background processor) call the
     /// link directly, saving two thread hand-offs per request.
     jobs: mpsc::Sender<Job>,
-    /// Requests handed to the worker and not answered yet: a direct call
-    /// waits for them, so that requests reach the signer in order.
-    queued: Arc<AtomicUsize>,
+    /// Requests handed to the worker, and how many of them were answered:
+    /// a direct call waits for those submitted before it, so that requests
+    /// reach the signer in order.
+    submitted: Arc<AtomicUsize>,
+    answered: Arc<AtomicUsize>,
     /// Run after each answer to a submitted request (the node calls
     /// `signer_unblocked` from it).
     on_answer: Arc<Mutex<Option<AnswerHook>>>,
@@ -452,7 +467,8 @@ impl SignerConnection {
         Ok(Arc::new(SignerConnection {
             link,
             jobs,
-            queued: Arc::new(AtomicUsize::new(0)),
+            submitted: Arc::new(AtomicUsize::new(0)),
+            answered: Arc::new(AtomicUsize::new(0)),
             on_answer: Arc::new(Mutex::new(None)),
             deferred,
             connected,
@@ -466,15 +482,17 @@ impl SignerConnection {
     /// alone after [`DEFER_AT_MOST`]. Used for the peer's revocation, which
     /// LDK checks against the peer's commitment point before asking.
     pub fn defer(&self, body: request::Body) {
-        match self.deferred.lock() {
+        let queued = match self.deferred.lock() {
             Ok(mut d) => {
-                d.bodies.push(body);
+                d.bodies.push(body.clone());
                 d.since.get_or_insert_with(Instant::now);
+                true
             }
-            Err(_) => {
-                tracing::error!("deferred queue broken: sending a deferred request now");
-                let _ = self.call(body, Duration::from_secs(10));
-            }
+            Err(_) => false,
+        };
+        if !queued {
+            tracing::error!("deferred queue broken: sending a deferred request now");
+            let _ = self.call(body, Duration::from_secs(10));
         }
     }
 
@@ -489,17 +507,20 @@ impl SignerConnection {
         timeout: Duration,
         done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
     ) {
-        let queued = self.queued.clone();
+        let answered = self.answered.clone();
         let hook = self.on_answer.clone();
-        queued.fetch_add(1, Ordering::SeqCst);
+        self.submitted.fetch_add(1, Ordering::SeqCst);
         let job = Job {
             body,
             timeout,
             done: Box::new(move |r| {
+                // "Unavailable" is no answer: the caller marks the
+                // connection pending, and LDK retries once it is back.
+                let real = !matches!(r, Err(CallError::Unavailable(_)));
                 done(r);
-                queued.fetch_sub(1, Ordering::SeqCst);
+                answered.fetch_add(1, Ordering::SeqCst);
                 let hook = hook.lock().ok().and_then(|h| h.clone());
-                if let Some(hook) = hook {
+                if let (true, Some(hook)) = (real, hook) {
                     hook();
                 }
             }),
@@ -513,7 +534,9 @@ impl SignerConnection {
 
     /// How many submitted requests wait for their answer.
     pub fn unanswered(&self) -> usize {
-        self.queued.load(Ordering::SeqCst)
+        self.submitted
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.answered.load(Ordering::SeqCst))
     }
 
     /// Sets what runs after each answer to a submitted request.
@@ -538,9 +561,10 @@ impl SignerConnection {
         if tokio::runtime::Handle::try_current().is_err() {
             // Waiting for the link counts against this call's timeout too.
             let deadline = Instant::now() + timeout;
+            let before = self.submitted.load(Ordering::SeqCst);
             loop {
-                // Submitted requests go first (they were made first).
-                if self.queued.load(Ordering::SeqCst) > 0 {
+                // Requests submitted before this call go first.
+                if self.answered.load(Ordering::SeqCst) < before {
                     if Instant::now() >= deadline {
                         return Err(CallError::Unavailable(format!(
                             "no answer within {timeout:?}"

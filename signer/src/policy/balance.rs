@@ -16,6 +16,13 @@
 //! while our side drops: value that went into the pot is its growth plus
 //! what left it for the peer, and what left it is at most the peer's gain
 //! and at most the previous pot (never more than was in it).
+//!
+//! The bound is per commitment: since the signer cannot tell an honest
+//! round (trimmed HTLCs settled to the peer while new ones are added) from
+//! our balance moved to the peer through a full pot, a compromised node
+//! could repeat the latter on every commitment. The payment controls
+//! (`payment-velocity`, `payment-max`) do not see trimmed HTLCs either;
+//! keep `max_dust_exposure_sat` low where that matters.
 
 use alloc::format;
 use alloc::vec::Vec;
