@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use lnpd_signer::testing::process::{bin, SignerProcess, TempDir};
+use anyhow::{Context, Result};
+use lnpd_signer::testing::process::{bin, wait_for_start, SignerProcess, TempDir};
 
 use crate::regtest::Bcoin;
 
@@ -79,20 +79,16 @@ impl NodeProcess {
             dir,
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !node.data_dir().join("admin.addr").exists() {
-            if let Some(status) = node
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("lnpd exited ({status}): {}", node.log());
-            }
-            if Instant::now() > deadline {
-                bail!("lnpd did not start: {}", node.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let addr = node.data_dir().join("admin.addr");
+        let log = node.dir.path.join("lnpd.log");
+        wait_for_start(
+            &mut node.child,
+            "lnpd",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || addr.exists().then_some(()),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )?;
         Ok(node)
     }
 

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
-use lnpd_signer::testing::process::{bin, TempDir};
+use anyhow::{Context, Result};
+use lnpd_signer::testing::process::{bin, wait_for_start, TempDir};
 
 /// A simulated device and, while running, its process.
 pub struct SimProcess {
@@ -57,21 +57,16 @@ impl SimProcess {
             .spawn()
             .context("starting lnpd-signer-sim (cargo build --workspace --bins first)")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !self.socket().exists() {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("lnpd-signer-sim exited ({status}): {}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("lnpd-signer-sim did not open its socket: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Ok(())
+        let socket = self.socket();
+        let log = self.dir.path.join("sim.log");
+        wait_for_start(
+            &mut self.child,
+            "lnpd-signer-sim",
+            Duration::from_secs(20),
+            Duration::from_millis(10),
+            || socket.exists().then_some(()),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        )
     }
 
     /// Kills the process with SIGKILL, wherever it is (a power cut).

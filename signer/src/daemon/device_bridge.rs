@@ -342,13 +342,7 @@ pub fn pair(
     confirm: impl FnOnce(&str) -> bool,
 ) -> Result<Paired, BridgeError> {
     let mut client = new_client(spec)?;
-    let device_key = match exchange(
-        &mut client,
-        device_request::Body::Identity(Default::default()),
-    )? {
-        device_reply::Body::Identity(i) => i.device_key,
-        _ => return Err(BridgeError::Link("wrong reply to Identity".into())),
-    };
+    let device_key = identity(&mut client)?.device_key;
     let nonce = random32().to_vec();
     let code = pairing_code(&device_key, &host.public(), &nonce);
     println!("pairing code: {code}");
@@ -380,6 +374,14 @@ pub fn pair(
     Ok(paired)
 }
 
+/// The device's key and this connection's nonce.
+fn identity(client: &mut DeviceClient<Link>) -> Result<pb::IdentityReply, BridgeError> {
+    match exchange(client, device_request::Body::Identity(Default::default()))? {
+        device_reply::Body::Identity(i) => Ok(i),
+        _ => Err(BridgeError::Link("wrong reply to Identity".into())),
+    }
+}
+
 /// A connection on which the device proved it is the paired one.
 fn connect(
     spec: &DeviceSpec,
@@ -388,13 +390,7 @@ fn connect(
 ) -> Result<DeviceClient<Link>, BridgeError> {
     let mut client = new_client(spec)?;
     let expected = hex::decode(&paired.device_key).unwrap_or_default();
-    let nonce = match exchange(
-        &mut client,
-        device_request::Body::Identity(Default::default()),
-    )? {
-        device_reply::Body::Identity(i) => i.nonce,
-        _ => return Err(BridgeError::Link("wrong reply to Identity".into())),
-    };
+    let nonce = identity(&mut client)?.nonce;
     let challenge = random32().to_vec();
     let proof = host.sign(host_hello_digest(&nonce, client.cid(), &expected));
     let reply = match exchange(

@@ -34,6 +34,31 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// The `lnpd-signer` binary: `LNPD_SIGNER_BIN` if set, else next to the test executable.
+/// Waits until `ready` gives a value, failing with `log` if `child` exits
+/// first or `timeout` passes; `what` names the program in the error.
+pub fn wait_for_start<T>(
+    child: &mut Option<Child>,
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> Option<T>,
+    log: impl Fn() -> String,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = ready() {
+            return Ok(v);
+        }
+        if let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            bail!("{what} exited early ({status}): {}", log());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not start: {}", log());
+        }
+        std::thread::sleep(every);
+    }
+}
+
 pub fn signer_bin() -> PathBuf {
     std::env::var_os("LNPD_SIGNER_BIN")
         .map(PathBuf::from)
@@ -155,14 +180,19 @@ impl SignerProcess {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(SignerProcess {
+        Ok(Self::stopped(dir, passphrase, None))
+    }
+
+    /// A signer set up in `dir`, not running.
+    fn stopped(dir: TempDir, passphrase: PathBuf, device: Option<String>) -> Self {
+        SignerProcess {
             dir,
             passphrase,
             child: None,
             addr: None,
             last_addr: None,
-            device: None,
-        })
+            device,
+        }
     }
 
     /// A bridge to the hardware signer `device` (`run --device` value):
@@ -197,14 +227,7 @@ impl SignerProcess {
             }
         }
         let passphrase = dir.path.join("passphrase");
-        Ok(SignerProcess {
-            dir,
-            passphrase,
-            child: None,
-            addr: None,
-            last_addr: None,
-            device: Some(device.to_string()),
-        })
+        Ok(Self::stopped(dir, passphrase, Some(device.to_string())))
     }
 
     /// The signer's data directory.
@@ -253,27 +276,22 @@ impl SignerProcess {
             .spawn()
             .context("starting lnpd-signer run")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(a) = std::fs::read_to_string(&addr_file) {
-                if !a.is_empty() {
-                    self.addr = Some(a.clone());
-                    self.last_addr = Some(a.clone());
-                    return Ok(a);
-                }
-            }
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                bail!("lnpd-signer exited early ({status}): {}", self.log());
-            }
-            if Instant::now() > deadline {
-                bail!("lnpd-signer did not start listening: {}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let log_path = self.dir.path.join("signer.log");
+        let a = wait_for_start(
+            &mut self.child,
+            "lnpd-signer",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                std::fs::read_to_string(&addr_file)
+                    .ok()
+                    .filter(|a| !a.is_empty())
+            },
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )?;
+        self.addr = Some(a.clone());
+        self.last_addr = Some(a.clone());
+        Ok(a)
     }
 
     /// The daemon's log so far.
