@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod chain;
+pub mod chain_watch;
 pub mod config;
 pub mod fee_bump;
 pub mod logger;

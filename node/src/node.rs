@@ -39,6 +39,7 @@ use lightning_block_sync::{SpvClient, UnboundedCache};
 use lightning_net_tokio::SocketDescriptor;
 
 use crate::chain::ChainRpc;
+use crate::chain_watch::ChainWatch;
 use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
 use crate::signer_client::{RemoteChannelSigner, RemoteKeysManager, SignerConnection, SignerTls};
@@ -180,6 +181,8 @@ pub struct Node {
     pub graph: Arc<Graph>,
     /// The watch-only on-chain wallet.
     pub wallet: Arc<Wallet>,
+    /// The channels' transactions, for the signer's proofs.
+    pub chain_watch: Arc<ChainWatch>,
     /// The address the peer-to-peer listener is bound to.
     pub listen_addr: SocketAddr,
     /// Funding transactions built but not yet signed: signed only once LDK
@@ -237,9 +240,11 @@ impl Node {
         );
         let signer = SignerConnection::start(&settings.signer, settings.signer_tls.clone())
             .map_err(|e| fail("signer client")(e.to_string()))?;
+        let chain_watch = Arc::new(ChainWatch::open(store.clone()));
         let conn = signer.clone();
+        let txs: Arc<dyn crate::chain_watch::TxSource> = chain_watch.clone();
         let keys = tokio::task::spawn_blocking(move || {
-            RemoteKeysManager::new(conn, Duration::from_secs(30))
+            RemoteKeysManager::new(conn, txs, Duration::from_secs(30))
         })
         .await
         .map_err(|e| fail("signer")(e.to_string()))?
@@ -265,6 +270,7 @@ impl Node {
             Wallet::new(&descriptor, settings.network, store.clone())
                 .map_err(|e| fail("wallet")(e.to_string()))?,
         );
+        chain_watch.set_wallet(wallet.clone());
         let chain = ChainRpc::new(
             &settings.rpc_url,
             &settings.rpc_user,
@@ -413,6 +419,7 @@ impl Node {
                     manager_best,
                     &*channel_manager as &(dyn Listen + Send + Sync),
                 ),
+                (wallet_best, &*chain_watch as &(dyn Listen + Send + Sync)),
                 (wallet_best, &*wallet as &(dyn Listen + Send + Sync)),
                 (
                     sweeper_best.block_hash,
@@ -482,6 +489,7 @@ impl Node {
             peer_manager,
             graph,
             wallet,
+            chain_watch,
             listen_addr,
             pending_funding: Default::default(),
             payments: Default::default(),
@@ -554,7 +562,10 @@ impl Node {
             let mut cache = UnboundedCache::new();
             let ldk = (node.chain_monitor.clone(), node.channel_manager.clone());
             let ours = (node.wallet.clone(), node.sweeper.clone());
-            let listener = (&ldk, &ours);
+            // The channels' transactions are kept before LDK sees a block:
+            // a justice or sweep it signs at once needs them as proofs.
+            let inner = (&ldk, &ours);
+            let listener = (&*node.chain_watch, &inner);
             let poller = ChainPoller::new(&*chain, node.settings.network);
             let mut spv = SpvClient::new(validated, poller, &mut cache, &listener);
             let mut fees_at = tokio::time::Instant::now();
@@ -564,6 +575,9 @@ impl Node {
             loop {
                 if feed_at.is_some_and(|t| t <= tokio::time::Instant::now()) {
                     feed_at = node.feed_signer_chain().await;
+                    if feed_at.is_none() {
+                        node.deliver_funding_proofs().await;
+                    }
                 }
                 match spv.poll_best_tip().await {
                     Ok((_, true)) => {
@@ -603,6 +617,40 @@ impl Node {
             Err(e) => {
                 tracing::warn!("the signer's chain view is behind ({e}); retrying in 10 s");
                 Some(tokio::time::Instant::now() + Duration::from_secs(10))
+            }
+        }
+    }
+
+    /// Proves confirmed fundings to the signer (a forward counts only
+    /// against an HTLC received on a channel funded on chain). A proof the
+    /// signer cannot check any more (its block left the signer's window)
+    /// is dropped with a warning; one the signer is not ready for waits.
+    async fn deliver_funding_proofs(&self) {
+        use crate::signer_client::connection::CallError;
+        for proof in self.chain_watch.pending_proofs() {
+            let body = lnpd_proto::signer::request::Body::ProveFunding(proof.clone());
+            let conn = self.signer.clone();
+            let r =
+                tokio::task::spawn_blocking(move || conn.call(body, Duration::from_secs(10))).await;
+            match r {
+                Ok(Ok(_)) => self.chain_watch.proof_done(&proof),
+                Ok(Err(CallError::Unavailable(e))) => {
+                    tracing::warn!("funding proof not delivered yet: {e}");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!("the signer did not take a funding proof: {e}");
+                    if !matches!(
+                        &e,
+                        CallError::Refused {
+                            code: tonic::Code::FailedPrecondition,
+                            ..
+                        }
+                    ) {
+                        self.chain_watch.proof_done(&proof);
+                    }
+                }
+                Err(e) => tracing::error!("delivering a funding proof aborted: {e}"),
             }
         }
     }

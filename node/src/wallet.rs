@@ -394,6 +394,15 @@ impl Wallet {
             .collect()
     }
 
+    /// The transaction that created one of the wallet's coins (spent or
+    /// not), for the signer's proof of its amount.
+    pub fn previous_tx(&self, txid: &bitcoin::Txid) -> Option<Transaction> {
+        let st = self.state.lock().ok()?;
+        let prefix = format!("{txid}:");
+        let coin = st.coins.iter().find(|c| c.outpoint.starts_with(&prefix))?;
+        bitcoin::consensus::encode::deserialize_hex(&coin.prev_tx).ok()
+    }
+
     /// A fresh change script (internal chain).
     pub fn new_change_script(&self) -> Result<ScriptBuf, WalletError> {
         let mut st = self

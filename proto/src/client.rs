@@ -181,5 +181,6 @@ pub async fn call(
         SignPsbt => sign_psbt => SignPsbt,
         ShowInvoice => show_invoice => ShowInvoice,
         UpdateChain => update_chain => UpdateChain,
+        ProveFunding => prove_funding => ProveFunding,
     })
 }

@@ -46,7 +46,7 @@ redacted_debug!(
 pub mod client;
 
 /// Version of the node <-> signer protocol; the major part must match.
-pub const SIGNER_PROTOCOL_VERSION: u32 = 1;
+pub const SIGNER_PROTOCOL_VERSION: u32 = 2;
 
 /// Whether a request may be sent in a `Batch` (see `BatchRequest` in
 /// signer.proto): the channel-state requests whose only effect is on their

@@ -205,6 +205,9 @@ impl<F: Flash> Store for FlashStore<F> {
                     snap.channels.insert(id, bytes);
                 }
                 Write::Meta(bytes) => snap.meta = Some(bytes),
+                Write::DeleteChannel(id) => {
+                    snap.channels.remove(&id);
+                }
             }
         }
         let (version, slot) = match self.current {

@@ -6,12 +6,18 @@
 //! makes the signer stricter (it believes in a lower height); it cannot make
 //! the signer believe in a higher one without mining the blocks.
 //!
-//! Checked: connection, proof of work against the header's own target, the
-//! target at most the network's limit, and the target unchanged between
-//! retargets (changed by at most a factor of four at one; regtest never
-//! retargets). Not checked: the exact retarget value, the median-time rule,
-//! testnet's minimum-difficulty exception (any target within the limit is
-//! taken there) and signet's block signatures.
+//! Checked, as each network's consensus has it: connection, proof of work
+//! against the header's own target, the target at most the network's
+//! limit, the target unchanged between retargets and exactly the one the
+//! last period's timespan gives at a retarget (mainnet, signet, testnet3
+//! and testnet4; regtest never retargets), testnet's minimum-difficulty
+//! blocks (only after 20 minutes without a block; otherwise the period's
+//! target), the median-time-past rule, and no header more than two hours
+//! ahead of the signer's clock. On every network but regtest the chain
+//! starts from an operator's checkpoint at a retarget height (a multiple
+//! of 2016): from genesis a node could keep feeding ancient headers, and
+//! the signer needs the period's first header for exact retargets. Not
+//! checked: signet's block signatures (signet coins carry no value).
 
 use alloc::format;
 use alloc::vec::Vec;
@@ -74,30 +80,69 @@ pub struct ChainView {
     pub first_height: u32,
     /// Never empty.
     pub headers: Vec<Header>,
+    /// The first header of the tip's retarget period, with its height,
+    /// when known (kept once it leaves the window).
+    pub period: Option<(u32, Header)>,
 }
 
 impl ChainView {
     /// The view from stored headers, or from `base` when none are stored.
+    /// `period` is the stored first header of the tip's period (height,
+    /// 80 bytes), empty when not stored.
     pub fn load(
         first_height: u32,
         stored: &[Vec<u8>],
         base: Checkpoint,
+        period: (u32, &[u8]),
     ) -> Result<Self, SignerError> {
         if stored.is_empty() {
-            return Ok(ChainView {
+            let mut view = ChainView {
                 first_height: base.height,
                 headers: alloc::vec![base.header],
-            });
+                period: None,
+            };
+            view.period = view.find_period(None);
+            return Ok(view);
         }
         let headers = stored
             .iter()
             .map(|b| deserialize(b))
             .collect::<Result<Vec<Header>, _>>()
             .map_err(|_| SignerError::internal("stored block header does not decode"))?;
-        Ok(ChainView {
+        let kept = if period.1.is_empty() {
+            None
+        } else {
+            Some((
+                period.0,
+                deserialize(period.1)
+                    .map_err(|_| SignerError::internal("stored period header does not decode"))?,
+            ))
+        };
+        let mut view = ChainView {
             first_height,
             headers,
-        })
+            period: None,
+        };
+        view.period = view.find_period(kept);
+        Ok(view)
+    }
+
+    /// The first header of the tip's period: in the window, or `kept` if
+    /// it is that one.
+    fn find_period(&self, kept: Option<(u32, Header)>) -> Option<(u32, Header)> {
+        let tip = self.height();
+        let start = tip - tip % RETARGET_INTERVAL;
+        if start >= self.first_height {
+            return Some((start, self.headers[(start - self.first_height) as usize]));
+        }
+        kept.filter(|(h, _)| *h == start)
+    }
+
+    /// The header at `height`, if in the window.
+    pub fn header_at(&self, height: u32) -> Option<&Header> {
+        height
+            .checked_sub(self.first_height)
+            .and_then(|i| self.headers.get(i as usize))
     }
 
     /// The tip's height.
@@ -150,19 +195,62 @@ impl ChainView {
         }
         let keep = (first_height - self.first_height) as usize;
         let params = Params::new(network);
-        let mut prev = self.headers[keep - 1];
+        let mut all: Vec<Header> = self.headers[..keep].to_vec();
+        // The period start of the branch point, for a retarget in the new
+        // headers whose period began before the window.
+        let mut period = self.period.filter(|(h, _)| *h < self.first_height);
         for (i, h) in headers.iter().enumerate() {
             let height = first_height + i as u32;
-            check_header(&params, &prev, h, height, now)?;
-            prev = *h;
+            let context = Context {
+                network,
+                params: &params,
+                before: &all,
+                first_height: self.first_height,
+                period,
+            };
+            check_header(&context, h, height, now)?;
+            all.push(*h);
+            if height.is_multiple_of(RETARGET_INTERVAL) {
+                period = Some((height, *h));
+            }
         }
-        let mut all: Vec<Header> = self.headers[..keep].to_vec();
-        all.extend_from_slice(headers);
         let drop = all.len().saturating_sub(WINDOW);
-        Ok(ChainView {
+        let mut view = ChainView {
             first_height: self.first_height + drop as u32,
             headers: all.split_off(drop),
-        })
+            period: None,
+        };
+        view.period = view.find_period(period);
+        Ok(view)
+    }
+}
+
+/// Blocks per retarget period.
+pub const RETARGET_INTERVAL: u32 = 2016;
+
+/// What a header is checked against.
+struct Context<'a> {
+    network: Network,
+    params: &'a Params,
+    /// The headers before it, oldest first, from `first_height`.
+    before: &'a [Header],
+    first_height: u32,
+    /// The first header of a period that began before `before`.
+    period: Option<(u32, Header)>,
+}
+
+impl Context<'_> {
+    fn at(&self, height: u32) -> Option<&Header> {
+        if let Some(h) = height
+            .checked_sub(self.first_height)
+            .and_then(|i| self.before.get(i as usize))
+        {
+            return Some(h);
+        }
+        self.period
+            .as_ref()
+            .filter(|(h, _)| *h == height)
+            .map(|(_, h)| h)
     }
 }
 
@@ -173,7 +261,15 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
             .policy
             .chain_checkpoint
             .unwrap_or_else(|| Checkpoint::genesis(self.keys.network()));
-        ChainView::load(self.meta.chain_first_height, &self.meta.chain_headers, base)
+        ChainView::load(
+            self.meta.chain_first_height,
+            &self.meta.chain_headers,
+            base,
+            (
+                self.meta.chain_period_height,
+                &self.meta.chain_period_header,
+            ),
+        )
     }
 
     /// The height the signer believes the chain is at.
@@ -206,6 +302,17 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
             let mut meta = self.meta.clone();
             meta.chain_first_height = next.first_height;
             meta.chain_headers = next.encoded();
+            // The period's first header is kept once it leaves the window.
+            match next.period.filter(|(h, _)| *h < next.first_height) {
+                Some((h, header)) => {
+                    meta.chain_period_height = h;
+                    meta.chain_period_header = serialize(&header);
+                }
+                None => {
+                    meta.chain_period_height = 0;
+                    meta.chain_period_header = Vec::new();
+                }
+            }
             self.commit_meta(meta)?;
         }
         Ok(lnpd_proto::signer::UpdateChainReply {
@@ -216,15 +323,79 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
     }
 }
 
-/// One header against its predecessor.
-fn check_header(
-    params: &Params,
-    prev: &Header,
-    h: &Header,
-    height: u32,
-    now: u64,
-) -> Result<(), SignerError> {
+impl<S: crate::store::Store> crate::handler::Signer<S> {
+    /// Records that a channel's funding transaction is in a block of the
+    /// signer's chain (a BIP 37 merkle block proves it).
+    pub(crate) fn prove_funding(
+        &mut self,
+        r: &lnpd_proto::signer::ProveFundingRequest,
+    ) -> Result<lnpd_proto::signer::ProveFundingReply, SignerError> {
+        use bitcoin::{MerkleBlock, Transaction};
+        let id = crate::types::ChannelKeysId::from_slice(&r.channel_keys_id)?;
+        let (record, setup, _) = self.set_up_channel(&id)?;
+        let outpoint = crate::commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
+        let tx: Transaction = deserialize(&r.funding_transaction)
+            .map_err(|_| SignerError::invalid("the funding transaction does not decode"))?;
+        let txid = tx.compute_txid();
+        if txid != outpoint.txid {
+            return Err(SignerError::invalid(format!(
+                "channel {id}: {txid} is not its funding transaction"
+            )));
+        }
+        let script = self.funding_script_of(&id, setup);
+        let out = tx.output.get(outpoint.vout as usize);
+        if out.is_none_or(|o| {
+            Some(&o.script_pubkey) != script.as_ref() || o.value.to_sat() != setup.channel_value_sat
+        }) {
+            return Err(SignerError::invalid(format!(
+                "channel {id}: the funding output is not the channel's 2-of-2 with its value"
+            )));
+        }
+        let block: MerkleBlock = deserialize(&r.merkle_block)
+            .map_err(|_| SignerError::invalid("the merkle block does not decode"))?;
+        let (mut matches, mut indexes) = (Vec::new(), Vec::new());
+        block
+            .extract_matches(&mut matches, &mut indexes)
+            .map_err(|_| SignerError::invalid("the merkle block's proof does not hold"))?;
+        if !matches.contains(&txid) {
+            return Err(SignerError::invalid(
+                "the merkle block does not prove the funding transaction",
+            ));
+        }
+        let view = self.chain_view()?;
+        let hash = block.header.block_hash();
+        let height = (view.first_height..=view.height())
+            .find(|h| view.header_at(*h).is_some_and(|b| b.block_hash() == hash))
+            .ok_or_else(|| {
+                SignerError::precondition(format!(
+                    "block {hash} is not among the signer's last {WINDOW} headers (feed the chain first)"
+                ))
+            })?;
+        let proof = crate::state::FundingProof {
+            height,
+            block_hash: hash.to_byte_array().to_vec(),
+        };
+        if record.funding_proof.as_ref() != Some(&proof) {
+            let mut updated = record.clone();
+            updated.funding_proof = Some(proof);
+            self.commit_channel(id, updated, None)?;
+            tracing::info!(channel = %id, height, "funding proven on the signer's chain");
+        }
+        Ok(lnpd_proto::signer::ProveFundingReply {
+            height,
+            confirmations: view.height() - height + 1,
+        })
+    }
+}
+
+/// One header against the chain before it.
+fn check_header(c: &Context, h: &Header, height: u32, now: u64) -> Result<(), SignerError> {
     let bad = |why: &str| SignerError::invalid(format!("block header at height {height}: {why}"));
+    let prev = c
+        .before
+        .last()
+        .ok_or_else(|| SignerError::internal("no header to extend"))?;
+    let params = c.params;
     if h.prev_blockhash != prev.block_hash() {
         return Err(bad("does not follow the block before"));
     }
@@ -235,25 +406,79 @@ fn check_header(
     if h.validate_pow(target).is_err() {
         return Err(bad("proof of work does not meet its target"));
     }
-    let prev_target = prev.target();
-    let retarget = u64::from(height).is_multiple_of(params.difficulty_adjustment_interval());
-    let target_ok = if params.no_pow_retargeting {
-        h.bits == prev.bits
-    } else if params.allow_min_difficulty_blocks {
-        true
-    } else if retarget {
-        target >= prev_target.min_transition_threshold()
-            && target <= prev_target.max_transition_threshold(params)
-    } else {
-        h.bits == prev.bits
-    };
-    if !target_ok {
-        return Err(bad("target changes where the network does not allow it"));
+    let expected = expected_bits(c, h, height).map_err(|why| bad(&why))?;
+    if let Some(bits) = expected {
+        if h.bits != bits {
+            return Err(bad("target is not the one the network's rules give"));
+        }
+    }
+    // Median time past of the eleven blocks before.
+    if c.before.len() >= 11 {
+        let mut times: Vec<u32> = c.before[c.before.len() - 11..]
+            .iter()
+            .map(|b| b.time)
+            .collect();
+        times.sort_unstable();
+        if h.time <= times[5] {
+            return Err(bad("time not after the median of the eleven blocks before"));
+        }
     }
     if now > 0 && u64::from(h.time) > now + MAX_FUTURE_SECS {
         return Err(bad("time more than two hours ahead of the signer's clock"));
     }
     Ok(())
+}
+
+/// The bits a header at `height` must carry; none when the network lets
+/// the header choose (testnet's minimum-difficulty blocks).
+fn expected_bits(
+    c: &Context,
+    h: &Header,
+    height: u32,
+) -> Result<Option<bitcoin::CompactTarget>, alloc::string::String> {
+    let params = c.params;
+    let prev = c.before.last().ok_or("no header before")?;
+    if params.no_pow_retargeting {
+        return Ok(Some(prev.bits));
+    }
+    let pow_limit = params.max_attainable_target.to_compact_lossy();
+    if height.is_multiple_of(RETARGET_INTERVAL) {
+        let start = c
+            .at(height - RETARGET_INTERVAL)
+            .ok_or("the period's first header is not known (start from a checkpoint at a multiple of 2016)")?;
+        // Testnet4 (BIP 94) retargets from the period's first target, not
+        // from a minimum-difficulty block's.
+        let last = if c.network == Network::Testnet4 {
+            start.bits
+        } else {
+            prev.bits
+        };
+        let timespan = u64::from(prev.time.saturating_sub(start.time));
+        return Ok(Some(bitcoin::CompactTarget::from_next_work_required(
+            last, timespan, params,
+        )));
+    }
+    if params.allow_min_difficulty_blocks {
+        if u64::from(h.time) > u64::from(prev.time) + 2 * params.pow_target_spacing {
+            // Twenty minutes without a block: the minimum is allowed.
+            if h.bits == pow_limit {
+                return Ok(None);
+            }
+        }
+        // Otherwise the period's target: the last block that is not a
+        // minimum-difficulty one, or the period's first.
+        let mut at = height - 1;
+        loop {
+            let Some(b) = c.at(at) else {
+                return Err("the period's target is not known".into());
+            };
+            if at.is_multiple_of(RETARGET_INTERVAL) || b.bits != pow_limit {
+                return Ok(Some(b.bits));
+            }
+            at -= 1;
+        }
+    }
+    Ok(Some(prev.bits))
 }
 
 /// `n` regtest headers mined on `from` (about two tries each); `salt`
@@ -289,7 +514,7 @@ mod tests {
     }
 
     fn genesis_view() -> ChainView {
-        ChainView::load(0, &[], Checkpoint::genesis(Network::Regtest)).unwrap()
+        ChainView::load(0, &[], Checkpoint::genesis(Network::Regtest), (0, &[])).unwrap()
     }
 
     #[test]
@@ -308,6 +533,7 @@ mod tests {
             v.first_height,
             &v.encoded(),
             Checkpoint::genesis(Network::Regtest),
+            (0, &[]),
         )
         .unwrap();
         assert_eq!(back, v);

@@ -1,41 +1,46 @@
-//! SignerProvider and ChannelSigner operations: channel set-up, commitment
-//! points and secrets, commitment validation and signing, second-stage,
-//! justice, closing, announcement and anchor signatures.
+//! SignerProvider and ChannelSigner operations on a channel's state:
+//! keys ids, set-up, commitment points and secrets, commitment validation
+//! and signing, force-close and mutual-close signatures, announcements.
+//! (Transactions that spend a channel's outputs: `sweep_ops`.)
 //!
-//! Each operation: look up the channel, rebuild the transaction, run policy,
-//! persist the new state, then sign.
+//! Each operation: look up the channel, rebuild the transaction, run the
+//! operation's validator (`policy::*`) over the signer's own facts, persist
+//! the new state, then sign.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
 use bitcoin::hashes::{sha256, sha256d, Hash};
 use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, SecretKey};
-use bitcoin::sighash::EcdsaSighashType;
 use bitcoin::transaction::Version;
 use bitcoin::{absolute::LockTime, Amount, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
-use lightning::ln::chan_utils::{
-    self, ChannelPublicKeys, ChannelTransactionParameters, CounterpartyCommitmentSecrets,
-    HTLCOutputInCommitment, TxCreationKeys,
-};
+use lightning::ln::chan_utils::{self, ChannelPublicKeys, ChannelTransactionParameters};
 use lightning::ln::msgs::UnsignedChannelAnnouncement;
 use lightning::routing::gossip::NodeId;
-use lightning::util::ser::{LengthReadable, Readable, Writeable};
-use lnpd_proto::signer::{self as pb, CommitmentData, SetupChannelRequest};
+use lightning::util::ser::{LengthReadable, Writeable};
+use lnpd_proto::signer::{self as pb, SetupChannelRequest};
 
 use crate::commitment::{
-    self, channel_keys_to_wire, is_anchors, p2wsh_sighash, parse_32, parse_htlcs, parse_pubkey,
-    parse_signature, Rebuilt, ANCHOR_OUTPUT_VALUE_SAT,
+    self, channel_keys_to_wire, is_anchors, parse_32, parse_htlcs, parse_signature, Rebuilt,
 };
 use crate::error::SignerError;
 use crate::handler::Signer;
-use crate::keys::{payment_hash, ChannelSecrets};
+use crate::keys::ChannelSecrets;
+use crate::policy::channel::SetupVerdict;
+use crate::policy::commitment::{Proposed, Verdict};
 use crate::policy::{channel as channel_rules, close as close_rules, RuleId};
+use crate::revocation::{counterparty_secrets, known_secret, revoked_count};
 use crate::state::{ChannelRecord, HolderRecord};
 use crate::store::Store;
 use crate::types::{ChannelKeysId, CommitmentNumber};
 
 /// Most inputs or outputs accepted in a transaction to sign.
 pub(crate) const MAX_TX_IO: usize = 1000;
+
+/// Largest first commitment kept for a channel not yet set up (it has no
+/// HTLCs: a transaction of a few hundred bytes).
+const MAX_PARKED_TX_BYTES: usize = 2_000;
 
 /// Turns the node's transaction fields into a transaction (no witnesses).
 pub(crate) fn to_transaction(tx: Option<&pb::UnsignedTx>) -> Result<Transaction, SignerError> {
@@ -81,7 +86,7 @@ pub(crate) fn to_transaction(tx: Option<&pb::UnsignedTx>) -> Result<Transaction,
     })
 }
 
-fn input_index(tx: &Transaction, index: u32) -> Result<usize, SignerError> {
+pub(crate) fn input_index(tx: &Transaction, index: u32) -> Result<usize, SignerError> {
     let i = index as usize;
     if i >= tx.input.len() {
         return Err(SignerError::invalid(format!(
@@ -92,19 +97,25 @@ fn input_index(tx: &Transaction, index: u32) -> Result<usize, SignerError> {
     Ok(i)
 }
 
-fn sig_reply(sig: Signature) -> pb::SignatureReply {
+pub(crate) fn sig_reply(sig: Signature) -> pb::SignatureReply {
     pb::SignatureReply {
         signature: sig.serialize_compact().to_vec(),
     }
 }
 
-/// Whether two commitments carry the same data (the point included).
-fn same_commitment(a: &CommitmentData, b: &CommitmentData) -> bool {
-    a == b
+/// Payment hashes of preimages from a request, each 32 bytes.
+fn preimage_hashes(raw: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, SignerError> {
+    raw.iter()
+        .map(|p| {
+            <[u8; 32]>::try_from(p.as_slice())
+                .map(|p| crate::keys::payment_hash(&p).0)
+                .map_err(|_| SignerError::invalid("a preimage is not 32 bytes"))
+        })
+        .collect()
 }
 
 impl<S: Store> Signer<S> {
-    fn secrets(&self, id: &ChannelKeysId) -> ChannelSecrets {
+    pub(crate) fn secrets(&self, id: &ChannelKeysId) -> ChannelSecrets {
         self.keys.channel_secrets(id)
     }
 
@@ -138,43 +149,12 @@ impl<S: Store> Signer<S> {
         point
     }
 
-    fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
+    pub(crate) fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
         self.secp.sign_ecdsa(msg, key)
     }
 
-    /// A sweep pays only the signer's wallet and unlocks near the chain tip.
-    fn check_sweep(&self, tx: &Transaction) -> Result<(), SignerError> {
-        crate::policy::expiry::check_sweep_locktime(
-            &self.policy,
-            tx.lock_time,
-            self.chain_height(),
-            self.now,
-        )?;
-        self.check_sweep_outputs(tx, None)
-    }
-
-    /// Every output of a transaction we sign alone pays the signer's wallet
-    /// (`except`: an output fixed by BOLT 3, such as a second-stage HTLC output).
-    fn check_sweep_outputs(
-        &self,
-        tx: &Transaction,
-        except: Option<usize>,
-    ) -> Result<(), SignerError> {
-        for (i, o) in tx.output.iter().enumerate() {
-            if Some(i) == except {
-                continue;
-            }
-            self.policy.check(
-                RuleId::SweepDestinationAllowed,
-                self.is_allowed_destination(&o.script_pubkey),
-                || format!("output {i} of the sweep pays a script outside the signer's wallet"),
-            )?;
-        }
-        Ok(())
-    }
-
     /// The channel's record and recorded set-up; errors if not set up.
-    fn set_up_channel(
+    pub(crate) fn set_up_channel(
         &self,
         id: &ChannelKeysId,
     ) -> Result<
@@ -208,6 +188,20 @@ impl<S: Store> Signer<S> {
         Ok((record, setup, params))
     }
 
+    /// The funding output script of a set-up channel.
+    pub(crate) fn funding_script_of(
+        &self,
+        id: &ChannelKeysId,
+        setup: &SetupChannelRequest,
+    ) -> Option<ScriptBuf> {
+        let cp = commitment::parse_channel_keys(setup.counterparty_keys.as_ref()).ok()?;
+        let ours = self.holder_pubkeys(id);
+        Some(
+            chan_utils::make_funding_redeemscript(&ours.funding_pubkey, &cp.funding_pubkey)
+                .to_p2wsh(),
+        )
+    }
+
     pub(crate) fn new_channel_keys_id(
         &mut self,
         _r: &pb::NewChannelKeysIdRequest,
@@ -222,7 +216,33 @@ impl<S: Store> Signer<S> {
         if self.channels.contains_key(&id) {
             return Err(SignerError::internal("channel keys id collision; retry"));
         }
-        self.commit_channel(id, ChannelRecord::new(&id.0, true), Some(meta))?;
+        // Keys ids issued but never set up are capped: the oldest go (a
+        // channel negotiation takes seconds; a node asking for ids without
+        // end must not grow the state without end).
+        let mut pending: Vec<(u64, ChannelKeysId)> = self
+            .channels
+            .iter()
+            .filter(|(_, c)| c.setup.is_none())
+            .map(|(id, c)| (c.issued_seq, *id))
+            .collect();
+        let mut evicted = Vec::new();
+        if pending.len() >= self.policy.max_pending_channels {
+            pending.sort();
+            let excess = pending.len() + 1 - self.policy.max_pending_channels.max(1);
+            evicted = pending.into_iter().take(excess).map(|(_, id)| id).collect();
+        }
+        let mut record = ChannelRecord::new(&id.0, true);
+        record.issued_seq = meta.keys_ids_issued;
+        record.ledger_ready = true;
+        for e in &evicted {
+            tracing::warn!(
+                channel = %e,
+                rule = RuleId::ResourceLimit.as_str(),
+                "forgot a channel keys id issued but never set up ({} pending at most)",
+                self.policy.max_pending_channels
+            );
+        }
+        self.commit_records(alloc::vec![(id, record)], evicted, Some(meta))?;
         tracing::info!(channel = %id, "issued channel keys id");
         Ok(pb::NewChannelKeysIdReply {
             channel_keys_id: id.0.to_vec(),
@@ -242,44 +262,37 @@ impl<S: Store> Signer<S> {
         r: SetupChannelRequest,
     ) -> Result<pb::SetupChannelReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let mut record = match self.channels.get(&id) {
-            Some(rec) => rec.clone(),
-            None => ChannelRecord::new(&id.0, false),
-        };
-        if let Some(existing) = &record.setup {
-            if *existing == r {
-                return Ok(pb::SetupChannelReply {});
-            }
-            let rule = if existing.funding_outpoint != r.funding_outpoint {
-                RuleId::ChannelKeysIdUnique
-            } else {
-                RuleId::ChannelParamsImmutable
-            };
-            return Err(self.policy_refusal(rule, || {
-                format!("channel {id} was already set up with other parameters")
-            }));
+        let verdict =
+            channel_rules::validate_setup(&id, self.channels.get(&id), &r, &self.facts())?;
+        if verdict == SetupVerdict::Again {
+            return Ok(pb::SetupChannelReply {});
         }
-        channel_rules::check_setup(&self.policy, &r, |s| self.is_allowed_destination(s))?;
+        let mut record = self.channel(&id)?.clone();
         let params = commitment::channel_parameters(&r, self.holder_pubkeys(&id))?;
         record.setup = Some(r);
+        let mut others = BTreeMap::new();
+        let mut meta = None;
         if let Some(parked) = record.parked_holder_validation.take() {
-            let holder = self.check_holder_commitment(&id, &record, &params, &parked)?;
+            let (holder, changes) = self.check_holder_commitment(&id, &record, &params, &parked)?;
             record.holder = Some(holder);
+            if let Verdict::New(changes) = changes {
+                (others, meta) = changes.apply(&mut record, true);
+            }
             tracing::info!(channel = %id, "validated the parked first holder commitment");
         }
-        self.commit_channel(id, record, None)?;
+        record.ledger_ready = true;
+        let script = record
+            .setup
+            .as_ref()
+            .and_then(|s| self.funding_script_of(&id, s));
+        let mut writes: Vec<(ChannelKeysId, ChannelRecord)> = others.into_iter().collect();
+        writes.push((id, record));
+        self.commit_records(writes, Vec::new(), meta)?;
+        if let Some(s) = script {
+            self.funding_scripts.insert(s, id);
+        }
         tracing::info!(channel = %id, "channel set up");
         Ok(pb::SetupChannelReply {})
-    }
-
-    /// A refusal that no warn mode can turn into a signature (used where
-    /// going on would corrupt the channel state).
-    fn policy_refusal(
-        &self,
-        rule: RuleId,
-        why: impl FnOnce() -> alloc::string::String,
-    ) -> SignerError {
-        SignerError::policy(rule, why())
     }
 
     pub(crate) fn get_per_commitment_point(
@@ -342,43 +355,17 @@ impl<S: Store> Signer<S> {
             .as_ref()
             .ok_or_else(|| SignerError::invalid("missing commitment"))?;
         if record.setup.is_none() {
-            // Inbound channel: LDK validates the first holder commitment before
-            // it hands over the channel parameters. Keep it; it is checked at
-            // set-up, before anything else is signed for the channel.
-            if data.commitment_number != 0 {
-                return Err(SignerError::precondition(format!(
-                    "channel {id} is not set up; only its first commitment can be validated early"
-                )));
-            }
-            parse_htlcs(data)?;
-            parse_signature("counterparty_signature", &r.counterparty_signature)?;
-            let mut updated = record;
-            updated.parked_holder_validation = Some(r);
-            self.commit_channel(id, updated, None)?;
-            tracing::info!(channel = %id, "first holder commitment parked until set-up");
-            return Ok(pb::ValidateHolderCommitmentReply {
-                parked: true,
-                ..Default::default()
-            });
+            return self.park_first_holder_commitment(id, record, r);
         }
         let (_, _, params) = self.set_up_channel(&id)?;
-        let holder = self.check_holder_commitment(&id, &record, &params, &r)?;
+        let (holder, verdict) = self.check_holder_commitment(&id, &record, &params, &r)?;
         let n = CommitmentNumber::new(data.commitment_number)?;
-        let previous = record.holder.as_ref().and_then(|h| h.commitment.as_ref());
-        if let (Some(previous), Some(setup)) = (previous, record.setup.as_ref()) {
-            if previous.commitment_number < n.0 {
-                crate::policy::balance::check_update(
-                    &self.policy,
-                    setup,
-                    true,
-                    previous,
-                    data,
-                    &preimages(&r.outbound_htlc_preimages)?,
-                )?;
-            }
-        }
         let mut updated = record.clone();
         updated.holder = Some(holder);
+        let (others, meta) = match verdict {
+            Verdict::New(changes) => changes.apply(&mut updated, true),
+            Verdict::Retry => (BTreeMap::new(), None),
+        };
         // The previous state is revoked in the same durable write, but only
         // when every revocation rule holds outright; otherwise the node asks
         // with ReleaseCommitmentSecret and hears the refusal and its rule.
@@ -394,8 +381,10 @@ impl<S: Store> Signer<S> {
                 updated.holder_revoked_through = Some(p.0);
             }
         }
-        if updated != record {
-            self.commit_channel(id, updated, None)?;
+        if updated != record || !others.is_empty() || meta.is_some() {
+            let mut writes: Vec<_> = others.into_iter().collect();
+            writes.push((id, updated));
+            self.commit_records(writes, Vec::new(), meta)?;
         }
         let secrets = self.secrets(&id);
         Ok(pb::ValidateHolderCommitmentReply {
@@ -410,14 +399,63 @@ impl<S: Store> Signer<S> {
         })
     }
 
-    /// Rebuilds and checks a holder commitment the peer countersigned.
+    /// Inbound channel: LDK validates the first holder commitment before it
+    /// hands over the channel parameters. It is kept (small: no HTLCs) and
+    /// checked at set-up, before anything else is signed for the channel.
+    fn park_first_holder_commitment(
+        &mut self,
+        id: ChannelKeysId,
+        record: ChannelRecord,
+        r: pb::ValidateHolderCommitmentRequest,
+    ) -> Result<pb::ValidateHolderCommitmentReply, SignerError> {
+        let data = r
+            .commitment
+            .as_ref()
+            .ok_or_else(|| SignerError::invalid("missing commitment"))?;
+        if data.commitment_number != 0 {
+            return Err(SignerError::precondition(format!(
+                "channel {id} is not set up; only its first commitment can be validated early"
+            )));
+        }
+        let small = data.htlcs.is_empty()
+            && r.htlc_signatures.is_empty()
+            && r.outbound_htlc_preimages.is_empty()
+            && data.transaction.len() <= MAX_PARKED_TX_BYTES;
+        if !small {
+            return Err(SignerError::policy(
+                RuleId::ResourceLimit,
+                format!(
+                    "channel {id}: a first commitment kept before set-up has no HTLCs and at most {MAX_PARKED_TX_BYTES} bytes"
+                ),
+            ));
+        }
+        if record.parked_holder_validation.as_ref() == Some(&r) {
+            return Ok(pb::ValidateHolderCommitmentReply {
+                parked: true,
+                ..Default::default()
+            });
+        }
+        parse_htlcs(data)?;
+        parse_signature("counterparty_signature", &r.counterparty_signature)?;
+        let mut updated = record;
+        updated.parked_holder_validation = Some(r);
+        self.commit_channel(id, updated, None)?;
+        tracing::info!(channel = %id, "first holder commitment parked until set-up");
+        Ok(pb::ValidateHolderCommitmentReply {
+            parked: true,
+            ..Default::default()
+        })
+    }
+
+    /// Rebuilds and checks a holder commitment the peer countersigned;
+    /// returns the record of it and what accepting it changes.
     fn check_holder_commitment(
         &self,
         id: &ChannelKeysId,
         record: &ChannelRecord,
         params: &ChannelTransactionParameters,
         r: &pb::ValidateHolderCommitmentRequest,
-    ) -> Result<HolderRecord, SignerError> {
+    ) -> Result<(HolderRecord, Verdict), SignerError> {
         let setup = record
             .setup
             .as_ref()
@@ -427,65 +465,30 @@ impl<S: Store> Signer<S> {
             .clone()
             .ok_or_else(|| SignerError::invalid("missing commitment"))?;
         let n = CommitmentNumber::new(data.commitment_number)?;
-        self.policy
-            .check(RuleId::CloseThenFrozen, !record.closing_signed, || {
-                format!("channel {id}: a closing transaction was signed; no new commitment")
-            })?;
         // Our own point for this number; a different one in the request is refused.
         let point = self.our_point(id, n);
         if !data.per_commitment_point.is_empty() && data.per_commitment_point != point.serialize() {
-            return Err(self.policy_refusal(RuleId::CommitmentKeys, || {
-                format!("channel {id}: per-commitment point of holder commitment {n} is not ours")
-            }));
+            return Err(SignerError::policy(
+                RuleId::CommitmentKeys,
+                format!("channel {id}: per-commitment point of holder commitment {n} is not ours"),
+            ));
         }
         data.per_commitment_point = point.serialize().to_vec();
-
         let candidate = HolderRecord {
             commitment: Some(data.clone()),
             counterparty_signature: r.counterparty_signature.clone(),
             htlc_signatures: r.htlc_signatures.clone(),
         };
-        match record.holder_number() {
-            None => self
-                .policy
-                .check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
-                    format!("channel {id}: first holder commitment must be #0, got {n}")
-                })?,
-            Some(h) if h == n.0 => {
-                // A retry of the latest one is fine if it is the same commitment.
-                if record.holder.as_ref() == Some(&candidate) {
-                    return Ok(candidate);
-                }
-                return Err(self.policy_refusal(RuleId::CommitmentNumberSequence, || {
-                    format!("channel {id}: holder commitment {n} was already validated with other content")
-                }));
-            }
-            Some(h) => {
-                if record.holder_revoked_through.is_some_and(|t| t >= n.0) {
-                    return Err(self.policy_refusal(RuleId::CommitmentHolderNotRevoked, || {
-                        format!("channel {id}: holder commitment {n} is already revoked")
-                    }));
-                }
-                self.policy
-                    .check(RuleId::CommitmentNumberSequence, n.0 == h + 1, || {
-                        format!("channel {id}: holder commitment {n} does not follow #{h}")
-                    })?
+        if record.holder_number() == Some(n.0) {
+            // A retry of the latest is answered again if it is the same.
+            if record.holder.as_ref() == Some(&candidate) {
+                return Ok((candidate, Verdict::Retry));
             }
         }
-        if n.0 == 0 {
-            channel_rules::check_first_commitment(&self.policy, setup, true, &data)?;
-        }
-
-        let Rebuilt { tx, .. } =
-            commitment::rebuild(params, setup, true, &data, &self.policy, &self.secp)?;
+        let Rebuilt { tx, .. } = commitment::rebuild(params, setup, true, &data, &self.secp)?;
         let trusted = tx.trust();
-        crate::policy::commitment_tx::check_given(
-            &self.policy,
-            &trusted,
-            &data.transaction,
-            setup.holder_dust_limit_sat,
-            params.as_holder_broadcastable().contest_delay(),
-        )?;
+        // The peer's signatures first: a commitment it did not sign is
+        // not a commitment at all.
         let built = trusted.built_transaction();
         let cp_sig = parse_signature("counterparty_signature", &r.counterparty_signature)?;
         let cp_funding = params
@@ -498,7 +501,6 @@ impl<S: Store> Signer<S> {
                 "channel {id}: the counterparty's signature does not match holder commitment {n} as rebuilt by the signer"
             ))
         })?;
-
         let htlcs = commitment::htlc_sighashes(
             &tx,
             params.as_holder_broadcastable().contest_delay(),
@@ -522,7 +524,25 @@ impl<S: Store> Signer<S> {
                     ))
                 })?;
         }
-        Ok(candidate)
+        let mut accepted = record.clone();
+        accepted.holder = Some(candidate.clone());
+        let shown = preimage_hashes(&r.outbound_htlc_preimages)?;
+        let verdict = crate::policy::commitment::validate(
+            &Proposed {
+                id,
+                record,
+                setup,
+                holder: true,
+                data: &data,
+                built: &trusted,
+                contest_delay: params.as_holder_broadcastable().contest_delay(),
+                shown_hashes: &shown,
+                accepted: &accepted,
+            },
+            &self.facts(),
+        )?;
+
+        Ok((candidate, verdict))
     }
 
     pub(crate) fn validate_counterparty_revocation(
@@ -534,20 +554,20 @@ impl<S: Store> Signer<S> {
         let secret = SecretKey::from_slice(&parse_32("secret", &r.secret)?)
             .map_err(|_| SignerError::invalid("secret is not a valid secret key"))?;
         let record = self.channel(&id)?;
-        let mut secrets = self.counterparty_secrets(record)?;
+        let mut secrets = counterparty_secrets(record)?;
         let expected = revoked_count(&secrets);
         if n.0 > expected {
-            return Err(self.policy_refusal(RuleId::RevokeSecretValid, || {
+            return Err(SignerError::policy(RuleId::RevokeSecretValid,
                 format!("channel {id}: counterparty commitment {n} revoked before #{expected}; revocations come in order")
-            }));
+            ));
         }
         if let Some(known) = known_secret(&secrets, n) {
             if known == secret.secret_bytes() {
                 return Ok(pb::ValidateCounterpartyRevocationReply {});
             }
-            return Err(self.policy_refusal(RuleId::RevokeSecretValid, || {
+            return Err(SignerError::policy(RuleId::RevokeSecretValid,
                 format!("channel {id}: a different secret for counterparty commitment {n} is already known")
-            }));
+            ));
         }
         let recorded_point = [&record.counterparty_previous, &record.counterparty]
             .into_iter()
@@ -573,9 +593,9 @@ impl<S: Store> Signer<S> {
             .provide_secret(n.to_ldk(), secret.secret_bytes())
             .is_err()
         {
-            return Err(self.policy_refusal(RuleId::RevokeSecretValid, || {
+            return Err(SignerError::policy(RuleId::RevokeSecretValid,
                 format!("channel {id}: secret for {n} is inconsistent with the earlier secrets (BOLT 3 compact storage)")
-            }));
+            ));
         }
         let mut updated = record.clone();
         updated.counterparty_secrets = secrets.encode();
@@ -586,20 +606,22 @@ impl<S: Store> Signer<S> {
         {
             updated.counterparty_previous = None;
         }
-        self.commit_channel(id, updated, None)?;
+        // HTLCs only the revoked commitment carried leave the ledger.
+        let outcome = crate::policy::ledger::apply(
+            &crate::policy::ledger::Update {
+                id: &id,
+                record,
+                after: crate::policy::facts::Live::of(&updated),
+                shown_hashes: &[],
+            },
+            &self.facts(),
+        )?;
+        updated.outgoing = outcome.outgoing;
+        updated.covering = outcome.covering;
+        let mut writes: Vec<_> = outcome.others.into_iter().collect();
+        writes.push((id, updated));
+        self.commit_records(writes, Vec::new(), outcome.meta)?;
         Ok(pb::ValidateCounterpartyRevocationReply {})
-    }
-
-    fn counterparty_secrets(
-        &self,
-        record: &ChannelRecord,
-    ) -> Result<CounterpartyCommitmentSecrets, SignerError> {
-        if record.counterparty_secrets.is_empty() {
-            return Ok(CounterpartyCommitmentSecrets::new());
-        }
-        let mut cursor = &record.counterparty_secrets[..];
-        CounterpartyCommitmentSecrets::read(&mut cursor)
-            .map_err(|_| SignerError::internal("corrupt counterparty secrets in store"))
     }
 
     pub(crate) fn sign_counterparty_commitment(
@@ -612,98 +634,37 @@ impl<S: Store> Signer<S> {
             .commitment
             .as_ref()
             .ok_or_else(|| SignerError::invalid("missing commitment"))?;
-        let n = CommitmentNumber::new(data.commitment_number)?;
-        self.policy
-            .check(RuleId::CloseThenFrozen, !record.closing_signed, || {
-                format!("channel {id}: a closing transaction was signed; no new commitment")
-            })?;
-        let is_new = match record.counterparty.as_ref() {
-            None => {
-                self.policy
-                    .check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
-                        format!("channel {id}: first counterparty commitment must be #0, got {n}")
-                    })?;
-                true
-            }
-            Some(last) if last.commitment_number == n.0 => {
-                if !same_commitment(last, data) {
-                    return Err(self.policy_refusal(RuleId::CommitmentNumberSequence, || {
-                        format!("channel {id}: counterparty commitment {n} was already signed with other content")
-                    }));
-                }
-                false
-            }
-            Some(last) => {
-                self.policy.check(
-                    RuleId::CommitmentNumberSequence,
-                    n.0 == last.commitment_number + 1,
-                    || {
-                        format!(
-                            "channel {id}: counterparty commitment {n} does not follow #{}",
-                            last.commitment_number
-                        )
-                    },
-                )?;
-                true
-            }
-        };
-        if n.0 >= 2 {
-            let secrets = self.counterparty_secrets(record)?;
-            let revoked = known_secret(&secrets, CommitmentNumber(n.0 - 2)).is_some();
-            self.policy
-                .check(RuleId::CommitmentPreviousRevoked, revoked, || {
-                    format!(
-                        "channel {id}: the peer has not revoked commitment #{} before we sign {n}",
-                        n.0 - 2
-                    )
-                })?;
+        let Rebuilt { tx, .. } = commitment::rebuild(&params, setup, false, data, &self.secp)?;
+        let trusted = tx.trust();
+        let mut accepted = record.clone();
+        if accepted
+            .counterparty
+            .as_ref()
+            .is_none_or(|c| c.commitment_number != data.commitment_number)
+        {
+            accepted.counterparty_previous = accepted.counterparty.take();
         }
-        if n.0 == 0 {
-            channel_rules::check_first_commitment(&self.policy, setup, false, data)?;
-        }
-        let Rebuilt { tx, .. } =
-            commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
-        crate::policy::commitment_tx::check_given(
-            &self.policy,
-            &tx.trust(),
-            &data.transaction,
-            setup.counterparty_dust_limit_sat,
-            params.as_counterparty_broadcastable().contest_delay(),
-        )?;
-        if is_new {
-            crate::policy::expiry::check_htlc_expiries(
-                &self.policy,
-                record.counterparty.as_ref(),
-                data,
-                self.chain_height(),
-            )?;
-        }
-        let mut own_payments = Vec::new();
-        if let (true, Some(previous)) = (is_new, record.counterparty.as_ref()) {
-            crate::policy::balance::check_update(
-                &self.policy,
+        accepted.counterparty = Some(data.clone());
+        let shown = preimage_hashes(&r.outbound_htlc_preimages)?;
+        let verdict = crate::policy::commitment::validate(
+            &Proposed {
+                id: &id,
+                record,
                 setup,
-                false,
-                previous,
+                holder: false,
                 data,
-                &preimages(&r.outbound_htlc_preimages)?,
-            )?;
-            own_payments = crate::policy::payments::check_new_htlcs(
-                &self.policy,
-                previous,
-                data,
-                |hash| self.incoming_htlc_msat(&id, hash),
-                |hash| self.shown_invoice(hash),
-                self.recent_payments_sat(),
-                self.now,
-            )?
-            .own;
-        }
+                built: &trusted,
+                contest_delay: params.as_counterparty_broadcastable().contest_delay(),
+                shown_hashes: &shown,
+                accepted: &accepted,
+            },
+            &self.facts(),
+        )?;
         let secrets = self.secrets(&id);
         let sighash =
-            commitment::funding_sighash(&tx.trust().built_transaction().transaction, &params)?;
+            commitment::funding_sighash(&trusted.built_transaction().transaction, &params)?;
         let signature = self.sign(&sighash, &secrets.funding_key);
-        let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
+        let point = commitment::parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
         let htlc_key = chan_utils::derive_private_key(&self.secp, &point, &secrets.htlc_base_key);
         let htlc_signatures = commitment::htlc_sighashes(
             &tx,
@@ -713,13 +674,11 @@ impl<S: Store> Signer<S> {
         .iter()
         .map(|(_, msg)| self.sign(msg, &htlc_key).serialize_compact().to_vec())
         .collect();
-
-        if is_new {
-            let mut updated = record.clone();
-            updated.counterparty_previous = updated.counterparty.take();
-            updated.counterparty = Some(data.clone());
-            let meta = self.record_payments(&own_payments);
-            self.commit_channel(id, updated, meta)?;
+        if let Verdict::New(changes) = verdict {
+            let (others, meta) = changes.apply(&mut accepted, false);
+            let mut writes: Vec<_> = others.into_iter().collect();
+            writes.push((id, accepted));
+            self.commit_records(writes, Vec::new(), meta)?;
         }
         Ok(pb::SignCounterpartyCommitmentReply {
             signature: signature.serialize_compact().to_vec(),
@@ -728,7 +687,7 @@ impl<S: Store> Signer<S> {
     }
 
     /// The latest validated holder commitment, checked to be unrevoked, rebuilt.
-    fn latest_holder(
+    pub(crate) fn latest_holder(
         &self,
         id: &ChannelKeysId,
         number: u64,
@@ -753,7 +712,7 @@ impl<S: Store> Signer<S> {
                 holder.commitment_number
             )));
         }
-        let rebuilt = commitment::rebuild(&params, setup, true, holder, &self.policy, &self.secp)?;
+        let rebuilt = commitment::rebuild(&params, setup, true, holder, &self.secp)?;
         Ok((rebuilt, params))
     }
 
@@ -783,239 +742,6 @@ impl<S: Store> Signer<S> {
         ))
     }
 
-    pub(crate) fn sign_holder_htlc_transaction(
-        &self,
-        r: &pb::SignHolderHtlcTransactionRequest,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (rebuilt, _params) = self.latest_holder(&id, r.commitment_number)?;
-        let setup = self.set_up_channel(&id)?.1;
-        let anchors = is_anchors(setup);
-        let trusted = rebuilt.tx.trust();
-        let htlc = rebuilt
-            .tx
-            .nondust_htlcs()
-            .iter()
-            .find(|h| h.transaction_output_index == Some(r.htlc_output_index))
-            .ok_or_else(|| {
-                SignerError::invalid(format!(
-                    "no HTLC at output {} of holder commitment",
-                    r.htlc_output_index
-                ))
-            })?;
-        let tx = to_transaction(r.tx.as_ref())?;
-        let i = input_index(&tx, r.input_index)?;
-        let expected = chan_utils::build_htlc_transaction(
-            &trusted.txid(),
-            rebuilt.tx.negotiated_feerate_per_kw(),
-            self.set_up_channel(&id)?
-                .2
-                .as_holder_broadcastable()
-                .contest_delay(),
-            htlc,
-            trusted.channel_type_features(),
-            &trusted.keys().broadcaster_delayed_payment_key,
-            &trusted.keys().revocation_key,
-        );
-        let input_ok = tx.input[i].previous_output == expected.input[0].previous_output
-            && tx.input[i].sequence == expected.input[0].sequence;
-        self.policy.check(RuleId::HtlcFormat, input_ok, || {
-            "HTLC transaction input does not spend that HTLC output with the BOLT 3 sequence".into()
-        })?;
-        // Peer signed SINGLE|ANYONECANPAY with anchors: our output must sit
-        // at our input's index, and other inputs may bump the fee.
-        let (ours, wanted) = match (anchors, expected.output.first()) {
-            (true, Some(w)) => (tx.output.get(i), w),
-            (false, Some(w)) if tx.output.len() == 1 => (tx.output.first(), w),
-            _ => (None, &expected.output[0]),
-        };
-        let format_ok = (!htlc.offered || tx.lock_time == expected.lock_time)
-            && (anchors
-                || (tx.version == expected.version
-                    && tx.lock_time == expected.lock_time
-                    && tx.input.len() == 1))
-            && ours.is_some();
-        self.policy.check(RuleId::HtlcFormat, format_ok, || {
-            "HTLC transaction version, locktime or shape differ from BOLT 3's".into()
-        })?;
-        let ours = ours.ok_or_else(|| SignerError::internal("checked above"))?;
-        self.policy.check(RuleId::HtlcKeys, ours.script_pubkey == wanted.script_pubkey, || {
-            "HTLC transaction output is not the revocable output of the channel's keys and delay".into()
-        })?;
-        self.policy.check(RuleId::HtlcFeeRange, ours.value == wanted.value, || {
-            format!(
-                "HTLC transaction output of {} sat, BOLT 3's fee at the commitment's feerate leaves {} sat",
-                ours.value.to_sat(),
-                wanted.value.to_sat()
-            )
-        })?;
-        if anchors {
-            // Fee-bumping inputs may bring change: it must come back to us.
-            self.check_sweep_outputs(&tx, Some(i))?;
-        }
-        if !htlc.offered {
-            let preimage = parse_32("preimage", &r.preimage)?;
-            if payment_hash(&preimage) != htlc.payment_hash {
-                return Err(SignerError::invalid(
-                    "preimage does not match the HTLC's payment hash",
-                ));
-            }
-        }
-        self.sign_htlc_spend(&id, &tx, i, htlc, &trusted)
-    }
-
-    pub(crate) fn sign_counterparty_htlc_sweep(
-        &self,
-        r: &pb::SignCounterpartyHtlcSweepRequest,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (record, setup, params) = self.set_up_channel(&id)?;
-        let point = parse_pubkey("per_commitment_point", &r.per_commitment_point)?;
-        let data = [&record.counterparty, &record.counterparty_previous]
-            .into_iter()
-            .flatten()
-            .find(|c| c.per_commitment_point[..] == point.serialize()[..])
-            .ok_or_else(|| {
-                SignerError::precondition(format!(
-                    "channel {id}: no signed counterparty commitment with that point"
-                ))
-            })?;
-        let wanted = parse_htlcs(&CommitmentData {
-            htlcs: r.htlc.iter().cloned().collect(),
-            ..Default::default()
-        })?;
-        let wanted = wanted
-            .first()
-            .ok_or_else(|| SignerError::invalid("missing htlc"))?;
-        let rebuilt = commitment::rebuild(&params, setup, false, data, &self.policy, &self.secp)?;
-        let trusted = rebuilt.tx.trust();
-        let htlc = find_htlc(rebuilt.tx.nondust_htlcs(), wanted).ok_or_else(|| {
-            SignerError::invalid("that HTLC is not in the counterparty commitment")
-        })?;
-        let tx = to_transaction(r.tx.as_ref())?;
-        let i = input_index(&tx, r.input_index)?;
-        let outpoint = bitcoin::OutPoint {
-            txid: trusted.txid(),
-            vout: htlc.transaction_output_index.unwrap_or(u32::MAX),
-        };
-        self.policy.check(
-            RuleId::HtlcFormat,
-            tx.input[i].previous_output == outpoint,
-            || "sweep input does not spend that HTLC output".into(),
-        )?;
-        self.check_sweep(&tx)?;
-        self.sign_htlc_spend(&id, &tx, i, htlc, &trusted)
-    }
-
-    /// Signs input `i` of `tx`, spending `htlc` of the commitment `trusted`
-    /// with our HTLC key for that commitment's point (SIGHASH_ALL).
-    fn sign_htlc_spend(
-        &self,
-        id: &ChannelKeysId,
-        tx: &Transaction,
-        i: usize,
-        htlc: &HTLCOutputInCommitment,
-        trusted: &lightning::ln::chan_utils::TrustedCommitmentTransaction<'_>,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let keys = trusted.keys();
-        let script = chan_utils::get_htlc_redeemscript(htlc, trusted.channel_type_features(), keys);
-        let msg = p2wsh_sighash(
-            tx,
-            i,
-            &script,
-            htlc.amount_msat / 1000,
-            EcdsaSighashType::All,
-        )?;
-        let key = chan_utils::derive_private_key(
-            &self.secp,
-            &keys.per_commitment_point,
-            &self.secrets(id).htlc_base_key,
-        );
-        Ok(sig_reply(self.sign(&msg, &key)))
-    }
-
-    /// Keys of a revoked counterparty commitment and our revocation secret for it.
-    /// The state is named by `number`, or by the secret the peer revealed
-    /// (`secret`, when not empty): with every output paying our wallet, a
-    /// justice spend signed with any secret can only bring funds home.
-    fn revoked_keys(
-        &self,
-        id: &ChannelKeysId,
-        number: u64,
-        secret: &[u8],
-    ) -> Result<(TxCreationKeys, SecretKey, ChannelTransactionParameters), SignerError> {
-        let (record, _setup, params) = self.set_up_channel(id)?;
-        let secret = if secret.is_empty() {
-            let n = CommitmentNumber::new(number)?;
-            known_secret(&self.counterparty_secrets(record)?, n).ok_or_else(|| {
-                SignerError::precondition(format!(
-                    "channel {id}: counterparty commitment {n} is not revoked"
-                ))
-            })?
-        } else {
-            parse_32("per_commitment_secret", secret)?
-        };
-        let per_commitment_key = SecretKey::from_slice(&secret)
-            .map_err(|_| SignerError::invalid("per-commitment secret is not a valid key"))?;
-        let point = PublicKey::from_secret_key(&self.secp, &per_commitment_key);
-        let cp = params
-            .counterparty_pubkeys()
-            .ok_or_else(|| SignerError::internal("no counterparty keys"))?;
-        let keys = TxCreationKeys::from_channel_static_keys(
-            &point,
-            cp,
-            &params.holder_pubkeys,
-            &self.secp,
-        );
-        let revocation_key = chan_utils::derive_private_revocation_key(
-            &self.secp,
-            &per_commitment_key,
-            &self.secrets(id).revocation_base_key,
-        );
-        Ok((keys, revocation_key, params))
-    }
-
-    pub(crate) fn sign_justice_revoked_output(
-        &self,
-        r: &pb::SignJusticeRevokedOutputRequest,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (keys, revocation_key, params) =
-            self.revoked_keys(&id, r.commitment_number, &r.per_commitment_secret)?;
-        let tx = to_transaction(r.tx.as_ref())?;
-        let i = input_index(&tx, r.input_index)?;
-        self.check_sweep(&tx)?;
-        let script = chan_utils::get_revokeable_redeemscript(
-            &keys.revocation_key,
-            params.holder_selected_contest_delay,
-            &keys.broadcaster_delayed_payment_key,
-        );
-        let msg = p2wsh_sighash(&tx, i, &script, r.amount_sat, EcdsaSighashType::All)?;
-        Ok(sig_reply(self.sign(&msg, &revocation_key)))
-    }
-
-    pub(crate) fn sign_justice_revoked_htlc(
-        &self,
-        r: &pb::SignJusticeRevokedHtlcRequest,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (keys, revocation_key, params) =
-            self.revoked_keys(&id, r.commitment_number, &r.per_commitment_secret)?;
-        let tx = to_transaction(r.tx.as_ref())?;
-        let i = input_index(&tx, r.input_index)?;
-        let htlcs = parse_htlcs(&CommitmentData {
-            htlcs: r.htlc.iter().cloned().collect(),
-            ..Default::default()
-        })?;
-        let htlc = htlcs
-            .first()
-            .ok_or_else(|| SignerError::invalid("missing htlc"))?;
-        self.check_sweep(&tx)?;
-        let script = chan_utils::get_htlc_redeemscript(htlc, &params.channel_type_features, &keys);
-        let msg = p2wsh_sighash(&tx, i, &script, r.amount_sat, EcdsaSighashType::All)?;
-        Ok(sig_reply(self.sign(&msg, &revocation_key)))
-    }
-
     pub(crate) fn sign_closing_transaction(
         &mut self,
         r: &pb::SignClosingTransactionRequest,
@@ -1031,15 +757,7 @@ impl<S: Store> Signer<S> {
             funding,
         );
         tx.lock_time = LockTime::from_consensus(r.lock_time);
-        close_rules::check_close(
-            tx.weight().to_wu(),
-            &self.policy,
-            &id,
-            record,
-            setup,
-            r,
-            |s| self.is_allowed_destination(s),
-        )?;
+        close_rules::validate_close(tx.weight().to_wu(), &self.facts(), &id, record, setup, r)?;
         let sighash = commitment::funding_sighash(&tx, &params)?;
         if !record.closing_signed {
             let mut updated = record.clone();
@@ -1063,15 +781,14 @@ impl<S: Store> Signer<S> {
         let mut cursor = &r.unsigned_announcement[..];
         let msg = UnsignedChannelAnnouncement::read_from_fixed_length_buffer(&mut cursor)
             .map_err(|_| SignerError::invalid("malformed channel_announcement"))?;
-        let node = NodeId::from_pubkey(&self.node_id());
-        let funding = NodeId::from_pubkey(&params.holder_pubkeys.funding_pubkey);
-        let ours = (msg.node_id_1 == node && msg.bitcoin_key_1 == funding)
-            || (msg.node_id_2 == node && msg.bitcoin_key_2 == funding);
-        if !ours || !cursor.is_empty() {
+        if !cursor.is_empty() {
             return Err(SignerError::invalid(
-                "channel_announcement does not pair this node with this channel's funding key",
+                "trailing bytes after channel_announcement",
             ));
         }
+        let node = NodeId::from_pubkey(&self.node_id());
+        let funding = NodeId::from_pubkey(&params.holder_pubkeys.funding_pubkey);
+        crate::policy::node::check_announcement_keys(&self.policy, &msg, &node, &[funding])?;
         let digest =
             Message::from_digest(sha256d::Hash::hash(&r.unsigned_announcement).to_byte_array());
         Ok(pb::SignChannelAnnouncementReply {
@@ -1085,136 +802,4 @@ impl<S: Store> Signer<S> {
                 .to_vec(),
         })
     }
-
-    pub(crate) fn sign_holder_anchor_input(
-        &self,
-        r: &pb::SignHolderAnchorInputRequest,
-    ) -> Result<pb::SignatureReply, SignerError> {
-        let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
-        let (record, setup, params) = self.set_up_channel(&id)?;
-        if !is_anchors(setup) {
-            return Err(SignerError::invalid("channel has no anchors"));
-        }
-        let number = record
-            .holder_number()
-            .ok_or_else(|| SignerError::precondition("no validated holder commitment"))?;
-        let (rebuilt, _) = self.latest_holder(&id, number)?;
-        let script =
-            chan_utils::get_keyed_anchor_redeemscript(&params.holder_pubkeys.funding_pubkey);
-        let spk = script.to_p2wsh();
-        let built = &rebuilt.tx.trust().built_transaction().transaction;
-        let vout = built
-            .output
-            .iter()
-            .position(|o| o.script_pubkey == spk)
-            .ok_or_else(|| {
-                SignerError::precondition("latest holder commitment has no anchor of ours")
-            })?;
-        let tx = to_transaction(r.tx.as_ref())?;
-        let i = input_index(&tx, r.input_index)?;
-        let outpoint = bitcoin::OutPoint {
-            txid: built.compute_txid(),
-            vout: vout as u32,
-        };
-        self.policy.check(
-            RuleId::CommitmentAnchors,
-            tx.input[i].previous_output == outpoint,
-            || "anchor input does not spend our anchor of the latest holder commitment".into(),
-        )?;
-        self.check_sweep(&tx)?;
-        let msg = p2wsh_sighash(
-            &tx,
-            i,
-            &script,
-            ANCHOR_OUTPUT_VALUE_SAT,
-            EcdsaSighashType::All,
-        )?;
-        Ok(sig_reply(self.sign(&msg, &self.secrets(&id).funding_key)))
-    }
-}
-
-/// The peer's secret for its commitment `n`, if it revealed it. Never asks
-/// LDK's compact storage for an index it cannot hold (that asserts).
-fn known_secret(secrets: &CounterpartyCommitmentSecrets, n: CommitmentNumber) -> Option<[u8; 32]> {
-    let idx = n.to_ldk();
-    if idx < secrets.get_min_seen_secret() {
-        return None;
-    }
-    secrets.get_secret(idx)
-}
-
-/// How many of its commitments the peer has revoked (they are revoked in order).
-fn revoked_count(secrets: &CounterpartyCommitmentSecrets) -> u64 {
-    let min = secrets.get_min_seen_secret();
-    if min >= 1 << 48 {
-        0
-    } else {
-        crate::types::INITIAL_COMMITMENT_NUMBER - min + 1
-    }
-}
-
-fn find_htlc<'a>(
-    htlcs: &'a [HTLCOutputInCommitment],
-    wanted: &HTLCOutputInCommitment,
-) -> Option<&'a HTLCOutputInCommitment> {
-    htlcs.iter().find(|h| {
-        h.offered == wanted.offered
-            && h.amount_msat == wanted.amount_msat
-            && h.cltv_expiry == wanted.cltv_expiry
-            && h.payment_hash == wanted.payment_hash
-    })
-}
-
-impl<S: Store> Signer<S> {
-    /// The largest HTLC with `hash` a peer of another channel than `except`
-    /// offers us, in the latest commitment we signed for that peer (msat).
-    fn incoming_htlc_msat(&self, except: &ChannelKeysId, hash: &[u8]) -> Option<u64> {
-        self.channels
-            .iter()
-            .filter(|(id, _)| *id != except)
-            .filter_map(|(_, r)| r.counterparty.as_ref())
-            .flat_map(crate::policy::payments::offered_to_us)
-            .filter(|h| h.payment_hash == hash)
-            .map(|h| h.amount_msat)
-            .max()
-    }
-
-    /// What we paid within the velocity window (sat).
-    pub(crate) fn recent_payments_sat(&self) -> u64 {
-        let window = self.policy.velocity_window_secs;
-        self.meta
-            .recent_payments
-            .iter()
-            .filter(|p| p.at.saturating_add(window) > self.now)
-            .map(|p| p.sat)
-            .sum()
-    }
-
-    /// The meta record with `own` payments added (and old ones dropped),
-    /// when the velocity control needs them kept.
-    fn record_payments(&self, own: &[u64]) -> Option<crate::state::MetaRecord> {
-        if own.is_empty() || self.policy.velocity_limit_sat.is_none() {
-            return None;
-        }
-        let mut meta = self.meta.clone();
-        let window = self.policy.velocity_window_secs;
-        meta.recent_payments
-            .retain(|p| p.at.saturating_add(window) > self.now);
-        meta.recent_payments
-            .extend(own.iter().map(|sat| crate::state::RecentPayment {
-                at: self.now,
-                sat: *sat,
-            }));
-        Some(meta)
-    }
-}
-
-/// Payment preimages from a request, each 32 bytes.
-fn preimages(raw: &[Vec<u8>]) -> Result<Vec<[u8; 32]>, SignerError> {
-    raw.iter()
-        .map(|p| {
-            <[u8; 32]>::try_from(p.as_slice())
-                .map_err(|_| SignerError::invalid("a preimage is not 32 bytes"))
-        })
-        .collect()
 }

@@ -22,7 +22,7 @@ use lnpd_proto::signer::{
 };
 
 use crate::error::SignerError;
-use crate::policy::{PolicyConfig, RuleId};
+use crate::policy::RuleId;
 use crate::types::CommitmentNumber;
 
 /// Value of each anchor output (BOLT 3).
@@ -193,119 +193,46 @@ pub fn parse_htlcs(data: &CommitmentData) -> Result<Vec<HTLCOutputInCommitment>,
 }
 
 /// Rebuilds a commitment transaction. `holder_is_broadcaster` selects whose
-/// commitment it is. Runs the structural rules that keep the builder sound
-/// (values conserved, dust trimmed, limits) before building.
+/// commitment it is. Refuses only what the builder cannot build soundly
+/// (more than 483 HTLCs, an HTLC that cannot pay its second-stage fee,
+/// outputs above the channel value); every policy rule is the validator's
+/// (`policy::commitment`).
 pub fn rebuild(
     params: &ChannelTransactionParameters,
     setup: &SetupChannelRequest,
     holder_is_broadcaster: bool,
     data: &CommitmentData,
-    policy: &PolicyConfig,
     secp: &Secp256k1<All>,
 ) -> Result<Rebuilt, SignerError> {
     let number = CommitmentNumber::new(data.commitment_number)?;
     let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
     let htlcs = parse_htlcs(data)?;
     let anchors = is_anchors(setup);
-    let dust_limit = if holder_is_broadcaster {
-        setup.holder_dust_limit_sat
-    } else {
-        setup.counterparty_dust_limit_sat
-    };
-
-    policy.check(
-        RuleId::CommitmentHtlcCountMax,
-        htlcs.len() <= policy.max_htlcs,
-        || format!("{} HTLCs, limit {}", htlcs.len(), policy.max_htlcs),
-    )?;
-    // Beyond the protocol's 483 the builder and the chain are unsafe whatever the mode.
     if htlcs.len() > 483 {
         return Err(SignerError::invalid(
             "more than 483 HTLCs in one commitment",
         ));
     }
-    let inflight_sat = htlcs
-        .iter()
-        .map(|h| h.amount_msat / 1000)
-        .fold(0u64, u64::saturating_add);
-    policy.check(
-        RuleId::CommitmentHtlcInflightMax,
-        inflight_sat <= policy.max_htlc_inflight_sat,
-        || {
-            format!(
-                "{inflight_sat} sat in HTLCs, limit {} sat",
-                policy.max_htlc_inflight_sat
-            )
-        },
-    )?;
-    let feerate_ok =
-        (policy.min_feerate_per_kw..=policy.max_feerate_per_kw).contains(&data.feerate_per_kw);
-    policy.check(RuleId::CommitmentFeeRange, feerate_ok, || {
-        format!(
-            "feerate {} sat/kw outside [{}, {}]",
-            data.feerate_per_kw, policy.min_feerate_per_kw, policy.max_feerate_per_kw
-        )
-    })?;
-
-    // Every HTLC present must be above the broadcaster's dust limit plus its
-    // second-stage fee (BOLT 3 trimming); below that it must have been trimmed.
-    // This also guarantees the HTLC transaction's output value is positive.
     let mut htlc_total_sat: u64 = 0;
     for (i, h) in htlcs.iter().enumerate() {
         let amount_sat = h.amount_msat / 1000;
-        let second_stage = htlc_tx_fee_sat(data.feerate_per_kw, h.offered, anchors);
-        let floor = dust_limit.saturating_add(second_stage);
-        if amount_sat < floor || amount_sat <= second_stage {
-            return Err(SignerError::policy(
-                RuleId::CommitmentDustTrimmed,
-                format!(
-                    "htlc {i} of {amount_sat} sat is dust (below {floor} sat) and must be trimmed"
-                ),
-            ));
+        if amount_sat <= htlc_tx_fee_sat(data.feerate_per_kw, h.offered, anchors) {
+            return Err(SignerError::invalid(format!(
+                "htlc {i} of {amount_sat} sat cannot pay its second-stage fee"
+            )));
         }
         htlc_total_sat = htlc_total_sat
             .checked_add(amount_sat)
             .ok_or_else(|| SignerError::invalid("HTLC values overflow"))?;
     }
-    for (what, v) in [
-        ("to_broadcaster", data.to_broadcaster_value_sat),
-        ("to_countersignatory", data.to_countersignatory_value_sat),
-    ] {
-        if v != 0 && v < dust_limit {
-            return Err(SignerError::policy(
-                RuleId::CommitmentDustTrimmed,
-                format!("{what} output of {v} sat is below the dust limit {dust_limit} and must be trimmed"),
-            ));
-        }
-    }
-
-    let anchors_sat = if anchors {
-        2 * ANCHOR_OUTPUT_VALUE_SAT
-    } else {
-        0
-    };
-    let fee = commitment_fee_sat(data.feerate_per_kw, htlcs.len(), anchors);
     let total = data
         .to_broadcaster_value_sat
         .checked_add(data.to_countersignatory_value_sat)
         .and_then(|v| v.checked_add(htlc_total_sat))
         .ok_or_else(|| SignerError::invalid("output values overflow"))?;
-    let total_with_fees = total.saturating_add(fee).saturating_add(anchors_sat);
-    policy.check(
-        RuleId::CommitmentBalanceConserved,
-        total_with_fees <= setup.channel_value_sat || total <= setup.channel_value_sat && anchors_sat == 0 && fee == 0,
-        || {
-            format!(
-                "outputs ({total} sat) plus fee ({fee} sat) and anchors ({anchors_sat} sat) exceed the channel value {} sat",
-                setup.channel_value_sat
-            )
-        },
-    )?;
-    // Whatever the mode, never build a transaction paying out more than the funding.
     if total > setup.channel_value_sat {
         return Err(SignerError::invalid("outputs exceed the channel value"));
     }
-
     let directed = if holder_is_broadcaster {
         params.as_holder_broadcastable()
     } else {

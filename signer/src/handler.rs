@@ -66,6 +66,9 @@ pub struct Signer<S: Store> {
     /// validation needs again).
     pub(crate) points:
         core::cell::RefCell<BTreeMap<ChannelKeysId, Vec<(u64, bitcoin::secp256k1::PublicKey)>>>,
+    /// The funding output script of every set-up channel (derived from
+    /// the records: public data).
+    pub(crate) funding_scripts: BTreeMap<bitcoin::ScriptBuf, ChannelKeysId>,
     /// While a batch runs: its writes, and the state before it to undo.
     pub(crate) batch: Option<PendingBatch>,
     /// Unix time (seconds) as the host last told it (no clock in no_std).
@@ -101,11 +104,30 @@ impl<S: Store> Signer<S> {
         entropy: Box<dyn Entropy>,
     ) -> Result<Self, SignerError> {
         let secp = Secp256k1::new();
+        if network != Network::Regtest
+            && policy
+                .chain_checkpoint
+                .is_none_or(|c| c.height % crate::chain::RETARGET_INTERVAL != 0)
+        {
+            // From genesis, a node feeding headers could keep the signer's
+            // height wherever it likes until it catches up: a checkpoint of
+            // recent work is required where blocks cost real work.
+            return Err(SignerError::invalid(format!(
+                "on {network} the signer needs a recent chain checkpoint ([chain] checkpoint = \"HEIGHT:HEADER\", at a height that is a multiple of 2016)"
+            )));
+        }
         let keys = KeyRing::from_seed(seed, network, &secp)?;
         let snapshot = store.load()?;
         let mut channels = BTreeMap::new();
         for (id, bytes) in &snapshot.channels {
-            channels.insert(ChannelKeysId(*id), ChannelRecord::decode_record(bytes)?);
+            let mut record = ChannelRecord::decode_record(bytes)?;
+            if !record.ledger_ready {
+                // Written before the HTLC ledger: its HTLCs are taken as
+                // they are, in memory, until the next update writes them.
+                record.outgoing = crate::policy::ledger::initial_entries(&record);
+                record.ledger_ready = true;
+            }
+            channels.insert(ChannelKeysId(*id), record);
         }
         let meta = match &snapshot.meta {
             Some(b) => MetaRecord::decode_record(b)?,
@@ -113,7 +135,7 @@ impl<S: Store> Signer<S> {
         };
         let wallet_scripts =
             crate::wallet::WalletScripts::new(&keys, &secp, meta.next_internal_index)?;
-        Ok(Signer {
+        let mut signer = Signer {
             secp,
             keys,
             policy,
@@ -125,9 +147,38 @@ impl<S: Store> Signer<S> {
             pubkeys: Default::default(),
             params: Default::default(),
             points: Default::default(),
+            funding_scripts: BTreeMap::new(),
             batch: None,
             now: 0,
-        })
+        };
+        let set_up: Vec<(ChannelKeysId, crate::state::ChannelRecord)> = signer
+            .channels
+            .iter()
+            .filter(|(_, c)| c.setup.is_some())
+            .map(|(id, c)| (*id, c.clone()))
+            .collect();
+        for (id, c) in set_up {
+            if let Some(script) = c
+                .setup
+                .as_ref()
+                .and_then(|s| signer.funding_script_of(&id, s))
+            {
+                signer.funding_scripts.insert(script, id);
+            }
+        }
+        Ok(signer)
+    }
+
+    /// The signer's own facts, for a validator.
+    pub(crate) fn facts(&self) -> crate::policy::facts::Facts<'_> {
+        crate::policy::facts::Facts {
+            policy: &self.policy,
+            height: self.chain_height(),
+            now: self.now,
+            wallet: &self.wallet_scripts,
+            meta: &self.meta,
+            channels: &self.channels,
+        }
     }
 
     /// Sets the time (unix seconds) payment controls measure windows with;
@@ -251,15 +302,34 @@ impl<S: Store> Signer<S> {
         record: ChannelRecord,
         meta: Option<MetaRecord>,
     ) -> Result<(), SignerError> {
-        let mut writes = Vec::with_capacity(2);
-        writes.push(Write::Channel(id.0, record.encode_record()));
+        self.commit_records(alloc::vec![(id, record)], Vec::new(), meta)
+    }
+
+    /// Persists channel records, removals and optionally the meta record in
+    /// one durable write, then makes them the in-memory state. On error
+    /// nothing changes.
+    pub(crate) fn commit_records(
+        &mut self,
+        records: Vec<(ChannelKeysId, ChannelRecord)>,
+        deleted: Vec<ChannelKeysId>,
+        meta: Option<MetaRecord>,
+    ) -> Result<(), SignerError> {
+        let mut writes = Vec::with_capacity(records.len() + deleted.len() + 1);
+        for (id, record) in &records {
+            writes.push(Write::Channel(id.0, record.encode_record()));
+        }
+        for id in &deleted {
+            writes.push(Write::DeleteChannel(id.0));
+        }
         if let Some(m) = &meta {
             writes.push(Write::Meta(m.encode_to_vec()));
         }
         if let Some(batch) = self.batch.as_mut() {
             // Made durable at the end of the batch, before any reply leaves.
-            let before = self.channels.get(&id).cloned();
-            batch.channels_before.entry(id).or_insert(before);
+            for id in records.iter().map(|(id, _)| id).chain(&deleted) {
+                let before = self.channels.get(id).cloned();
+                batch.channels_before.entry(*id).or_insert(before);
+            }
             if meta.is_some() && batch.meta_before.is_none() {
                 batch.meta_before = Some(self.meta.clone());
             }
@@ -267,7 +337,12 @@ impl<S: Store> Signer<S> {
         } else {
             self.store.commit(writes)?;
         }
-        self.channels.insert(id, record);
+        for (id, record) in records {
+            self.channels.insert(id, record);
+        }
+        for id in deleted {
+            self.channels.remove(&id);
+        }
         if let Some(m) = meta {
             self.meta = m;
         }
@@ -301,6 +376,8 @@ impl<S: Store> Signer<S> {
             let e = SignerError::invalid(format!("a batch holds at most {MAX_BATCH} requests"));
             return bodies.iter().map(|_| Err(e.clone())).collect();
         }
+        // A batch a panic cut short leaves nothing behind.
+        self.abort_batch();
         self.batch = Some(PendingBatch::default());
         let mut results: Vec<_> = bodies
             .into_iter()
@@ -318,21 +395,41 @@ impl<S: Store> Signer<S> {
         let batch = self.batch.take().unwrap_or_default();
         if !batch.writes.is_empty() {
             if let Err(e) = self.store.commit(batch.writes) {
-                for (id, before) in batch.channels_before {
-                    match before {
-                        Some(r) => self.channels.insert(id, r),
-                        None => self.channels.remove(&id),
-                    };
-                }
-                if let Some(m) = batch.meta_before {
-                    self.meta = m;
-                }
+                self.restore(batch.channels_before, batch.meta_before);
                 let e = SignerError::from(e);
                 tracing::error!("batch not saved, none of it applied: {}", e.message);
                 results = results.iter().map(|_| Err(e.clone())).collect();
             }
         }
         results
+    }
+
+    /// Undoes a batch that did not finish (a panic inside one of its
+    /// requests): its buffered writes are dropped and the records it
+    /// changed in memory are restored. Nothing of it was written.
+    pub fn abort_batch(&mut self) {
+        if let Some(batch) = self.batch.take() {
+            if !batch.writes.is_empty() {
+                tracing::error!("a batch was cut short: none of it applied");
+            }
+            self.restore(batch.channels_before, batch.meta_before);
+        }
+    }
+
+    fn restore(
+        &mut self,
+        channels_before: BTreeMap<ChannelKeysId, Option<ChannelRecord>>,
+        meta_before: Option<MetaRecord>,
+    ) {
+        for (id, before) in channels_before {
+            match before {
+                Some(r) => self.channels.insert(id, r),
+                None => self.channels.remove(&id),
+            };
+        }
+        if let Some(m) = meta_before {
+            self.meta = m;
+        }
     }
 
     /// The record of a channel the signer knows.
@@ -416,6 +513,7 @@ impl<S: Store> Signer<S> {
             Q::SignPsbt(r) => A::SignPsbt(self.sign_psbt(&r)?),
             Q::ShowInvoice(r) => A::ShowInvoice(self.show_invoice(&r)?),
             Q::UpdateChain(r) => A::UpdateChain(self.update_chain(&r)?),
+            Q::ProveFunding(r) => A::ProveFunding(self.prove_funding(&r)?),
         })
     }
 
@@ -513,6 +611,7 @@ pub fn request_name(body: &request::Body) -> &'static str {
         Q::SignPsbt(_) => "sign_psbt",
         Q::ShowInvoice(_) => "show_invoice",
         Q::UpdateChain(_) => "update_chain",
+        Q::ProveFunding(_) => "prove_funding",
     }
 }
 
@@ -552,6 +651,7 @@ pub fn request_channel(body: &request::Body) -> Option<ChannelKeysId> {
         Q::SignClosingTransaction(r) => &r.channel_keys_id,
         Q::SignChannelAnnouncement(r) => &r.channel_keys_id,
         Q::SignHolderAnchorInput(r) => &r.channel_keys_id,
+        Q::ProveFunding(r) => &r.channel_keys_id,
     };
     ChannelKeysId::from_slice(id).ok()
 }

@@ -27,20 +27,6 @@ const MAX_SHOWN: usize = 1_000;
 /// is already far beyond any real invoice).
 const MAX_INVOICE_LEN: usize = 7_089;
 
-/// What the payment controls know of the invoice behind an HTLC.
-pub struct KnownInvoice {
-    /// Amount asked (msat).
-    pub amount_msat: u64,
-    /// Unix time it expires.
-    pub expires_at: u64,
-    /// Whether its payee is on the operator's allow-list.
-    pub payee_allowed: bool,
-    /// Whether the operator approved paying it.
-    pub approved: bool,
-    /// Whether it was above the approval threshold when shown.
-    pub needs_approval: bool,
-}
-
 /// A payment waiting for the operator (`payment-approval`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PendingApproval {
@@ -115,13 +101,25 @@ impl<S: Store> Signer<S> {
         // The controls that would refuse the HTLC refuse the invoice now,
         // before the node starts a payment that could only get stuck.
         let sat = amount_msat / 1000;
-        crate::policy::payments::check_own_payment(&self.policy, sat)?;
-        crate::policy::payments::check_velocity(
+        crate::policy::ledger::check_own_payment(&self.policy, sat)?;
+        crate::policy::ledger::check_velocity(
             &self.policy,
-            self.recent_payments_sat().saturating_add(sat),
+            crate::policy::ledger::recent_payments_sat(&self.policy, &self.meta, self.now)
+                .saturating_add(sat),
         )?;
         let hash = invoice.payment_hash().to_byte_array().to_vec();
         let most_sat = with_allowance(&self.policy, amount_msat) / 1000;
+        let earlier_paid = self
+            .meta
+            .shown_invoices
+            .iter()
+            .find(|s| s.payment_hash == hash)
+            .map_or(0, |s| s.paid_msat);
+        self.policy.check(
+            RuleId::InvoicePaidOnce,
+            !self.policy.payment_invoiced || earlier_paid < amount_msat,
+            || format!("the invoice was already paid ({earlier_paid} msat)"),
+        )?;
         // In warn mode the check logs and lets the payment go unapproved.
         let needs_approval = match self.policy.approval_above_sat {
             Some(t) if most_sat > t => self
@@ -157,7 +155,19 @@ impl<S: Store> Signer<S> {
             s.expires_at.saturating_add(KEEP_AFTER_EXPIRY_SECS) > now && s.payment_hash != hash
         });
         if meta.shown_invoices.len() >= MAX_SHOWN {
-            meta.shown_invoices.remove(0);
+            // What was paid for an invoice is kept until it expires: only
+            // an unpaid, unapproved one makes room.
+            let Some(i) = meta
+                .shown_invoices
+                .iter()
+                .position(|s| s.paid_msat == 0 && s.approval != Approval::Approved as i32)
+            else {
+                return Err(SignerError::policy(
+                    RuleId::ResourceLimit,
+                    format!("{MAX_SHOWN} invoices shown and paid or approved, none expired yet"),
+                ));
+            };
+            meta.shown_invoices.remove(i);
         }
         meta.shown_invoices.push(ShownInvoice {
             payment_hash: hash.clone(),
@@ -166,6 +176,7 @@ impl<S: Store> Signer<S> {
             payee: payee.serialize().to_vec(),
             approval: approval as i32,
             shown_at,
+            paid_msat: earlier_paid,
         });
         self.commit_meta(meta)?;
         let awaiting_approval = approval == Approval::Pending;
@@ -233,21 +244,5 @@ impl<S: Store> Signer<S> {
                 .retain(|s| s.payment_hash != seen.payment_hash);
         }
         self.commit_meta(meta)
-    }
-
-    /// The invoice shown for `hash`, if any.
-    pub(crate) fn shown_invoice(&self, hash: &[u8]) -> Option<KnownInvoice> {
-        self.meta
-            .shown_invoices
-            .iter()
-            .find(|s| s.payment_hash == hash)
-            .map(|s| KnownInvoice {
-                amount_msat: s.amount_msat,
-                expires_at: s.expires_at,
-                payee_allowed: <[u8; 33]>::try_from(s.payee.as_slice())
-                    .is_ok_and(|p| self.policy.allowed_payees.contains(&p)),
-                approved: s.approval == Approval::Approved as i32,
-                needs_approval: s.approval != Approval::NotNeeded as i32,
-            })
     }
 }

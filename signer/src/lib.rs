@@ -17,6 +17,7 @@ pub mod error;
 pub mod handler;
 pub mod keys;
 pub mod policy;
+pub mod revocation;
 pub mod state;
 pub mod store;
 pub mod types;
@@ -26,6 +27,8 @@ mod channel_ops;
 pub mod invoices;
 mod node_ops;
 mod spend;
+mod sweep_ops;
+mod wallet_ops;
 
 #[cfg(feature = "std")]
 pub mod daemon;

@@ -107,6 +107,12 @@ impl<S: Store> Signer<S> {
             return Err(SignerError::invalid("invoice too long"));
         }
         let hash = invoice_hash(&r.hrp, &r.data_u5)?;
+        crate::policy::node::validate_invoice(
+            &self.policy,
+            self.keys.network(),
+            &r.hrp,
+            &r.data_u5,
+        )?;
         let sig = self
             .secp
             .sign_ecdsa_recoverable(&Message::from_digest(hash), self.keys.node_secret());
@@ -167,11 +173,18 @@ impl<S: Store> Signer<S> {
             Ok(GossipKind::ChannelAnnouncement) => {
                 let m: UnsignedChannelAnnouncement =
                     read_exact("channel_announcement", &r.unsigned_message)?;
-                if m.node_id_1 != ours && m.node_id_2 != ours {
-                    return Err(SignerError::invalid(
-                        "channel_announcement does not name this node",
-                    ));
-                }
+                let funding_keys: Vec<NodeId> = self
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| c.setup.is_some())
+                    .map(|(id, _)| NodeId::from_pubkey(&self.holder_pubkeys(id).funding_pubkey))
+                    .collect();
+                crate::policy::node::check_announcement_keys(
+                    &self.policy,
+                    &m,
+                    &ours,
+                    &funding_keys,
+                )?;
             }
             _ => return Err(SignerError::invalid("unknown gossip kind")),
         }

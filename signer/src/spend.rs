@@ -46,6 +46,33 @@ impl<S: Store> Signer<S> {
             .output
             .as_ref()
             .ok_or_else(|| SignerError::invalid("descriptor without output"))?;
+        // The amount is proven by the transaction that holds the output.
+        if d.previous_tx.is_empty() {
+            return Err(SignerError::policy(
+                RuleId::SweepInputProven,
+                format!(
+                    "the spendable output {outpoint} comes without the transaction that holds it"
+                ),
+            ));
+        }
+        let prev: Transaction = bitcoin::consensus::deserialize(&d.previous_tx).map_err(|_| {
+            SignerError::invalid(format!(
+                "the transaction holding {outpoint} does not decode"
+            ))
+        })?;
+        let proven = prev.compute_txid() == outpoint.txid
+            && prev.output.get(outpoint.vout as usize).is_some_and(|held| {
+                held.value.to_sat() == out.value_sat
+                    && held.script_pubkey.as_bytes() == out.script_pubkey
+            });
+        if !proven {
+            return Err(SignerError::policy(
+                RuleId::SweepInputProven,
+                format!(
+                    "{outpoint}: the transaction sent does not hold the descriptor's output (amount and script)"
+                ),
+            ));
+        }
         let spk = ScriptBuf::from_bytes(out.script_pubkey.clone());
         let kind = d
             .kind
@@ -157,29 +184,11 @@ impl<S: Store> Signer<S> {
             });
         }
         let change = ScriptBuf::from_bytes(r.change_script.clone());
-        for o in outputs
-            .iter()
-            .map(|o| &o.script_pubkey)
-            .chain(core::iter::once(&change))
-        {
-            self.policy.check(
-                RuleId::SweepDestinationAllowed,
-                self.is_allowed_destination(o),
-                || "sweep pays a script outside the signer's wallet".into(),
-            )?;
-        }
         let total_out = outputs
             .iter()
             .try_fold(0u64, |a, o| a.checked_add(o.value.to_sat()))
             .ok_or_else(|| SignerError::invalid("output values overflow"))?;
-
         let lock_time = LockTime::from_consensus(r.lock_time.unwrap_or(0));
-        crate::policy::expiry::check_sweep_locktime(
-            &self.policy,
-            lock_time,
-            self.chain_height(),
-            self.now,
-        )?;
         let mut tx = Transaction {
             version: Version::TWO,
             lock_time,
@@ -236,7 +245,30 @@ impl<S: Store> Signer<S> {
             }
         }
 
-        let unsigned = tx.clone();
+        let amounts: Vec<u64> = inputs.iter().map(|(_, v, _)| *v).collect();
+        let mut unsigned = tx.clone();
+        for txin in unsigned.input.iter_mut() {
+            txin.witness = Witness::new();
+        }
+        if !tx.output.iter().any(|o| o.script_pubkey == change) {
+            // The change script must be ours even when no change is paid.
+            self.policy.check(
+                RuleId::SweepDestinationAllowed,
+                self.is_allowed_destination(&change),
+                || "sweep pays a script outside the signer's wallet".into(),
+            )?;
+        }
+        crate::policy::sweep::validate_sweep(
+            &crate::policy::sweep::Sweep {
+                tx: &unsigned,
+                input_sat: &amounts,
+                fixed_output: None,
+                parent_weight: 0,
+                at_stake_sat: None,
+                free_locktime: true,
+            },
+            &self.facts(),
+        )?;
         let mut cache = SighashCache::new(&unsigned);
         for (i, (_, value, spend)) in inputs.iter().enumerate() {
             let amount = Amount::from_sat(*value);

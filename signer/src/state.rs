@@ -59,6 +59,92 @@ pub struct ChannelRecord {
     /// Whether the signer issued this keys id itself.
     #[prost(bool, tag = "11")]
     pub issued_by_signer: bool,
+    /// HTLCs we offered that some live commitment still carries (or whose
+    /// settlement is not final), each admitted once by the payment
+    /// controls or as a forward.
+    #[prost(message, repeated, tag = "12")]
+    pub outgoing: Vec<OutgoingHtlc>,
+    /// HTLCs the peer offered us that cover forwards on other channels.
+    #[prost(message, repeated, tag = "13")]
+    pub covering: Vec<CoveringHtlc>,
+    /// Net value our side lost to trimmed outputs, over the channel's
+    /// life, along our own commitments (sat).
+    #[prost(uint64, tag = "14")]
+    pub trimmed_loss_holder_sat: u64,
+    /// The same along the counterparty's commitments (sat).
+    #[prost(uint64, tag = "15")]
+    pub trimmed_loss_counterparty_sat: u64,
+    /// Txid of the funding transaction the wallet signed (32 bytes; empty
+    /// until then): a channel is funded once.
+    #[prost(bytes = "vec", tag = "16")]
+    pub funding_signed_txid: Vec<u8>,
+    /// Where the funding transaction was proven confirmed.
+    #[prost(message, optional, tag = "17")]
+    pub funding_proof: Option<FundingProof>,
+    /// Order in which keys ids were issued (for evicting unused ones).
+    #[prost(uint64, tag = "18")]
+    pub issued_seq: u64,
+    /// `outgoing` holds every HTLC we offered in the live commitments (a
+    /// record written before the ledger existed gets it at load).
+    #[prost(bool, tag = "19")]
+    pub ledger_ready: bool,
+}
+
+/// An HTLC we offered (`commitment-*`, payment controls, forwards).
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct OutgoingHtlc {
+    /// Its payment hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub payment_hash: Vec<u8>,
+    /// Amount (msat).
+    #[prost(uint64, tag = "2")]
+    pub amount_msat: u64,
+    /// Expiry height.
+    #[prost(uint32, tag = "3")]
+    pub cltv_expiry: u32,
+    /// The channel whose incoming HTLC covers it (keys id), when admitted as
+    /// a forward; empty for a payment of our own.
+    #[prost(bytes = "vec", tag = "4")]
+    pub forward_from: Vec<u8>,
+    /// Amount and expiry of that incoming HTLC (same payment hash).
+    #[prost(uint64, tag = "5")]
+    pub forward_in_amount_msat: u64,
+    #[prost(uint32, tag = "6")]
+    pub forward_in_cltv_expiry: u32,
+    /// The node showed its preimage: it is paid, not failed.
+    #[prost(bool, tag = "7")]
+    pub settled: bool,
+}
+
+/// An HTLC the peer offered us, and how much of it forwards already use.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct CoveringHtlc {
+    /// Its payment hash.
+    #[prost(bytes = "vec", tag = "1")]
+    pub payment_hash: Vec<u8>,
+    /// Amount (msat).
+    #[prost(uint64, tag = "2")]
+    pub amount_msat: u64,
+    /// Expiry height.
+    #[prost(uint32, tag = "3")]
+    pub cltv_expiry: u32,
+    /// Value of outgoing forwards it covers (msat), at most its amount.
+    #[prost(uint64, tag = "4")]
+    pub covered_msat: u64,
+    /// A forward it covers was paid out: it must be paid to us, not failed.
+    #[prost(bool, tag = "5")]
+    pub claimable: bool,
+}
+
+/// The block a channel's funding transaction was proven in.
+#[derive(Clone, PartialEq, Eq, Message)]
+pub struct FundingProof {
+    /// Its height.
+    #[prost(uint32, tag = "1")]
+    pub height: u32,
+    /// Its hash (32 bytes).
+    #[prost(bytes = "vec", tag = "2")]
+    pub block_hash: Vec<u8>,
 }
 
 impl ChannelRecord {
@@ -126,6 +212,13 @@ pub struct MetaRecord {
     pub allowed_scripts: Vec<Vec<u8>>,
     #[prost(bytes = "vec", repeated, tag = "9")]
     pub allowed_payees: Vec<Vec<u8>>,
+    /// The header that starts the retarget period of the tip (80 bytes),
+    /// kept once it leaves `chain_headers`: exact retargets need its time.
+    #[prost(bytes = "vec", tag = "10")]
+    pub chain_period_header: Vec<u8>,
+    /// Height of `chain_period_header`.
+    #[prost(uint32, tag = "11")]
+    pub chain_period_height: u32,
 }
 
 /// An invoice the node is about to pay (`payment-invoiced`).
@@ -149,6 +242,10 @@ pub struct ShownInvoice {
     /// Unix time the invoice was first shown.
     #[prost(uint64, tag = "6")]
     pub shown_at: u64,
+    /// What HTLCs for it that were settled paid in total (msat): with the
+    /// ones pending, at most the amount plus the allowance.
+    #[prost(uint64, tag = "7")]
+    pub paid_msat: u64,
 }
 
 /// The operator's approval of a payment above the threshold.

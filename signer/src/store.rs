@@ -26,6 +26,8 @@ pub enum Write {
     Channel([u8; 32], Vec<u8>),
     /// The signer-wide meta record.
     Meta(Vec<u8>),
+    /// Removes a channel record (a keys id issued but never set up).
+    DeleteChannel([u8; 32]),
 }
 
 /// Everything in a store, as read at start-up.
@@ -69,6 +71,9 @@ impl Store for MemoryStore {
                     self.snapshot.channels.insert(id, bytes);
                 }
                 Write::Meta(bytes) => self.snapshot.meta = Some(bytes),
+                Write::DeleteChannel(id) => {
+                    self.snapshot.channels.remove(&id);
+                }
             }
         }
         Ok(())

@@ -1,15 +1,24 @@
-//! BOLT 3 Appendix C (option_static_remotekey): from the spec's inputs the
-//! signer rebuilds each commitment transaction and reproduces the spec's
-//! signatures exactly — the commitment signature and every HTLC
-//! transaction signature.
+//! BOLT 3 test vectors: from the spec's inputs the signer rebuilds each
+//! commitment transaction and reproduces the spec's signatures exactly.
+//!
+//! - Appendix C (option_static_remotekey): the commitment signature and
+//!   every HTLC transaction signature, byte for byte.
+//! - Appendix F (anchors, the channel type the node uses): the commitment
+//!   signature byte for byte (anchor outputs, the delayed to_remote, the
+//!   anchor fee weight). Appendix F's HTLC transactions pay fees (the first
+//!   anchors variant); lnpd's channels use zero-fee HTLC transactions, so
+//!   each HTLC signature is checked against the spec's HTLC transaction
+//!   with the fee taken out, under SIGHASH_SINGLE|ANYONECANPAY.
 //!
 //! The signer plays the spec's *remote* side, signing *local*'s commitment
 //! #42 as a counterparty commitment, with the spec's published keys.
 
 use bitcoin::consensus::deserialize;
 use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::Message;
 use bitcoin::secp256k1::{ecdsa::Signature, PublicKey, Secp256k1, SecretKey};
-use bitcoin::Transaction;
+use bitcoin::sighash::{EcdsaSighashType, SighashCache};
+use bitcoin::{ScriptBuf, Transaction, Witness};
 use lnpd_proto::signer as pb;
 use lnpd_signer::call;
 use lnpd_signer::commitment::{commitment_fee_sat, htlc_tx_fee_sat};
@@ -57,6 +66,15 @@ fn policy() -> PolicyConfig {
 
 #[test]
 fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
+    run_vectors(false);
+}
+
+#[test]
+fn reproduces_bolt3_anchor_commitments_and_signatures() {
+    run_vectors(true);
+}
+
+fn run_vectors(anchors: bool) {
     let v: Value = serde_json::from_str(VECTORS).expect("vectors parse");
     let common = &v["common"];
     let internal = &common["internal_from_html_comment"];
@@ -67,9 +85,19 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
         .as_array()
         .expect("cases")
         .iter()
-        .filter(|c| c["appendix"] == "C" && c["channel_type"] == "option_static_remotekey")
+        .filter(|c| {
+            if anchors {
+                c["appendix"] == "F"
+            } else {
+                c["appendix"] == "C" && c["channel_type"] == "option_static_remotekey"
+            }
+        })
         .collect();
-    assert_eq!(cases.len(), 16, "all static_remotekey cases of Appendix C");
+    assert_eq!(
+        cases.len(),
+        if anchors { 14 } else { 16 },
+        "all cases of the appendix"
+    );
 
     let mut funding_txid = hexv(&common["funding_tx_id"]);
     funding_txid.reverse(); // displayed big-endian; the wire is internal order
@@ -93,7 +121,10 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let mut signer = memory_signer(3, policy());
-        let id = ChannelKeysId([0x42; 32]);
+        let issued = call!(signer, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
+            .unwrap()
+            .channel_keys_id;
+        let id = ChannelKeysId::from_slice(&issued).unwrap();
         signer.set_channel_secrets_for_tests(
             id,
             ChannelSecrets {
@@ -114,7 +145,11 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
                 txid: funding_txid.clone(),
                 vout: common["funding_output_index"].as_u64().unwrap() as u32,
             }),
-            channel_type: pb::ChannelType::StaticRemoteKey as i32,
+            channel_type: if anchors {
+                pb::ChannelType::AnchorsZeroFeeHtlcTx
+            } else {
+                pb::ChannelType::StaticRemoteKey
+            } as i32,
             holder_selected_contest_delay: common["local_delay"].as_u64().unwrap() as u32,
             counterparty_selected_contest_delay: 144,
             holder_dust_limit_sat: dust,
@@ -127,16 +162,28 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
             .unwrap_or_else(|e| panic!("{name}: setup: {e}"));
 
         // Trim as BOLT 3 says, from local's (the broadcaster's) point of view.
-        let feerate = case["local_feerate_per_kw"].as_u64().unwrap() as u32;
+        let feerate = num(&case["local_feerate_per_kw"]) as u32;
+        // Appendix F trims with fee-paying HTLC transactions: the HTLCs it
+        // keeps are the ones it lists.
+        let used: Vec<Value> = if anchors {
+            case["htlc_output_txs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["htlc_id"].clone())
+                .collect()
+        } else {
+            case["htlcs_used"].as_array().unwrap().clone()
+        };
         let mut htlcs = Vec::new();
-        for hid in case["htlcs_used"].as_array().unwrap() {
+        for hid in &used {
             let h = htlc_table
                 .iter()
                 .find(|h| h["id"] == *hid)
                 .expect("htlc in table");
             let offered = h["direction"] == "offered";
-            let amount_msat = h["amount_msat"].as_u64().unwrap();
-            if amount_msat / 1000 < dust + htlc_tx_fee_sat(feerate, offered, false) {
+            let amount_msat = num(&h["amount_msat"]);
+            if !anchors && amount_msat / 1000 < dust + htlc_tx_fee_sat(feerate, offered, false) {
                 continue;
             }
             let preimage = hexv(&h["payment_preimage"]);
@@ -147,19 +194,20 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
                     pb::HtlcDirection::Received
                 } as i32,
                 amount_msat,
-                cltv_expiry: h["expiry"].as_u64().unwrap() as u32,
+                cltv_expiry: num(&h["expiry"]) as u32,
                 payment_hash: sha256::Hash::hash(&preimage).to_byte_array().to_vec(),
             });
         }
         assert_eq!(
             htlcs.len() as u64,
-            case["num_htlcs"].as_u64().unwrap(),
+            num(&case["num_htlcs"]),
             "{name}: untrimmed HTLCs"
         );
-        let fee = commitment_fee_sat(feerate, htlcs.len(), false);
+        let fee =
+            commitment_fee_sat(feerate, htlcs.len(), anchors) + if anchors { 2 * 330 } else { 0 };
         let trim = |v: u64| if v < dust { 0 } else { v };
-        let to_local = trim((case["to_local_msat"].as_u64().unwrap() / 1000).saturating_sub(fee));
-        let to_remote = trim(case["to_remote_msat"].as_u64().unwrap() / 1000);
+        let to_local = trim((num(&case["to_local_msat"]) / 1000).saturating_sub(fee));
+        let to_remote = trim(num(&case["to_remote_msat"]) / 1000);
 
         let reply =
             call!(signer, SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
@@ -194,10 +242,67 @@ fn reproduces_bolt3_static_remotekey_commitments_and_signatures() {
         let mut expected: Vec<&Value> =
             case["htlc_output_txs"].as_array().unwrap().iter().collect();
         expected.sort_by_key(|h| h["htlc_output_index"].as_u64());
-        let expected: Vec<Vec<u8>> = expected
-            .iter()
-            .map(|h| der_to_compact(&h["remote_htlc_signature"]))
-            .collect();
-        assert_eq!(reply.htlc_signatures, expected, "{name}: HTLC signatures");
+        if !anchors {
+            let expected: Vec<Vec<u8>> = expected
+                .iter()
+                .map(|h| der_to_compact(&h["remote_htlc_signature"]))
+                .collect();
+            assert_eq!(reply.htlc_signatures, expected, "{name}: HTLC signatures");
+            continue;
+        }
+        assert_eq!(
+            reply.htlc_signatures.len(),
+            expected.len(),
+            "{name}: HTLC signatures"
+        );
+        let remote_htlc_key =
+            PublicKey::from_secret_key(&secp, &secret(&internal["remote_privkey"]));
+        for (h, ours) in expected.iter().zip(&reply.htlc_signatures) {
+            let mut htlc_tx: Transaction = deserialize(&hexv(&h["tx"])).expect("spec HTLC tx");
+            let script = ScriptBuf::from_bytes(
+                htlc_tx.input[0]
+                    .witness
+                    .last()
+                    .expect("witness script")
+                    .to_vec(),
+            );
+            let spent = &tx.output[h["htlc_output_index"].as_u64().unwrap() as usize];
+            // Zero-fee HTLC transactions pay the HTLC's whole amount on.
+            htlc_tx.output[0].value = spent.value;
+            for i in htlc_tx.input.iter_mut() {
+                i.witness = Witness::new();
+            }
+            let digest = SighashCache::new(&htlc_tx)
+                .p2wsh_signature_hash(
+                    0,
+                    &script,
+                    spent.value,
+                    EcdsaSighashType::SinglePlusAnyoneCanPay,
+                )
+                .unwrap();
+            secp.verify_ecdsa(
+                &Message::from_digest(digest.to_byte_array()),
+                &Signature::from_compact(ours).unwrap(),
+                &remote_htlc_key,
+            )
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{name}: HTLC signature at output {}",
+                    h["htlc_output_index"]
+                )
+            });
+            assert_eq!(
+                script.to_p2wsh(),
+                spent.script_pubkey,
+                "{name}: HTLC script"
+            );
+        }
     }
+}
+
+/// A number the vectors give as a JSON number or a string.
+fn num(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .expect("a number")
 }

@@ -139,14 +139,12 @@ fn refuses_skipped_and_rewound_commitment_numbers() {
             )
         });
     }
-    // A holder commitment that skips ahead, or goes back, is refused too.
-    let (req, _) = p.holder_request(true, p.number + 1).unwrap();
+    // A holder commitment that skips ahead, or goes back, is refused too,
+    // even when the peer signs it.
+    let peer = lnpd_signer::testing::Colluder::new(2);
     for n in [p.number + 2, p.number - 1] {
-        let mut bad = req.clone();
-        if let Some(c) = bad.commitment.as_mut() {
-            c.commitment_number = n;
-            c.per_commitment_point.clear();
-        }
+        let data = p.commitment_data(true, n).unwrap();
+        let bad = peer.validation_request(&mut p, true, data).unwrap();
         let res = unchanged(
             &mut p,
             |p| call!(p.alice.signer, ValidateHolderCommitment(bad) => ValidateHolderCommitment),
@@ -394,8 +392,26 @@ fn an_inbound_channels_early_commitment_is_checked_at_set_up() {
 fn refuses_out_of_order_revocations_and_keeps_every_older_secret() {
     // Two identical channels (same seeds, same deterministic ids): the second
     // runs ahead so the test holds Bob's later secrets, as a cheating peer would.
-    let mut p = pair(true);
-    let mut ahead = pair(true);
+    // Alice pushed Bob a balance at open: his commitments have a to_local.
+    let pushed = || {
+        ChannelPair::open(
+            Box::new(memory_signer(
+                1,
+                PolicyConfig {
+                    allow_push: true,
+                    ..Default::default()
+                },
+            )),
+            Box::new(memory_signer(2, PolicyConfig::default())),
+            PairOptions {
+                push_msat: 100_000_000,
+                ..Default::default()
+            },
+        )
+        .expect("channel opens")
+    };
+    let mut p = pushed();
+    let mut ahead = pushed();
     for _ in 0..3 {
         ahead.advance().unwrap();
     }
@@ -425,24 +441,39 @@ fn refuses_out_of_order_revocations_and_keeps_every_older_secret() {
     };
     call!(p.alice.signer, ValidateCounterpartyRevocation(one) => ValidateCounterpartyRevocation)
         .unwrap();
+    // Bob's #0 (revoked): its to_local is Alice's to take.
+    let zero = p.commitment_data(false, 0).unwrap();
+    let zero_tx: bitcoin::Transaction = bitcoin::consensus::deserialize(&zero.transaction).unwrap();
+    let vout = zero_tx
+        .output
+        .iter()
+        .position(|o| o.value.to_sat() == 100_000)
+        .expect("Bob's to_local") as u32;
+    let ours = call!(p.alice.signer, GetShutdownScript(pb::GetShutdownScriptRequest {}) => Script)
+        .unwrap()
+        .script_pubkey;
     let tx = pb::UnsignedTx {
         version: 2,
         lock_time: 0,
         inputs: vec![pb::TxIn {
             previous_output: Some(pb::OutPoint {
-                txid: vec![1; 32],
-                vout: 0,
+                txid: bitcoin::hashes::Hash::to_byte_array(zero_tx.compute_txid()).to_vec(),
+                vout,
             }),
-            sequence: 0,
+            sequence: 0xffff_fffd,
         }],
-        outputs: vec![],
+        outputs: vec![pb::TxOut {
+            value_sat: 99_000,
+            script_pubkey: ours,
+        }],
     };
     let justice = pb::SignJusticeRevokedOutputRequest {
         channel_keys_id: p.alice.keys_id.clone(),
         tx: Some(tx),
         input_index: 0,
-        amount_sat: 1000,
-        commitment_number: 0,
+        amount_sat: 100_000,
+        per_commitment_secret: bob_secret(&mut ahead, 0),
+        previous_txs: vec![zero.transaction],
         ..Default::default()
     };
     call!(p.alice.signer, SignJusticeRevokedOutput(justice) => Signature)
@@ -672,7 +703,16 @@ fn forwards_must_be_covered_by_an_incoming_htlc() {
     // Bob gets a balance (Alice pays him), then offers Alice 50k sat for hash 9.
     try_add(&mut with_bob, 200_000_000, 1).unwrap();
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    // Until the channel with Bob is proven funded, his HTLC covers nothing.
+    assert_refused(with_carol.offer(49_000_000, 9), RuleId::RoutingBalanced);
+    let mut chain = lnpd_signer::testing::TestChain::default();
+    with_bob.prove_funding(&mut chain, 3).unwrap();
     // Forwarding more than came in is refused; as much or less goes out.
     assert_refused(with_carol.offer(60_000_000, 9), RuleId::RoutingBalanced);
-    with_carol.offer(49_000_000, 9).expect("a covered forward");
+    with_carol.offer(30_000_000, 9).expect("a covered forward");
+    // What is left of the incoming HTLC covers what is left, once.
+    assert_refused(with_carol.offer(30_000_000, 9), RuleId::RoutingBalanced);
+    with_carol
+        .offer(20_000_000, 9)
+        .expect("the rest of the cover");
 }

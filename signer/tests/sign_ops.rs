@@ -70,6 +70,29 @@ fn unsigned(inputs: Vec<(OutPoint, u32)>, outputs: Vec<TxOut>, lock_time: u32) -
     }
 }
 
+/// A transaction (spending nothing real) whose output `vout` is `out`: the
+/// proof a sweep request carries of the amount it spends.
+fn holding(out: TxOut, vout: u32, tag: u8) -> Transaction {
+    let filler = TxOut {
+        value: Amount::from_sat(1_000),
+        script_pubkey: ScriptBuf::new_op_return([tag]),
+    };
+    let mut output = vec![filler; vout as usize];
+    output.push(out);
+    Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint {
+                txid: Txid::from_byte_array([tag; 32]),
+                vout: 0,
+            },
+            ..Default::default()
+        }],
+        output,
+    }
+}
+
 fn to_tx(u: &pb::UnsignedTx) -> Transaction {
     Transaction {
         version: Version(u.version),
@@ -264,8 +287,16 @@ fn sweeps_our_outputs_into_the_wallet_with_valid_signatures() {
     let payment_point = PublicKey::from_slice(&p.alice.pubkeys.payment_point).unwrap();
     let (change_key, _, _) = wallet_key(1, 1, 0);
     let change = wpkh(&PublicKey::from_secret_key(&s, &change_key));
+    let prev = holding(
+        TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: wpkh(&payment_point),
+        },
+        1,
+        7,
+    );
     let out = OutPoint {
-        txid: Txid::from_byte_array([7; 32]),
+        txid: prev.compute_txid(),
         vout: 1,
     };
     let req = pb::SpendSpendableOutputsRequest {
@@ -278,6 +309,7 @@ fn sweeps_our_outputs_into_the_wallet_with_valid_signatures() {
                 value_sat: 100_000,
                 script_pubkey: wpkh(&payment_point).to_bytes(),
             }),
+            previous_tx: bitcoin::consensus::serialize(&prev),
             kind: Some(pb::spendable_output::Kind::StaticPayment(
                 pb::StaticPaymentOutput {
                     channel_keys_id: p.alice.keys_id.clone(),
@@ -326,7 +358,7 @@ fn sweeps_our_outputs_into_the_wallet_with_valid_signatures() {
     assert_eq!(err.rule, Some(RuleId::SweepFeeRange));
 
     // Paying anywhere but the wallet is refused.
-    let mut away = req;
+    let mut away = req.clone();
     away.change_script = wpkh(&PublicKey::from_secret_key(
         &s,
         &SecretKey::from_slice(&[3; 32]).unwrap(),
@@ -335,6 +367,34 @@ fn sweeps_our_outputs_into_the_wallet_with_valid_signatures() {
     let err =
         call!(p.alice.signer, SpendSpendableOutputs(away) => SpendSpendableOutputs).unwrap_err();
     assert_eq!(err.rule, Some(RuleId::SweepDestinationAllowed));
+
+    // Without the transaction that holds it, an amount is not taken on trust.
+    let mut unproven = req.clone();
+    unproven.descriptors[0].previous_tx.clear();
+    let err = call!(p.alice.signer, SpendSpendableOutputs(unproven) => SpendSpendableOutputs)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepInputProven));
+    // An amount other than the transaction's is refused.
+    let mut understated = req.clone();
+    if let Some(o) = understated.descriptors[0].output.as_mut() {
+        o.value_sat = 50_000;
+    }
+    let err = call!(p.alice.signer, SpendSpendableOutputs(understated) => SpendSpendableOutputs)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepInputProven));
+    // Another transaction than the one the outpoint names, too.
+    let mut other = req;
+    other.descriptors[0].previous_tx = bitcoin::consensus::serialize(&holding(
+        TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: wpkh(&payment_point),
+        },
+        1,
+        8,
+    ));
+    let err =
+        call!(p.alice.signer, SpendSpendableOutputs(other) => SpendSpendableOutputs).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepInputProven));
 }
 
 #[test]
@@ -344,18 +404,27 @@ fn node_key_signatures_verify_against_the_node_id() {
     let node_id = signer.node_id();
 
     // BOLT 11: a recoverable signature over SHA256(hrp || data) recovers the node id.
-    let data: Vec<u8> = (0..52u8).map(|i| i % 32).collect();
-    let r = call!(signer, SignInvoice(pb::SignInvoiceRequest { recipient: 0, hrp: "lnbcrt1u".into(), data_u5: data.clone() }) => RecoverableSignature).unwrap();
+    let (hrp, data) = unsigned_invoice(lightning_invoice::Currency::Regtest);
+    let r = call!(signer, SignInvoice(pb::SignInvoiceRequest { recipient: 0, hrp: hrp.clone(), data_u5: data.clone() }) => RecoverableSignature).unwrap();
     let rec = bitcoin::secp256k1::ecdsa::RecoverableSignature::from_compact(
         &r.signature,
         bitcoin::secp256k1::ecdsa::RecoveryId::from_i32(r.recovery_id).unwrap(),
     )
     .unwrap();
-    let hash = lnpd_signer_invoice_hash("lnbcrt1u", &data);
+    let hash = lnpd_signer_invoice_hash(&hrp, &data);
     assert_eq!(
         s.recover_ecdsa(&Message::from_digest(hash), &rec).unwrap(),
         node_id
     );
+
+    // Only this network's invoices, and only data that is an invoice: the
+    // node key signs digests of other messages too.
+    let (main_hrp, main_data) = unsigned_invoice(lightning_invoice::Currency::Bitcoin);
+    let err = call!(signer, SignInvoice(pb::SignInvoiceRequest { recipient: 0, hrp: main_hrp, data_u5: main_data }) => RecoverableSignature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::InvoiceSignFormat));
+    let junk: Vec<u8> = (0..52u8).map(|i| i % 32).collect();
+    let err = call!(signer, SignInvoice(pb::SignInvoiceRequest { recipient: 0, hrp: hrp.clone(), data_u5: junk }) => RecoverableSignature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::InvoiceSignFormat));
 
     // sign_message: LDK's verifier accepts it for our node id.
     let m = call!(signer, SignMessage(pb::SignMessageRequest { message: b"hello".to_vec() }) => SignMessage).unwrap();
@@ -392,6 +461,22 @@ fn node_key_signatures_verify_against_the_node_id() {
 }
 
 /// BOLT 11's signed hash, computed here independently of the signer.
+/// An unsigned invoice of `currency`, as LDK hands it to the signer:
+/// its human-readable part and its data part (5-bit values).
+fn unsigned_invoice(currency: lightning_invoice::Currency) -> (String, Vec<u8>) {
+    let raw = lightning_invoice::InvoiceBuilder::new(currency)
+        .description("coffee".into())
+        .payment_hash(sha256::Hash::hash(&[1; 32]))
+        .payment_secret(lightning_invoice::PaymentSecret([2; 32]))
+        .duration_since_epoch(std::time::Duration::from_secs(1_700_000_000))
+        .min_final_cltv_expiry_delta(144)
+        .amount_milli_satoshis(100_000)
+        .build_raw()
+        .unwrap();
+    let (hrp, data) = raw.to_raw();
+    (hrp, data.iter().map(|v| v.to_u8()).collect())
+}
+
 fn lnpd_signer_invoice_hash(hrp: &str, data: &[u8]) -> [u8; 32] {
     let mut bits: Vec<bool> = data
         .iter()
@@ -481,10 +566,15 @@ fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
         PairOptions::default(),
     )
     .unwrap();
+    // Bob gets a balance (a to_local on his commitments), then moves on.
+    let h = p.add_htlc(200_000_000, 4).unwrap();
+    p.settle_htlc(&h).unwrap();
+    let revoked_number = p.number;
+    let revoked = p.commitment_data(false, revoked_number).unwrap();
     p.advance().unwrap();
-    p.advance().unwrap();
-    // Bob's #0 is revoked: Alice can sign a justice spend of its to_local.
-    let bob_secret = call!(p.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: p.bob.keys_id.clone(), commitment_number: 0 }) => ReleaseCommitmentSecret).unwrap().secret;
+    // Bob's #revoked_number is revoked: Alice has its secret.
+    let bob_secret = call!(p.bob.signer, ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest { channel_keys_id: p.bob.keys_id.clone(), commitment_number: revoked_number }) => ReleaseCommitmentSecret).unwrap().secret;
+    let revoked_tx: Transaction = bitcoin::consensus::deserialize(&revoked.transaction).unwrap();
     let per_commitment_key = SecretKey::from_slice(&bob_secret).unwrap();
     let point = PublicKey::from_secret_key(&s, &per_commitment_key);
     let rev_base = PublicKey::from_slice(&p.alice.pubkeys.revocation_basepoint).unwrap();
@@ -501,24 +591,47 @@ fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
         &point,
     );
     let script = lightning::ln::chan_utils::get_revokeable_redeemscript(&revocation, 144, &delayed);
+    let vout = revoked_tx
+        .output
+        .iter()
+        .position(|o| o.script_pubkey == script.to_p2wsh())
+        .expect("Bob's to_local on his revoked commitment") as u32;
+    let value = revoked_tx.output[vout as usize].value.to_sat();
     let (dest_key, _, _) = wallet_key(1, 0, 1);
-    let tx = unsigned(
-        vec![(
-            OutPoint {
-                txid: Txid::from_byte_array([5; 32]),
-                vout: 0,
-            },
-            0xffff_fffd,
-        )],
-        vec![TxOut {
-            value: Amount::from_sat(90_000),
-            script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
-        }],
-        0,
-    );
-    let r = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, commitment_number: 0, ..Default::default() }) => Signature).unwrap();
+    let spend = |to: ScriptBuf, out_sat: u64| {
+        unsigned(
+            vec![(
+                OutPoint {
+                    txid: revoked_tx.compute_txid(),
+                    vout,
+                },
+                0xffff_fffd,
+            )],
+            vec![TxOut {
+                value: Amount::from_sat(out_sat),
+                script_pubkey: to,
+            }],
+            0,
+        )
+    };
+    let ours = wpkh(&PublicKey::from_secret_key(&s, &dest_key));
+    let tx = spend(ours.clone(), value - 2_000);
+    let keys_id = p.alice.keys_id.clone();
+    let request = |tx: pb::UnsignedTx, secret: &[u8], proofs: Vec<Vec<u8>>| {
+        pb::SignJusticeRevokedOutputRequest {
+            channel_keys_id: keys_id.clone(),
+            tx: Some(tx),
+            input_index: 0,
+            amount_sat: value,
+            per_commitment_secret: secret.to_vec(),
+            previous_txs: proofs,
+            ..Default::default()
+        }
+    };
+    let proof = vec![revoked.transaction.clone()];
+    let r = call!(p.alice.signer, SignJusticeRevokedOutput(request(tx.clone(), &bob_secret, proof.clone())) => Signature).unwrap();
     let h = SighashCache::new(&to_tx(&tx))
-        .p2wsh_signature_hash(0, &script, Amount::from_sat(100_000), EcdsaSighashType::All)
+        .p2wsh_signature_hash(0, &script, Amount::from_sat(value), EcdsaSighashType::All)
         .unwrap();
     s.verify_ecdsa(
         &Message::from_digest(h.to_byte_array()),
@@ -527,34 +640,41 @@ fn justice_signature_spends_a_revoked_to_local_with_the_revocation_key() {
     )
     .expect("valid justice signature");
 
-    // LDK names the state by the secret instead of the number: same signature.
-    let by_secret = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx.clone()), input_index: 0, amount_sat: 100_000, per_commitment_secret: bob_secret.clone(), ..Default::default() }) => Signature).unwrap();
-    assert_eq!(by_secret.signature, r.signature);
     // Justice paying anyone but us is refused.
     let stranger = wpkh(&PublicKey::from_secret_key(
         &s,
         &SecretKey::from_slice(&[3; 32]).unwrap(),
     ));
-    let away = unsigned(
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(request(spend(stranger, value - 2_000), &bob_secret, proof.clone())) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepDestinationAllowed));
+    // So is one burning the value in fees.
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(request(spend(ours.clone(), 1_000), &bob_secret, proof.clone())) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepFeeRange));
+    // A secret the peer never revealed for that commitment is refused.
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(request(tx.clone(), &[9; 32], proof)) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepJusticeSecret));
+    // Without the revoked commitment, nothing is proven.
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(request(tx, &bob_secret, vec![])) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepInputProven));
+    // An unrevoked state cannot be punished: its secret is not known.
+    let current = p.commitment_data(false, p.number).unwrap();
+    let current_tx: Transaction = bitcoin::consensus::deserialize(&current.transaction).unwrap();
+    let unrevoked = unsigned(
         vec![(
             OutPoint {
-                txid: Txid::from_byte_array([5; 32]),
+                txid: current_tx.compute_txid(),
                 vout: 0,
             },
             0xffff_fffd,
         )],
         vec![TxOut {
-            value: Amount::from_sat(90_000),
-            script_pubkey: stranger,
+            value: Amount::from_sat(1_000),
+            script_pubkey: ours,
         }],
         0,
     );
-    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(away), input_index: 0, amount_sat: 100_000, per_commitment_secret: bob_secret, ..Default::default() }) => Signature).unwrap_err();
-    assert_eq!(err.rule, Some(RuleId::SweepDestinationAllowed));
-
-    // An unrevoked state cannot be punished.
-    let err = call!(p.alice.signer, SignJusticeRevokedOutput(pb::SignJusticeRevokedOutputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(tx), input_index: 0, amount_sat: 100_000, commitment_number: p.number, ..Default::default() }) => Signature).unwrap_err();
-    assert_eq!(err.kind, ErrorKind::FailedPrecondition);
+    let err = call!(p.alice.signer, SignJusticeRevokedOutput(request(unrevoked, &bob_secret, vec![current.transaction.clone()])) => Signature).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepJusticeSecret));
 }
 
 #[test]
@@ -573,15 +693,7 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
     setup.counterparty_keys = Some(p.bob.pubkeys.clone());
     let holder_keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
     let params = lnpd_signer::commitment::channel_parameters(&setup, holder_keys).unwrap();
-    let rebuilt = lnpd_signer::commitment::rebuild(
-        &params,
-        &setup,
-        true,
-        &data,
-        &PolicyConfig::default(),
-        &s,
-    )
-    .unwrap();
+    let rebuilt = lnpd_signer::commitment::rebuild(&params, &setup, true, &data, &s).unwrap();
     let trusted = rebuilt.tx.trust();
     let txid = trusted.txid();
     let htlc = rebuilt.tx.nondust_htlcs()[0].clone();
@@ -603,7 +715,7 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
         vec![out],
         htlc.cltv_expiry,
     );
-    let r = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(tx.clone()), input_index: 0, preimage: vec![] }) => Signature).unwrap();
+    let r = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(tx.clone()), input_index: 0, preimage: vec![], previous_txs: vec![] }) => Signature).unwrap();
     let script = lightning::ln::chan_utils::get_htlc_redeemscript(
         &htlc,
         trusted.channel_type_features(),
@@ -634,7 +746,7 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
         }],
         htlc.cltv_expiry,
     );
-    let err = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(wrong), input_index: 0, preimage: vec![] }) => Signature).unwrap_err();
+    let err = call!(p.alice.signer, SignHolderHtlcTransaction(pb::SignHolderHtlcTransactionRequest { channel_keys_id: p.alice.keys_id.clone(), commitment_number: p.number, htlc_output_index: vout, tx: Some(wrong), input_index: 0, preimage: vec![], previous_txs: vec![] }) => Signature).unwrap_err();
     assert_eq!(err.rule, Some(RuleId::HtlcFormat));
 
     // Our anchor of the latest commitment.
@@ -647,21 +759,51 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
         .iter()
         .position(|o| o.script_pubkey == anchor_script.to_p2wsh())
         .unwrap() as u32;
-    let cpfp = unsigned(
-        vec![(
-            OutPoint {
-                txid,
-                vout: anchor_vout,
-            },
-            0xffff_fffd,
-        )],
-        vec![TxOut {
-            value: Amount::from_sat(1000),
+    // The child's fee comes from a wallet coin, proven by its transaction.
+    let coin = holding(
+        TxOut {
+            value: Amount::from_sat(200_000),
             script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
-        }],
+        },
         0,
+        6,
     );
-    let r = call!(p.alice.signer, SignHolderAnchorInput(pb::SignHolderAnchorInputRequest { channel_keys_id: p.alice.keys_id.clone(), tx: Some(cpfp.clone()), input_index: 0 }) => Signature).unwrap();
+    let child = |out_sat: u64| {
+        unsigned(
+            vec![
+                (
+                    OutPoint {
+                        txid,
+                        vout: anchor_vout,
+                    },
+                    0xffff_fffd,
+                ),
+                (
+                    OutPoint {
+                        txid: coin.compute_txid(),
+                        vout: 0,
+                    },
+                    0xffff_fffd,
+                ),
+            ],
+            vec![TxOut {
+                value: Amount::from_sat(out_sat),
+                script_pubkey: wpkh(&PublicKey::from_secret_key(&s, &dest_key)),
+            }],
+            0,
+        )
+    };
+    let cpfp = child(195_000);
+    let keys_id = p.alice.keys_id.clone();
+    let anchor_request =
+        |tx: pb::UnsignedTx, proofs: Vec<Vec<u8>>| pb::SignHolderAnchorInputRequest {
+            channel_keys_id: keys_id.clone(),
+            tx: Some(tx),
+            input_index: 0,
+            previous_txs: proofs,
+        };
+    let proof = vec![bitcoin::consensus::serialize(&coin)];
+    let r = call!(p.alice.signer, SignHolderAnchorInput(anchor_request(cpfp.clone(), proof.clone())) => Signature).unwrap();
     let h = SighashCache::new(&to_tx(&cpfp))
         .p2wsh_signature_hash(
             0,
@@ -676,4 +818,13 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
         &funding,
     )
     .expect("valid anchor signature");
+    // The wallet coin's amount must be proven, and the fee stays bounded by
+    // the package's weight.
+    let err =
+        call!(p.alice.signer, SignHolderAnchorInput(anchor_request(cpfp, vec![])) => Signature)
+            .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepInputProven));
+    let err = call!(p.alice.signer, SignHolderAnchorInput(anchor_request(child(331), proof)) => Signature)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::SweepFeeRange));
 }

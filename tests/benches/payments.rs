@@ -121,8 +121,12 @@ fn remote_keys(conn: Arc<SignerConnection>) -> Result<Arc<RemoteKeysManager>> {
     if let Ok(mut c) = CONNECTIONS.lock() {
         c.push(conn.clone());
     }
+    // No block reaches these nodes: nothing for the signer's proofs.
+    let store = lnpd_node::store::SqliteStore::open(std::path::Path::new(":memory:"))?;
+    let txs = Arc::new(lnpd_node::chain_watch::ChainWatch::open(Arc::new(store)));
     Ok(Arc::new(RemoteKeysManager::new(
         conn,
+        txs,
         Duration::from_secs(10),
     )?))
 }

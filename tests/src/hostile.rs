@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use bitcoin::absolute::LockTime;
 use bitcoin::bip32::DerivationPath;
+use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{
@@ -17,7 +18,9 @@ use lnpd_signer::keys::KeyRing;
 use lnpd_signer::testing::{memory_signer, ChannelPair, PairOptions};
 use lnpd_signer::{PolicyConfig, RuleId, Seed, SignerError};
 
-use crate::SignerProcess;
+use crate::{SignerProcess, TempDir};
+use lnpd_signer::daemon::store_redb::RedbStore;
+use lnpd_signer::store::{Snapshot, Store};
 
 /// The seed of Alice's signer.
 pub const MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";
@@ -36,6 +39,34 @@ pub fn refused<T: std::fmt::Debug>(alice: &SignerProcess, r: Result<T, SignerErr
     assert!(
         alice.log().contains(rule.as_str()),
         "the daemon's log names {}",
+        rule.as_str()
+    );
+}
+
+/// The signer daemon's whole durable state, read from a copy of its store
+/// (the daemon holds the file; a request answered is already in it).
+pub fn state_of(alice: &SignerProcess) -> Snapshot {
+    let dir = TempDir::new("state-copy");
+    let copy = dir.path.join("state.redb");
+    std::fs::copy(alice.data_dir().join("state.redb"), &copy).expect("copy of state.redb");
+    RedbStore::open(&copy)
+        .expect("the copy opens")
+        .load()
+        .expect("the copy loads")
+}
+
+/// An attack: refused with `rule` (in the reply and the daemon's log), and
+/// the signer's whole state byte-identical before and after.
+pub fn attack<T: std::fmt::Debug>(
+    alice: &SignerProcess,
+    rule: RuleId,
+    f: impl FnOnce() -> Result<T, SignerError>,
+) {
+    let before = state_of(alice);
+    refused(alice, f(), rule);
+    assert!(
+        before == state_of(alice),
+        "the refused request ({}) changed the signer's state",
         rule.as_str()
     );
 }
@@ -174,16 +205,24 @@ pub fn sweep_request(
     let script =
         lightning::ln::chan_utils::get_to_countersigner_keyed_anchor_redeemscript(&payment_point)
             .to_p2wsh();
+    let prev = holding(
+        TxOut {
+            value: Amount::from_sat(100_000),
+            script_pubkey: script.clone(),
+        },
+        1,
+    );
     pb::SpendSpendableOutputsRequest {
         descriptors: vec![pb::SpendableOutput {
             outpoint: Some(pb::OutPoint {
-                txid: vec![7; 32],
+                txid: bitcoin::hashes::Hash::to_byte_array(prev.compute_txid()).to_vec(),
                 vout: 1,
             }),
             output: Some(pb::TxOut {
                 value_sat: 100_000,
                 script_pubkey: script.to_bytes(),
             }),
+            previous_tx: bitcoin::consensus::serialize(&prev),
             kind: Some(pb::spendable_output::Kind::StaticPayment(
                 pb::StaticPaymentOutput {
                     channel_keys_id: p.alice.keys_id.clone(),
@@ -194,5 +233,28 @@ pub fn sweep_request(
         change_script: change.to_bytes(),
         feerate_sat_per_kw: 2000,
         lock_time,
+    }
+}
+
+/// A made-up transaction whose output `vout` is `out` (the ones before it
+/// pay nobody): what a request sends to prove an amount.
+pub fn holding(out: TxOut, vout: u32) -> Transaction {
+    let filler = TxOut {
+        value: Amount::from_sat(1_000),
+        script_pubkey: ScriptBuf::new_op_return([vout as u8]),
+    };
+    let mut output = vec![filler; vout as usize];
+    output.push(out);
+    Transaction {
+        version: Version::TWO,
+        lock_time: LockTime::ZERO,
+        input: vec![TxIn {
+            previous_output: OutPoint {
+                txid: bitcoin::Txid::from_byte_array([0x5a; 32]),
+                vout,
+            },
+            ..Default::default()
+        }],
+        output,
     }
 }

@@ -55,13 +55,11 @@ fn refuses_skipped_and_rewound_commitment_numbers() {
         if let Some(c) = req.commitment.as_mut() {
             c.commitment_number = n;
         }
-        let r =
-            call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment);
-        // A rewind may also hit "not revoked yet"; a skip never passes.
-        match &r {
-            Err(e) if e.rule == Some(RuleId::CommitmentPreviousRevoked) => {}
-            _ => refused(&alice, r, RuleId::CommitmentNumberSequence),
-        }
+        attack(
+            &alice,
+            RuleId::CommitmentNumberSequence,
+            || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+        );
     }
     still_usable(&mut p);
 }
@@ -120,46 +118,47 @@ fn refuses_a_feerate_far_above_the_limit() {
     still_usable(&mut p);
 }
 
+/// Alice's next update with `n` new HTLCs she offers, of `msat` each, her
+/// balance moved into them as an honest node would: the request, and the
+/// pair's bookkeeping put back.
+fn with_new_htlcs(p: &mut ChannelPair, n: u8, msat: u64) -> pb::SignCounterpartyCommitmentRequest {
+    for i in 0..n {
+        p.alice_msat -= msat;
+        p.htlcs.push(lnpd_signer::testing::TestHtlc {
+            offered_by_alice: true,
+            amount_msat: msat,
+            cltv_expiry: 500,
+            preimage: [0x60 + i; 32],
+        });
+    }
+    let req = next_counterparty_request(p).unwrap();
+    for _ in 0..n {
+        p.htlcs.pop();
+        p.alice_msat += msat;
+    }
+    req
+}
+
 #[test]
 fn refuses_more_htlcs_than_the_limit() {
-    let (alice, mut p) = attacked("hostile-htlcs");
-    let mut req = next_counterparty_request(&mut p).unwrap();
-    if let Some(c) = req.commitment.as_mut() {
-        let h = pb::Htlc {
-            direction: pb::HtlcDirection::Offered as i32,
-            amount_msat: 1_000_000,
-            cltv_expiry: 500,
-            payment_hash: vec![5; 32],
-        };
-        c.htlcs = vec![h; PolicyConfig::default().max_htlcs + 1];
-    }
-    refused(
+    let (alice, mut p) = attacked_with("hostile-htlcs", "max_htlcs = 5\n");
+    let req = with_new_htlcs(&mut p, 6, 2_000_000);
+    attack(
         &alice,
-        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
         RuleId::CommitmentHtlcCountMax,
+        || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
     );
     still_usable(&mut p);
 }
 
 #[test]
 fn refuses_more_value_in_flight_than_the_limit() {
-    let (alice, mut p) = attacked("hostile-inflight");
-    let mut req = next_counterparty_request(&mut p).unwrap();
-    let half = PolicyConfig::default().max_htlc_inflight_sat / 2 + 1;
-    if let Some(c) = req.commitment.as_mut() {
-        c.htlcs = (0..2u8)
-            .map(|i| pb::Htlc {
-                direction: pb::HtlcDirection::Received as i32,
-                amount_msat: half * 1000,
-                cltv_expiry: 500,
-                payment_hash: vec![i; 32],
-            })
-            .collect();
-    }
-    refused(
+    let (alice, mut p) = attacked_with("hostile-inflight", "max_htlc_inflight_sat = 100000\n");
+    let req = with_new_htlcs(&mut p, 2, 60_000_000);
+    attack(
         &alice,
-        call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
         RuleId::CommitmentHtlcInflightMax,
+        || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
     );
     still_usable(&mut p);
 }
@@ -216,17 +215,31 @@ fn refuses_a_close_to_an_unknown_address_or_short_of_our_balance() {
         call!(p.alice.signer, SignClosingTransaction(elsewhere) => Signature),
         RuleId::CloseDestinationAllowed,
     );
-    // Less than our balance, the rest to the peer.
+    // Less than our balance, the rest to the peer (the fee as honest).
     let mut short = honest.clone();
     short.to_holder_value_sat -= 100_000;
     short.to_counterparty_value_sat += 100_000;
-    let r = call!(p.alice.signer, SignClosingTransaction(short) => Signature);
-    match &r {
-        Err(e) if e.rule == Some(RuleId::CloseFeeRange) => {
-            refused(&alice, r, RuleId::CloseFeeRange)
-        }
-        _ => refused(&alice, r, RuleId::CloseValueMatches),
-    }
+    attack(
+        &alice,
+        RuleId::CloseValueMatches,
+        || call!(p.alice.signer, SignClosingTransaction(short) => Signature),
+    );
+    // Our balance burnt in fees: far above the on-chain feerate limit.
+    let mut burnt = honest.clone();
+    burnt.to_holder_value_sat -= 100_000;
+    attack(
+        &alice,
+        RuleId::CloseFeeRange,
+        || call!(p.alice.signer, SignClosingTransaction(burnt) => Signature),
+    );
+    // Locked far in the future.
+    let mut locked = honest.clone();
+    locked.lock_time = 400_000;
+    attack(
+        &alice,
+        RuleId::CloseLocktimeRange,
+        || call!(p.alice.signer, SignClosingTransaction(locked) => Signature),
+    );
     still_usable(&mut p);
 }
 
@@ -361,17 +374,19 @@ fn refuses_a_wallet_spend_with_an_unknown_output_or_fee() {
 fn refuses_a_new_state_before_the_peer_revoked_the_one_before() {
     let (alice, mut p) = attacked("hostile-unrevoked");
     p.advance().unwrap();
-    // Bob's #3 while Bob has not revoked #1 (his #2 is not even signed yet).
-    let mut req = next_counterparty_request(&mut p).unwrap();
-    let data = p.commitment_data(false, p.number + 2).unwrap();
-    req.commitment = Some(data);
-    let r = call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment);
-    match &r {
-        Err(e) if e.rule == Some(RuleId::CommitmentNumberSequence) => {
-            refused(&alice, r, RuleId::CommitmentNumberSequence)
-        }
-        _ => refused(&alice, r, RuleId::CommitmentPreviousRevoked),
-    }
+    // Alice signs Bob's #2; Bob does not revoke #1; Alice is asked for #3.
+    let two = next_counterparty_request(&mut p).unwrap();
+    let sig = call!(p.alice.signer, SignCounterpartyCommitment(two.clone()) => SignCounterpartyCommitment)
+        .unwrap();
+    let mut three = next_counterparty_request(&mut p).unwrap();
+    three.commitment = Some(p.commitment_data(false, p.number + 2).unwrap());
+    attack(
+        &alice,
+        RuleId::CommitmentPreviousRevoked,
+        || call!(p.alice.signer, SignCounterpartyCommitment(three) => SignCounterpartyCommitment),
+    );
+    // Bob revokes #1 after all: the round completes and the channel goes on.
+    p.complete_advance(two, sig).unwrap();
     still_usable(&mut p);
 }
 
@@ -441,6 +456,11 @@ fn refuses_to_forward_more_than_came_in() {
     let h = with_bob.add_htlc(200_000_000, 1).unwrap();
     with_bob.settle_htlc(&h).unwrap();
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    // The incoming HTLC covers forwards once its channel is proven funded.
+    let mut chain = lnpd_signer::testing::TestChain::default();
+    with_bob
+        .prove_funding(&mut chain, 3)
+        .expect("funding proven");
     refused(
         &alice,
         with_carol.offer(60_000_000, 9),

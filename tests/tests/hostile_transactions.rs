@@ -107,6 +107,11 @@ fn funding(q: &ChannelPair, value_sat: u64, foreign: Option<Transaction>) -> pb:
     )
 }
 
+/// The transaction a PSBT request carries.
+fn unsigned(r: &pb::SignPsbtRequest) -> Transaction {
+    bitcoin::Psbt::deserialize(&r.psbt).unwrap().unsigned_tx
+}
+
 #[test]
 fn refuses_unsafe_funding_transactions() {
     let (alice, _) = attacked("hostile-funding");
@@ -114,7 +119,10 @@ fn refuses_unsafe_funding_transactions() {
         value_sat: 150_000,
         ..PairOptions::default()
     };
-    let mut q = fresh(&alice, opts);
+    let mut q = fresh(&alice, opts.clone());
+    // The channel's outpoint is the honest funding transaction's.
+    let honest = funding(&q, 150_000, None);
+    q.set_funding(unsigned(&honest), 0);
     setup(&mut q, |_| {}).expect("Alice sets the channel up");
     // Before the peer countersigned the first commitment, funding could
     // lock the funds in a channel only the peer can close.
@@ -129,12 +137,14 @@ fn refuses_unsafe_funding_transactions() {
         call!(q.alice.signer, SignPsbt(funding(&q, 149_000, None)) => SignPsbt),
         RuleId::OnchainFundingOutputMatches,
     );
-    // The honest funding output, plus one to a stranger.
-    let mut outputs = vec![funding_output(&q, 150_000)];
-    outputs.push(TxOut {
-        value: Amount::from_sat(40_000),
-        script_pubkey: stranger(),
-    });
+    // Part of it to a stranger, beside the funding output.
+    let outputs = vec![
+        TxOut {
+            value: Amount::from_sat(40_000),
+            script_pubkey: stranger(),
+        },
+        funding_output(&q, 150_000),
+    ];
     let smuggled = wallet_psbt(outputs, Version::TWO, None);
     refused(
         &alice,
@@ -152,9 +162,14 @@ fn refuses_unsafe_funding_transactions() {
             script_pubkey: ScriptBuf::new_p2pkh(&bitcoin::PubkeyHash::from_byte_array([5; 20])),
         }],
     };
+    // (A channel of its own, whose outpoint is that transaction's.)
+    let mut r = fresh(&alice, opts);
+    let with_legacy = funding(&r, 150_000, Some(legacy));
+    r.set_funding(unsigned(&with_legacy), 0);
+    r.exchange_first_commitments().expect("first commitments");
     refused(
         &alice,
-        call!(q.alice.signer, SignPsbt(funding(&q, 150_000, Some(legacy))) => SignPsbt),
+        call!(r.alice.signer, SignPsbt(with_legacy) => SignPsbt),
         RuleId::OnchainFundingSegwitInputs,
     );
     // Not version 2.
@@ -171,8 +186,7 @@ fn refuses_unsafe_funding_transactions() {
         call!(q.alice.signer, SignPsbt(v1) => SignPsbt),
         RuleId::OnchainFormatStandard,
     );
-    call!(q.alice.signer, SignPsbt(funding(&q, 150_000, None)) => SignPsbt)
-        .expect("the honest funding transaction");
+    call!(q.alice.signer, SignPsbt(honest) => SignPsbt).expect("the honest funding transaction");
     still_usable(&mut q);
 }
 
@@ -210,15 +224,9 @@ fn tampered(
     let c = req.commitment.as_mut().unwrap();
     let keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.bob.pubkeys)).unwrap();
     let params = lnpd_signer::commitment::channel_parameters(&p.bob.setup, keys).unwrap();
-    let rebuilt = lnpd_signer::commitment::rebuild(
-        &params,
-        &p.bob.setup,
-        true,
-        c,
-        &PolicyConfig::default(),
-        &Secp256k1::new(),
-    )
-    .unwrap();
+    let rebuilt =
+        lnpd_signer::commitment::rebuild(&params, &p.bob.setup, true, c, &Secp256k1::new())
+            .unwrap();
     let mut tx: Transaction = deserialize(&c.transaction).unwrap();
     tamper(&mut tx, rebuilt.tx.trust().keys(), c);
     c.transaction = serialize(&tx);
@@ -349,15 +357,9 @@ fn htlc_timeout(
     let data = p.commitment_data(true, p.number).unwrap();
     let keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
     let params = lnpd_signer::commitment::channel_parameters(&p.alice.setup, keys).unwrap();
-    let rebuilt = lnpd_signer::commitment::rebuild(
-        &params,
-        &p.alice.setup,
-        true,
-        &data,
-        &PolicyConfig::default(),
-        &Secp256k1::new(),
-    )
-    .unwrap();
+    let rebuilt =
+        lnpd_signer::commitment::rebuild(&params, &p.alice.setup, true, &data, &Secp256k1::new())
+            .unwrap();
     let trusted = rebuilt.tx.trust();
     let htlc = rebuilt.tx.nondust_htlcs()[0].clone();
     let vout = htlc.transaction_output_index.unwrap();
@@ -391,6 +393,7 @@ fn htlc_timeout(
         tx: Some(tx),
         input_index: 0,
         preimage: vec![],
+        previous_txs: vec![],
     }
 }
 

@@ -24,7 +24,12 @@ const INITIAL: u64 = (1 << 48) - 1;
 
 fn keys_manager(p: &SignerProcess) -> RemoteKeysManager {
     let conn = SignerConnection::start(p.addr.as_deref().unwrap(), p.node_tls()).unwrap();
-    RemoteKeysManager::new(conn, Duration::from_secs(10)).expect("keys manager")
+    // The node keeps its channels' transactions in its store (none here).
+    let store = lnpd_node::store::SqliteStore::open(&p.data_dir().join("node.sqlite")).unwrap();
+    let txs = std::sync::Arc::new(lnpd_node::chain_watch::ChainWatch::open(
+        std::sync::Arc::new(store),
+    ));
+    RemoteKeysManager::new(conn, txs, Duration::from_secs(10)).expect("keys manager")
 }
 
 /// Signs a counterparty commitment as LDK does it: the first call answers

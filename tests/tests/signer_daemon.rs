@@ -138,11 +138,13 @@ fn state_survives_kill_9_between_requests() {
     assert_eq!(released, again);
     let err = call!(pair.alice.signer, SignHolderCommitment(pb::SignHolderCommitmentRequest { channel_keys_id: pair.alice.keys_id.clone(), commitment_number: n }) => Signature).unwrap_err();
     assert_eq!(err.rule, Some(RuleId::CommitmentHolderNotRevoked), "{err}");
-    let mut replay = req;
-    if let Some(c) = replay.commitment.as_mut() {
-        c.commitment_number = n;
-        c.per_commitment_point.clear();
-    }
+    // Another #n, countersigned by the peer (a colluding one signs anything).
+    let _ = req;
+    let mut other_n = pair.commitment_data(true, n).unwrap();
+    other_n.feerate_per_kw += 1;
+    let replay = lnpd_signer::testing::Colluder::new(2)
+        .validation_request(&mut pair, true, other_n)
+        .unwrap();
     let err =
         call!(pair.alice.signer, ValidateHolderCommitment(replay) => ValidateHolderCommitment)
             .unwrap_err();

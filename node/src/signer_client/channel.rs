@@ -32,6 +32,7 @@ use lnpd_proto::signer::{self as pb, request};
 use super::connection::{CallError, SignerConnection};
 use super::convert;
 use super::keys::expect_reply;
+use crate::chain_watch::TxSource;
 
 /// How long a call LDK can retry later waits before answering "pending".
 pub const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +43,7 @@ pub const VALIDATION_PATIENCE: Duration = Duration::from_secs(120);
 #[derive(Clone)]
 pub struct RemoteChannelSigner {
     conn: Arc<SignerConnection>,
+    txs: Arc<dyn TxSource>,
     keys_id: [u8; 32],
     pubkeys: ChannelPublicKeys,
     setup_sent: Arc<Mutex<bool>>,
@@ -90,7 +92,7 @@ fn sig(bytes: &[u8]) -> Result<Signature, CallError> {
 impl RemoteChannelSigner {
     /// Fetches the channel's public keys. LDK cannot take an error here, so
     /// this waits for the signer as long as it takes, logging as it goes.
-    pub fn new(conn: Arc<SignerConnection>, keys_id: [u8; 32]) -> Self {
+    pub fn new(conn: Arc<SignerConnection>, txs: Arc<dyn TxSource>, keys_id: [u8; 32]) -> Self {
         let body = request::Body::GetChannelPublicKeys(pb::GetChannelPublicKeysRequest {
             channel_keys_id: keys_id.to_vec(),
         });
@@ -111,6 +113,7 @@ impl RemoteChannelSigner {
         };
         RemoteChannelSigner {
             conn,
+            txs,
             keys_id,
             pubkeys,
             setup_sent: Arc::new(Mutex::new(false)),
@@ -140,6 +143,11 @@ impl RemoteChannelSigner {
                 message: "channel parameters not yet complete".into(),
             });
         };
+        if let Some(o) = params.funding_outpoint {
+            // Follow the funding transaction: its confirmation is proven to
+            // the signer, its spends are kept for the signer's proofs.
+            self.txs.watch_funding(o.txid, self.keys_id);
+        }
         expect_reply!(
             self.conn
                 .call(request::Body::SetupChannel(req), PENDING_TIMEOUT),
@@ -159,6 +167,28 @@ impl RemoteChannelSigner {
                 tracing::error!("{what}: {e}");
             }
         })
+    }
+
+    /// The transactions `tx`'s inputs spend, and their parents (a justice
+    /// input may spend the peer's HTLC transaction on the revoked
+    /// commitment), as the node kept them: the signer's proof of amounts.
+    fn spent_transactions(&self, tx: &Transaction, depth: usize) -> Vec<Vec<u8>> {
+        let mut found: Vec<Transaction> = Vec::new();
+        let mut wanted: Vec<Txid> = tx.input.iter().map(|i| i.previous_output.txid).collect();
+        for _ in 0..depth {
+            let mut next = Vec::new();
+            for txid in wanted {
+                if found.iter().any(|t| t.compute_txid() == txid) {
+                    continue;
+                }
+                if let Some(t) = self.txs.transaction(&txid) {
+                    next.extend(t.input.iter().map(|i| i.previous_output.txid));
+                    found.push(t);
+                }
+            }
+            wanted = next;
+        }
+        found.iter().map(bitcoin::consensus::serialize).collect()
     }
 
     fn blocking<T>(&self, what: &str, r: Result<T, CallError>) -> Result<T, ()> {
@@ -413,6 +443,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             amount_sat: amount,
             commitment_number: 0,
             per_commitment_secret: per_commitment_key.secret_bytes().to_vec(),
+            previous_txs: self.spent_transactions(justice_tx, 2),
         });
         self.signature("sign justice (to_local)", Some(channel_parameters), body)
     }
@@ -435,6 +466,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             commitment_number: 0,
             htlc: Some(convert::htlc(htlc)),
             per_commitment_secret: per_commitment_key.secret_bytes().to_vec(),
+            previous_txs: self.spent_transactions(justice_tx, 2),
         });
         self.signature("sign justice (HTLC)", Some(channel_parameters), body)
     }
@@ -459,6 +491,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
                 .preimage
                 .map(|p| p.0.to_vec())
                 .unwrap_or_default(),
+            previous_txs: self.spent_transactions(htlc_tx, 1),
         });
         self.signature("sign holder HTLC transaction", None, body)
     }
@@ -480,6 +513,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             amount_sat: amount,
             per_commitment_point: per_commitment_point.serialize().to_vec(),
             htlc: Some(convert::htlc(htlc)),
+            previous_txs: self.spent_transactions(htlc_tx, 1),
         });
         self.signature(
             "sign counterparty HTLC sweep",
@@ -521,6 +555,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             channel_keys_id: self.id(),
             tx: Some(convert::unsigned_tx(anchor_tx)),
             input_index: input as u32,
+            previous_txs: self.spent_transactions(anchor_tx, 1),
         });
         self.signature("sign anchor input", Some(channel_parameters), body)
     }

@@ -147,8 +147,9 @@ pub fn setup_request(
     })
 }
 
-/// An output LDK asks to sweep.
-pub fn spendable(d: &SpendableOutputDescriptor) -> pb::SpendableOutput {
+/// An output LDK asks to sweep, with the transaction that holds it
+/// (`previous_tx`: the signer's proof of the amount; empty if unknown).
+pub fn spendable(d: &SpendableOutputDescriptor, previous_tx: Vec<u8>) -> pb::SpendableOutput {
     use pb::spendable_output::Kind;
     match d {
         SpendableOutputDescriptor::StaticOutput {
@@ -158,6 +159,7 @@ pub fn spendable(d: &SpendableOutputDescriptor) -> pb::SpendableOutput {
         } => pb::SpendableOutput {
             outpoint: Some(outpoint(&o.into_bitcoin_outpoint())),
             output: Some(txout(output)),
+            previous_tx,
             kind: Some(Kind::StaticOutput(pb::StaticOutput {
                 channel_keys_id: channel_keys_id.map(|i| i.to_vec()).unwrap_or_default(),
             })),
@@ -165,6 +167,7 @@ pub fn spendable(d: &SpendableOutputDescriptor) -> pb::SpendableOutput {
         SpendableOutputDescriptor::DelayedPaymentOutput(p) => pb::SpendableOutput {
             outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
             output: Some(txout(&p.output)),
+            previous_tx,
             kind: Some(Kind::DelayedPayment(pb::DelayedPaymentOutput {
                 channel_keys_id: p.channel_keys_id.to_vec(),
                 per_commitment_point: p.per_commitment_point.serialize().to_vec(),
@@ -175,6 +178,7 @@ pub fn spendable(d: &SpendableOutputDescriptor) -> pb::SpendableOutput {
         SpendableOutputDescriptor::StaticPaymentOutput(p) => pb::SpendableOutput {
             outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
             output: Some(txout(&p.output)),
+            previous_tx,
             kind: Some(Kind::StaticPayment(pb::StaticPaymentOutput {
                 channel_keys_id: p.channel_keys_id.to_vec(),
             })),

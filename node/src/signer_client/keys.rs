@@ -25,6 +25,7 @@ use zeroize::Zeroizing;
 use super::channel::RemoteChannelSigner;
 use super::connection::{CallError, SignerConnection};
 use super::convert;
+use crate::chain_watch::TxSource;
 
 /// How long LDK-blocking operations (ECDH, gossip, keys ids) wait for an
 /// unavailable signer before giving up.
@@ -44,6 +45,7 @@ pub enum KeysError {
 /// LDK's keys manager whose every secret operation is a call to `lnpd-signer`.
 pub struct RemoteKeysManager {
     conn: Arc<SignerConnection>,
+    txs: Arc<dyn TxSource>,
     node_id: PublicKey,
     inbound_payment_key: Zeroizing<[u8; 32]>,
     peer_storage_key: Zeroizing<[u8; 32]>,
@@ -75,7 +77,11 @@ pub(crate) use expect_reply;
 impl RemoteKeysManager {
     /// Asks the signer for the node id and the node-side keys (waiting up to
     /// `patience` for it to come up) and checks the protocol version.
-    pub fn new(conn: Arc<SignerConnection>, patience: Duration) -> Result<Self, KeysError> {
+    pub fn new(
+        conn: Arc<SignerConnection>,
+        txs: Arc<dyn TxSource>,
+        patience: Duration,
+    ) -> Result<Self, KeysError> {
         let info = expect_reply!(
             conn.call_retrying(
                 "signer info",
@@ -103,6 +109,7 @@ impl RemoteKeysManager {
         )?;
         Ok(RemoteKeysManager {
             conn,
+            txs,
             node_id,
             inbound_payment_key: key32(&keys.inbound_payment_key)?,
             peer_storage_key: key32(&keys.peer_storage_key)?,
@@ -298,7 +305,7 @@ impl SignerProvider for RemoteKeysManager {
     }
 
     fn derive_channel_signer(&self, channel_keys_id: [u8; 32]) -> RemoteChannelSigner {
-        RemoteChannelSigner::new(self.conn.clone(), channel_keys_id)
+        RemoteChannelSigner::new(self.conn.clone(), self.txs.clone(), channel_keys_id)
     }
 
     fn get_destination_script(&self, channel_keys_id: [u8; 32]) -> Result<ScriptBuf, ()> {
@@ -335,7 +342,25 @@ impl OutputSpender for RemoteKeysManager {
         _secp_ctx: &Secp256k1<All>,
     ) -> Result<Transaction, ()> {
         let body = request::Body::SpendSpendableOutputs(pb::SpendSpendableOutputsRequest {
-            descriptors: descriptors.iter().map(|d| convert::spendable(d)).collect(),
+            descriptors: descriptors
+                .iter()
+                .map(|d| {
+                    let txid = match d {
+                        SpendableOutputDescriptor::StaticOutput { outpoint, .. } => outpoint.txid,
+                        SpendableOutputDescriptor::DelayedPaymentOutput(p) => p.outpoint.txid,
+                        SpendableOutputDescriptor::StaticPaymentOutput(p) => p.outpoint.txid,
+                    };
+                    let prev = self
+                        .txs
+                        .transaction(&txid)
+                        .map(|t| bitcoin::consensus::serialize(&t))
+                        .unwrap_or_default();
+                    if prev.is_empty() {
+                        tracing::warn!(%txid, "the transaction of an output to sweep is not kept: the signer will ask for it");
+                    }
+                    convert::spendable(d, prev)
+                })
+                .collect(),
             outputs: outputs.iter().map(convert::txout).collect(),
             change_script: change_destination_script.to_bytes(),
             feerate_sat_per_kw: feerate_sat_per_1000_weight,

@@ -421,7 +421,14 @@ async fn run_device(
         "lnpd-signer bridging {device} (paired, identity proven) on {local} (mutual TLS)"
     );
     println!("listening on {local}");
-    server::serve(backend, listener, tls_config, shutdown_signal()).await?;
+    server::serve(
+        backend,
+        listener,
+        tls_config,
+        config.server.limits()?,
+        shutdown_signal(),
+    )
+    .await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
 }
@@ -492,7 +499,14 @@ async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Res
         .with_audit(audit)
         .with_allowlist(dir.allowlist())
         .with_approvals(dir.approvals(), config.approval_timeout());
-    server::serve(service, listener, tls_config, shutdown).await?;
+    server::serve(
+        service,
+        listener,
+        tls_config,
+        config.server.limits()?,
+        shutdown,
+    )
+    .await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
 }

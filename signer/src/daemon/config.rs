@@ -27,6 +27,45 @@ pub struct ConfigFile {
     /// Where the signer's view of the chain starts.
     #[serde(default)]
     pub chain: ChainSection,
+    /// Connection limits of the gRPC server.
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// `[server]`: connection limits.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Longest a client's TLS handshake may take (seconds; default 10).
+    pub handshake_timeout_secs: Option<u64>,
+    /// Most connections held at once (default 256).
+    pub max_connections: Option<usize>,
+    /// Most connections held at once from one address (default 32).
+    pub max_connections_per_ip: Option<usize>,
+}
+
+impl ServerSection {
+    /// The limits this section describes.
+    pub fn limits(&self) -> Result<super::server::ServerLimits, ConfigError> {
+        let d = super::server::ServerLimits::default();
+        let l = super::server::ServerLimits {
+            handshake_timeout: self
+                .handshake_timeout_secs
+                .map(std::time::Duration::from_secs)
+                .unwrap_or(d.handshake_timeout),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(d.max_connections_per_ip),
+        };
+        if l.handshake_timeout.is_zero() || l.max_connections == 0 || l.max_connections_per_ip == 0
+        {
+            return Err(ConfigError::Invalid(
+                "[server]: limits must be above zero".into(),
+            ));
+        }
+        Ok(l)
+    }
 }
 
 /// `[chain]`.
@@ -92,6 +131,20 @@ pub struct PolicySection {
     pub max_htlc_cltv_window: Option<u32>,
     /// How far past the chain tip a sweep's locktime may be (blocks).
     pub max_sweep_locktime_ahead: Option<u32>,
+    /// Most value lost, net, to trimmed outputs over a channel's life (sat).
+    pub max_trimmed_loss_sat: Option<u64>,
+    /// Largest share of a sweep's value its fee may take (percent).
+    pub max_sweep_fee_percent: Option<u64>,
+    /// Fewest blocks between a forward's expiry and its incoming HTLC's.
+    pub forward_min_cltv_delta: Option<u32>,
+    /// Confirmations a funding needs before its HTLCs cover forwards.
+    pub min_funding_confirmations: Option<u32>,
+    /// Most keys ids issued but not set up.
+    pub max_pending_channels: Option<usize>,
+    /// Most channels set up.
+    pub max_channels: Option<usize>,
+    /// Most wallet scripts handed out.
+    pub max_wallet_scripts: Option<u32>,
     /// Rule id -> "enforce" | "warn".
     #[serde(default)]
     pub rules: BTreeMap<String, String>,
@@ -162,6 +215,15 @@ impl ConfigFile {
             max_htlcs: p.max_htlcs.unwrap_or(d.max_htlcs),
             max_htlc_inflight_sat: p.max_htlc_inflight_sat.unwrap_or(d.max_htlc_inflight_sat),
             max_dust_exposure_sat: p.max_dust_exposure_sat.unwrap_or(d.max_dust_exposure_sat),
+            max_trimmed_loss_sat: p.max_trimmed_loss_sat.unwrap_or(d.max_trimmed_loss_sat),
+            max_sweep_fee_percent: p.max_sweep_fee_percent.unwrap_or(d.max_sweep_fee_percent),
+            forward_min_cltv_delta: p.forward_min_cltv_delta.unwrap_or(d.forward_min_cltv_delta),
+            min_funding_confirmations: p
+                .min_funding_confirmations
+                .unwrap_or(d.min_funding_confirmations),
+            max_pending_channels: p.max_pending_channels.unwrap_or(d.max_pending_channels),
+            max_channels: p.max_channels.unwrap_or(d.max_channels),
+            max_wallet_scripts: p.max_wallet_scripts.unwrap_or(d.max_wallet_scripts),
             max_onchain_feerate_per_kw: p
                 .max_onchain_feerate_per_kw
                 .unwrap_or(d.max_onchain_feerate_per_kw),
@@ -190,6 +252,11 @@ impl ConfigFile {
             allowed_scripts: Default::default(),
             allowed_payees: Default::default(),
         };
+        if cfg.max_sweep_fee_percent > 100 {
+            return Err(ConfigError::Invalid(
+                "[policy] max_sweep_fee_percent is a percentage (0 to 100)".into(),
+            ));
+        }
         if cfg.min_to_self_delay > cfg.max_to_self_delay
             || cfg.min_dust_limit_sat > cfg.max_dust_limit_sat
             || cfg.min_feerate_per_kw > cfg.max_feerate_per_kw

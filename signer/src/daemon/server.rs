@@ -275,11 +275,17 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
             bodies.push(b);
         }
         let results =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle_batch(bodies)))
-                .map_err(|_| {
-                    tracing::error!("a batch aborted inside the signer (a bug); state unchanged");
-                    Status::internal("the signer could not process this batch")
-                })?;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle_batch(bodies)));
+        let results = match results {
+            Ok(r) => r,
+            Err(_) => {
+                // Nothing of the batch was written; what it changed in
+                // memory is undone before the next request.
+                signer.abort_batch();
+                tracing::error!("a batch aborted inside the signer (a bug); none of it applied");
+                return Err(Status::internal("the signer could not process this batch"));
+            }
+        };
         let replies = results
             .into_iter()
             .zip(ids)
@@ -415,6 +421,32 @@ rpcs! {
     sign_psbt(SignPsbtRequest) -> SignPsbtReply via SignPsbt => SignPsbt;
     show_invoice(ShowInvoiceRequest) -> ShowInvoiceReply via ShowInvoice => ShowInvoice;
     update_chain(UpdateChainRequest) -> UpdateChainReply via UpdateChain => UpdateChain;
+    prove_funding(ProveFundingRequest) -> ProveFundingReply via ProveFunding => ProveFunding;
+}
+
+/// Limits on the connections the server holds: a client that never
+/// finishes its TLS handshake is dropped, and connections beyond the caps
+/// are closed as they come (a node's connection, once up, is not
+/// affected; a flood of idle connections cannot take every file
+/// descriptor).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: std::time::Duration,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            handshake_timeout: std::time::Duration::from_secs(10),
+            max_connections: 256,
+            max_connections_per_ip: 32,
+        }
+    }
 }
 
 /// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.
@@ -422,31 +454,150 @@ pub async fn serve<B: Backend>(
     service: B,
     listener: tokio::net::TcpListener,
     tls: tonic::transport::ServerTlsConfig,
+    limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     tonic::transport::Server::builder()
-        .tls_config(tls)?
+        .tls_config(tls.timeout(limits.handshake_timeout))?
+        // A peer that vanished without closing is found out and dropped.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(
             signer_server::SignerServer::new(Grpc(service))
                 .max_decoding_message_size(crate::handler::MAX_REQUEST_BYTES),
         )
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
         .await
 }
 
-/// Accepted connections with Nagle's algorithm off: replies are small and
-/// latency-bound (with it on, a reply split in two waits for a delayed ACK).
-fn incoming(
-    listener: tokio::net::TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(stream) = &conn {
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!("cannot set TCP_NODELAY: {e}");
+/// Connections held, in all and by address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// An accepted connection that frees its slot when dropped.
+struct Counted {
+    inner: tokio::net::TcpStream,
+    slots: Arc<Mutex<Slots>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.total = s.total.saturating_sub(1);
+            if let Some(n) = s.by_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.by_ip.remove(&self.ip);
+                }
             }
         }
-        conn
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Accepted connections within the limits, with Nagle's algorithm off:
+/// replies are small and latency-bound (with it on, a reply split in two
+/// waits for a delayed ACK).
+fn incoming(
+    listener: tokio::net::TcpListener,
+    limits: ServerLimits,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Counted>> {
+    use tokio_stream::StreamExt;
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let ip = match stream.peer_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => return None,
+        };
+        {
+            let Ok(mut s) = slots.lock() else {
+                return None;
+            };
+            let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
+            if s.total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+                // Logged once per 100 refusals: a flood must not flood the log.
+                let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(100) {
+                    tracing::warn!(
+                        %ip,
+                        held = s.total,
+                        from_ip,
+                        "connection refused: the server holds its limit of connections \
+                         ({} in all, {} per address)",
+                        limits.max_connections,
+                        limits.max_connections_per_ip
+                    );
+                }
+                return None;
+            }
+            s.total += 1;
+            *s.by_ip.entry(ip).or_insert(0) += 1;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        Some(Ok(Counted {
+            inner: stream,
+            slots: slots.clone(),
+            ip,
+        }))
     })
 }
 

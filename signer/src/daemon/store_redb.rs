@@ -68,6 +68,9 @@ impl Store for RedbStore {
                     Write::Meta(bytes) => {
                         meta.insert("meta", bytes.as_slice()).map_err(err)?;
                     }
+                    Write::DeleteChannel(id) => {
+                        channels.remove(id).map_err(err)?;
+                    }
                 }
             }
         }

@@ -1,36 +1,36 @@
 //! Rules on how a channel's balance may move from one commitment to the next
-//! (`commitment-balance-conserved`, `commitment-settled-preimage`).
+//! of the same side (`commitment-balance-conserved`,
+//! `commitment-settled-preimage`, `routing-incoming-claimed`).
 //!
 //! Our side of a commitment is our main output, plus the fee and anchors if
 //! we are the funder (they come out of our balance), plus the HTLCs we
-//! offered. From one commitment to the next that total may drop only by:
-//! HTLCs we newly offer (they appear in the new commitment, so the total
-//! does not drop), our HTLCs removed as paid (whose preimage the node must
-//! show), and value that became invisible: HTLCs below the dust limit are
-//! trimmed from commitments and LDK does not show them to the signer, so
-//! their value shows only as an unexplained remainder (the "dust pot"),
-//! bounded by `max_dust_exposure_sat`.
+//! offered. From one commitment to the next that total may drop only by our
+//! HTLCs removed as paid (the node shows their preimages; the ledger
+//! admitted each through the payment controls when it first appeared), and
+//! by value that became invisible: HTLCs below the dust limit are trimmed
+//! from commitments and LDK does not show them to the signer, so their
+//! value shows only as an unexplained remainder (the "pot", the part of the
+//! actual fee above the fee the feerate gives).
 //!
-//! One commitment may both add trimmed HTLCs of ours and settle trimmed
-//! HTLCs to the peer (several updates in one round), so the pot can shrink
-//! while our side drops: value that went into the pot is its growth plus
-//! what left it for the peer, and what left it is at most the peer's gain
-//! and at most the previous pot (never more than was in it).
+//! The pot is bounded per commitment (`max_dust_exposure_sat`) and what our
+//! side loses to it is bounded in total over the channel's life
+//! (`max_trimmed_loss_sat`), along each side's chain of commitments: the
+//! net of value gone into trimmed outputs and value that came back from
+//! them. A compromised node can therefore move at most that budget through
+//! trimmed outputs, however many commitments it asks for. Trimmed HTLCs we
+//! pay count against it too (the signer cannot tell them from a theft).
 //!
-//! The bound is per commitment: since the signer cannot tell an honest
-//! round (trimmed HTLCs settled to the peer while new ones are added) from
-//! our balance moved to the peer through a full pot, a compromised node
-//! could repeat the latter on every commitment. The payment controls
-//! (`payment-velocity`, `payment-max`) do not see trimmed HTLCs either;
-//! keep `max_dust_exposure_sat` low where that matters.
+//! An HTLC the peer offered us that covers a forward we paid out must be
+//! paid to us when it leaves a commitment: our side grows by its amount.
 
 use alloc::format;
 use alloc::vec::Vec;
 
-use lnpd_proto::signer::{CommitmentData, HtlcDirection, SetupChannelRequest};
+use lnpd_proto::signer::{CommitmentData, Htlc, SetupChannelRequest};
 
 use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
+use crate::policy::ledger::{ours, theirs, Key};
 use crate::policy::{PolicyConfig, RuleId};
 
 /// One side's view of a commitment, in sat.
@@ -51,17 +51,6 @@ fn fee_and_anchors(setup: &SetupChannelRequest, c: &CommitmentData) -> u64 {
         } else {
             0
         }
-}
-
-/// HTLCs we offered: "offered" by the broadcaster on our own commitment,
-/// "received" by it on the counterparty's.
-fn ours(c: &CommitmentData, holder: bool) -> impl Iterator<Item = &lnpd_proto::signer::Htlc> {
-    let direction = if holder {
-        HtlcDirection::Offered
-    } else {
-        HtlcDirection::Received
-    } as i32;
-    c.htlcs.iter().filter(move |h| h.direction == direction)
 }
 
 fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
@@ -94,18 +83,37 @@ fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
     }
 }
 
-/// Checks a new commitment against the previous one of the same side: ours
+/// A commitment following the previous one of the same side: ours
 /// (`holder`, which we validate) or the counterparty's (which we sign).
-/// `preimages` are the payment preimages the node shows for our HTLCs the
-/// peer claimed.
-pub fn check_update(
-    policy: &PolicyConfig,
-    setup: &SetupChannelRequest,
-    holder: bool,
-    previous: &CommitmentData,
-    next: &CommitmentData,
-    preimages: &[[u8; 32]],
-) -> Result<(), SignerError> {
+pub struct SideUpdate<'a> {
+    /// The channel's set-up.
+    pub setup: &'a SetupChannelRequest,
+    /// Ours (else the counterparty's).
+    pub holder: bool,
+    /// The previous commitment of the side.
+    pub previous: &'a CommitmentData,
+    /// The new one.
+    pub next: &'a CommitmentData,
+    /// Payment hashes whose preimages the node showed (now or before).
+    pub paid: &'a [[u8; 32]],
+    /// Incoming HTLCs that must be paid to us if they leave.
+    pub owed: &'a [Key<'a>],
+    /// The side's trimmed-value budget used so far (sat).
+    pub trimmed_loss_sat: u64,
+}
+
+/// Checks a side update; returns the side's trimmed-value budget used
+/// after it.
+pub fn check_update(policy: &PolicyConfig, u: &SideUpdate) -> Result<u64, SignerError> {
+    let SideUpdate {
+        setup,
+        holder,
+        previous,
+        next,
+        paid,
+        owed,
+        trimmed_loss_sat,
+    } = *u;
     let (old, new) = (side(setup, previous, holder), side(setup, next, holder));
     policy.check(
         RuleId::CommitmentBalanceConserved,
@@ -117,49 +125,101 @@ pub fn check_update(
             )
         },
     )?;
-    let drop = old.total.saturating_sub(new.total);
-    if drop == 0 {
-        return Ok(());
-    }
-    let key = |h: &lnpd_proto::signer::Htlc| (h.payment_hash.clone(), h.amount_msat, h.cltv_expiry);
-    let still: Vec<_> = ours(next, holder).map(key).collect();
-    let removed: Vec<_> = ours(previous, holder)
-        .filter(|h| !still.contains(&key(h)))
-        .collect();
-    let hashes: Vec<[u8; 32]> = preimages
+    let removed_ours = removed(ours(previous, holder), ours(next, holder));
+    let removed_theirs = removed(theirs(previous, holder), theirs(next, holder));
+    let removed_sat: u64 = removed_ours.iter().map(|h| h.amount_msat / 1000).sum();
+    let paid_sat: u64 = removed_ours
         .iter()
-        .map(|p| crate::keys::payment_hash(p).0)
-        .collect();
-    let removed_sat: u64 = removed.iter().map(|h| h.amount_msat / 1000).sum();
-    let paid_sat: u64 = removed
-        .iter()
-        .filter(|h| hashes.iter().any(|x| h.payment_hash == x[..]))
+        .filter(|h| paid.iter().any(|x| h.payment_hash == x[..]))
         .map(|h| h.amount_msat / 1000)
         .sum();
-    let left_pot_to_them = new.theirs.saturating_sub(old.theirs).min(old.pot);
-    let invisible = (new.pot + left_pot_to_them).saturating_sub(old.pot);
+    let received_sat: u64 = removed_theirs.iter().map(|h| h.amount_msat / 1000).sum();
     // Rounding of msat to sat: at most one sat per output.
     let slack = 2 + (previous.htlcs.len() + next.htlcs.len()) as u64;
+
+    let owed_sat: u64 = removed_theirs
+        .iter()
+        .filter(|h| owed.contains(&(h.payment_hash.as_slice(), h.amount_msat, h.cltv_expiry)))
+        .map(|h| h.amount_msat / 1000)
+        .sum();
+    if owed_sat > 0 {
+        policy.check(
+            RuleId::RoutingIncomingClaimed,
+            new.total + paid_sat + slack >= old.total + owed_sat,
+            || {
+                format!(
+                    "incoming HTLCs of {owed_sat} sat, whose forwards were paid out, leave the \
+                     commitment without being paid to us"
+                )
+            },
+        )?;
+    }
+
+    let drop = old.total.saturating_sub(new.total);
+    let loss = drop.saturating_sub(paid_sat + slack);
+    let left_pot_to_them = new.theirs.saturating_sub(old.theirs).min(old.pot);
+    let invisible = (new.pot + left_pot_to_them).saturating_sub(old.pot);
+    if loss > invisible {
+        let rule = if drop <= removed_sat + invisible + slack {
+            RuleId::CommitmentSettledPreimage
+        } else {
+            RuleId::CommitmentBalanceConserved
+        };
+        policy.check(rule, false, || {
+            if rule == RuleId::CommitmentSettledPreimage {
+                format!(
+                    "our HTLCs are removed as paid ({} sat) without their preimages",
+                    drop.saturating_sub(paid_sat + invisible)
+                )
+            } else {
+                format!(
+                    "our side drops by {drop} sat but only {removed_sat} sat of our HTLCs were \
+                     removed and {invisible} sat went to trimmed outputs"
+                )
+            }
+        })?;
+    }
+    // Value that came back from trimmed outputs (not a visible HTLC paid to
+    // us) pays the budget back.
+    let gain = new.total.saturating_sub(old.total);
+    let returned = gain.saturating_sub(received_sat);
+    let used = trimmed_loss_sat
+        .saturating_add(loss)
+        .saturating_sub(returned);
     policy.check(
         RuleId::CommitmentBalanceConserved,
-        drop <= removed_sat + invisible + slack,
+        used <= policy.max_trimmed_loss_sat || loss == 0,
         || {
             format!(
-                "our side drops by {drop} sat but only {removed_sat} sat of our HTLCs were removed \
-                 and {invisible} sat went to trimmed outputs"
+                "our side lost {used} sat in all to trimmed outputs over the channel's life, \
+                 limit {} sat",
+                policy.max_trimmed_loss_sat
             )
         },
     )?;
-    policy.check(
-        RuleId::CommitmentSettledPreimage,
-        drop <= paid_sat + invisible + slack,
-        || {
-            format!(
-                "our HTLCs are removed as paid ({} sat) without their preimages",
-                drop.saturating_sub(paid_sat + invisible)
-            )
-        },
-    )
+    Ok(used)
+}
+
+/// HTLCs in `before` that are not in `after` (as multisets).
+fn removed<'a>(
+    before: impl Iterator<Item = &'a Htlc>,
+    after: impl Iterator<Item = &'a Htlc>,
+) -> Vec<&'a Htlc> {
+    let mut still: Vec<&Htlc> = after.collect();
+    let mut gone = Vec::new();
+    for h in before {
+        let k = (&h.payment_hash, h.amount_msat, h.cltv_expiry);
+        match still
+            .iter()
+            .position(|s| (&s.payment_hash, s.amount_msat, s.cltv_expiry) == k)
+        {
+            Some(i) => {
+                still.swap_remove(i);
+            }
+            None => gone.push(h),
+        }
+    }
+    gone
 }
 
 #[cfg(test)]
@@ -187,12 +247,17 @@ mod tests {
     fn check(previous: &CommitmentData, next: &CommitmentData) -> Result<(), SignerError> {
         check_update(
             &PolicyConfig::default(),
-            &setup(),
-            false,
-            previous,
-            next,
-            &[],
+            &SideUpdate {
+                setup: &setup(),
+                holder: false,
+                previous,
+                next,
+                paid: &[],
+                owed: &[],
+                trimmed_loss_sat: 0,
+            },
         )
+        .map(|_| ())
     }
 
     #[test]

@@ -6,7 +6,83 @@ use lnpd_proto::signer::{ChannelType, CommitmentData, SetupChannelRequest};
 
 use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
+use crate::policy::facts::Facts;
 use crate::policy::{PolicyConfig, RuleId};
+use crate::state::ChannelRecord;
+use crate::types::ChannelKeysId;
+
+/// What a set-up request asks of a channel's record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SetupVerdict {
+    /// The channel was set up with exactly these parameters: nothing to do.
+    Again,
+    /// A new set-up, to record.
+    New,
+}
+
+/// The validator of `SetupChannel`: the keys id is one the signer issued
+/// and never set up (`channel-keys-id-issued`, `channel-keys-id-unique`,
+/// `channel-params-immutable`), no other channel has that funding outpoint
+/// (`channel-funding-unique`), the signer holds fewer channels than its
+/// limit (`resource-limit`), and the parameters are safe ([`check_setup`]).
+/// The identity rules refuse in every mode: going on would corrupt state.
+pub fn validate_setup(
+    id: &ChannelKeysId,
+    record: Option<&ChannelRecord>,
+    r: &SetupChannelRequest,
+    facts: &Facts,
+) -> Result<SetupVerdict, SignerError> {
+    let policy = facts.policy;
+    if let Some(existing) = record.and_then(|c| c.setup.as_ref()) {
+        if existing == r {
+            return Ok(SetupVerdict::Again);
+        }
+        let rule = if existing.funding_outpoint != r.funding_outpoint {
+            RuleId::ChannelKeysIdUnique
+        } else {
+            RuleId::ChannelParamsImmutable
+        };
+        return Err(SignerError::policy(
+            rule,
+            format!("channel {id} was already set up with other parameters"),
+        ));
+    }
+    if !record.is_some_and(|c| c.issued_by_signer) {
+        return Err(SignerError::policy(
+            RuleId::ChannelKeysIdIssued,
+            format!("channel keys id {id} was not issued by this signer (or not kept)"),
+        ));
+    }
+    if r.funding_outpoint.is_some() {
+        if let Some((other, _)) = facts.channels.iter().find(|(o, c)| {
+            *o != id
+                && c.setup
+                    .as_ref()
+                    .is_some_and(|s| s.funding_outpoint == r.funding_outpoint)
+        }) {
+            return Err(SignerError::policy(
+                RuleId::ChannelFundingUnique,
+                format!("channel {other} already has that funding outpoint"),
+            ));
+        }
+    }
+    let set_up = facts
+        .channels
+        .values()
+        .filter(|c| c.setup.is_some())
+        .count();
+    if set_up >= policy.max_channels {
+        return Err(SignerError::policy(
+            RuleId::ResourceLimit,
+            format!(
+                "the signer holds {set_up} channels, its limit (max_channels = {})",
+                policy.max_channels
+            ),
+        ));
+    }
+    check_setup(policy, r, |s| facts.is_own(s))?;
+    Ok(SetupVerdict::New)
+}
 
 /// Checks the parameters of a channel being set up. `is_own_script` tells
 /// whether a script pays the signer's wallet.

@@ -7,7 +7,8 @@ use lnpd_proto::signer::{SetupChannelRequest, SignClosingTransactionRequest};
 
 use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
-use crate::policy::{PolicyConfig, RuleId};
+use crate::policy::facts::Facts;
+use crate::policy::RuleId;
 use crate::state::ChannelRecord;
 use crate::types::ChannelKeysId;
 
@@ -18,17 +19,22 @@ const MAX_SCRIPT_LEN: usize = 42;
 /// Witness weight of a 2-of-2 funding input (two signatures, the script).
 const FUNDING_WITNESS_WEIGHT: u64 = 222;
 
-/// Checks a closing transaction before it is signed. `unsigned_weight` is
-/// the weight of the closing transaction without its witness.
-pub fn check_close(
+/// The validator of a mutual close, before it is signed: outputs within the
+/// channel, no HTLCs pending (`close-no-pending-htlcs`), our output to our
+/// wallet or upfront script (`close-destination-allowed`), the fee within
+/// bounds when we pay it (`close-fee-range`), our output at least our
+/// balance less our fee share (`close-value-matches`), and a locktime near
+/// the chain tip (`close-locktime-range`). `unsigned_weight` is the weight
+/// of the closing transaction without its witness.
+pub fn validate_close(
     unsigned_weight: u64,
-    policy: &PolicyConfig,
+    facts: &Facts,
     id: &ChannelKeysId,
     record: &ChannelRecord,
     setup: &SetupChannelRequest,
     r: &SignClosingTransactionRequest,
-    is_own_script: impl Fn(&Script) -> bool,
 ) -> Result<(), SignerError> {
+    let policy = facts.policy;
     let total = r
         .to_holder_value_sat
         .checked_add(r.to_counterparty_value_sat)
@@ -61,7 +67,7 @@ pub fn check_close(
         let script = Script::from_bytes(&r.to_holder_script);
         let allowed = (!setup.holder_shutdown_script.is_empty()
             && r.to_holder_script == setup.holder_shutdown_script)
-            || is_own_script(script);
+            || facts.is_own(script);
         policy.check(RuleId::CloseDestinationAllowed, allowed, || {
             format!("channel {id}: our closing output pays a script that is not ours")
         })?;
@@ -102,5 +108,17 @@ pub fn check_close(
             r.to_holder_value_sat
         )
     })?;
-    Ok(())
+    let lock = r.lock_time;
+    let ahead = policy.max_sweep_locktime_ahead;
+    let lock_ok = if lock < 500_000_000 {
+        lock <= facts.height.saturating_add(ahead)
+    } else {
+        facts.now > 0 && u64::from(lock) <= facts.now + u64::from(ahead) * 600
+    };
+    policy.check(RuleId::CloseLocktimeRange, lock_ok, || {
+        format!(
+            "channel {id}: the close is locked until {lock}, more than {ahead} blocks past the chain tip ({})",
+            facts.height
+        )
+    })
 }

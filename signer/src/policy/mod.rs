@@ -11,10 +11,13 @@ use crate::error::SignerError;
 pub mod balance;
 pub mod channel;
 pub mod close;
+pub mod commitment;
 pub mod commitment_tx;
-pub mod expiry;
+pub mod facts;
+pub mod ledger;
+pub mod node;
 pub mod onchain;
-pub mod payments;
+pub mod sweep;
 
 macro_rules! rules {
     ($($variant:ident => $id:literal,)*) => {
@@ -44,7 +47,11 @@ rules! {
     ChannelDustLimitRange => "channel-dust-limit-range",
     ChannelKeysIdUnique => "channel-keys-id-unique",
     ChannelParamsImmutable => "channel-params-immutable",
+    ChannelKeysIdIssued => "channel-keys-id-issued",
+    ChannelFundingUnique => "channel-funding-unique",
     OnchainOutputsKnown => "onchain-outputs-known",
+    OnchainFundingOutboundOnly => "onchain-funding-outbound-only",
+    OnchainFundingOutpoint => "onchain-funding-outpoint",
     OnchainFundingOutputMatches => "onchain-funding-output-matches",
     OnchainInitialCommitmentFirst => "onchain-initial-commitment-first",
     OnchainFundingSegwitInputs => "onchain-funding-segwit-inputs",
@@ -82,13 +89,21 @@ rules! {
     SweepDestinationAllowed => "sweep-destination-allowed",
     SweepFeeRange => "sweep-fee-range",
     SweepLocktimeRange => "sweep-locktime-range",
+    SweepInputProven => "sweep-input-proven",
+    SweepJusticeSecret => "sweep-justice-secret",
+    CloseLocktimeRange => "close-locktime-range",
     PaymentVelocity => "payment-velocity",
     PaymentMax => "payment-max",
     PaymentInvoiced => "payment-invoiced",
     PaymentPayeeAllowlist => "payment-payee-allowlist",
     PaymentApproval => "payment-approval",
     RoutingBalanced => "routing-balanced",
+    RoutingIncomingClaimed => "routing-incoming-claimed",
     MerchantNoSends => "merchant-no-sends",
+    InvoicePaidOnce => "invoice-paid-once",
+    InvoiceSignFormat => "invoice-sign-format",
+    GossipAnnouncementKeys => "gossip-announcement-keys",
+    ResourceLimit => "resource-limit",
 }
 
 /// Whether a rule refuses (`Enforce`) or only logs (`Warn`) a violation.
@@ -127,9 +142,16 @@ pub struct PolicyConfig {
     /// Most value a commitment may leave out of its outputs (HTLCs trimmed
     /// as dust, which the signer does not see), in sat.
     pub max_dust_exposure_sat: u64,
+    /// Most value our side may lose, net, to trimmed outputs over a
+    /// channel's life, along each side's commitments (sat). Trimmed HTLCs
+    /// we pay count here: the signer cannot see them.
+    pub max_trimmed_loss_sat: u64,
     /// Highest feerate of transactions we pay fees on alone: mutual closes
     /// (as funder) and sweeps (sat per 1000 weight).
     pub max_onchain_feerate_per_kw: u32,
+    /// Largest share of the value a sweep spends that may go to its fee
+    /// (percent).
+    pub max_sweep_fee_percent: u64,
     /// Whether a channel we fund may push value to the peer at open.
     pub allow_push: bool,
     /// Largest single outgoing payment (sat); none: no limit.
@@ -154,8 +176,21 @@ pub struct PolicyConfig {
     pub approval_above_sat: Option<u64>,
     /// How far past the chain tip an HTLC we offer may expire (blocks).
     pub max_htlc_cltv_window: u32,
-    /// How far past the chain tip a sweep's locktime may be (blocks).
+    /// How far past the chain tip a sweep's (or a mutual close's) locktime
+    /// may be (blocks).
     pub max_sweep_locktime_ahead: u32,
+    /// Fewest blocks between a forward's outgoing expiry and the expiry of
+    /// the incoming HTLC that covers it.
+    pub forward_min_cltv_delta: u32,
+    /// Confirmations a channel's funding needs before HTLCs it receives
+    /// can cover forwards.
+    pub min_funding_confirmations: u32,
+    /// Most keys ids issued but not set up (the oldest unused go first).
+    pub max_pending_channels: usize,
+    /// Most channels set up at once.
+    pub max_channels: usize,
+    /// Most wallet scripts handed out (change, close and sweep destinations).
+    pub max_wallet_scripts: u32,
     /// Where the signer's header chain starts; none: the network's genesis.
     pub chain_checkpoint: Option<crate::chain::Checkpoint>,
     /// Output scripts the operator allows funds to go to besides the wallet
@@ -179,7 +214,9 @@ impl Default for PolicyConfig {
             max_htlcs: 483,
             max_htlc_inflight_sat: 10_000_000,
             max_dust_exposure_sat: 50_000,
+            max_trimmed_loss_sat: 100_000,
             max_onchain_feerate_per_kw: 25_000,
+            max_sweep_fee_percent: 50,
             allow_push: false,
             max_payment_sat: None,
             velocity_limit_sat: None,
@@ -192,6 +229,11 @@ impl Default for PolicyConfig {
             approval_above_sat: None,
             max_htlc_cltv_window: 2_016,
             max_sweep_locktime_ahead: 12,
+            forward_min_cltv_delta: 24,
+            min_funding_confirmations: 3,
+            max_pending_channels: 100,
+            max_channels: 10_000,
+            max_wallet_scripts: 10_000,
             chain_checkpoint: None,
             allowed_scripts: BTreeSet::new(),
             allowed_payees: BTreeSet::new(),

@@ -1,57 +1,105 @@
 //! Rules on on-chain transactions the wallet signs (funding, spends).
 
+use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::vec::Vec;
 
-use bitcoin::{Psbt, Script};
+use bitcoin::hashes::Hash;
+use bitcoin::{Psbt, ScriptBuf};
 
 use crate::error::SignerError;
-use crate::policy::{PolicyConfig, RuleId};
+use crate::policy::facts::Facts;
+use crate::policy::RuleId;
+use crate::types::ChannelKeysId;
 
-/// What the signer knows about an output that funds one of its channels.
-pub struct FundingMatch {
-    /// The output's value equals the channel value recorded at set-up.
-    pub value_matches: bool,
-    /// The channel's first holder commitment was countersigned and validated.
-    pub first_commitment_validated: bool,
+/// What a wallet transaction does to the signer's records.
+#[derive(Debug, Default)]
+pub struct PsbtVerdict {
+    /// Channels it funds (their funding is recorded as signed, by txid).
+    pub funds: Vec<ChannelKeysId>,
 }
 
 /// Witness weight of a P2WPKH input (signature and key), for the fee bound.
 const P2WPKH_WITNESS_WEIGHT: u64 = 108;
 
-/// Checks a PSBT before any of its inputs is signed:
-/// - every output pays our wallet or funds a channel set up with this signer
-///   (2-of-2 of the recorded keys, the recorded value), after its first
-///   commitment was validated;
-/// - a funding transaction spends only segwit outputs;
-/// - every input's amount is proven by its previous transaction, and the fee
-///   stays under the on-chain feerate limit.
-pub fn check_psbt(
-    policy: &PolicyConfig,
+/// The validator of `SignPsbt`, before any input is signed:
+/// - every output pays our wallet, an allow-listed address
+///   (`onchain-outputs-known`), or funds a channel we fund
+///   (`onchain-funding-outbound-only`) with its recorded value
+///   (`onchain-funding-output-matches`) at its recorded outpoint, once
+///   (`onchain-funding-outpoint`), after its first commitment was validated
+///   (`onchain-initial-commitment-first`);
+/// - a funding transaction spends only segwit outputs
+///   (`onchain-funding-segwit-inputs`);
+/// - every input's amount is proven by its previous transaction, and the
+///   fee stays under the on-chain feerate limit (`onchain-fee-range`);
+/// - version 2, standard weight (`onchain-format-standard`).
+///
+/// `funding_scripts` maps the funding output script of every channel set
+/// up with the signer to the channel.
+pub fn validate_psbt(
     psbt: &Psbt,
-    is_own_script: impl Fn(&Script) -> bool,
-    funding: impl Fn(&Script, u64) -> Option<FundingMatch>,
-) -> Result<(), SignerError> {
+    facts: &Facts,
+    funding_scripts: &BTreeMap<ScriptBuf, ChannelKeysId>,
+) -> Result<PsbtVerdict, SignerError> {
+    let policy = facts.policy;
     let tx = &psbt.unsigned_tx;
-    let mut funds_channel = false;
+    let txid = tx.compute_txid();
+    let mut verdict = PsbtVerdict::default();
     for (i, out) in tx.output.iter().enumerate() {
-        if is_own_script(&out.script_pubkey) {
+        if facts.is_allowed_destination(&out.script_pubkey) {
             continue;
         }
-        match funding(&out.script_pubkey, out.value.to_sat()) {
-            Some(m) => {
-                funds_channel = true;
-                policy.check(RuleId::OnchainFundingOutputMatches, m.value_matches, || {
-                    format!("output {i} funds a channel with a value other than the one set up")
-                })?;
-                policy.check(RuleId::OnchainInitialCommitmentFirst, m.first_commitment_validated, || {
-                    format!("output {i} funds a channel whose first commitment is not countersigned yet")
-                })?;
-            }
-            None => policy.check(RuleId::OnchainOutputsKnown, false, || {
+        let Some((id, record, setup)) = funding_scripts
+            .get(&out.script_pubkey)
+            .and_then(|id| Some((id, facts.channels.get(id)?)))
+            .and_then(|(id, r)| Some((id, r, r.setup.as_ref()?)))
+        else {
+            policy.check(RuleId::OnchainOutputsKnown, false, || {
                 format!("output {i} pays neither the signer's wallet, an allow-listed address, nor a channel set up with it")
-            })?,
-        }
+            })?;
+            continue;
+        };
+        policy.check(RuleId::OnchainFundingOutboundOnly, setup.is_outbound, || {
+            format!("output {i} funds channel {id}, which the peer funds: our wallet never pays into it")
+        })?;
+        policy.check(
+            RuleId::OnchainFundingOutputMatches,
+            out.value.to_sat() == setup.channel_value_sat,
+            || format!("output {i} funds a channel with a value other than the one set up"),
+        )?;
+        let recorded = setup.funding_outpoint.as_ref();
+        let at_outpoint = recorded
+            .is_some_and(|o| o.txid[..] == txid.to_byte_array()[..] && o.vout as usize == i);
+        policy.check(RuleId::OnchainFundingOutpoint, at_outpoint, || {
+            format!("output {i} funds channel {id} elsewhere than the funding outpoint recorded at set-up")
+        })?;
+        let once = tx
+            .output
+            .iter()
+            .filter(|o| o.script_pubkey == out.script_pubkey)
+            .count()
+            == 1;
+        policy.check(RuleId::OnchainFundingOutpoint, once, || {
+            format!("the transaction funds channel {id} more than once")
+        })?;
+        let first = record.funding_signed_txid.is_empty()
+            || record.funding_signed_txid[..] == txid.to_byte_array()[..];
+        policy.check(RuleId::OnchainFundingOutpoint, first, || {
+            format!("channel {id} was already funded by another transaction")
+        })?;
+        policy.check(
+            RuleId::OnchainInitialCommitmentFirst,
+            record.holder.is_some(),
+            || {
+                format!(
+                    "output {i} funds a channel whose first commitment is not countersigned yet"
+                )
+            },
+        )?;
+        verdict.funds.push(*id);
     }
+    let funds_channel = !verdict.funds.is_empty();
     let mut in_sat: u64 = 0;
     for (i, (txin, input)) in tx.input.iter().zip(&psbt.inputs).enumerate() {
         // Segwit v0 signatures commit to the amount only; the previous
@@ -114,5 +162,6 @@ pub fn check_psbt(
         RuleId::OnchainFormatStandard,
         tx.version.0 == 2 && weight <= 400_000,
         || "transaction is not version 2 or exceeds the standard weight".into(),
-    )
+    )?;
+    Ok(verdict)
 }

@@ -157,6 +157,226 @@ pub struct ChannelPair {
     /// Preimages of HTLCs settled since the last update, shown to the
     /// signers with the next commitments (as LDK does).
     pub settled: Vec<[u8; 32]>,
+    /// The funding transaction (its output 0 is the channel's 2-of-2).
+    pub funding: bitcoin::Transaction,
+}
+
+/// A funding transaction for a channel between two funding keys: one
+/// made-up input (named by the funder's keys id), the 2-of-2 at output 0.
+fn funding_transaction(
+    funder_keys_id: &[u8],
+    a: &pb::ChannelPublicKeys,
+    b: &pb::ChannelPublicKeys,
+    value_sat: u64,
+) -> Result<bitcoin::Transaction, SignerError> {
+    use bitcoin::hashes::{sha256, Hash};
+    let a = crate::commitment::parse_pubkey("funding_pubkey", &a.funding_pubkey)?;
+    let b = crate::commitment::parse_pubkey("funding_pubkey", &b.funding_pubkey)?;
+    let script = lightning::ln::chan_utils::make_funding_redeemscript(&a, &b).to_p2wsh();
+    Ok(bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint {
+                txid: bitcoin::Txid::from_byte_array(
+                    sha256::Hash::hash(funder_keys_id).to_byte_array(),
+                ),
+                vout: 0,
+            },
+            ..Default::default()
+        }],
+        output: vec![bitcoin::TxOut {
+            value: bitcoin::Amount::from_sat(value_sat),
+            script_pubkey: script,
+        }],
+    })
+}
+
+/// The peer as an attacker runs it: it holds its own keys and countersigns
+/// whatever commitment of ours it likes (a colluding peer).
+pub struct Colluder {
+    keys: crate::keys::KeyRing,
+    secp: bitcoin::secp256k1::Secp256k1<bitcoin::secp256k1::All>,
+}
+
+impl Colluder {
+    /// The peer whose signer is `memory_signer(tag, ..)`.
+    pub fn new(tag: u8) -> Self {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let seed = Seed::new(vec![tag; 32]).unwrap_or_else(|_| unreachable_seed());
+        let keys = crate::keys::KeyRing::from_seed(&seed, Network::Regtest, &secp)
+            .unwrap_or_else(|e| panic!("test keys: {e}"));
+        Colluder { keys, secp }
+    }
+
+    /// The peer's signatures on `holder`'s commitment `data` (Alice's if
+    /// `alice_is_holder`): the commitment signature and the HTLC
+    /// signatures, as the holder's signer rebuilds them. `data` carries the
+    /// holder's per-commitment point.
+    pub fn countersign(
+        &self,
+        pair: &ChannelPair,
+        alice_is_holder: bool,
+        data: &pb::CommitmentData,
+    ) -> Result<(Vec<u8>, Vec<Vec<u8>>), SignerError> {
+        let (holder, peer) = if alice_is_holder {
+            (&pair.alice, &pair.bob)
+        } else {
+            (&pair.bob, &pair.alice)
+        };
+        let keys = crate::commitment::parse_channel_keys(Some(&holder.pubkeys))?;
+        let params = crate::commitment::channel_parameters(&holder.setup, keys)?;
+        let rebuilt = crate::commitment::rebuild(&params, &holder.setup, true, data, &self.secp)?;
+        let secrets = self
+            .keys
+            .channel_secrets(&crate::types::ChannelKeysId::from_slice(&peer.keys_id)?);
+        let sighash = crate::commitment::funding_sighash(
+            &rebuilt.tx.trust().built_transaction().transaction,
+            &params,
+        )?;
+        let sig = self.secp.sign_ecdsa(&sighash, &secrets.funding_key);
+        let point =
+            crate::commitment::parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
+        let htlc_key = lightning::ln::chan_utils::derive_private_key(
+            &self.secp,
+            &point,
+            &secrets.htlc_base_key,
+        );
+        let htlc_sigs = crate::commitment::htlc_sighashes(
+            &rebuilt.tx,
+            params.as_holder_broadcastable().contest_delay(),
+            crate::commitment::is_anchors(&holder.setup),
+        )?
+        .iter()
+        .map(|(_, m)| {
+            self.secp
+                .sign_ecdsa(m, &htlc_key)
+                .serialize_compact()
+                .to_vec()
+        })
+        .collect();
+        Ok((sig.serialize_compact().to_vec(), htlc_sigs))
+    }
+
+    /// A validation request for `data` (Alice's commitment if
+    /// `alice_is_holder`), countersigned by this peer whatever it says.
+    pub fn validation_request(
+        &self,
+        pair: &mut ChannelPair,
+        alice_is_holder: bool,
+        mut data: pb::CommitmentData,
+    ) -> Result<pb::ValidateHolderCommitmentRequest, SignerError> {
+        let party = if alice_is_holder {
+            &mut pair.alice
+        } else {
+            &mut pair.bob
+        };
+        let keys_id = party.keys_id.clone();
+        data.per_commitment_point =
+            call!(party.signer, GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
+            channel_keys_id: keys_id.clone(), commitment_number: data.commitment_number,
+        }) => GetPerCommitmentPoint)?
+            .per_commitment_point;
+        data.transaction = pair.built_transaction(alice_is_holder, &data);
+        let (sig, htlc_sigs) = self.countersign(pair, alice_is_holder, &data)?;
+        Ok(pb::ValidateHolderCommitmentRequest {
+            channel_keys_id: keys_id,
+            commitment: Some(data),
+            counterparty_signature: sig,
+            htlc_signatures: htlc_sigs,
+            outbound_htlc_preimages: Vec::new(),
+            release_previous: false,
+        })
+    }
+}
+
+/// A regtest chain the tests mine themselves: blocks whose merkle roots
+/// commit to the transactions they put in them, so a signer fed these
+/// headers can check funding proofs against them.
+pub struct TestChain {
+    /// Headers from genesis, oldest first.
+    pub headers: Vec<bitcoin::block::Header>,
+    /// The txids of each block (none for genesis).
+    pub txids: Vec<Vec<bitcoin::Txid>>,
+}
+
+impl Default for TestChain {
+    fn default() -> Self {
+        TestChain {
+            headers: vec![bitcoin::constants::genesis_block(Network::Regtest).header],
+            txids: vec![Vec::new()],
+        }
+    }
+}
+
+impl TestChain {
+    /// The tip's height.
+    pub fn height(&self) -> u32 {
+        self.headers.len() as u32 - 1
+    }
+
+    /// Mines a block holding `txs` (after a made-up coinbase).
+    pub fn mine(&mut self, txs: &[bitcoin::Transaction]) {
+        use bitcoin::hashes::Hash;
+        let height = self.height() + 1;
+        let mut txids = vec![bitcoin::Txid::from_byte_array(
+            bitcoin::hashes::sha256d::Hash::hash(&height.to_be_bytes()).to_byte_array(),
+        )];
+        txids.extend(txs.iter().map(|t| t.compute_txid()));
+        let root = bitcoin::merkle_tree::calculate_root(txids.iter().map(|t| t.to_raw_hash()))
+            .map(bitcoin::TxMerkleNode::from_raw_hash)
+            .unwrap_or_else(bitcoin::TxMerkleNode::all_zeros);
+        let prev = self.headers[self.headers.len() - 1];
+        let mut h = bitcoin::block::Header {
+            version: bitcoin::block::Version::TWO,
+            prev_blockhash: prev.block_hash(),
+            merkle_root: root,
+            time: prev.time + 600,
+            bits: prev.bits,
+            nonce: 0,
+        };
+        while h.validate_pow(h.target()).is_err() {
+            h.nonce += 1;
+        }
+        self.headers.push(h);
+        self.txids.push(txids);
+    }
+
+    /// Mines `n` blocks with nothing but a coinbase.
+    pub fn mine_empty(&mut self, n: usize) {
+        for _ in 0..n {
+            self.mine(&[]);
+        }
+    }
+
+    /// A BIP 37 merkle block proving `txid` in the block that holds it.
+    pub fn merkle_block(&self, txid: bitcoin::Txid) -> Option<Vec<u8>> {
+        let at = self.txids.iter().position(|b| b.contains(&txid))?;
+        let block = bitcoin::MerkleBlock::from_header_txids_with_predicate(
+            &self.headers[at],
+            &self.txids[at],
+            |t| *t == txid,
+        );
+        Some(bitcoin::consensus::serialize(&block))
+    }
+
+    /// Feeds a signer the headers it lacks; returns its height.
+    pub fn feed(&self, signer: &mut dyn SignerHandle) -> Result<u32, SignerError> {
+        let tip = call!(signer, UpdateChain(pb::UpdateChainRequest::default()) => UpdateChain)?;
+        let from = tip.height as usize + 1;
+        if from >= self.headers.len() {
+            return Ok(tip.height);
+        }
+        let mut height = tip.height;
+        for chunk in self.headers[from..].chunks(crate::chain::MAX_HEADERS_PER_UPDATE) {
+            let req = pb::UpdateChainRequest {
+                first_height: height + 1,
+                headers: chunk.iter().map(bitcoin::consensus::serialize).collect(),
+            };
+            height = call!(signer, UpdateChain(req) => UpdateChain)?.height;
+        }
+        Ok(height)
+    }
 }
 
 /// Channel options.
@@ -207,6 +427,7 @@ fn setup_for(
     outbound: bool,
     opts: &PairOptions,
     counterparty: &pb::ChannelPublicKeys,
+    funding_txid: &[u8],
 ) -> pb::SetupChannelRequest {
     pb::SetupChannelRequest {
         channel_keys_id: keys_id.to_vec(),
@@ -214,7 +435,7 @@ fn setup_for(
         channel_value_sat: opts.value_sat,
         push_msat: opts.push_msat,
         funding_outpoint: Some(pb::OutPoint {
-            txid: vec![0x11; 32],
+            txid: funding_txid.to_vec(),
             vout: 0,
         }),
         channel_type: if opts.anchors {
@@ -263,8 +484,15 @@ impl ChannelPair {
         let (mut alice, mut bob) = (alice, bob);
         let (a_id, a_keys) = new_channel(alice.as_mut())?;
         let (b_id, b_keys) = new_channel(bob.as_mut())?;
-        let a_setup = setup_for(&a_id, true, &opts, &b_keys);
-        let b_setup = setup_for(&b_id, false, &opts, &a_keys);
+        // The funding transaction Alice's wallet would build: its txid is
+        // the channel's funding outpoint (one per channel).
+        let funding = funding_transaction(&a_id, &a_keys, &b_keys, opts.value_sat)?;
+        let funding_txid = {
+            use bitcoin::hashes::Hash;
+            funding.compute_txid().to_byte_array()
+        };
+        let a_setup = setup_for(&a_id, true, &opts, &b_keys, &funding_txid);
+        let b_setup = setup_for(&b_id, false, &opts, &a_keys, &funding_txid);
         let pair = ChannelPair {
             alice: Party {
                 signer: alice,
@@ -285,6 +513,7 @@ impl ChannelPair {
             feerate_per_kw: opts.feerate_per_kw,
             number: 0,
             settled: Vec::new(),
+            funding,
         };
         Ok(pair)
     }
@@ -380,18 +609,10 @@ impl ChannelPair {
     /// signer refuses before it looks at the transaction).
     pub fn built_transaction(&self, alice: bool, data: &pb::CommitmentData) -> Vec<u8> {
         let party = if alice { &self.alice } else { &self.bob };
-        let permissive = PolicyConfig {
-            max_htlc_inflight_sat: u64::MAX,
-            min_feerate_per_kw: 0,
-            max_feerate_per_kw: u32::MAX,
-            ..PolicyConfig::default()
-        };
         let secp = bitcoin::secp256k1::Secp256k1::new();
         crate::commitment::parse_channel_keys(Some(&party.pubkeys))
             .and_then(|keys| crate::commitment::channel_parameters(&party.setup, keys))
-            .and_then(|params| {
-                crate::commitment::rebuild(&params, &party.setup, true, data, &permissive, &secp)
-            })
+            .and_then(|params| crate::commitment::rebuild(&params, &party.setup, true, data, &secp))
             .map(|r| {
                 bitcoin::consensus::encode::serialize(&r.tx.trust().built_transaction().transaction)
             })
@@ -550,6 +771,17 @@ impl ChannelPair {
         Ok(h)
     }
 
+    /// Fails a pending HTLC (its value goes back to the offerer) and advances.
+    pub fn fail_htlc(&mut self, h: &TestHtlc) -> Result<(), SignerError> {
+        self.htlcs.retain(|x| x != h);
+        if h.offered_by_alice {
+            self.alice_msat += h.amount_msat;
+        } else {
+            self.bob_msat += h.amount_msat;
+        }
+        self.advance()
+    }
+
     /// Settles a pending HTLC (its value goes to the receiver) and advances.
     pub fn settle_htlc(&mut self, h: &TestHtlc) -> Result<(), SignerError> {
         self.htlcs.retain(|x| x != h);
@@ -564,6 +796,52 @@ impl ChannelPair {
 }
 
 impl ChannelPair {
+    /// Funds the channel with `tx` instead (its output `vout` must be the
+    /// 2-of-2): before [`ChannelPair::exchange_first_commitments`].
+    pub fn set_funding(&mut self, tx: bitcoin::Transaction, vout: u32) {
+        use bitcoin::hashes::Hash;
+        let outpoint = pb::OutPoint {
+            txid: tx.compute_txid().to_byte_array().to_vec(),
+            vout,
+        };
+        self.alice.setup.funding_outpoint = Some(outpoint.clone());
+        self.bob.setup.funding_outpoint = Some(outpoint);
+        self.funding = tx;
+    }
+
+    /// The channel's funding output (the 2-of-2 and its value).
+    pub fn funding_output(&self) -> bitcoin::TxOut {
+        funding_transaction(
+            &self.alice.keys_id,
+            &self.alice.pubkeys,
+            &self.bob.pubkeys,
+            self.value_sat,
+        )
+        .map(|t| t.output[0].clone())
+        .unwrap_or_else(|e| panic!("funding output: {e}"))
+    }
+
+    /// Mines the funding transaction and `confirmations - 1` blocks on
+    /// `chain`, feeds Alice's signer and proves the funding to it.
+    pub fn prove_funding(
+        &mut self,
+        chain: &mut TestChain,
+        confirmations: usize,
+    ) -> Result<pb::ProveFundingReply, SignerError> {
+        let txid = self.funding.compute_txid();
+        if chain.merkle_block(txid).is_none() {
+            chain.mine(core::slice::from_ref(&self.funding));
+            chain.mine_empty(confirmations.saturating_sub(1));
+        }
+        chain.feed(self.alice.signer.as_mut())?;
+        let req = pb::ProveFundingRequest {
+            channel_keys_id: self.alice.keys_id.clone(),
+            funding_transaction: bitcoin::consensus::serialize(&self.funding),
+            merkle_block: chain.merkle_block(txid).unwrap_or_default(),
+        };
+        call!(self.alice.signer, ProveFunding(req) => ProveFunding)
+    }
+
     /// Cooperative close at `fee_sat` (paid by Alice, the funder): each side
     /// signs the closing transaction paying both sides' shutdown scripts.
     /// Returns (Alice's, Bob's) signatures.

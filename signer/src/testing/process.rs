@@ -308,6 +308,11 @@ impl SignerProcess {
         self.addr = None;
     }
 
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
     /// A client over mutual TLS with the node's certificate.
     pub fn client(&self) -> Result<RemoteSigner> {
         let addr = self
