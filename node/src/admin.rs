@@ -408,6 +408,7 @@ impl node_server::Node for AdminService {
                 amount_msat: amount.unwrap_or(0),
                 fee_msat: 0,
                 preimage: None,
+                reason: None,
             });
         }
         let deadline = tokio::time::Instant::now() + timeout;
@@ -424,6 +425,7 @@ impl node_server::Node for AdminService {
                     status: rec.status,
                     preimage: rec.preimage.map(hex::encode).unwrap_or_default(),
                     fee_msat: rec.fee_msat,
+                    reason: rec.reason.unwrap_or_default(),
                 }));
             }
             if tokio::time::Instant::now() > deadline {
@@ -432,6 +434,10 @@ impl node_server::Node for AdminService {
                     status: "pending".into(),
                     preimage: String::new(),
                     fee_msat: 0,
+                    reason: format!(
+                        "not settled within {} s; the node goes on trying",
+                        timeout.as_secs()
+                    ),
                 }));
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -454,6 +460,7 @@ impl node_server::Node for AdminService {
                 status: p.status.clone(),
                 amount_msat: p.amount_msat,
                 fee_msat: p.fee_msat,
+                reason: p.reason.clone().unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(pb::PaymentsReply { payments }))

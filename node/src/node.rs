@@ -218,6 +218,8 @@ pub struct PaymentRecord {
     pub fee_msat: u64,
     /// The preimage, once known.
     pub preimage: Option<[u8; 32]>,
+    /// Why it failed (LDK's reason), when it did.
+    pub reason: Option<String>,
 }
 
 fn now_secs() -> u64 {
@@ -909,6 +911,14 @@ impl Node {
                 if let Some(h) = payment_hash {
                     tracing::warn!(payment_hash = %h, "payment failed: {reason:?}");
                     self.record_payment(h.0, "outbound", "failed", 0, 0, None);
+                    if let Ok(mut p) = self.payments.lock() {
+                        if let Some(r) = p.get_mut(&h.0) {
+                            r.reason = Some(match reason {
+                                Some(r) => format!("{r:?}"),
+                                None => "no reason given by the peer".into(),
+                            });
+                        }
+                    }
                 }
             }
             Event::SpendableOutputs {
@@ -983,6 +993,7 @@ impl Node {
                 amount_msat,
                 fee_msat,
                 preimage: None,
+                reason: None,
             });
             e.status = status.into();
             if amount_msat > 0 {

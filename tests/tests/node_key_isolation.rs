@@ -1,9 +1,14 @@
 //! Key isolation: after a channel was opened and used, none of the signer's
-//! secrets — BIP 39 seed, node secret, channel base secrets, commitment
-//! seed and early per-commitment secrets, wallet keys — appears in the
-//! node's data directory or in the node process's memory. (The three
-//! symmetric keys LDK keeps in the node are exempt.) The node id, which the
-//! node does hold, is found, which shows the scan works.
+//! secrets — BIP 39 seed, node secret, the base secrets and commitment seed
+//! of every channel the run used, the per-commitment secrets of the states
+//! not revoked yet (from the latest one the run reached on), wallet keys —
+//! appears in the node's data directory or in the node process's memory.
+//! (The three symmetric keys LDK keeps in the node are exempt; the secrets
+//! of revoked states were handed to the peer, as the protocol requires.)
+//!
+//! The scan proves what it read: it fails unless it read the node's heap
+//! and its anonymous writable memory, and it finds the node id, which the
+//! node does hold.
 
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -38,11 +43,22 @@ fn find_all(
     }
 }
 
-fn scan_process(pid: u32, needles: &HashMap<[u8; 8], (String, Vec<u8>)>) -> Vec<String> {
+/// What a memory scan read.
+#[derive(Debug, Default)]
+struct Scanned {
+    bytes: u64,
+    heap_bytes: u64,
+    anonymous_writable_bytes: u64,
+    /// Readable writable regions that could not be read.
+    unread: Vec<String>,
+}
+
+fn scan_process(pid: u32, needles: &HashMap<[u8; 8], (String, Vec<u8>)>) -> (Vec<String>, Scanned) {
     let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
     let mut mem =
         std::fs::File::open(format!("/proc/{pid}/mem")).expect("mem (needs ptrace rights)");
     let mut found = Vec::new();
+    let mut scanned = Scanned::default();
     for line in maps.lines() {
         let mut parts = line.split_whitespace();
         let (Some(range), Some(perms)) = (parts.next(), parts.next()) else {
@@ -57,12 +73,25 @@ fn scan_process(pid: u32, needles: &HashMap<[u8; 8], (String, Vec<u8>)>) -> Vec<
         let (Ok(start), Ok(end)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) else {
             continue;
         };
+        let writable = perms.as_bytes().get(1) == Some(&b'w');
+        // No pathname: anonymous memory (the allocator's arenas, thread stacks).
+        let anonymous = line.split_whitespace().count() == 5;
+        let heap = line.ends_with("[heap]");
         let mut buf = vec![0u8; (end - start) as usize];
         if mem.seek(SeekFrom::Start(start)).is_ok() && mem.read_exact(&mut buf).is_ok() {
             find_all(&buf, needles, &mut found);
+            scanned.bytes += buf.len() as u64;
+            if heap {
+                scanned.heap_bytes += buf.len() as u64;
+            }
+            if anonymous && writable {
+                scanned.anonymous_writable_bytes += buf.len() as u64;
+            }
+        } else if writable {
+            scanned.unread.push(line.to_string());
         }
     }
-    found
+    (found, scanned)
 }
 
 fn scan_dir(
@@ -103,12 +132,26 @@ async fn no_signer_secret_reaches_the_node() {
         .output()
         .unwrap();
     let info = String::from_utf8_lossy(&info.stdout).to_string();
-    let ids: Vec<String> = info
-        .split("\"channel_keys_id\":\"")
-        .skip(1)
-        .map(|s| s[..64].to_string())
+    // Every channel the signer knows, with the latest holder commitment the
+    // run reached (the node has not been handed its secret, nor any later one).
+    let parsed: serde_json::Value = serde_json::from_str(info.trim()).expect("info --json");
+    let channels: Vec<(String, u64)> = parsed["channels"]
+        .as_array()
+        .expect("channels")
+        .iter()
+        .filter(|c| !c["holder_commitment"].is_null())
+        .map(|c| {
+            (
+                c["channel_keys_id"].as_str().unwrap().to_string(),
+                c["holder_commitment"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert!(!ids.is_empty(), "{info}");
+    assert!(!channels.is_empty(), "{info}");
+    assert!(
+        channels.iter().any(|(_, n)| *n >= 4),
+        "the payments moved a channel several states on: {info}"
+    );
 
     let secp = Secp256k1::new();
     let bip39_seed = bip39::Mnemonic::parse_normalized(MNEMONIC)
@@ -127,7 +170,7 @@ async fn no_signer_secret_reaches_the_node() {
             keys.node_secret().secret_bytes().to_vec(),
         ),
     ];
-    for id in &ids {
+    for (id, latest) in &channels {
         let mut raw = [0u8; 32];
         raw.copy_from_slice(&hex::decode(id).unwrap());
         let c = keys.channel_secrets(&ChannelKeysId(raw));
@@ -142,8 +185,9 @@ async fn no_signer_secret_reaches_the_node() {
         }
         secrets.push(("commitment seed".into(), c.commitment_seed.to_vec()));
         // Secrets of states not revoked yet must not be in the node either
-        // (revoked ones were handed over, as the protocol requires).
-        for n in 8..20 {
+        // (revoked ones were handed over, as the protocol requires): the
+        // latest state and the next ones the signer derived points for.
+        for n in *latest..latest + 4 {
             secrets.push((
                 format!("per-commitment secret #{n}"),
                 c.commitment_secret(CommitmentNumber(n)).to_vec(),
@@ -173,7 +217,16 @@ async fn no_signer_secret_reaches_the_node() {
     }
 
     let pid = a.pid().expect("node pid");
-    let mut found = scan_process(pid, &needles);
+    let (mut found, scanned) = scan_process(pid, &needles);
+    assert!(
+        scanned.heap_bytes > 0 && scanned.anonymous_writable_bytes > 8 << 20,
+        "the scan read the node's heap and its anonymous writable memory: {scanned:?}"
+    );
+    assert!(
+        scanned.unread.is_empty(),
+        "writable memory the scan could not read: {:?}",
+        scanned.unread
+    );
     scan_dir(&a.data_dir(), &needles, &mut found);
     assert!(
         found.iter().any(|f| f.starts_with("node id")),

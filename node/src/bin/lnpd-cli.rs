@@ -241,12 +241,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(explain)?
                 .into_inner();
             if cli.json {
-                println!("{{\"payment_hash\":\"{}\",\"status\":\"{}\",\"preimage\":\"{}\",\"fee_msat\":{}}}", r.payment_hash, r.status, r.preimage, r.fee_msat);
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "payment_hash": r.payment_hash,
+                        "status": r.status,
+                        "preimage": r.preimage,
+                        "fee_msat": r.fee_msat,
+                        "reason": r.reason,
+                    })
+                );
             } else {
                 println!("{} {} (fee {} msat)", r.payment_hash, r.status, r.fee_msat);
             }
             if r.status != "succeeded" {
-                bail!("payment {}", r.status);
+                bail!("payment {}: {}", r.status, r.reason);
             }
         }
         Cmd::Payments => {
@@ -257,10 +266,33 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner()
                 .payments
             {
-                println!(
-                    "{}  {:<8} {:<9} {} msat (fee {} msat)",
-                    p.payment_hash, p.direction, p.status, p.amount_msat, p.fee_msat
-                );
+                if cli.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "payment_hash": p.payment_hash,
+                            "direction": p.direction,
+                            "status": p.status,
+                            "amount_msat": p.amount_msat,
+                            "fee_msat": p.fee_msat,
+                            "reason": p.reason,
+                        })
+                    );
+                } else {
+                    println!(
+                        "{}  {:<8} {:<9} {} msat (fee {} msat){}",
+                        p.payment_hash,
+                        p.direction,
+                        p.status,
+                        p.amount_msat,
+                        p.fee_msat,
+                        if p.reason.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {}", p.reason)
+                        }
+                    );
+                }
             }
         }
         Cmd::Newaddress => {
