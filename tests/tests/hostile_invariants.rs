@@ -542,3 +542,100 @@ fn idle_connections_are_capped_and_dropped() {
     let mut fresh = alice.client().unwrap();
     call!(fresh, Ping(pb::PingRequest { nonce: vec![1] }) => Ping).expect("a new connection");
 }
+
+#[test]
+fn an_incoming_htlc_whose_forward_was_paid_is_never_failed_back() {
+    let (alice, mut with_bob) = attacked("inv-incoming-claimed");
+    let mut with_carol = another(&alice, 3);
+    let h = with_bob.add_htlc(200_000_000, 1).unwrap();
+    with_bob.settle_htlc(&h).unwrap();
+    let incoming = with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    let mut chain = TestChain::default();
+    proven(&mut with_bob, &mut chain);
+    // Alice forwards it to Carol, and Carol is paid (she shows the preimage).
+    let out = with_carol.offer(49_000_000, 9).expect("a covered forward");
+    with_carol.settle_htlc(&out).expect("Carol is paid");
+    // The incoming HTLC, whose preimage Alice now knows, failed back to Bob.
+    attack(&alice, RuleId::RoutingIncomingClaimed, || {
+        with_bob.fail_htlc(&incoming)
+    });
+}
+
+/// An unsigned invoice of `currency` as LDK hands it over: human-readable
+/// part and data (5-bit values).
+fn unsigned_invoice(currency: lightning_invoice::Currency) -> (String, Vec<u8>) {
+    let raw = lightning_invoice::InvoiceBuilder::new(currency)
+        .description("coffee".into())
+        .payment_hash(sha256::Hash::hash(&[1; 32]))
+        .payment_secret(lightning::types::payment::PaymentSecret([2; 32]))
+        .duration_since_epoch(Duration::from_secs(1_700_000_000))
+        .min_final_cltv_expiry_delta(144)
+        .amount_milli_satoshis(100_000)
+        .build_raw()
+        .unwrap();
+    let (hrp, data) = raw.to_raw();
+    (hrp, data.iter().map(|v| v.to_u8()).collect())
+}
+
+#[test]
+fn the_node_key_signs_only_what_it_is_shown_to_be() {
+    let (alice, mut p) = attacked("inv-node-key");
+    // An invoice of another network, and data that is no invoice at all.
+    let (hrp, data) = unsigned_invoice(lightning_invoice::Currency::Bitcoin);
+    let mainnet = pb::SignInvoiceRequest {
+        recipient: 0,
+        hrp,
+        data_u5: data,
+    };
+    attack(
+        &alice,
+        RuleId::InvoiceSignFormat,
+        || call!(p.alice.signer, SignInvoice(mainnet) => RecoverableSignature),
+    );
+    let (hrp, _) = unsigned_invoice(lightning_invoice::Currency::Regtest);
+    let junk = pb::SignInvoiceRequest {
+        recipient: 0,
+        hrp,
+        data_u5: (0..52u8).map(|i| i % 32).collect(),
+    };
+    attack(
+        &alice,
+        RuleId::InvoiceSignFormat,
+        || call!(p.alice.signer, SignInvoice(junk) => RecoverableSignature),
+    );
+
+    // A channel announcement pairing our node with a key of no channel of ours.
+    use lightning::routing::gossip::NodeId;
+    use lightning::util::ser::Writeable;
+    let node = call!(p.alice.signer, GetNodeId(pb::GetNodeIdRequest { recipient: 0 }) => GetNodeId)
+        .unwrap()
+        .node_id;
+    let node = NodeId::from_slice(&node).unwrap();
+    let foreign = NodeId::from_slice(&p.bob.pubkeys.funding_pubkey).unwrap();
+    let ours = NodeId::from_slice(&p.alice.pubkeys.funding_pubkey).unwrap();
+    let announcement = |bitcoin_key_1: NodeId| lightning::ln::msgs::UnsignedChannelAnnouncement {
+        features: lightning::types::features::ChannelFeatures::empty(),
+        chain_hash: bitcoin::constants::ChainHash::REGTEST,
+        short_channel_id: 42,
+        node_id_1: node,
+        node_id_2: NodeId::from_slice(&p.bob.pubkeys.payment_point).unwrap(),
+        bitcoin_key_1,
+        bitcoin_key_2: foreign,
+        excess_data: vec![],
+    };
+    let stolen = pb::SignGossipRequest {
+        kind: pb::GossipKind::ChannelAnnouncement as i32,
+        unsigned_message: announcement(foreign).encode(),
+    };
+    attack(
+        &alice,
+        RuleId::GossipAnnouncementKeys,
+        || call!(p.alice.signer, SignGossip(stolen) => Signature),
+    );
+    let honest = pb::SignGossipRequest {
+        kind: pb::GossipKind::ChannelAnnouncement as i32,
+        unsigned_message: announcement(ours).encode(),
+    };
+    call!(p.alice.signer, SignGossip(honest) => Signature).expect("our own channel's announcement");
+    still_usable(&mut p);
+}

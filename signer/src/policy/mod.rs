@@ -286,6 +286,18 @@ mod tests {
     }
 
     #[test]
+    fn every_rule_is_in_the_catalogue() {
+        let doc = include_str!("../../../docs/policy.md");
+        for r in RuleId::ALL {
+            assert!(
+                doc.contains(&alloc::format!("`{}`", r.as_str())),
+                "docs/policy.md does not list {}",
+                r.as_str()
+            );
+        }
+    }
+
+    #[test]
     fn warn_mode_lets_a_violation_through() {
         let mut cfg = PolicyConfig::default();
         let err = cfg
