@@ -202,6 +202,7 @@ impl Listen for ChainWatch {
                     channel_keys_id: id.to_vec(),
                     funding_transaction: bitcoin::consensus::serialize(tx),
                     merkle_block: bitcoin::consensus::serialize(&proof),
+                    later_headers: Vec::new(),
                 });
                 tracing::info!(%txid, height, "channel funding confirmed; proving it to the signer");
                 self.keep(tx);

@@ -630,10 +630,36 @@ impl Node {
     async fn deliver_funding_proofs(&self) {
         use crate::signer_client::connection::CallError;
         for proof in self.chain_watch.pending_proofs() {
-            let body = lnpd_proto::signer::request::Body::ProveFunding(proof.clone());
             let conn = self.signer.clone();
-            let r =
-                tokio::task::spawn_blocking(move || conn.call(body, Duration::from_secs(10))).await;
+            let first = proof.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                conn.call(
+                    lnpd_proto::signer::request::Body::ProveFunding(first),
+                    Duration::from_secs(10),
+                )
+            })
+            .await;
+            // A block older than the signer's window: send the headers that
+            // link it (the node was away longer than the window).
+            let r = match r {
+                Ok(Err(CallError::Refused {
+                    code: tonic::Code::FailedPrecondition,
+                    ..
+                })) => match self.linked_proof(&proof).await {
+                    Some(linked) => {
+                        let conn = self.signer.clone();
+                        tokio::task::spawn_blocking(move || {
+                            conn.call(
+                                lnpd_proto::signer::request::Body::ProveFunding(linked),
+                                Duration::from_secs(30),
+                            )
+                        })
+                        .await
+                    }
+                    None => r,
+                },
+                other => other,
+            };
             match r {
                 Ok(Ok(_)) => self.chain_watch.proof_done(&proof),
                 Ok(Err(CallError::Unavailable(e))) => {
@@ -653,6 +679,29 @@ impl Node {
                     }
                 }
                 Err(e) => tracing::error!("delivering a funding proof aborted: {e}"),
+            }
+        }
+    }
+
+    /// `proof` with the headers linking its block to the signer's window.
+    async fn linked_proof(
+        &self,
+        proof: &lnpd_proto::signer::ProveFundingRequest,
+    ) -> Option<lnpd_proto::signer::ProveFundingRequest> {
+        let block: bitcoin::MerkleBlock =
+            bitcoin::consensus::deserialize(&proof.merkle_block).ok()?;
+        let hash = block.header.block_hash();
+        match crate::signer_chain::headers_linking(&self.chain, &self.signer, &hash).await {
+            Ok(later_headers) if !later_headers.is_empty() => {
+                Some(lnpd_proto::signer::ProveFundingRequest {
+                    later_headers,
+                    ..proof.clone()
+                })
+            }
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!("cannot link funding block {hash} to the signer's chain: {e}");
+                None
             }
         }
     }

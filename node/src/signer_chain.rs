@@ -48,6 +48,23 @@ async fn update(
     }
 }
 
+/// The headers after the block `block` up to the one just before the
+/// signer's window of headers: what links an older funding block to it.
+pub async fn headers_linking(
+    chain: &ChainRpc,
+    signer: &Arc<SignerConnection>,
+    block: &BlockHash,
+) -> Result<Vec<Vec<u8>>, FeedError> {
+    let tip = update(signer, 0, Vec::new()).await?;
+    let at = chain.header(block).await?.height;
+    let mut headers = Vec::new();
+    for h in at + 1..tip.first_height {
+        let hash = chain.block_hash_at(h).await?;
+        headers.push(serialize(&chain.raw_header(&hash).await?));
+    }
+    Ok(headers)
+}
+
 /// Sends the signer the headers it lacks up to `best`; returns the
 /// signer's tip height. A signer on a stale branch gets the best chain from
 /// the oldest block it keeps (it takes the branch once it is longer).

@@ -285,17 +285,7 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
         &mut self,
         r: &lnpd_proto::signer::UpdateChainRequest,
     ) -> Result<lnpd_proto::signer::UpdateChainReply, SignerError> {
-        let headers = r
-            .headers
-            .iter()
-            .map(|b| {
-                if b.len() != 80 {
-                    return Err(SignerError::invalid("a block header is 80 bytes"));
-                }
-                deserialize::<Header>(b)
-                    .map_err(|_| SignerError::invalid("block header does not decode"))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let headers = decode_headers(&r.headers)?;
         let view = self.chain_view()?;
         let next = view.extended(self.keys.network(), r.first_height, &headers, self.now)?;
         if next != view {
@@ -364,13 +354,19 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
         }
         let view = self.chain_view()?;
         let hash = block.header.block_hash();
-        let height = (view.first_height..=view.height())
-            .find(|h| view.header_at(*h).is_some_and(|b| b.block_hash() == hash))
-            .ok_or_else(|| {
-                SignerError::precondition(format!(
-                    "block {hash} is not among the signer's last {WINDOW} headers (feed the chain first)"
-                ))
-            })?;
+        let in_view = (view.first_height..=view.height())
+            .find(|h| view.header_at(*h).is_some_and(|b| b.block_hash() == hash));
+        let height = match in_view {
+            Some(h) => h,
+            None if !r.later_headers.is_empty() => {
+                linked_height(&view, self.keys.network(), &block.header, &r.later_headers)?
+            }
+            None => {
+                return Err(SignerError::precondition(format!(
+                    "block {hash} is not among the signer's last {WINDOW} headers (feed the chain first, or send the headers after it)"
+                )))
+            }
+        };
         let proof = crate::state::FundingProof {
             height,
             block_hash: hash.to_byte_array().to_vec(),
@@ -388,7 +384,72 @@ impl<S: crate::store::Store> crate::handler::Signer<S> {
     }
 }
 
+/// Most headers linking an older block to the signer's window.
+const MAX_LINK_HEADERS: usize = 10_000;
+
+/// The height of `block` when `later` links it to the window: each header
+/// follows the one before with its proof of work and a target the network
+/// allows (unchanged between retargets, within a factor of four at one),
+/// and the last is the header just before the window's first.
+fn linked_height(
+    view: &ChainView,
+    network: Network,
+    block: &Header,
+    later: &[Vec<u8>],
+) -> Result<u32, SignerError> {
+    if later.len() > MAX_LINK_HEADERS {
+        return Err(SignerError::invalid(format!(
+            "at most {MAX_LINK_HEADERS} headers link a block to the signer's window"
+        )));
+    }
+    let headers = decode_headers(later)?;
+    let params = Params::new(network);
+    let first = view
+        .headers
+        .first()
+        .ok_or_else(|| SignerError::internal("empty chain view"))?;
+    let bad = |why: &str| SignerError::invalid(format!("headers after the funding block: {why}"));
+    let mut prev = *block;
+    for h in &headers {
+        if h.prev_blockhash != prev.block_hash() {
+            return Err(bad("a header does not follow the one before"));
+        }
+        let target = h.target();
+        if target > params.max_attainable_target || h.validate_pow(target).is_err() {
+            return Err(bad("a header lacks its proof of work"));
+        }
+        let prev_target = prev.target();
+        let allowed = h.bits == prev.bits
+            || params.allow_min_difficulty_blocks
+            || (target >= prev_target.min_transition_threshold()
+                && target <= prev_target.max_transition_threshold(&params));
+        if !allowed {
+            return Err(bad("a target changes more than the network allows"));
+        }
+        prev = *h;
+    }
+    if first.prev_blockhash != prev.block_hash() {
+        return Err(bad("they do not lead to the signer's window"));
+    }
+    view.first_height
+        .checked_sub(headers.len() as u32 + 1)
+        .ok_or_else(|| bad("more headers than the chain has blocks"))
+}
+
 /// One header against the chain before it.
+/// Decodes serialized 80-byte block headers, refusing any other length.
+fn decode_headers(raw: &[Vec<u8>]) -> Result<Vec<Header>, SignerError> {
+    raw.iter()
+        .map(|b| {
+            if b.len() != 80 {
+                return Err(SignerError::invalid("a block header is 80 bytes"));
+            }
+            deserialize::<Header>(b)
+                .map_err(|_| SignerError::invalid("block header does not decode"))
+        })
+        .collect()
+}
+
 fn check_header(c: &Context, h: &Header, height: u32, now: u64) -> Result<(), SignerError> {
     let bad = |why: &str| SignerError::invalid(format!("block header at height {height}: {why}"));
     let prev = c

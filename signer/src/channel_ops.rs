@@ -18,7 +18,7 @@ use bitcoin::{absolute::LockTime, Amount, ScriptBuf, Sequence, Transaction, TxIn
 use lightning::ln::chan_utils::{self, ChannelPublicKeys, ChannelTransactionParameters};
 use lightning::ln::msgs::UnsignedChannelAnnouncement;
 use lightning::routing::gossip::NodeId;
-use lightning::util::ser::{LengthReadable, Writeable};
+use lightning::util::ser::LengthReadable;
 use lnpd_proto::signer::{self as pb, SetupChannelRequest};
 
 use crate::commitment::{
@@ -29,8 +29,12 @@ use crate::handler::Signer;
 use crate::keys::ChannelSecrets;
 use crate::policy::channel::SetupVerdict;
 use crate::policy::commitment::{Proposed, Verdict};
+use crate::policy::revocation::{
+    validate_counterparty_revocation, validate_holder_broadcast, validate_release, Release,
+    Revocation,
+};
 use crate::policy::{channel as channel_rules, close as close_rules, RuleId};
-use crate::revocation::{counterparty_secrets, known_secret, revoked_count};
+use crate::revocation::counterparty_secrets;
 use crate::state::{ChannelRecord, HolderRecord};
 use crate::store::Store;
 use crate::types::{ChannelKeysId, CommitmentNumber};
@@ -314,26 +318,7 @@ impl<S: Store> Signer<S> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let n = CommitmentNumber::new(r.commitment_number)?;
         let record = self.channel(&id)?;
-        let already = record.holder_revoked_through.is_some_and(|t| t >= n.0);
-        if !already {
-            self.policy
-                .check(RuleId::RevokeNotClosed, !record.closing_signed, || {
-                    format!("channel {id}: a closing transaction was signed; no more revocations")
-                })?;
-            let next_validated = record.holder_number().is_some_and(|h| h > n.0);
-            self.policy.check(RuleId::RevokeNextValidated, next_validated, || {
-                format!(
-                    "channel {id}: secret of holder commitment {n} asked before commitment #{} was validated (latest validated: {})",
-                    n.0 + 1,
-                    record.holder_number().map_or("none".into(), |h| format!("#{h}"))
-                )
-            })?;
-            self.policy.check(
-                RuleId::CommitmentHolderNotRevoked,
-                // Releasing n reveals every older secret too.
-                record.holder_signed_number.is_none_or(|signed| n.0 < signed),
-                || format!("channel {id}: holder commitment #{} was signed for broadcast; secret {n} would revoke it", record.holder_signed_number.unwrap_or_default()),
-            )?;
+        if validate_release(&self.policy, &id, record, n)? == Release::New {
             let mut updated = record.clone();
             updated.holder_revoked_through = Some(n.0);
             self.commit_channel(id, updated, None)?;
@@ -554,51 +539,22 @@ impl<S: Store> Signer<S> {
         let secret = SecretKey::from_slice(&parse_32("secret", &r.secret)?)
             .map_err(|_| SignerError::invalid("secret is not a valid secret key"))?;
         let record = self.channel(&id)?;
-        let mut secrets = counterparty_secrets(record)?;
-        let expected = revoked_count(&secrets);
-        if n.0 > expected {
-            return Err(SignerError::policy(RuleId::RevokeSecretValid,
-                format!("channel {id}: counterparty commitment {n} revoked before #{expected}; revocations come in order")
-            ));
-        }
-        if let Some(known) = known_secret(&secrets, n) {
-            if known == secret.secret_bytes() {
-                return Ok(pb::ValidateCounterpartyRevocationReply {});
-            }
-            return Err(SignerError::policy(RuleId::RevokeSecretValid,
-                format!("channel {id}: a different secret for counterparty commitment {n} is already known")
-            ));
-        }
-        let recorded_point = [&record.counterparty_previous, &record.counterparty]
-            .into_iter()
-            .flatten()
-            .find(|c| c.commitment_number == n.0)
-            .map(|c| c.per_commitment_point.clone());
-        let Some(recorded_point) = recorded_point else {
-            return Err(SignerError::precondition(format!(
-                "channel {id}: counterparty commitment {n} is not one the signer signed and awaits revocation for"
-            )));
-        };
+        let secrets = counterparty_secrets(record)?;
         let point = PublicKey::from_secret_key(&self.secp, &secret);
-        self.policy.check(
-            RuleId::RevokeSecretValid,
-            point.serialize()[..] == recorded_point[..],
-            || {
-                format!(
-                    "channel {id}: secret does not match the point of counterparty commitment {n}"
-                )
-            },
-        )?;
-        if secrets
-            .provide_secret(n.to_ldk(), secret.secret_bytes())
-            .is_err()
-        {
-            return Err(SignerError::policy(RuleId::RevokeSecretValid,
-                format!("channel {id}: secret for {n} is inconsistent with the earlier secrets (BOLT 3 compact storage)")
-            ));
-        }
+        let encoded = match validate_counterparty_revocation(
+            &id,
+            record,
+            &secrets,
+            n,
+            secret.secret_bytes(),
+            &point,
+            &self.policy,
+        )? {
+            Revocation::Known => return Ok(pb::ValidateCounterpartyRevocationReply {}),
+            Revocation::New(encoded) => encoded,
+        };
         let mut updated = record.clone();
-        updated.counterparty_secrets = secrets.encode();
+        updated.counterparty_secrets = encoded;
         if updated
             .counterparty_previous
             .as_ref()
@@ -694,6 +650,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<(Rebuilt, ChannelTransactionParameters), SignerError> {
         let (record, setup, params) = self.set_up_channel(id)?;
         let n = CommitmentNumber::new(number)?;
+        validate_holder_broadcast(&self.policy, id, record, n)?;
         let holder = record
             .holder
             .as_ref()
@@ -701,17 +658,6 @@ impl<S: Store> Signer<S> {
             .ok_or_else(|| {
                 SignerError::precondition(format!("channel {id}: no validated holder commitment"))
             })?;
-        self.policy.check(
-            RuleId::CommitmentHolderNotRevoked,
-            record.holder_revoked_through.is_none_or(|t| t < n.0),
-            || format!("channel {id}: holder commitment {n} is revoked"),
-        )?;
-        if holder.commitment_number != n.0 {
-            return Err(SignerError::precondition(format!(
-                "channel {id}: holder commitment {n} is not the latest validated (#{})",
-                holder.commitment_number
-            )));
-        }
         let rebuilt = commitment::rebuild(&params, setup, true, holder, &self.secp)?;
         Ok((rebuilt, params))
     }

@@ -115,9 +115,13 @@ impl<S: Store> Signer<S> {
             .iter()
             .find(|s| s.payment_hash == hash)
             .map_or(0, |s| s.paid_msat);
+        // An amount-less invoice's amount is the node's word: once part of
+        // it is paid, the node cannot raise it by showing it again.
+        let settled = earlier_paid >= amount_msat
+            || (invoice.amount_milli_satoshis().is_none() && earlier_paid > 0);
         self.policy.check(
             RuleId::InvoicePaidOnce,
-            !self.policy.payment_invoiced || earlier_paid < amount_msat,
+            !self.policy.payment_invoiced || !settled,
             || format!("the invoice was already paid ({earlier_paid} msat)"),
         )?;
         // In warn mode the check logs and lets the payment go unapproved.
@@ -156,12 +160,19 @@ impl<S: Store> Signer<S> {
         });
         if meta.shown_invoices.len() >= MAX_SHOWN {
             // What was paid for an invoice is kept until it expires: only
-            // an unpaid, unapproved one makes room.
-            let Some(i) = meta
-                .shown_invoices
-                .iter()
-                .position(|s| s.paid_msat == 0 && s.approval != Approval::Approved as i32)
-            else {
+            // an unpaid, unapproved one with nothing in flight makes room.
+            let in_flight = |hash: &[u8]| {
+                self.channels.values().any(|c| {
+                    c.outgoing
+                        .iter()
+                        .any(|e| e.forward_from.is_empty() && e.payment_hash == hash)
+                })
+            };
+            let Some(i) = meta.shown_invoices.iter().position(|s| {
+                s.paid_msat == 0
+                    && s.approval != Approval::Approved as i32
+                    && !in_flight(&s.payment_hash)
+            }) else {
                 return Err(SignerError::policy(
                     RuleId::ResourceLimit,
                     format!("{MAX_SHOWN} invoices shown and paid or approved, none expired yet"),

@@ -219,6 +219,10 @@ pub struct MetaRecord {
     /// Height of `chain_period_header`.
     #[prost(uint32, tag = "11")]
     pub chain_period_height: u32,
+    /// Fees of the wallet transactions signed within the rolling window
+    /// (`onchain-fee-range`'s budget).
+    #[prost(message, repeated, tag = "12")]
+    pub recent_fees: Vec<RecentPayment>,
 }
 
 /// An invoice the node is about to pay (`payment-invoiced`).

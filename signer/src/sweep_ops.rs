@@ -21,7 +21,10 @@ use crate::commitment::{
 use crate::error::SignerError;
 use crate::handler::Signer;
 use crate::keys::payment_hash;
-use crate::policy::sweep::{check_justice_secret, decode_proofs, validate_sweep, Prevouts, Sweep};
+use crate::policy::sweep::{
+    check_justice_secret, check_spends, decode_proofs, validate_holder_htlc_tx, validate_sweep,
+    Prevouts, Sweep,
+};
 use crate::policy::RuleId;
 use crate::revocation::{commitment_number_of, counterparty_secrets, known_secret};
 use crate::store::Store;
@@ -104,38 +107,7 @@ impl<S: Store> Signer<S> {
             &trusted.keys().broadcaster_delayed_payment_key,
             &trusted.keys().revocation_key,
         );
-        let input_ok = tx.input[i].previous_output == expected.input[0].previous_output
-            && tx.input[i].sequence == expected.input[0].sequence;
-        self.policy.check(RuleId::HtlcFormat, input_ok, || {
-            "HTLC transaction input does not spend that HTLC output with the BOLT 3 sequence".into()
-        })?;
-        // Peer signed SINGLE|ANYONECANPAY with anchors: our output must sit
-        // at our input's index, and other inputs may bump the fee.
-        let (ours, wanted) = match (anchors, expected.output.first()) {
-            (true, Some(w)) => (tx.output.get(i), w),
-            (false, Some(w)) if tx.output.len() == 1 => (tx.output.first(), w),
-            _ => (None, &expected.output[0]),
-        };
-        let format_ok = (!htlc.offered || tx.lock_time == expected.lock_time)
-            && (anchors
-                || (tx.version == expected.version
-                    && tx.lock_time == expected.lock_time
-                    && tx.input.len() == 1))
-            && ours.is_some();
-        self.policy.check(RuleId::HtlcFormat, format_ok, || {
-            "HTLC transaction version, locktime or shape differ from BOLT 3's".into()
-        })?;
-        let ours = ours.ok_or_else(|| SignerError::internal("checked above"))?;
-        self.policy.check(RuleId::HtlcKeys, ours.script_pubkey == wanted.script_pubkey, || {
-            "HTLC transaction output is not the revocable output of the channel's keys and delay".into()
-        })?;
-        self.policy.check(RuleId::HtlcFeeRange, ours.value == wanted.value, || {
-            format!(
-                "HTLC transaction output of {} sat, BOLT 3's fee at the commitment's feerate leaves {} sat",
-                ours.value.to_sat(),
-                wanted.value.to_sat()
-            )
-        })?;
+        validate_holder_htlc_tx(&self.policy, &expected, &tx, i, htlc.offered, anchors)?;
         if anchors {
             // Fee-bumping inputs: their amounts proven, change back to us,
             // the fee they pay bounded.
@@ -193,10 +165,13 @@ impl<S: Store> Signer<S> {
             txid: trusted.txid(),
             vout: htlc.transaction_output_index.unwrap_or(u32::MAX),
         };
-        self.policy.check(
+        check_spends(
+            &self.policy,
             RuleId::HtlcFormat,
-            tx.input[i].previous_output == outpoint,
-            || "sweep input does not spend that HTLC output".into(),
+            &tx,
+            i,
+            &outpoint,
+            "that HTLC output",
         )?;
         let (_, mut prevouts) = proven(&r.previous_txs)?;
         prevouts.add_tx(&trusted.built_transaction().transaction);
@@ -436,10 +411,13 @@ impl<S: Store> Signer<S> {
             txid: built.compute_txid(),
             vout: vout as u32,
         };
-        self.policy.check(
+        check_spends(
+            &self.policy,
             RuleId::CommitmentAnchors,
-            tx.input[i].previous_output == outpoint,
-            || "anchor input does not spend our anchor of the latest holder commitment".into(),
+            &tx,
+            i,
+            &outpoint,
+            "our anchor of the latest holder commitment",
         )?;
         let (_, mut prevouts) = proven(&r.previous_txs)?;
         prevouts.add(

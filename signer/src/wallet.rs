@@ -18,8 +18,9 @@ use crate::keys::KeyRing;
 
 /// Addresses of the external chain the signer recognises as its own.
 pub const EXTERNAL_LOOKAHEAD: u32 = 500;
-/// Internal-chain addresses recognised beyond the last one handed out.
-pub const INTERNAL_LOOKAHEAD: u32 = 100;
+/// Internal-chain addresses recognised beyond the last one handed out (or
+/// proven in a PSBT): the node takes change along the same chain.
+pub const INTERNAL_LOOKAHEAD: u32 = 1_000;
 
 /// BIP 380 descriptor checksum.
 pub fn descriptor_checksum(desc: &str) -> Result<String, SignerError> {

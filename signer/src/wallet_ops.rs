@@ -100,14 +100,55 @@ impl<S: Store> Signer<S> {
         }
         let mut psbt = Psbt::deserialize(&r.psbt)
             .map_err(|e| SignerError::invalid(format!("malformed PSBT: {e}")))?;
-        let verdict =
-            crate::policy::onchain::validate_psbt(&psbt, &self.facts(), &self.funding_scripts)?;
         let fingerprint = self.keys.master_fingerprint();
         let account_path: DerivationPath = [84, coin_type(self.keys.network()), 0]
             .iter()
             .map(|i| ChildNumber::Hardened { index: *i })
             .collect::<Vec<_>>()
             .into();
+        // Outputs the PSBT says are the wallet's (change): the signer derives
+        // the key at that origin and checks the script is its own.
+        let account = self.keys.wallet_xpub(&self.secp);
+        let mut highest_internal: Option<u32> = None;
+        let own_outputs: Vec<bool> = psbt
+            .unsigned_tx
+            .output
+            .iter()
+            .zip(&psbt.outputs)
+            .map(|(out, o)| {
+                o.bip32_derivation.iter().any(|(pk, (fp, path))| {
+                    let Some(rest) = path.as_ref().strip_prefix(account_path.as_ref()) else {
+                        return false;
+                    };
+                    let [ChildNumber::Normal { index: chain }, ChildNumber::Normal { index }] =
+                        rest
+                    else {
+                        return false;
+                    };
+                    let derived = crate::wallet::child(&account, &self.secp, *chain)
+                        .and_then(|c| crate::wallet::child(&c, &self.secp, *index));
+                    let ok = *fp == fingerprint
+                        && *chain <= 1
+                        && derived.is_ok_and(|x| {
+                            x.public_key == *pk
+                                && out.script_pubkey
+                                    == ScriptBuf::new_p2wpkh(
+                                        &CompressedPublicKey(*pk).wpubkey_hash(),
+                                    )
+                        });
+                    if ok && *chain == 1 {
+                        highest_internal = highest_internal.max(Some(*index));
+                    }
+                    ok
+                })
+            })
+            .collect();
+        let verdict = crate::policy::onchain::validate_psbt(
+            &psbt,
+            &self.facts(),
+            &self.funding_scripts,
+            &own_outputs,
+        )?;
         let tx = psbt.unsigned_tx.clone();
         let mut cache = SighashCache::new(&tx);
         let mut signed = Vec::new();
@@ -172,8 +213,34 @@ impl<S: Store> Signer<S> {
                 }
             }
         }
-        if !writes.is_empty() {
-            self.commit_records(writes, Vec::new(), None)?;
+        // The fee counts against the wallet's budget; change the node took
+        // further along the internal chain moves the recognised window on.
+        let mut meta = None;
+        if self.policy.onchain_fee_budget_sat.is_some() && verdict.fee_sat > 0 {
+            let mut m = self.meta.clone();
+            let window = self.policy.velocity_window_secs;
+            m.recent_fees
+                .retain(|f| f.at.saturating_add(window) > self.now);
+            m.recent_fees.push(crate::state::RecentPayment {
+                at: self.now,
+                sat: verdict.fee_sat,
+            });
+            crate::policy::ledger::bound_records(&mut m.recent_fees);
+            meta = Some(m);
+        }
+        if let Some(i) = highest_internal.filter(|i| *i >= self.meta.next_internal_index) {
+            let mut m = meta.unwrap_or_else(|| self.meta.clone());
+            m.next_internal_index = i.saturating_add(1);
+            meta = Some(m);
+        }
+        if !writes.is_empty() || meta.is_some() {
+            let next = meta.as_ref().map(|m| m.next_internal_index);
+            self.commit_records(writes, Vec::new(), meta)?;
+            if let Some(n) = next {
+                let mut scripts = self.wallet_scripts.clone();
+                scripts.extend_internal(&self.keys.wallet_xpub(&self.secp), &self.secp, n)?;
+                self.wallet_scripts = scripts;
+            }
         }
         Ok(pb::SignPsbtReply {
             psbt: psbt.serialize(),

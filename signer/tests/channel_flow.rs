@@ -681,9 +681,9 @@ fn merchant_mode_never_sends() {
     p.advance().expect("an update that sends nothing");
 }
 
-#[test]
-fn forwards_must_be_covered_by_an_incoming_htlc() {
-    // Alice's signer has two channels: Bob pays Carol through Alice.
+/// Alice, balancing her routing, with two channels sharing her signer: one
+/// with Bob, one with Carol.
+fn routing_node() -> (ChannelPair, ChannelPair) {
     let alice = std::rc::Rc::new(std::cell::RefCell::new(memory_signer(
         1,
         PolicyConfig {
@@ -699,7 +699,13 @@ fn forwards_must_be_covered_by_an_incoming_htlc() {
         )
         .expect("channel opens")
     };
-    let (mut with_bob, mut with_carol) = (open(2), open(3));
+    (open(2), open(3))
+}
+
+#[test]
+fn forwards_must_be_covered_by_an_incoming_htlc() {
+    // Alice's signer has two channels: Bob pays Carol through Alice.
+    let (mut with_bob, mut with_carol) = routing_node();
     // Bob gets a balance (Alice pays him), then offers Alice 50k sat for hash 9.
     try_add(&mut with_bob, 200_000_000, 1).unwrap();
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
@@ -715,4 +721,57 @@ fn forwards_must_be_covered_by_an_incoming_htlc() {
     with_carol
         .offer(20_000_000, 9)
         .expect("the rest of the cover");
+}
+
+#[test]
+fn an_incoming_htlc_close_to_expiry_covers_nothing() {
+    let (mut with_bob, mut with_carol) = routing_node();
+    try_add(&mut with_bob, 200_000_000, 1).unwrap();
+    let incoming = with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
+    let mut chain = lnpd_signer::testing::TestChain::default();
+    with_bob.prove_funding(&mut chain, 3).unwrap();
+    // The chain reaches ten blocks before the incoming HTLC expires: no
+    // time left to claim it if the forward is paid.
+    let to = incoming.cltv_expiry - 10 - chain.height();
+    chain.mine_empty(to as usize);
+    chain.feed(with_bob.alice.signer.as_mut()).unwrap();
+    assert_refused(with_carol.offer(30_000_000, 9), RuleId::RoutingBalanced);
+}
+
+#[test]
+fn a_funding_older_than_the_window_is_proven_with_the_headers_after_it() {
+    let mut p = pair(true);
+    let mut chain = lnpd_signer::testing::TestChain::default();
+    chain.mine(core::slice::from_ref(&p.funding));
+    chain.mine_empty(300);
+    chain.feed(p.alice.signer.as_mut()).unwrap();
+    let txid = p.funding.compute_txid();
+    let mut req = pb::ProveFundingRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        funding_transaction: bitcoin::consensus::serialize(&p.funding),
+        merkle_block: chain.merkle_block(txid).unwrap(),
+        later_headers: vec![],
+    };
+    // The block left the signer's window of headers.
+    let err = call!(p.alice.signer, ProveFunding(req.clone()) => ProveFunding).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::FailedPrecondition, "{err}");
+    // With the headers from it to the window, each with its work.
+    let window_first = chain.height() - 143;
+    let later: Vec<Vec<u8>> = chain.headers[2..window_first as usize]
+        .iter()
+        .map(bitcoin::consensus::serialize)
+        .collect();
+    let mut forged = later.clone();
+    let mut h: bitcoin::block::Header = bitcoin::consensus::deserialize(&forged[5]).unwrap();
+    while h.validate_pow(h.target()).is_ok() {
+        h.nonce += 1;
+    }
+    forged[5] = bitcoin::consensus::serialize(&h);
+    req.later_headers = forged;
+    let err = call!(p.alice.signer, ProveFunding(req.clone()) => ProveFunding).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Invalid, "{err}");
+    req.later_headers = later;
+    let proven = call!(p.alice.signer, ProveFunding(req) => ProveFunding).unwrap();
+    assert_eq!(proven.height, 1);
+    assert_eq!(proven.confirmations, chain.height());
 }

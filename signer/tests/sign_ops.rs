@@ -252,6 +252,97 @@ fn signs_wallet_psbt_inputs_and_only_those() {
     let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: bad.serialize() }) => SignPsbt)
         .unwrap_err();
     assert_eq!(err.kind, ErrorKind::Invalid);
+
+    // Change far along the internal chain (the node's own counter) is the
+    // wallet's when the PSBT proves its key origin; a zero-value OP_RETURN
+    // pays nobody.
+    let (far_key, _, far_path) = wallet_key(5, 1, 5_000);
+    let far_pk = PublicKey::from_secret_key(&s, &far_key);
+    let mut far = psbt_for(vec![
+        TxOut {
+            value: Amount::from_sat(59_000),
+            script_pubkey: wpkh(&far_pk),
+        },
+        TxOut {
+            value: Amount::ZERO,
+            script_pubkey: ScriptBuf::new_op_return([]),
+        },
+    ]);
+    let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: far.serialize() }) => SignPsbt)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::OnchainOutputsKnown));
+    far.outputs[0]
+        .bip32_derivation
+        .insert(far_pk, (fp, far_path));
+    call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: far.serialize() }) => SignPsbt)
+        .expect("change with its key origin proven");
+    // A key origin that is not the output's key proves nothing.
+    let mut lying = psbt_for(vec![TxOut {
+        value: Amount::from_sat(59_000),
+        script_pubkey: wpkh(&foreign_pk),
+    }]);
+    lying.outputs[0]
+        .bip32_derivation
+        .insert(foreign_pk, (fp, wallet_key(5, 1, 7).2));
+    let err = call!(signer, SignPsbt(pb::SignPsbtRequest { psbt: lying.serialize() }) => SignPsbt)
+        .unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::OnchainOutputsKnown));
+}
+
+#[test]
+fn the_wallet_pays_fees_within_its_budget() {
+    let s = secp();
+    let mut signer = memory_signer(
+        5,
+        PolicyConfig {
+            onchain_fee_budget_sat: Some(5_000),
+            ..Default::default()
+        },
+    );
+    signer.set_time(1_000_000);
+    let (key, fp, path) = wallet_key(5, 0, 3);
+    let pk = PublicKey::from_secret_key(&s, &key);
+    let spend = |tag: u8| {
+        let prev = holding(
+            TxOut {
+                value: Amount::from_sat(50_000),
+                script_pubkey: wpkh(&pk),
+            },
+            0,
+            tag,
+        );
+        let tx = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid: prev.compute_txid(),
+                    vout: 0,
+                },
+                ..Default::default()
+            }],
+            output: vec![TxOut {
+                value: Amount::from_sat(47_000),
+                script_pubkey: wpkh(&pk),
+            }],
+        };
+        let mut psbt = Psbt::from_unsigned_tx(tx).unwrap();
+        psbt.inputs[0].non_witness_utxo = Some(prev.clone());
+        psbt.inputs[0].witness_utxo = Some(prev.output[0].clone());
+        psbt.inputs[0]
+            .bip32_derivation
+            .insert(pk, (fp, path.clone()));
+        pb::SignPsbtRequest {
+            psbt: psbt.serialize(),
+        }
+    };
+    // 3 000 sat of fees each: the second is within the 5 000 sat budget, not.
+    call!(signer, SignPsbt(spend(1)) => SignPsbt).expect("within the budget");
+    let err = call!(signer, SignPsbt(spend(2)) => SignPsbt).unwrap_err();
+    assert_eq!(err.rule, Some(RuleId::OnchainFeeRange), "{err}");
+    // A window later, the budget is back.
+    signer.set_time(1_000_000 + 86_401);
+    call!(signer, SignPsbt(spend(3)) => SignPsbt).expect("a new window");
 }
 
 #[test]

@@ -277,7 +277,38 @@ fn an_invoice_pays_once() {
         RuleId::InvoicePaidOnce,
         || call!(p.alice.signer, ShowInvoice(pb::ShowInvoiceRequest { bolt11, amount_msat: 0 }) => ShowInvoice),
     );
+    // An invoice without an amount: the node names it; paid once, shown
+    // again with a larger one, it is refused.
+    let open_amount = invoice_without_amount(6, &payee);
+    call!(p.alice.signer, ShowInvoice(pb::ShowInvoiceRequest { bolt11: open_amount.clone(), amount_msat: 10_000_000 }) => ShowInvoice)
+        .expect("an amount-less invoice with the node's amount");
+    let h = p.offer(10_000_000, 6).expect("paid");
+    p.settle_htlc(&h).unwrap();
+    attack(
+        &alice,
+        RuleId::InvoicePaidOnce,
+        || call!(p.alice.signer, ShowInvoice(pb::ShowInvoiceRequest { bolt11: open_amount, amount_msat: 50_000_000 }) => ShowInvoice),
+    );
     still_usable_with_invoice(&mut p, &payee);
+}
+
+/// A BOLT 11 invoice without an amount for the test HTLC tag `tag`.
+fn invoice_without_amount(tag: u8, payee: &SecretKey) -> String {
+    use lightning_invoice::{Currency, InvoiceBuilder};
+    let s = Secp256k1::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    InvoiceBuilder::new(Currency::Regtest)
+        .description("any amount".into())
+        .payment_hash(sha256::Hash::hash(&[tag; 32]))
+        .payment_secret(lightning::types::payment::PaymentSecret([1; 32]))
+        .duration_since_epoch(now)
+        .min_final_cltv_expiry_delta(18)
+        .expiry_time(Duration::from_secs(3600))
+        .build_signed(|m| s.sign_ecdsa_recoverable(m, payee))
+        .unwrap()
+        .to_string()
 }
 
 fn still_usable_with_invoice(p: &mut ChannelPair, payee: &SecretKey) {
@@ -552,8 +583,15 @@ fn an_incoming_htlc_whose_forward_was_paid_is_never_failed_back() {
     let incoming = with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
     let mut chain = TestChain::default();
     proven(&mut with_bob, &mut chain);
-    // Alice forwards it to Carol, and Carol is paid (she shows the preimage).
+    // Alice forwards it to Carol. While the forward is in flight, the
+    // incoming HTLC cannot go back to Bob (Carol could still be paid).
     let out = with_carol.offer(49_000_000, 9).expect("a covered forward");
+    attack(&alice, RuleId::RoutingIncomingClaimed, || {
+        with_bob.fail_htlc(&incoming)
+    });
+    with_bob.htlcs.push(incoming.clone());
+    with_bob.bob_msat -= incoming.amount_msat;
+    // Carol is paid (she shows the preimage).
     with_carol.settle_htlc(&out).expect("Carol is paid");
     // The incoming HTLC, whose preimage Alice now knows, failed back to Bob.
     attack(&alice, RuleId::RoutingIncomingClaimed, || {

@@ -135,6 +135,8 @@ pub struct PolicySection {
     pub max_trimmed_loss_sat: Option<u64>,
     /// Largest share of a sweep's value its fee may take (percent).
     pub max_sweep_fee_percent: Option<u64>,
+    /// Most the wallet pays in fees within the window (sat); 0: no budget.
+    pub onchain_fee_budget_sat: Option<u64>,
     /// Fewest blocks between a forward's expiry and its incoming HTLC's.
     pub forward_min_cltv_delta: Option<u32>,
     /// Confirmations a funding needs before its HTLCs cover forwards.
@@ -217,6 +219,11 @@ impl ConfigFile {
             max_dust_exposure_sat: p.max_dust_exposure_sat.unwrap_or(d.max_dust_exposure_sat),
             max_trimmed_loss_sat: p.max_trimmed_loss_sat.unwrap_or(d.max_trimmed_loss_sat),
             max_sweep_fee_percent: p.max_sweep_fee_percent.unwrap_or(d.max_sweep_fee_percent),
+            onchain_fee_budget_sat: match p.onchain_fee_budget_sat {
+                Some(0) => None,
+                Some(b) => Some(b),
+                None => d.onchain_fee_budget_sat,
+            },
             forward_min_cltv_delta: p.forward_min_cltv_delta.unwrap_or(d.forward_min_cltv_delta),
             min_funding_confirmations: p
                 .min_funding_confirmations

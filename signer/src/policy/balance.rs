@@ -148,15 +148,19 @@ pub fn check_update(policy: &PolicyConfig, u: &SideUpdate) -> Result<u64, Signer
             new.total + paid_sat + slack >= old.total + owed_sat,
             || {
                 format!(
-                    "incoming HTLCs of {owed_sat} sat, whose forwards were paid out, leave the \
-                     commitment without being paid to us"
+                    "incoming HTLCs of {owed_sat} sat, covering forwards that were not failed, \
+                     leave the commitment without being paid to us"
                 )
             },
         )?;
     }
 
     let drop = old.total.saturating_sub(new.total);
-    let loss = drop.saturating_sub(paid_sat + slack);
+    // What our side lost beyond our HTLCs paid out. The refusals allow msat
+    // rounding; the budget is charged all of it, rounding included, so no
+    // update moves value for free.
+    let loss_raw = drop.saturating_sub(paid_sat);
+    let loss = loss_raw.saturating_sub(slack);
     let left_pot_to_them = new.theirs.saturating_sub(old.theirs).min(old.pot);
     let invisible = (new.pot + left_pot_to_them).saturating_sub(old.pot);
     if loss > invisible {
@@ -184,11 +188,11 @@ pub fn check_update(policy: &PolicyConfig, u: &SideUpdate) -> Result<u64, Signer
     let gain = new.total.saturating_sub(old.total);
     let returned = gain.saturating_sub(received_sat);
     let used = trimmed_loss_sat
-        .saturating_add(loss)
+        .saturating_add(loss_raw)
         .saturating_sub(returned);
     policy.check(
         RuleId::CommitmentBalanceConserved,
-        used <= policy.max_trimmed_loss_sat || loss == 0,
+        used <= policy.max_trimmed_loss_sat || loss_raw == 0,
         || {
             format!(
                 "our side lost {used} sat in all to trimmed outputs over the channel's life, \
@@ -275,6 +279,44 @@ mod tests {
         let next = theirs(100_500, 899_500);
         let e = check(&previous, &next).unwrap_err();
         assert_eq!(e.rule, Some(RuleId::CommitmentBalanceConserved));
+    }
+
+    #[test]
+    fn rounding_is_charged_to_the_budget_so_no_update_is_free() {
+        // Two sat to the peer on every update, within the msat-rounding
+        // slack: allowed each time, charged each time, until the budget
+        // is spent.
+        let policy = PolicyConfig {
+            max_trimmed_loss_sat: 10,
+            ..Default::default()
+        };
+        let mut used = 0;
+        let mut last = theirs(500, 999_500);
+        for i in 1..=10u64 {
+            let next = theirs(500 + 2 * i, 999_500 - 2 * i);
+            let r = check_update(
+                &policy,
+                &SideUpdate {
+                    setup: &setup(),
+                    holder: false,
+                    previous: &last,
+                    next: &next,
+                    paid: &[],
+                    owed: &[],
+                    trimmed_loss_sat: used,
+                },
+            );
+            match r {
+                Ok(u) => used = u,
+                Err(e) => {
+                    assert_eq!(e.rule, Some(RuleId::CommitmentBalanceConserved));
+                    assert_eq!(i, 6, "refused once the 10 sat are spent");
+                    return;
+                }
+            }
+            last = next;
+        }
+        panic!("2 sat a time drained the channel without end");
     }
 
     #[test]

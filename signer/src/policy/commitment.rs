@@ -212,7 +212,9 @@ pub fn validate(p: &Proposed, facts: &Facts) -> Result<Verdict, SignerError> {
             let owed: Vec<Key> = record
                 .covering
                 .iter()
-                .filter(|c| c.claimable)
+                // Covering a forward not failed yet (in flight, or paid out):
+                // the incoming HTLC may leave only paid to us.
+                .filter(|c| c.claimable || c.covered_msat > 0)
                 .map(|c| (c.payment_hash.as_slice(), c.amount_msat, c.cltv_expiry))
                 .collect();
             balance::check_update(

@@ -218,6 +218,7 @@ pub fn apply(u: &Update, facts: &Facts) -> Result<Outcome, SignerError> {
                 at: facts.now,
                 sat: msat / 1000,
             }));
+        bound_records(&mut meta.recent_payments);
         out.meta = Some(meta);
     }
     Ok(out)
@@ -342,7 +343,16 @@ fn find_cover(
                 )));
                 continue;
             }
-            if (h.cltv_expiry as u64) < expiry as u64 + facts.policy.forward_min_cltv_delta as u64 {
+            let delta = facts.policy.forward_min_cltv_delta as u64;
+            if (h.cltv_expiry as u64) < facts.height as u64 + delta {
+                why = Some(NoCover(format!(
+                    "the incoming HTLC expires at {}, less than {delta} blocks past the chain tip {}: \
+                     no time left to claim it",
+                    h.cltv_expiry, facts.height
+                )));
+                continue;
+            }
+            if (h.cltv_expiry as u64) < expiry as u64 + delta {
                 why = Some(NoCover(format!(
                     "the incoming HTLC expires at {}, less than {} blocks after the forward's {expiry}",
                     h.cltv_expiry, facts.policy.forward_min_cltv_delta
@@ -514,6 +524,22 @@ fn own_entry(k: Key) -> OutgoingHtlc {
         amount_msat: k.1,
         cltv_expiry: k.2,
         ..Default::default()
+    }
+}
+
+/// Most records kept of payments (or fees) in the rolling window.
+const MAX_RECENT: usize = 1_000;
+
+/// Keeps at most [`MAX_RECENT`] records: the two oldest merge into one,
+/// at the later time (the sum stays counted, a little longer: stricter).
+/// A signer without a clock (a device) would keep every record otherwise.
+pub fn bound_records(records: &mut Vec<RecentPayment>) {
+    while records.len() > MAX_RECENT {
+        let first = records.remove(0);
+        if let Some(next) = records.first_mut() {
+            next.at = next.at.max(first.at);
+            next.sat = next.sat.saturating_add(first.sat);
+        }
     }
 }
 

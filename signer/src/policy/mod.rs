@@ -17,6 +17,7 @@ pub mod facts;
 pub mod ledger;
 pub mod node;
 pub mod onchain;
+pub mod revocation;
 pub mod sweep;
 
 macro_rules! rules {
@@ -152,6 +153,9 @@ pub struct PolicyConfig {
     /// Largest share of the value a sweep spends that may go to its fee
     /// (percent).
     pub max_sweep_fee_percent: u64,
+    /// Most the wallet's transactions may pay in fees, in all, within
+    /// `velocity_window_secs` (sat); none: no budget.
+    pub onchain_fee_budget_sat: Option<u64>,
     /// Whether a channel we fund may push value to the peer at open.
     pub allow_push: bool,
     /// Largest single outgoing payment (sat); none: no limit.
@@ -217,6 +221,7 @@ impl Default for PolicyConfig {
             max_trimmed_loss_sat: 100_000,
             max_onchain_feerate_per_kw: 25_000,
             max_sweep_fee_percent: 50,
+            onchain_fee_budget_sat: Some(2_000_000),
             allow_push: false,
             max_payment_sat: None,
             velocity_limit_sat: None,

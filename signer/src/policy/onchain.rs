@@ -17,7 +17,12 @@ use crate::types::ChannelKeysId;
 pub struct PsbtVerdict {
     /// Channels it funds (their funding is recorded as signed, by txid).
     pub funds: Vec<ChannelKeysId>,
+    /// Its fee (sat), proven by the previous transactions.
+    pub fee_sat: u64,
 }
+
+/// Witness weight of a 2-of-2 funding input (a commitment's).
+const FUNDING_WITNESS_WEIGHT: u64 = 222;
 
 /// Witness weight of a P2WPKH input (signature and key), for the fee bound.
 const P2WPKH_WITNESS_WEIGHT: u64 = 108;
@@ -32,22 +37,33 @@ const P2WPKH_WITNESS_WEIGHT: u64 = 108;
 /// - a funding transaction spends only segwit outputs
 ///   (`onchain-funding-segwit-inputs`);
 /// - every input's amount is proven by its previous transaction, and the
-///   fee stays under the on-chain feerate limit (`onchain-fee-range`);
+///   fee stays under the on-chain feerate limit over the transaction's
+///   weight — with a channel's commitment it pays for (a CPFP child spending
+///   an anchor), the package's — and within the wallet's fee budget over
+///   the rolling window (`onchain-fee-range`);
 /// - version 2, standard weight (`onchain-format-standard`).
 ///
 /// `funding_scripts` maps the funding output script of every channel set
-/// up with the signer to the channel.
+/// up with the signer to the channel; `own_outputs` tells which outputs the
+/// PSBT proves are the wallet's (a key origin the signer derived and
+/// matched), beyond the scripts it knows by heart. A zero-value OP_RETURN
+/// output pays nobody and is taken.
 pub fn validate_psbt(
     psbt: &Psbt,
     facts: &Facts,
     funding_scripts: &BTreeMap<ScriptBuf, ChannelKeysId>,
+    own_outputs: &[bool],
 ) -> Result<PsbtVerdict, SignerError> {
     let policy = facts.policy;
     let tx = &psbt.unsigned_tx;
     let txid = tx.compute_txid();
     let mut verdict = PsbtVerdict::default();
     for (i, out) in tx.output.iter().enumerate() {
-        if facts.is_allowed_destination(&out.script_pubkey) {
+        let burns_nothing = out.value.to_sat() == 0 && out.script_pubkey.is_op_return();
+        if facts.is_allowed_destination(&out.script_pubkey)
+            || own_outputs.get(i).copied().unwrap_or(false)
+            || burns_nothing
+        {
             continue;
         }
         let Some((id, record, setup)) = funding_scripts
@@ -101,6 +117,7 @@ pub fn validate_psbt(
     }
     let funds_channel = !verdict.funds.is_empty();
     let mut in_sat: u64 = 0;
+    let mut parents_weight: u64 = 0;
     for (i, (txin, input)) in tx.input.iter().zip(&psbt.inputs).enumerate() {
         // Segwit v0 signatures commit to the amount only; the previous
         // transaction proves it (a node lying about amounts inflates fees).
@@ -139,6 +156,22 @@ pub fn validate_psbt(
         in_sat = in_sat
             .checked_add(spent.value.to_sat())
             .ok_or_else(|| SignerError::invalid("input values overflow"))?;
+        // A commitment of one of our channels (it spends the funding
+        // outpoint): the fee pays for it too.
+        let spends_funding = prev.input.len() == 1
+            && facts.channels.values().any(|c| {
+                c.setup
+                    .as_ref()
+                    .and_then(|s| s.funding_outpoint.as_ref())
+                    .is_some_and(|o| {
+                        o.txid[..] == prev.input[0].previous_output.txid.to_byte_array()[..]
+                            && o.vout == prev.input[0].previous_output.vout
+                    })
+            });
+        if spends_funding {
+            parents_weight =
+                parents_weight.saturating_add(prev.weight().to_wu() + FUNDING_WITNESS_WEIGHT);
+        }
     }
     let out_sat = tx
         .output
@@ -151,13 +184,33 @@ pub fn validate_psbt(
         ))
     })?;
     let weight = tx.weight().to_wu() + P2WPKH_WITNESS_WEIGHT * tx.input.len() as u64;
-    let max_fee = policy.max_onchain_feerate_per_kw as u64 * weight / 1000;
+    let max_fee = policy.max_onchain_feerate_per_kw as u64 * (weight + parents_weight) / 1000;
     policy.check(RuleId::OnchainFeeRange, fee <= max_fee, || {
         format!(
             "fee {fee} sat above {max_fee} sat ({} sat/kw)",
             policy.max_onchain_feerate_per_kw
         )
     })?;
+    if let Some(budget) = policy.onchain_fee_budget_sat {
+        let window = policy.velocity_window_secs;
+        let spent: u64 = facts
+            .meta
+            .recent_fees
+            .iter()
+            .filter(|f| f.at.saturating_add(window) > facts.now)
+            .map(|f| f.sat)
+            .sum();
+        policy.check(
+            RuleId::OnchainFeeRange,
+            spent.saturating_add(fee) <= budget,
+            || {
+                format!(
+                    "the wallet paid {spent} sat in fees within {window} s; {fee} sat more is above the {budget} sat budget"
+                )
+            },
+        )?;
+    }
+    verdict.fee_sat = fee;
     policy.check(
         RuleId::OnchainFormatStandard,
         tx.version.0 == 2 && weight <= 400_000,

@@ -21,7 +21,7 @@ use bitcoin::{OutPoint, Transaction, TxOut};
 
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
-use crate::policy::RuleId;
+use crate::policy::{PolicyConfig, RuleId};
 
 /// Seconds per block, to bound a time-based locktime.
 const BLOCK_SECS: u64 = 600;
@@ -174,6 +174,89 @@ pub fn validate_sweep(s: &Sweep, facts: &Facts) -> Result<(), SignerError> {
             policy.max_sweep_fee_percent
         )
     })
+}
+
+/// The validator of a second-stage HTLC transaction of our commitment
+/// against BOLT 3's (`expected`, built by the signer): it spends that HTLC
+/// output with BOLT 3's sequence, has BOLT 3's version and locktime (with
+/// anchors the peer signed SINGLE|ANYONECANPAY, so other inputs may bump
+/// the fee and our output sits at our input's index), pays the revocable
+/// output of the channel's keys and delay (`htlc-keys`) with the value
+/// BOLT 3's fee leaves (`htlc-fee-range`) (`htlc-format` for the rest).
+pub fn validate_holder_htlc_tx(
+    policy: &PolicyConfig,
+    expected: &Transaction,
+    tx: &Transaction,
+    i: usize,
+    offered: bool,
+    anchors: bool,
+) -> Result<(), SignerError> {
+    let (Some(exp_in), Some(wanted)) = (expected.input.first(), expected.output.first()) else {
+        return Err(SignerError::internal(
+            "BOLT 3 HTLC transaction without input or output",
+        ));
+    };
+    let input_ok = tx.input.get(i).is_some_and(|x| {
+        x.previous_output == exp_in.previous_output && x.sequence == exp_in.sequence
+    });
+    policy.check(RuleId::HtlcFormat, input_ok, || {
+        "HTLC transaction input does not spend that HTLC output with the BOLT 3 sequence".into()
+    })?;
+    let ours = if anchors {
+        tx.output.get(i)
+    } else if tx.output.len() == 1 {
+        tx.output.first()
+    } else {
+        None
+    };
+    let format_ok = (!offered || tx.lock_time == expected.lock_time)
+        && (anchors
+            || (tx.version == expected.version
+                && tx.lock_time == expected.lock_time
+                && tx.input.len() == 1))
+        && ours.is_some();
+    policy.check(RuleId::HtlcFormat, format_ok, || {
+        "HTLC transaction version, locktime or shape differ from BOLT 3's".into()
+    })?;
+    let Some(ours) = ours else {
+        return Err(SignerError::policy(
+            RuleId::HtlcFormat,
+            "the HTLC transaction has no output where BOLT 3 puts ours",
+        ));
+    };
+    policy.check(
+        RuleId::HtlcKeys,
+        ours.script_pubkey == wanted.script_pubkey,
+        || {
+            "HTLC transaction output is not the revocable output of the channel's keys and delay"
+                .into()
+        },
+    )?;
+    policy.check(RuleId::HtlcFeeRange, ours.value == wanted.value, || {
+        format!(
+            "HTLC transaction output of {} sat, BOLT 3's fee at the commitment's feerate leaves {} sat",
+            ours.value.to_sat(),
+            wanted.value.to_sat()
+        )
+    })
+}
+
+/// Input `i` of `tx` spends `outpoint` (`what`, for the refusal).
+pub fn check_spends(
+    policy: &PolicyConfig,
+    rule: RuleId,
+    tx: &Transaction,
+    i: usize,
+    outpoint: &OutPoint,
+    what: &str,
+) -> Result<(), SignerError> {
+    policy.check(
+        rule,
+        tx.input
+            .get(i)
+            .is_some_and(|x| x.previous_output == *outpoint),
+        || format!("input {i} does not spend {what}"),
+    )
 }
 
 /// `sweep-justice-secret`: the secret given is the one the peer revealed

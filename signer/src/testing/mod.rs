@@ -838,6 +838,7 @@ impl ChannelPair {
             channel_keys_id: self.alice.keys_id.clone(),
             funding_transaction: bitcoin::consensus::serialize(&self.funding),
             merkle_block: chain.merkle_block(txid).unwrap_or_default(),
+            later_headers: Vec::new(),
         };
         call!(self.alice.signer, ProveFunding(req) => ProveFunding)
     }
