@@ -4,7 +4,8 @@
 //! `cargo bench -p lnpd-signer --bench latency` prints p50/p99 of:
 //! - sign counterparty commitment with 0 and 20 HTLCs (rebuild, policy,
 //!   durable write of the new state, signatures);
-//! - ECDH.
+//! - ECDH;
+//! - the same signing with an in-memory store, to isolate the CPU cost.
 
 use std::time::{Duration, Instant};
 
@@ -152,6 +153,16 @@ fn main() {
     show(
         "in-process  ECDH",
         &bench_ecdh(&mut durable_signer(&dir, 13)),
+    );
+    // Without the durable write: the cost of rebuilding, policy and
+    // signatures alone (what a device without a disk pays).
+    show(
+        "in-memory   sign counterparty commitment, 0 HTLC",
+        &bench_sign(Box::new(memory_signer(14, PolicyConfig::default())), 0),
+    );
+    show(
+        "in-memory   sign counterparty commitment, 20 HTLC",
+        &bench_sign(Box::new(memory_signer(15, PolicyConfig::default())), 20),
     );
 
     let mut process = SignerProcess::init("bench-grpc").expect("init signer");

@@ -29,6 +29,7 @@ use crate::handler::Signer;
 use crate::keys::ChannelSecrets;
 use crate::policy::channel::SetupVerdict;
 use crate::policy::commitment::{Proposed, Verdict};
+use crate::policy::resources::{check_parked_first_commitment, pending_to_forget};
 use crate::policy::revocation::{
     validate_counterparty_revocation, validate_holder_broadcast, validate_release, Release,
     Revocation,
@@ -41,10 +42,6 @@ use crate::types::{ChannelKeysId, CommitmentNumber};
 
 /// Most inputs or outputs accepted in a transaction to sign.
 pub(crate) const MAX_TX_IO: usize = 1000;
-
-/// Largest first commitment kept for a channel not yet set up (it has no
-/// HTLCs: a transaction of a few hundred bytes).
-const MAX_PARKED_TX_BYTES: usize = 2_000;
 
 /// Turns the node's transaction fields into a transaction (no witnesses).
 pub(crate) fn to_transaction(tx: Option<&pb::UnsignedTx>) -> Result<Transaction, SignerError> {
@@ -223,18 +220,13 @@ impl<S: Store> Signer<S> {
         // Keys ids issued but never set up are capped: the oldest go (a
         // channel negotiation takes seconds; a node asking for ids without
         // end must not grow the state without end).
-        let mut pending: Vec<(u64, ChannelKeysId)> = self
+        let pending: Vec<(u64, ChannelKeysId)> = self
             .channels
             .iter()
             .filter(|(_, c)| c.setup.is_none())
             .map(|(id, c)| (c.issued_seq, *id))
             .collect();
-        let mut evicted = Vec::new();
-        if pending.len() >= self.policy.max_pending_channels {
-            pending.sort();
-            let excess = pending.len() + 1 - self.policy.max_pending_channels.max(1);
-            evicted = pending.into_iter().take(excess).map(|(_, id)| id).collect();
-        }
+        let evicted = pending_to_forget(pending, &self.policy);
         let mut record = ChannelRecord::new(&id.0, true);
         record.issued_seq = meta.keys_ids_issued;
         record.ledger_ready = true;
@@ -402,18 +394,7 @@ impl<S: Store> Signer<S> {
                 "channel {id} is not set up; only its first commitment can be validated early"
             )));
         }
-        let small = data.htlcs.is_empty()
-            && r.htlc_signatures.is_empty()
-            && r.outbound_htlc_preimages.is_empty()
-            && data.transaction.len() <= MAX_PARKED_TX_BYTES;
-        if !small {
-            return Err(SignerError::policy(
-                RuleId::ResourceLimit,
-                format!(
-                    "channel {id}: a first commitment kept before set-up has no HTLCs and at most {MAX_PARKED_TX_BYTES} bytes"
-                ),
-            ));
-        }
+        check_parked_first_commitment(&id, &r)?;
         if record.parked_holder_validation.as_ref() == Some(&r) {
             return Ok(pb::ValidateHolderCommitmentReply {
                 parked: true,
@@ -452,12 +433,7 @@ impl<S: Store> Signer<S> {
         let n = CommitmentNumber::new(data.commitment_number)?;
         // Our own point for this number; a different one in the request is refused.
         let point = self.our_point(id, n);
-        if !data.per_commitment_point.is_empty() && data.per_commitment_point != point.serialize() {
-            return Err(SignerError::policy(
-                RuleId::CommitmentKeys,
-                format!("channel {id}: per-commitment point of holder commitment {n} is not ours"),
-            ));
-        }
+        crate::policy::commitment::check_holder_point(id, n.0, &data.per_commitment_point, &point)?;
         data.per_commitment_point = point.serialize().to_vec();
         let candidate = HolderRecord {
             commitment: Some(data.clone()),

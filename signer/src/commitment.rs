@@ -22,7 +22,6 @@ use lnpd_proto::signer::{
 };
 
 use crate::error::SignerError;
-use crate::policy::RuleId;
 use crate::types::CommitmentNumber;
 
 /// Value of each anchor output (BOLT 3).
@@ -105,9 +104,9 @@ pub fn channel_type_features(
         Ok(ChannelType::AnchorsZeroFeeHtlcTx) => {
             Ok(ChannelTypeFeatures::anchors_zero_htlc_fee_and_dependencies())
         }
-        _ => Err(SignerError::policy(
-            RuleId::ChannelTypeSafe,
-            "only static_remote_key and anchors_zero_fee_htlc_tx channels can be validated",
+        // `channel-type-safe` refused any other type at set-up.
+        _ => Err(SignerError::invalid(
+            "only static_remote_key and anchors_zero_fee_htlc_tx channels can be built",
         )),
     }
 }

@@ -14,15 +14,14 @@ use lnpd_proto::signer as pb;
 
 use crate::error::SignerError;
 use crate::handler::Signer;
-use crate::policy::RuleId;
+use crate::policy::invoice::{validate_shown_invoice, Shown, ShownVerdict};
+use crate::policy::resources::invoice_to_forget;
 use crate::state::{Approval, ShownInvoice};
 use crate::store::Store;
 
 /// How long a shown invoice is kept after it expires (an HTLC for it may
 /// still be settling).
 const KEEP_AFTER_EXPIRY_SECS: u64 = 86_400;
-/// Most invoices kept at once (the oldest go first).
-const MAX_SHOWN: usize = 1_000;
 /// Longest invoice accepted (BOLT 11 has no limit; bech32 data this long
 /// is already far beyond any real invoice).
 const MAX_INVOICE_LEN: usize = 7_089;
@@ -46,14 +45,6 @@ pub struct PendingApproval {
 /// operator types; the signer itself always goes by the whole hash).
 pub fn approval_id(hash: &[u8]) -> String {
     hash.iter().take(8).map(|b| format!("{b:02x}")).collect()
-}
-
-/// An invoice's amount plus the routing-fee allowance an HTLC may add
-/// (`invoice_fee_allowance_ppm`, plus 1 000 msat), in msat.
-pub fn with_allowance(policy: &crate::policy::PolicyConfig, amount_msat: u64) -> u64 {
-    amount_msat
-        .saturating_add(amount_msat.saturating_mul(policy.invoice_fee_allowance_ppm) / 1_000_000)
-        .saturating_add(1_000)
 }
 
 impl<S: Store> Signer<S> {
@@ -82,58 +73,25 @@ impl<S: Store> Signer<S> {
                 ))
             }
         };
-        let payee = invoice.get_payee_pub_key();
-        let allowed = self.policy.allowed_payees.contains(&payee.serialize());
-        self.policy.check(
-            RuleId::PaymentPayeeAllowlist,
-            !self.policy.payee_allowlist || allowed,
-            || format!("payee {payee} is not on the allow-list"),
-        )?;
+        let payee = invoice.get_payee_pub_key().serialize();
         let expires_at = invoice
             .duration_since_epoch()
             .as_secs()
             .saturating_add(invoice.expiry_time().as_secs());
-        self.policy.check(
-            RuleId::PaymentInvoiced,
-            !self.policy.payment_invoiced || self.now <= expires_at,
-            || format!("the invoice expired at {expires_at} (now {})", self.now),
-        )?;
-        // The controls that would refuse the HTLC refuse the invoice now,
-        // before the node starts a payment that could only get stuck.
-        let sat = amount_msat / 1000;
-        crate::policy::ledger::check_own_payment(&self.policy, sat)?;
-        crate::policy::ledger::check_velocity(
-            &self.policy,
-            crate::policy::ledger::recent_payments_sat(&self.policy, &self.meta, self.now)
-                .saturating_add(sat),
-        )?;
         let hash = invoice.payment_hash().to_byte_array().to_vec();
-        let most_sat = with_allowance(&self.policy, amount_msat) / 1000;
-        let earlier_paid = self
-            .meta
-            .shown_invoices
-            .iter()
-            .find(|s| s.payment_hash == hash)
-            .map_or(0, |s| s.paid_msat);
-        // An amount-less invoice's amount is the node's word: once part of
-        // it is paid, the node cannot raise it by showing it again.
-        let settled = earlier_paid >= amount_msat
-            || (invoice.amount_milli_satoshis().is_none() && earlier_paid > 0);
-        self.policy.check(
-            RuleId::InvoicePaidOnce,
-            !self.policy.payment_invoiced || !settled,
-            || format!("the invoice was already paid ({earlier_paid} msat)"),
+        let ShownVerdict {
+            earlier_paid_msat: earlier_paid,
+            needs_approval,
+        } = validate_shown_invoice(
+            &Shown {
+                payment_hash: &hash,
+                amount_msat,
+                amountless: invoice.amount_milli_satoshis().is_none(),
+                payee: &payee,
+                expires_at,
+            },
+            &self.facts(),
         )?;
-        // In warn mode the check logs and lets the payment go unapproved.
-        let needs_approval = match self.policy.approval_above_sat {
-            Some(t) if most_sat > t => self
-                .policy
-                .check(RuleId::PaymentApproval, false, || {
-                    format!("payment of up to {most_sat} sat above the {t} sat approval threshold")
-                })
-                .is_err(),
-            _ => false,
-        };
         let now = self.now;
         let earlier = self
             .meta
@@ -158,33 +116,14 @@ impl<S: Store> Signer<S> {
         meta.shown_invoices.retain(|s| {
             s.expires_at.saturating_add(KEEP_AFTER_EXPIRY_SECS) > now && s.payment_hash != hash
         });
-        if meta.shown_invoices.len() >= MAX_SHOWN {
-            // What was paid for an invoice is kept until it expires: only
-            // an unpaid, unapproved one with nothing in flight makes room.
-            let in_flight = |hash: &[u8]| {
-                self.channels.values().any(|c| {
-                    c.outgoing
-                        .iter()
-                        .any(|e| e.forward_from.is_empty() && e.payment_hash == hash)
-                })
-            };
-            let Some(i) = meta.shown_invoices.iter().position(|s| {
-                s.paid_msat == 0
-                    && s.approval != Approval::Approved as i32
-                    && !in_flight(&s.payment_hash)
-            }) else {
-                return Err(SignerError::policy(
-                    RuleId::ResourceLimit,
-                    format!("{MAX_SHOWN} invoices shown and paid or approved, none expired yet"),
-                ));
-            };
+        if let Some(i) = invoice_to_forget(&meta.shown_invoices, &self.facts())? {
             meta.shown_invoices.remove(i);
         }
         meta.shown_invoices.push(ShownInvoice {
             payment_hash: hash.clone(),
             amount_msat,
             expires_at,
-            payee: payee.serialize().to_vec(),
+            payee: payee.to_vec(),
             approval: approval as i32,
             shown_at,
             paid_msat: earlier_paid,

@@ -21,7 +21,7 @@ use crate::channel_ops::MAX_TX_IO;
 use crate::commitment::{parse_outpoint, parse_pubkey};
 use crate::error::SignerError;
 use crate::handler::Signer;
-use crate::policy::RuleId;
+use crate::policy::sweep::{validate_spendable_sweep, Prevouts, SpendableSweep};
 use crate::store::Store;
 use crate::types::ChannelKeysId;
 
@@ -40,39 +40,14 @@ enum Spend {
 const DUMMY_SIG_LEN: usize = 73;
 
 impl<S: Store> Signer<S> {
-    fn plan_input(&self, d: &pb::SpendableOutput) -> Result<(TxIn, u64, Spend), SignerError> {
+    /// The input spending a descriptor's output, what the descriptor says
+    /// the output is, and how to sign it.
+    fn plan_input(&self, d: &pb::SpendableOutput) -> Result<(TxIn, TxOut, Spend), SignerError> {
         let outpoint = parse_outpoint(d.outpoint.as_ref())?;
         let out = d
             .output
             .as_ref()
             .ok_or_else(|| SignerError::invalid("descriptor without output"))?;
-        // The amount is proven by the transaction that holds the output.
-        if d.previous_tx.is_empty() {
-            return Err(SignerError::policy(
-                RuleId::SweepInputProven,
-                format!(
-                    "the spendable output {outpoint} comes without the transaction that holds it"
-                ),
-            ));
-        }
-        let prev: Transaction = bitcoin::consensus::deserialize(&d.previous_tx).map_err(|_| {
-            SignerError::invalid(format!(
-                "the transaction holding {outpoint} does not decode"
-            ))
-        })?;
-        let proven = prev.compute_txid() == outpoint.txid
-            && prev.output.get(outpoint.vout as usize).is_some_and(|held| {
-                held.value.to_sat() == out.value_sat
-                    && held.script_pubkey.as_bytes() == out.script_pubkey
-            });
-        if !proven {
-            return Err(SignerError::policy(
-                RuleId::SweepInputProven,
-                format!(
-                    "{outpoint}: the transaction sent does not hold the descriptor's output (amount and script)"
-                ),
-            ));
-        }
         let spk = ScriptBuf::from_bytes(out.script_pubkey.clone());
         let kind = d
             .kind
@@ -142,7 +117,11 @@ impl<S: Store> Signer<S> {
             sequence,
             witness: Witness::new(),
         };
-        Ok((txin, out.value_sat, spend))
+        let claimed = TxOut {
+            value: Amount::from_sat(out.value_sat),
+            script_pubkey: spk,
+        };
+        Ok((txin, claimed, spend))
     }
 
     pub(crate) fn spend_spendable_outputs(
@@ -157,24 +136,25 @@ impl<S: Store> Signer<S> {
                 "need 1 to 1000 descriptors and at most 1000 outputs",
             ));
         }
-        self.policy.check(
-            RuleId::SweepFeeRange,
-            r.feerate_sat_per_kw <= self.policy.max_onchain_feerate_per_kw,
-            || {
-                format!(
-                    "sweep feerate {} sat/kw above {} sat/kw",
-                    r.feerate_sat_per_kw, self.policy.max_onchain_feerate_per_kw
-                )
-            },
-        )?;
         let mut inputs = Vec::with_capacity(r.descriptors.len());
+        let mut proofs = Prevouts::default();
         let mut total_in: u64 = 0;
         for d in &r.descriptors {
-            let (txin, value, spend) = self.plan_input(d)?;
+            let (txin, claimed, spend) = self.plan_input(d)?;
+            if !d.previous_tx.is_empty() {
+                let prev: Transaction =
+                    bitcoin::consensus::deserialize(&d.previous_tx).map_err(|_| {
+                        SignerError::invalid(format!(
+                            "the transaction holding {} does not decode",
+                            txin.previous_output
+                        ))
+                    })?;
+                proofs.add_tx(&prev);
+            }
             total_in = total_in
-                .checked_add(value)
+                .checked_add(claimed.value.to_sat())
                 .ok_or_else(|| SignerError::invalid("input values overflow"))?;
-            inputs.push((txin, value, spend));
+            inputs.push((txin, claimed, spend));
         }
         let mut outputs = Vec::with_capacity(r.outputs.len() + 1);
         for o in &r.outputs {
@@ -245,33 +225,25 @@ impl<S: Store> Signer<S> {
             }
         }
 
-        let amounts: Vec<u64> = inputs.iter().map(|(_, v, _)| *v).collect();
         let mut unsigned = tx.clone();
         for txin in unsigned.input.iter_mut() {
             txin.witness = Witness::new();
         }
-        if !tx.output.iter().any(|o| o.script_pubkey == change) {
-            // The change script must be ours even when no change is paid.
-            self.policy.check(
-                RuleId::SweepDestinationAllowed,
-                self.is_allowed_destination(&change),
-                || "sweep pays a script outside the signer's wallet".into(),
-            )?;
-        }
-        crate::policy::sweep::validate_sweep(
-            &crate::policy::sweep::Sweep {
+        let claimed: Vec<TxOut> = inputs.iter().map(|(_, c, _)| c.clone()).collect();
+        validate_spendable_sweep(
+            &SpendableSweep {
                 tx: &unsigned,
-                input_sat: &amounts,
-                fixed_output: None,
-                parent_weight: 0,
-                at_stake_sat: None,
-                free_locktime: true,
+                claimed: &claimed,
+                proofs: &proofs,
+                change: &change,
+                feerate_per_kw: r.feerate_sat_per_kw,
             },
             &self.facts(),
         )?;
         let mut cache = SighashCache::new(&unsigned);
-        for (i, (_, value, spend)) in inputs.iter().enumerate() {
-            let amount = Amount::from_sat(*value);
+        for (i, (_, claimed, spend)) in inputs.iter().enumerate() {
+            // The validator proved the claimed amount.
+            let amount = claimed.value;
             let (key, digest) = match spend {
                 Spend::Wpkh(key) => {
                     let pk = CompressedPublicKey(PublicKey::from_secret_key(&self.secp, key));

@@ -22,8 +22,8 @@ use crate::error::SignerError;
 use crate::handler::Signer;
 use crate::keys::payment_hash;
 use crate::policy::sweep::{
-    check_justice_secret, check_spends, decode_proofs, validate_holder_htlc_tx, validate_sweep,
-    Prevouts, Sweep,
+    decode_proofs, revoked_commitment, validate_holder_htlc_spend, validate_justice,
+    validate_output_spend, HolderHtlcSpend, JusticeSpend, OutputSpend, Prevouts,
 };
 use crate::policy::RuleId;
 use crate::revocation::{commitment_number_of, counterparty_secrets, known_secret};
@@ -107,25 +107,19 @@ impl<S: Store> Signer<S> {
             &trusted.keys().broadcaster_delayed_payment_key,
             &trusted.keys().revocation_key,
         );
-        validate_holder_htlc_tx(&self.policy, &expected, &tx, i, htlc.offered, anchors)?;
-        if anchors {
-            // Fee-bumping inputs: their amounts proven, change back to us,
-            // the fee they pay bounded.
-            let (_, mut prevouts) = proven(&r.previous_txs)?;
-            prevouts.add_tx(&trusted.built_transaction().transaction);
-            let amounts = prevouts.amounts(&tx)?;
-            validate_sweep(
-                &Sweep {
-                    tx: &tx,
-                    input_sat: &amounts,
-                    fixed_output: Some(i),
-                    parent_weight: 0,
-                    at_stake_sat: None,
-                    free_locktime: false,
-                },
-                &self.facts(),
-            )?;
-        }
+        let (_, mut proofs) = proven(&r.previous_txs)?;
+        proofs.add_tx(&trusted.built_transaction().transaction);
+        validate_holder_htlc_spend(
+            &HolderHtlcSpend {
+                expected: &expected,
+                tx: &tx,
+                input: i,
+                offered: htlc.offered,
+                anchors,
+                proofs: &proofs,
+            },
+            &self.facts(),
+        )?;
         if !htlc.offered {
             let preimage = parse_32("preimage", &r.preimage)?;
             if payment_hash(&preimage) != htlc.payment_hash {
@@ -165,25 +159,18 @@ impl<S: Store> Signer<S> {
             txid: trusted.txid(),
             vout: htlc.transaction_output_index.unwrap_or(u32::MAX),
         };
-        check_spends(
-            &self.policy,
-            RuleId::HtlcFormat,
-            &tx,
-            i,
-            &outpoint,
-            "that HTLC output",
-        )?;
-        let (_, mut prevouts) = proven(&r.previous_txs)?;
-        prevouts.add_tx(&trusted.built_transaction().transaction);
-        let amounts = prevouts.amounts(&tx)?;
-        validate_sweep(
-            &Sweep {
+        let (_, mut proofs) = proven(&r.previous_txs)?;
+        proofs.add_tx(&trusted.built_transaction().transaction);
+        validate_output_spend(
+            &OutputSpend {
                 tx: &tx,
-                input_sat: &amounts,
-                fixed_output: None,
+                input: i,
+                spends: outpoint,
+                rule: RuleId::HtlcFormat,
+                what: "that HTLC output",
+                proofs: &proofs,
                 parent_weight: 0,
                 at_stake_sat: None,
-                free_locktime: true,
             },
             &self.facts(),
         )?;
@@ -218,9 +205,9 @@ impl<S: Store> Signer<S> {
     }
 
     /// A justice transaction's input `i`: the revoked commitment it leads
-    /// to (proven by the request), checked to be one the peer revoked with
-    /// exactly `secret`; the keys of that state, our revocation key, and
-    /// the amount of the spent output. Every input's amount is proven.
+    /// to (proven by the request) and the secret the peer revealed for it,
+    /// judged by `validate_justice`; then the keys of that state, our
+    /// revocation key, and the output spent.
     fn justice(
         &self,
         id: &ChannelKeysId,
@@ -228,38 +215,11 @@ impl<S: Store> Signer<S> {
         i: usize,
         secret: &[u8],
         previous_txs: &[Vec<u8>],
-    ) -> Result<(TxCreationKeys, SecretKey, TxOut, Vec<u64>), SignerError> {
+    ) -> Result<(TxCreationKeys, SecretKey, TxOut), SignerError> {
         let (record, setup, params) = self.set_up_channel(id)?;
-        let (txs, prevouts) = proven(previous_txs)?;
+        let (txs, proofs) = proven(previous_txs)?;
         let funding = commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
-        let unproven = || {
-            SignerError::policy(
-                RuleId::SweepInputProven,
-                "the request does not prove the revoked commitment the justice input spends (send it and the transactions the inputs spend)",
-            )
-        };
-        let by_txid = |txid: &bitcoin::Txid| txs.iter().find(|t| t.compute_txid() == *txid);
-        let spent_tx = by_txid(&tx.input[i].previous_output.txid).ok_or_else(unproven)?;
-        let spends_funding = |t: &Transaction| {
-            t.input.len() == 1
-                && t.input
-                    .first()
-                    .is_some_and(|x| x.previous_output == funding)
-        };
-        let revoked = if spends_funding(spent_tx) {
-            spent_tx
-        } else {
-            // The peer's HTLC transaction on its revoked commitment.
-            let parent = spent_tx
-                .input
-                .first()
-                .and_then(|x| by_txid(&x.previous_output.txid))
-                .ok_or_else(unproven)?;
-            if !spends_funding(parent) {
-                return Err(unproven());
-            }
-            parent
-        };
+        let revoked = revoked_commitment(tx, i, &txs, &funding)?;
         let ours = params.holder_pubkeys.payment_point;
         let theirs = params
             .counterparty_pubkeys()
@@ -274,8 +234,16 @@ impl<S: Store> Signer<S> {
             SignerError::invalid("the revoked commitment does not carry a commitment number")
         })?;
         let given = parse_32("per_commitment_secret", secret)?;
-        let revealed = known_secret(&counterparty_secrets(record)?, n);
-        check_justice_secret(&given, revealed, &self.facts())?;
+        let spent = validate_justice(
+            &JusticeSpend {
+                tx,
+                input: i,
+                given_secret: &given,
+                revealed_secret: known_secret(&counterparty_secrets(record)?, n),
+                proofs: &proofs,
+            },
+            &self.facts(),
+        )?;
         let per_commitment_key = SecretKey::from_slice(&given)
             .map_err(|_| SignerError::invalid("per-commitment secret is not a valid key"))?;
         let point = PublicKey::from_secret_key(&self.secp, &per_commitment_key);
@@ -293,23 +261,7 @@ impl<S: Store> Signer<S> {
             &per_commitment_key,
             &self.secrets(id).revocation_base_key,
         );
-        let spent = prevouts
-            .get(&tx.input[i].previous_output)
-            .cloned()
-            .ok_or_else(unproven)?;
-        let amounts = prevouts.amounts(tx)?;
-        validate_sweep(
-            &Sweep {
-                tx,
-                input_sat: &amounts,
-                fixed_output: None,
-                parent_weight: 0,
-                at_stake_sat: None,
-                free_locktime: true,
-            },
-            &self.facts(),
-        )?;
-        Ok((keys, revocation_key, spent, amounts))
+        Ok((keys, revocation_key, spent))
     }
 
     pub(crate) fn sign_justice_revoked_output(
@@ -367,8 +319,7 @@ impl<S: Store> Signer<S> {
         let id = ChannelKeysId::from_slice(j.channel_keys_id)?;
         let tx = to_transaction(j.tx)?;
         let i = input_index(&tx, j.input_index)?;
-        let (keys, revocation_key, spent, _) =
-            self.justice(&id, &tx, i, j.secret, j.previous_txs)?;
+        let (keys, revocation_key, spent) = self.justice(&id, &tx, i, j.secret, j.previous_txs)?;
         let (_, _, params) = self.set_up_channel(&id)?;
         let script = script(&keys, &params)?;
         if spent.script_pubkey != script.to_p2wsh() {
@@ -411,33 +362,26 @@ impl<S: Store> Signer<S> {
             txid: built.compute_txid(),
             vout: vout as u32,
         };
-        check_spends(
-            &self.policy,
-            RuleId::CommitmentAnchors,
-            &tx,
-            i,
-            &outpoint,
-            "our anchor of the latest holder commitment",
-        )?;
-        let (_, mut prevouts) = proven(&r.previous_txs)?;
-        prevouts.add(
+        let (_, mut proofs) = proven(&r.previous_txs)?;
+        proofs.add(
             outpoint,
             TxOut {
                 value: Amount::from_sat(ANCHOR_OUTPUT_VALUE_SAT),
                 script_pubkey: spk,
             },
         );
-        let amounts = prevouts.amounts(&tx)?;
         // The child pays for the commitment too: the package's weight.
         let parent_weight = built.weight().to_wu() + FUNDING_WITNESS_WEIGHT;
-        validate_sweep(
-            &Sweep {
+        validate_output_spend(
+            &OutputSpend {
                 tx: &tx,
-                input_sat: &amounts,
-                fixed_output: None,
+                input: i,
+                spends: outpoint,
+                rule: RuleId::CommitmentAnchors,
+                what: "our anchor of the latest holder commitment",
+                proofs: &proofs,
                 parent_weight,
                 at_stake_sat: Some(value_sat),
-                free_locktime: true,
             },
             &self.facts(),
         )?;

@@ -14,7 +14,7 @@ use lnpd_proto::signer as pb;
 use crate::error::SignerError;
 use crate::handler::Signer;
 use crate::keys::coin_type;
-use crate::policy::RuleId;
+use crate::policy::resources::check_wallet_scripts;
 use crate::state::MetaRecord;
 use crate::store::Store;
 use crate::wallet::descriptor_checksum;
@@ -53,12 +53,7 @@ impl<S: Store> Signer<S> {
     /// Hands out the next internal-chain script, persisting the index first.
     fn next_internal_script(&mut self) -> Result<ScriptBuf, SignerError> {
         let index = self.meta.next_internal_index;
-        if index >= self.policy.max_wallet_scripts {
-            return Err(SignerError::policy(
-                RuleId::ResourceLimit,
-                format!("{index} wallet scripts handed out, the limit (max_wallet_scripts)"),
-            ));
-        }
+        check_wallet_scripts(index, &self.policy)?;
         let key = self.keys.wallet_key(&self.secp, 1, index)?;
         let pk = CompressedPublicKey(bitcoin::secp256k1::PublicKey::from_secret_key(
             &self.secp, &key,

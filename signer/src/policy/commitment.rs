@@ -243,6 +243,23 @@ fn same_commitment(a: &CommitmentData, b: &CommitmentData) -> bool {
     a == b
 }
 
+/// `commitment-keys`: a holder commitment's per-commitment point, if the
+/// node gives one, is the signer's own for that number (`ours`).
+pub fn check_holder_point(
+    id: &ChannelKeysId,
+    n: u64,
+    given: &[u8],
+    ours: &bitcoin::secp256k1::PublicKey,
+) -> Result<(), SignerError> {
+    if given.is_empty() || given == ours.serialize() {
+        return Ok(());
+    }
+    Err(SignerError::policy(
+        RuleId::CommitmentKeys,
+        format!("channel {id}: per-commitment point of holder commitment {n} is not ours"),
+    ))
+}
+
 /// The commitment's shape within the operator's limits: HTLC count and
 /// value, feerate (declared, and actual: what the outputs leave to miners),
 /// and BOLT 3 trimming.

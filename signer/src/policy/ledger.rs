@@ -458,7 +458,7 @@ fn admit(
                 })
                 .map(|_| own_entry(k));
         };
-        let most = crate::invoices::with_allowance(policy, inv.amount_msat);
+        let most = crate::policy::invoice::with_allowance(policy, inv.amount_msat);
         policy.check(RuleId::PaymentInvoiced, amount <= most, || {
             format!(
                 "HTLC of {amount} msat for an invoice of {} msat (at most {most} msat with fees)",
@@ -485,7 +485,7 @@ fn admit(
         if needs {
             let approved = shown
                 .filter(|s| s.approval == crate::state::Approval::Approved as i32)
-                .map(|s| crate::invoices::with_allowance(policy, s.amount_msat));
+                .map(|s| crate::policy::invoice::with_allowance(policy, s.amount_msat));
             policy.check(
                 RuleId::PaymentApproval,
                 approved.is_some_and(|most| total <= most),

@@ -14,9 +14,11 @@ pub mod close;
 pub mod commitment;
 pub mod commitment_tx;
 pub mod facts;
+pub mod invoice;
 pub mod ledger;
 pub mod node;
 pub mod onchain;
+pub mod resources;
 pub mod revocation;
 pub mod sweep;
 

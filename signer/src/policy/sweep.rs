@@ -17,7 +17,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use bitcoin::absolute::LockTime;
-use bitcoin::{OutPoint, Transaction, TxOut};
+use bitcoin::{OutPoint, Script, Transaction, TxOut};
 
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
@@ -123,6 +123,21 @@ pub struct Sweep<'a> {
     pub free_locktime: bool,
 }
 
+impl<'a> Sweep<'a> {
+    /// A sweep whose every output pays the wallet, with no parent to pay
+    /// for and a locktime of its choice.
+    pub fn plain(tx: &'a Transaction, input_sat: &'a [u64]) -> Self {
+        Sweep {
+            tx,
+            input_sat,
+            fixed_output: None,
+            parent_weight: 0,
+            at_stake_sat: None,
+            free_locktime: true,
+        }
+    }
+}
+
 /// The validator of every sweep: destinations, locktime and fee.
 pub fn validate_sweep(s: &Sweep, facts: &Facts) -> Result<(), SignerError> {
     let policy = facts.policy;
@@ -174,6 +189,209 @@ pub fn validate_sweep(s: &Sweep, facts: &Facts) -> Result<(), SignerError> {
             policy.max_sweep_fee_percent
         )
     })
+}
+
+/// A transaction spending one output the signer knows (an HTLC output of
+/// the peer's commitment, our anchor), with fee inputs of the node's.
+pub struct OutputSpend<'a> {
+    /// The transaction (no witnesses).
+    pub tx: &'a Transaction,
+    /// The input the signer signs.
+    pub input: usize,
+    /// The output that input must spend, from the signer's own rebuild.
+    pub spends: OutPoint,
+    /// The rule a different outpoint breaks, and what it is, for the refusal.
+    pub rule: RuleId,
+    /// What `spends` is, for the refusal.
+    pub what: &'a str,
+    /// The outputs proven: the request's transactions and the signer's own.
+    pub proofs: &'a Prevouts,
+    /// Weight of an unconfirmed parent the fee also pays for.
+    pub parent_weight: u64,
+    /// Value the relative fee bound is measured against, if not the inputs'.
+    pub at_stake_sat: Option<u64>,
+}
+
+/// The validator of an HTLC claim on the peer's commitment and of an
+/// anchor spend (CPFP): the input spends the output the signer rebuilt,
+/// every input's amount is proven, then every rule of a sweep.
+pub fn validate_output_spend(s: &OutputSpend, facts: &Facts) -> Result<(), SignerError> {
+    check_spends(facts.policy, s.rule, s.tx, s.input, &s.spends, s.what)?;
+    let amounts = s.proofs.amounts(s.tx)?;
+    validate_sweep(
+        &Sweep {
+            parent_weight: s.parent_weight,
+            at_stake_sat: s.at_stake_sat,
+            ..Sweep::plain(s.tx, &amounts)
+        },
+        facts,
+    )
+}
+
+/// A second-stage HTLC transaction of our commitment.
+pub struct HolderHtlcSpend<'a> {
+    /// BOLT 3's transaction, built by the signer.
+    pub expected: &'a Transaction,
+    /// The node's transaction (no witnesses).
+    pub tx: &'a Transaction,
+    /// The input spending the HTLC output.
+    pub input: usize,
+    /// Whether we offered the HTLC (an HTLC-timeout transaction).
+    pub offered: bool,
+    /// Whether the channel has anchors (fee inputs may be added).
+    pub anchors: bool,
+    /// The outputs proven, with our commitment's.
+    pub proofs: &'a Prevouts,
+}
+
+/// The validator of `SignHolderHtlcTransaction`: BOLT 3's transaction
+/// (`validate_holder_htlc_tx`); with anchors, the fee inputs' amounts
+/// proven, change to the wallet and the fee bounded.
+pub fn validate_holder_htlc_spend(s: &HolderHtlcSpend, facts: &Facts) -> Result<(), SignerError> {
+    validate_holder_htlc_tx(
+        facts.policy,
+        s.expected,
+        s.tx,
+        s.input,
+        s.offered,
+        s.anchors,
+    )?;
+    if !s.anchors {
+        return Ok(());
+    }
+    let amounts = s.proofs.amounts(s.tx)?;
+    validate_sweep(
+        &Sweep {
+            tx: s.tx,
+            input_sat: &amounts,
+            fixed_output: Some(s.input),
+            parent_weight: 0,
+            at_stake_sat: None,
+            free_locktime: false,
+        },
+        facts,
+    )
+}
+
+/// The revoked commitment a justice input leads to: the transaction it
+/// spends, if that spends the funding outpoint alone, or that
+/// transaction's parent (the peer's HTLC transaction on its revoked
+/// commitment); `sweep-input-proven` if the request does not prove it.
+pub fn revoked_commitment<'a>(
+    tx: &Transaction,
+    input: usize,
+    proofs: &'a [Transaction],
+    funding: &OutPoint,
+) -> Result<&'a Transaction, SignerError> {
+    let unproven = || {
+        SignerError::policy(
+            RuleId::SweepInputProven,
+            "the request does not prove the revoked commitment the justice input spends \
+             (send it and the transactions the inputs spend)",
+        )
+    };
+    let by_txid = |txid: &bitcoin::Txid| proofs.iter().find(|t| t.compute_txid() == *txid);
+    let spends_funding = |t: &Transaction| {
+        t.input.len() == 1
+            && t.input
+                .first()
+                .is_some_and(|x| x.previous_output == *funding)
+    };
+    let spent = tx
+        .input
+        .get(input)
+        .and_then(|x| by_txid(&x.previous_output.txid))
+        .ok_or_else(unproven)?;
+    if spends_funding(spent) {
+        return Ok(spent);
+    }
+    spent
+        .input
+        .first()
+        .and_then(|x| by_txid(&x.previous_output.txid))
+        .filter(|parent| spends_funding(parent))
+        .ok_or_else(unproven)
+}
+
+/// A justice transaction's input, to judge.
+pub struct JusticeSpend<'a> {
+    /// The transaction (no witnesses).
+    pub tx: &'a Transaction,
+    /// The input the signer signs.
+    pub input: usize,
+    /// The per-commitment secret the node gave.
+    pub given_secret: &'a [u8; 32],
+    /// The secret the peer revealed for the commitment spent, if it did.
+    pub revealed_secret: Option<[u8; 32]>,
+    /// The outputs proven by the request.
+    pub proofs: &'a Prevouts,
+}
+
+/// The validator of a justice signature: the secret is the one the peer
+/// revealed for that very commitment (`sweep-justice-secret`), every
+/// input's amount is proven, then every rule of a sweep. Returns the output
+/// the input spends.
+pub fn validate_justice(s: &JusticeSpend, facts: &Facts) -> Result<TxOut, SignerError> {
+    check_justice_secret(s.given_secret, s.revealed_secret, facts)?;
+    let amounts = s.proofs.amounts(s.tx)?;
+    let spent =
+        s.tx.input
+            .get(s.input)
+            .and_then(|x| s.proofs.get(&x.previous_output))
+            .cloned()
+            .ok_or_else(|| SignerError::invalid("input index out of range"))?;
+    validate_sweep(&Sweep::plain(s.tx, &amounts), facts)?;
+    Ok(spent)
+}
+
+/// A sweep of outputs LDK handed back (`SpendSpendableOutputs`), built by
+/// the signer from the node's descriptors.
+pub struct SpendableSweep<'a> {
+    /// The transaction built (no witnesses).
+    pub tx: &'a Transaction,
+    /// What each input's descriptor says it spends (amount and script).
+    pub claimed: &'a [TxOut],
+    /// The outputs the request proved.
+    pub proofs: &'a Prevouts,
+    /// The change script asked for, paid or not.
+    pub change: &'a Script,
+    /// The feerate asked for (sat per 1000 weight units).
+    pub feerate_per_kw: u32,
+}
+
+/// The validator of `SpendSpendableOutputs`: a feerate within the limit,
+/// every descriptor's output proven by the transaction holding it
+/// (`sweep-input-proven`), a change script of the wallet even when no change
+/// is paid, then every rule of a sweep.
+pub fn validate_spendable_sweep(s: &SpendableSweep, facts: &Facts) -> Result<(), SignerError> {
+    let policy = facts.policy;
+    policy.check(
+        RuleId::SweepFeeRange,
+        s.feerate_per_kw <= policy.max_onchain_feerate_per_kw,
+        || {
+            format!(
+                "sweep feerate {} sat/kw above {} sat/kw",
+                s.feerate_per_kw, policy.max_onchain_feerate_per_kw
+            )
+        },
+    )?;
+    let amounts = s.proofs.amounts(s.tx)?;
+    for (i, (txin, claimed)) in s.tx.input.iter().zip(s.claimed).enumerate() {
+        let proven = s.proofs.get(&txin.previous_output) == Some(claimed);
+        policy.check(RuleId::SweepInputProven, proven, || {
+            format!(
+                "input {i}: the transaction sent does not hold the descriptor's output \
+                 (amount and script) at {}",
+                txin.previous_output
+            )
+        })?;
+    }
+    policy.check(
+        RuleId::SweepDestinationAllowed,
+        facts.is_allowed_destination(s.change),
+        || "the sweep's change script is outside the signer's wallet".into(),
+    )?;
+    validate_sweep(&Sweep::plain(s.tx, &amounts), facts)
 }
 
 /// The validator of a second-stage HTLC transaction of our commitment
