@@ -16,6 +16,9 @@ pub struct NodeProcess {
     pub signer: SignerProcess,
     dir: TempDir,
     child: Option<Child>,
+    tag: String,
+    bcoin_url: String,
+    bcoin_key: String,
 }
 
 impl NodeProcess {
@@ -39,14 +42,66 @@ impl NodeProcess {
 
     /// Starts `signer` (already initialised), then `lnpd` in `dir`.
     pub fn start_with(
-        mut signer: SignerProcess,
+        signer: SignerProcess,
         dir: TempDir,
         tag: &str,
         bcoin: &Bcoin,
     ) -> Result<Self> {
-        let signer_addr = signer.start()?;
-        let data = dir.path.join("node");
-        let log = std::fs::File::create(dir.path.join("lnpd.log"))?;
+        Self::start_with_args(signer, dir, tag, bcoin, &[])
+    }
+
+    /// Like [`NodeProcess::start`], with extra `lnpd` flags.
+    pub fn start_args(tag: &str, bcoin: &Bcoin, extra: &[&str]) -> Result<Self> {
+        let signer = SignerProcess::init_in(TempDir::new(&format!("{tag}-signer")))?;
+        Self::start_with_args(signer, TempDir::new(tag), tag, bcoin, extra)
+    }
+
+    /// Starts `signer` (already initialised), then `lnpd` in `dir` with
+    /// extra flags.
+    pub fn start_with_args(
+        mut signer: SignerProcess,
+        dir: TempDir,
+        tag: &str,
+        bcoin: &Bcoin,
+        extra: &[&str],
+    ) -> Result<Self> {
+        signer.start()?;
+        let mut node = NodeProcess {
+            signer,
+            dir,
+            child: None,
+            tag: tag.to_string(),
+            bcoin_url: bcoin.url.clone(),
+            bcoin_key: bcoin.api_key.clone(),
+        };
+        node.spawn(extra)?;
+        Ok(node)
+    }
+
+    /// Stops `lnpd` (its signer keeps running) and starts it again on the
+    /// same data with `extra` flags.
+    pub fn restart_node(&mut self, extra: &[&str]) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.spawn(extra)
+    }
+
+    fn spawn(&mut self, extra: &[&str]) -> Result<()> {
+        let signer_addr = self
+            .signer
+            .addr
+            .clone()
+            .context("the signer is not running")?;
+        let data = self.data_dir();
+        let addr = data.join("admin.addr");
+        let _ = std::fs::remove_file(&addr);
+        let log_path = self.dir.path.join("lnpd.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)?;
         let child = Command::new(bin("lnpd"))
             .arg("--data-dir")
             .arg(&data)
@@ -58,38 +113,33 @@ impl NodeProcess {
                 "--admin-listen",
                 "127.0.0.1:0",
                 "--alias",
-                tag,
+                &self.tag,
             ])
             .args([
                 "--bitcoind-rpc-url",
-                &bcoin.url,
+                &self.bcoin_url,
                 "--bitcoind-rpc-password",
-                &bcoin.api_key,
+                &self.bcoin_key,
             ])
             .args(["--signer", &signer_addr])
             .arg("--signer-tls-dir")
-            .arg(signer.data_dir().join("tls"))
+            .arg(self.signer.data_dir().join("tls"))
             .args(["--log", "info"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting lnpd")?;
-        let mut node = NodeProcess {
-            signer,
-            dir,
-            child: Some(child),
-        };
-        let addr = node.data_dir().join("admin.addr");
-        let log = node.dir.path.join("lnpd.log");
+        self.child = Some(child);
         wait_for_start(
-            &mut node.child,
+            &mut self.child,
             "lnpd",
             Duration::from_secs(60),
             Duration::from_millis(50),
             || addr.exists().then_some(()),
-            || std::fs::read_to_string(&log).unwrap_or_default(),
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
         )?;
-        Ok(node)
+        Ok(())
     }
 
     /// The node's data directory.

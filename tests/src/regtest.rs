@@ -57,20 +57,61 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
+/// How often [`Bcoin::start`] tries again when its port was taken.
+const START_ATTEMPTS: u32 = 5;
+
+/// Why one start attempt failed.
+enum StartFailure {
+    /// Another process bound the port between our probe and bcoin's bind.
+    PortTaken(anyhow::Error),
+    /// Anything else.
+    Fatal(anyhow::Error),
+}
+
 impl Bcoin {
     /// Starts bcoin and waits until its RPC answers.
+    ///
+    /// bcoin cannot report a port it chose itself, so the port is probed
+    /// free first; another process may take it before bcoin binds it
+    /// (`EADDRINUSE`): then bcoin is started again on another port.
     pub async fn start() -> Result<Self> {
         ensure_installed()?;
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = free_port()?;
+            match Self::start_on(port).await {
+                Ok(b) => return Ok(b),
+                Err(StartFailure::PortTaken(e)) => last = Some(e),
+                Err(StartFailure::Fatal(e)) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow!("bcoin did not start")))
+            .context(format!("bcoin's port was taken {START_ATTEMPTS} times"))
+    }
+
+    async fn start_on(port: u16) -> Result<Self, StartFailure> {
         let dir = TempDir::new("bcoin");
-        let port = free_port()?;
-        let api_key = format!("lnpd-{port}");
-        let log = std::fs::File::create(dir.path.join("bcoin.log"))?;
+        // Unique per start: a bcoin of another test that took this port
+        // must refuse our calls rather than answer them.
+        let api_key = format!(
+            "lnpd-{port}-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default()
+        );
+        let log = std::fs::File::create(dir.path.join("bcoin.log"))
+            .map_err(|e| StartFailure::Fatal(e.into()))?;
         let child = Command::new("node")
             .arg(regtest_dir().join("node_modules/bcoin/bin/node"))
             .args([
                 "--network=regtest",
                 "--memory=true",
                 "--workers=false",
+                // No wallet plugin: its HTTP server binds a fixed port
+                // (48334), which two chains side by side would fight over.
+                "--no-wallet=true",
                 "--listen=false",
                 "--only=127.0.0.1:1",
                 "--log-level=warning",
@@ -82,24 +123,36 @@ impl Bcoin {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .context("starting bcoin (node)")?;
+            .context("starting bcoin (node)")
+            .map_err(StartFailure::Fatal)?;
         let mut b = Bcoin {
             child: Some(child),
             dir,
             url: format!("http://127.0.0.1:{port}/"),
             api_key,
         };
-        let rpc = b.rpc(1000)?;
+        let rpc = b.rpc(1000).map_err(StartFailure::Fatal)?;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if rpc.best_block().await.is_ok() {
+            // Bounded: a process that took the port may accept and never answer.
+            let answered = tokio::time::timeout(Duration::from_secs(2), rpc.best_block()).await;
+            if matches!(answered, Ok(Ok(_))) {
                 return Ok(b);
             }
             if let Some(status) = b.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("bcoin exited ({status}): {}", b.log());
+                let log = b.log();
+                let e = anyhow!("bcoin exited ({status}): {log}");
+                return Err(if log.contains("EADDRINUSE") {
+                    StartFailure::PortTaken(e)
+                } else {
+                    StartFailure::Fatal(e)
+                });
             }
             if Instant::now() > deadline {
-                bail!("bcoin did not answer RPC within 60 s: {}", b.log());
+                return Err(StartFailure::Fatal(anyhow!(
+                    "bcoin did not answer RPC within 60 s: {}",
+                    b.log()
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -150,4 +203,32 @@ pub fn bcoin_address(address: &Address) -> Result<String> {
     let hrp = Hrp::parse("rb").map_err(|e| anyhow!("{e}"))?;
     let version = Fe32::try_from(program.version().to_num()).map_err(|e| anyhow!("{e}"))?;
     segwit::encode(hrp, version, program.program().as_bytes()).map_err(|e| anyhow!("{e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port taken by another process is reported as such (so that
+    /// [`Bcoin::start`] tries another one), not as a fatal error.
+    #[tokio::test]
+    async fn a_taken_port_is_told_apart() -> Result<()> {
+        ensure_installed()?;
+        let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = taken.local_addr()?.port();
+        match Bcoin::start_on(port).await {
+            Err(StartFailure::PortTaken(e)) => {
+                assert!(format!("{e}").contains("EADDRINUSE"), "{e}");
+            }
+            Err(StartFailure::Fatal(e)) => bail!("fatal instead of port taken: {e}"),
+            Ok(_) => bail!("bcoin started on a port another socket holds"),
+        }
+        drop(taken);
+        let b = Bcoin::start().await?;
+        b.rpc(1000)?
+            .best_block()
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        Ok(())
+    }
 }
