@@ -3,6 +3,7 @@
 //! the peer's, justice on a revoked one, and our anchor (CPFP). Each
 //! rebuilds or proves what it spends, then runs `policy::sweep`.
 
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
@@ -21,6 +22,7 @@ use crate::commitment::{
 use crate::error::SignerError;
 use crate::handler::Signer;
 use crate::keys::payment_hash;
+use crate::policy::onchain::SecondStage;
 use crate::policy::sweep::{
     decode_proofs, revoked_commitment, validate_holder_htlc_spend, validate_justice,
     validate_output_spend, HolderHtlcSpend, JusticeSpend, OutputSpend, Prevouts,
@@ -75,7 +77,71 @@ fn proven(raw: &[Vec<u8>]) -> Result<(Vec<Transaction>, Prevouts), SignerError> 
     Ok((txs, prevouts))
 }
 
+/// BOLT 3's second-stage transaction of `htlc` on our commitment `rebuilt`.
+fn holder_htlc_tx(
+    rebuilt: &commitment::Rebuilt,
+    params: &lightning::ln::chan_utils::ChannelTransactionParameters,
+    htlc: &HTLCOutputInCommitment,
+) -> Transaction {
+    let trusted = rebuilt.tx.trust();
+    chan_utils::build_htlc_transaction(
+        &trusted.txid(),
+        rebuilt.tx.negotiated_feerate_per_kw(),
+        params.as_holder_broadcastable().contest_delay(),
+        htlc,
+        trusted.channel_type_features(),
+        &trusted.keys().broadcaster_delayed_payment_key,
+        &trusted.keys().revocation_key,
+    )
+}
+
 impl<S: Store> Signer<S> {
+    /// The HTLC outputs of the holder commitments the signer signed for
+    /// broadcast (force closes of ours), each with the output its BOLT 3
+    /// second-stage transaction pays us: rebuilt from the channel's record,
+    /// so that a wallet input paying for that transaction's fee needs no
+    /// word of the node on what it spends or where it pays.
+    pub(crate) fn broadcast_holder_htlcs(&self) -> BTreeMap<OutPoint, SecondStage> {
+        let mut known = BTreeMap::new();
+        for (id, record) in &self.channels {
+            let Some(number) = record
+                .holder_signed_number
+                .and(record.holder.as_ref())
+                .and_then(|h| h.commitment.as_ref())
+                .map(|c| c.commitment_number)
+            else {
+                continue;
+            };
+            let Ok((rebuilt, params)) = self.latest_holder(id, number) else {
+                continue;
+            };
+            let trusted = rebuilt.tx.trust();
+            let commitment_tx = &trusted.built_transaction().transaction;
+            let txid = trusted.txid();
+            for htlc in rebuilt.tx.nondust_htlcs() {
+                let Some(vout) = htlc.transaction_output_index else {
+                    continue;
+                };
+                let Some(htlc_output) = commitment_tx.output.get(vout as usize) else {
+                    continue;
+                };
+                let second = holder_htlc_tx(&rebuilt, &params, htlc);
+                let Some(pays) = second.output.first() else {
+                    continue;
+                };
+                known.insert(
+                    OutPoint::new(txid, vout),
+                    SecondStage {
+                        channel: *id,
+                        htlc_output: htlc_output.clone(),
+                        pays: pays.clone(),
+                    },
+                );
+            }
+        }
+        known
+    }
+
     pub(crate) fn sign_holder_htlc_transaction(
         &self,
         r: &pb::SignHolderHtlcTransactionRequest,
@@ -98,15 +164,7 @@ impl<S: Store> Signer<S> {
             })?;
         let tx = to_transaction(r.tx.as_ref())?;
         let i = input_index(&tx, r.input_index)?;
-        let expected = chan_utils::build_htlc_transaction(
-            &trusted.txid(),
-            rebuilt.tx.negotiated_feerate_per_kw(),
-            params.as_holder_broadcastable().contest_delay(),
-            htlc,
-            trusted.channel_type_features(),
-            &trusted.keys().broadcaster_delayed_payment_key,
-            &trusted.keys().revocation_key,
-        );
+        let expected = holder_htlc_tx(&rebuilt, &params, htlc);
         let (_, mut proofs) = proven(&r.previous_txs)?;
         proofs.add_tx(&trusted.built_transaction().transaction);
         validate_holder_htlc_spend(

@@ -138,11 +138,13 @@ impl<S: Store> Signer<S> {
                 })
             })
             .collect();
+        let second_stage = self.broadcast_holder_htlcs();
         let verdict = crate::policy::onchain::validate_psbt(
             &psbt,
             &self.facts(),
             &self.funding_scripts,
             &own_outputs,
+            &second_stage,
         )?;
         let tx = psbt.unsigned_tx.clone();
         let mut cache = SighashCache::new(&tx);

@@ -81,6 +81,71 @@ fn refuses_unsafe_channel_set_ups() {
     still_usable(&mut q);
 }
 
+/// A channel the peer funds with a push to us: the signer takes the push
+/// from our first commitment, which the peer signed, not from the node (which
+/// claims none); the peer's first commitment, which we sign, must give us as
+/// much, to the satoshi.
+#[test]
+fn a_push_to_us_is_what_the_peer_signed() {
+    let mut bob = SignerProcess::init_restored("hostile-push-in", MNEMONIC).expect("init");
+    bob.start().expect("signer starts");
+    let funder_policy = PolicyConfig {
+        allow_push: true,
+        ..PolicyConfig::default()
+    };
+    let push_msat = 150_000_500;
+    let mut q = ChannelPair::prepare(
+        Box::new(memory_signer(7, funder_policy)),
+        Box::new(bob.client().expect("mTLS client")),
+        PairOptions {
+            push_msat,
+            ..PairOptions::default()
+        },
+    )
+    .expect("channel keys");
+    // The node does not know the push (LDK does not tell it the signer).
+    q.bob.setup.push_msat = 0;
+    let a_setup = q.alice.setup.clone();
+    call!(q.alice.signer, SetupChannel(a_setup) => SetupChannel).expect("Alice set up");
+    // Bob validates his first commitment (the peer's signature on the
+    // push), parked until his set-up, as LDK does for inbound channels.
+    let bob_first = q.commitment_data(false, 0).unwrap();
+    let sig = call!(q.alice.signer, SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+        channel_keys_id: q.alice.keys_id.clone(), commitment: Some(bob_first.clone()), ..Default::default()
+    }) => SignCounterpartyCommitment)
+    .unwrap();
+    call!(q.bob.signer, ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+        channel_keys_id: q.bob.keys_id.clone(), commitment: Some(bob_first),
+        counterparty_signature: sig.signature, htlc_signatures: sig.htlc_signatures,
+        ..Default::default()
+    }) => ValidateHolderCommitment)
+    .expect("parked");
+    let b_setup = q.bob.setup.clone();
+    call!(q.bob.signer, SetupChannel(b_setup) => SetupChannel)
+        .expect("Bob set up: the push he was given is his first commitment's");
+
+    // The peer's first commitment, shorting us one satoshi of the push.
+    let honest = q
+        .commitment_data(true, 0)
+        .expect("Alice's first commitment");
+    let mut short = honest.clone();
+    short.to_broadcaster_value_sat += 1;
+    short.to_countersignatory_value_sat -= 1;
+    let bob_id = q.bob.keys_id.clone();
+    attack(&bob, RuleId::CommitmentFirstNoHtlcs, || {
+        call!(q.bob.signer, SignCounterpartyCommitment(pb::SignCounterpartyCommitmentRequest {
+            channel_keys_id: bob_id.clone(), commitment: Some(short), ..Default::default()
+        }) => SignCounterpartyCommitment)
+    });
+    // The honest one is signed, and Alice validates it: the channel is open.
+    let (req, _) = q
+        .holder_request(true, 0)
+        .expect("the peer's first commitment giving us the push is signed");
+    call!(q.alice.signer, ValidateHolderCommitment(req) => ValidateHolderCommitment)
+        .expect("Alice validates");
+    still_usable(&mut q);
+}
+
 /// The funding output of `q` for `value_sat`.
 fn funding_output(q: &ChannelPair, value_sat: u64) -> TxOut {
     let key = |k: &[u8]| bitcoin::PublicKey::new(PublicKey::from_slice(k).unwrap());
@@ -420,6 +485,80 @@ fn refuses_htlc_transactions_unlike_bolt3() {
     send(&mut p, req).expect("the BOLT 3 HTLC-timeout transaction");
     p.settle_htlc(&h).unwrap();
     still_usable(&mut p);
+}
+
+/// Alice's HTLC-timeout transaction with a wallet input for its fee (what
+/// LDK builds on an anchor channel), as a PSBT for the wallet's signature:
+/// the HTLC input and its output first (SIGHASH_SINGLE pairs them), then
+/// the wallet coin and change.
+fn htlc_fee_psbt(p: &mut ChannelPair, redirect: Option<ScriptBuf>) -> pb::SignPsbtRequest {
+    let htlc = htlc_timeout(p, |_, _| {});
+    let tx = htlc.tx.expect("HTLC transaction");
+    let htlc_in = tx.inputs[0].previous_output.clone().unwrap();
+    let second_stage = TxOut {
+        value: Amount::from_sat(tx.outputs[0].value_sat),
+        script_pubkey: redirect
+            .unwrap_or_else(|| ScriptBuf::from_bytes(tx.outputs[0].script_pubkey.clone())),
+    };
+    let change = TxOut {
+        value: Amount::from_sat(200_000 - 3_000),
+        script_pubkey: wallet_script(1, 0),
+    };
+    let req = wallet_psbt(vec![change], Version::TWO, None);
+    let mut psbt = bitcoin::Psbt::deserialize(&req.psbt).unwrap();
+    psbt.unsigned_tx.lock_time = LockTime::from_consensus(tx.lock_time);
+    psbt.unsigned_tx.input.insert(
+        0,
+        bitcoin::TxIn {
+            previous_output: bitcoin::OutPoint::new(
+                bitcoin::Txid::from_slice(&htlc_in.txid).unwrap(),
+                htlc_in.vout,
+            ),
+            sequence: bitcoin::Sequence(1),
+            ..Default::default()
+        },
+    );
+    psbt.inputs.insert(0, Default::default());
+    psbt.unsigned_tx.output.insert(0, second_stage);
+    psbt.outputs.insert(0, Default::default());
+    pb::SignPsbtRequest {
+        psbt: psbt.serialize(),
+    }
+}
+
+/// On an anchor channel the wallet pays the fee of our second-stage HTLC
+/// transaction: the signer knows that transaction's HTLC input and output
+/// from the commitment it signed for broadcast (no previous transaction
+/// needed), and nothing else passes for it.
+#[test]
+fn the_wallet_pays_for_our_htlc_transaction_and_nothing_else() {
+    let (alice, mut p) = attacked("hostile-htlc-fee");
+    p.add_htlc(30_000_000, 9).unwrap();
+    let sign = |p: &mut ChannelPair, req: pb::SignPsbtRequest| call!(p.alice.signer, SignPsbt(req) => SignPsbt);
+    // Before a force close the HTLC's second stage is no output of ours.
+    let req = htlc_fee_psbt(&mut p, None);
+    attack(&alice, RuleId::OnchainOutputsKnown, || sign(&mut p, req));
+    let latest = pb::SignHolderCommitmentRequest {
+        channel_keys_id: p.alice.keys_id.clone(),
+        commitment_number: p.number,
+    };
+    call!(p.alice.signer, SignHolderCommitment(latest) => Signature).expect("force close");
+    // The HTLC's value sent elsewhere than our delayed output.
+    let req = htlc_fee_psbt(&mut p, Some(stranger()));
+    attack(&alice, RuleId::OnchainOutputsKnown, || sign(&mut p, req));
+    let req = htlc_fee_psbt(&mut p, None);
+    let signed = sign(&mut p, req).expect("the fee inputs of our HTLC-timeout transaction");
+    let psbt = bitcoin::Psbt::deserialize(&signed.psbt).unwrap();
+    assert!(
+        psbt.inputs[1].partial_sigs.len()
+            + usize::from(psbt.inputs[1].final_script_witness.is_some())
+            > 0,
+        "the wallet input is signed"
+    );
+    assert!(
+        psbt.inputs[0].partial_sigs.is_empty() && psbt.inputs[0].final_script_witness.is_none(),
+        "the HTLC input is left to SignHolderHtlcTransaction"
+    );
 }
 
 #[test]

@@ -168,7 +168,7 @@ pub fn validate(p: &Proposed, facts: &Facts) -> Result<Verdict, SignerError> {
         })?;
     }
     if n.0 == 0 {
-        channel::check_first_commitment(policy, p.setup, p.holder, data)?;
+        channel::check_first_commitment(policy, p.setup, record, p.holder, data)?;
     }
     check_shape(policy, p.setup, p.holder, data, p.built)?;
     let dust_limit = if p.holder {

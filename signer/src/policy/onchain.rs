@@ -5,7 +5,7 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use bitcoin::hashes::Hash;
-use bitcoin::{Psbt, ScriptBuf};
+use bitcoin::{OutPoint, Psbt, ScriptBuf, TxOut};
 
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
@@ -21,6 +21,23 @@ pub struct PsbtVerdict {
     pub fee_sat: u64,
 }
 
+/// An HTLC output of a holder commitment the signer signed for broadcast,
+/// and what its second-stage (HTLC-timeout or HTLC-success) transaction
+/// pays: our revocable output after the delay. Rebuilt by the signer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecondStage {
+    /// The channel.
+    pub channel: ChannelKeysId,
+    /// The HTLC output of our commitment (what the input spends).
+    pub htlc_output: TxOut,
+    /// The output BOLT 3's HTLC transaction pays.
+    pub pays: TxOut,
+}
+
+/// Witness weight of an HTLC input of a second-stage transaction (the
+/// larger, HTLC-success: two signatures, the preimage, the script).
+const HTLC_WITNESS_WEIGHT: u64 = 327;
+
 /// Witness weight of a 2-of-2 funding input (a commitment's).
 const FUNDING_WITNESS_WEIGHT: u64 = 222;
 
@@ -28,8 +45,11 @@ const FUNDING_WITNESS_WEIGHT: u64 = 222;
 const P2WPKH_WITNESS_WEIGHT: u64 = 108;
 
 /// The validator of `SignPsbt`, before any input is signed:
-/// - every output pays our wallet, an allow-listed address
-///   (`onchain-outputs-known`), or funds a channel we fund
+/// - every output pays our wallet, an allow-listed address, the
+///   second-stage output of an HTLC of our broadcast commitment that the
+///   input at the same index spends (anchor channels' HTLC transactions
+///   with wallet inputs for the fee) (`onchain-outputs-known`), or funds a
+///   channel we fund
 ///   (`onchain-funding-outbound-only`) with its recorded value
 ///   (`onchain-funding-output-matches`) at its recorded outpoint, once
 ///   (`onchain-funding-outpoint`), after its first commitment was validated
@@ -46,13 +66,16 @@ const P2WPKH_WITNESS_WEIGHT: u64 = 108;
 /// `funding_scripts` maps the funding output script of every channel set
 /// up with the signer to the channel; `own_outputs` tells which outputs the
 /// PSBT proves are the wallet's (a key origin the signer derived and
-/// matched), beyond the scripts it knows by heart. A zero-value OP_RETURN
-/// output pays nobody and is taken.
+/// matched), beyond the scripts it knows by heart; `second_stage` holds the
+/// HTLC outputs of the holder commitments the signer signed for broadcast
+/// (their amounts are the signer's rebuild, no previous transaction needed).
+/// A zero-value OP_RETURN output pays nobody and is taken.
 pub fn validate_psbt(
     psbt: &Psbt,
     facts: &Facts,
     funding_scripts: &BTreeMap<ScriptBuf, ChannelKeysId>,
     own_outputs: &[bool],
+    second_stage: &BTreeMap<OutPoint, SecondStage>,
 ) -> Result<PsbtVerdict, SignerError> {
     let policy = facts.policy;
     let tx = &psbt.unsigned_tx;
@@ -60,9 +83,17 @@ pub fn validate_psbt(
     let mut verdict = PsbtVerdict::default();
     for (i, out) in tx.output.iter().enumerate() {
         let burns_nothing = out.value.to_sat() == 0 && out.script_pubkey.is_op_return();
+        // SIGHASH_SINGLE|ANYONECANPAY: an HTLC transaction's output sits at
+        // the index of the input spending the HTLC.
+        let htlc_second_stage = tx
+            .input
+            .get(i)
+            .and_then(|x| second_stage.get(&x.previous_output))
+            .is_some_and(|s| s.pays == *out);
         if facts.is_allowed_destination(&out.script_pubkey)
             || own_outputs.get(i).copied().unwrap_or(false)
             || burns_nothing
+            || htlc_second_stage
         {
             continue;
         }
@@ -118,7 +149,28 @@ pub fn validate_psbt(
     let funds_channel = !verdict.funds.is_empty();
     let mut in_sat: u64 = 0;
     let mut parents_weight: u64 = 0;
+    let mut htlc_witness_weight: u64 = 0;
     for (i, (txin, input)) in tx.input.iter().zip(&psbt.inputs).enumerate() {
+        if let Some(htlc) = second_stage.get(&txin.previous_output) {
+            // An HTLC of our broadcast commitment: the amount is the
+            // signer's rebuild; a witness_utxo saying otherwise is a lie.
+            if input
+                .witness_utxo
+                .as_ref()
+                .is_some_and(|w| *w != htlc.htlc_output)
+            {
+                return Err(SignerError::invalid(format!(
+                    "input {i}: witness_utxo contradicts the HTLC output of channel {}",
+                    htlc.channel
+                )));
+            }
+            in_sat = in_sat
+                .checked_add(htlc.htlc_output.value.to_sat())
+                .ok_or_else(|| SignerError::invalid("input values overflow"))?;
+            htlc_witness_weight = htlc_witness_weight
+                .saturating_add(HTLC_WITNESS_WEIGHT.saturating_sub(P2WPKH_WITNESS_WEIGHT));
+            continue;
+        }
         // Segwit v0 signatures commit to the amount only; the previous
         // transaction proves it (a node lying about amounts inflates fees).
         let prev = input.non_witness_utxo.as_ref().ok_or_else(|| {
@@ -183,7 +235,8 @@ pub fn validate_psbt(
             "outputs ({out_sat} sat) exceed inputs ({in_sat} sat)"
         ))
     })?;
-    let weight = tx.weight().to_wu() + P2WPKH_WITNESS_WEIGHT * tx.input.len() as u64;
+    let weight =
+        tx.weight().to_wu() + P2WPKH_WITNESS_WEIGHT * tx.input.len() as u64 + htlc_witness_weight;
     let max_fee = policy.max_onchain_feerate_per_kw as u64 * (weight + parents_weight) / 1000;
     policy.check(RuleId::OnchainFeeRange, fee <= max_fee, || {
         format!(
