@@ -300,6 +300,8 @@ impl node_server::Node for AdminService {
                 inbound_msat: c.inbound_capacity_msat,
                 is_ready: c.is_channel_ready,
                 is_usable: c.is_usable,
+                feerate_sat_per_kw: c.feerate_sat_per_1000_weight.unwrap_or(0),
+                is_outbound: c.is_outbound,
                 short_channel_id: c
                     .short_channel_id
                     .map(|s| s.to_string())
@@ -364,10 +366,42 @@ impl node_server::Node for AdminService {
                         "invoice not created (is the signer reachable?): {e:?}"
                     ))
                 })?;
+        if r.hold {
+            use bitcoin::hashes::Hash;
+            self.node
+                .hold_invoice(invoice.payment_hash().to_byte_array())
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         Ok(Response::new(pb::InvoiceReply {
             invoice: invoice.to_string(),
             payment_hash: invoice.payment_hash().to_string(),
         }))
+    }
+
+    async fn settle_invoice(
+        &self,
+        r: Request<pb::SettleInvoiceRequest>,
+    ) -> Result<Response<pb::SettleInvoiceReply>, Status> {
+        let hash = parse_hash(&r.into_inner().payment_hash)?;
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || node.settle_held(hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(hold_status)?;
+        Ok(Response::new(pb::SettleInvoiceReply {}))
+    }
+
+    async fn cancel_invoice(
+        &self,
+        r: Request<pb::CancelInvoiceRequest>,
+    ) -> Result<Response<pb::CancelInvoiceReply>, Status> {
+        let hash = parse_hash(&r.into_inner().payment_hash)?;
+        let node = self.node.clone();
+        tokio::task::spawn_blocking(move || node.cancel_held(hash))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(hold_status)?;
+        Ok(Response::new(pb::CancelInvoiceReply {}))
     }
 
     async fn pay(&self, r: Request<pb::PayRequest>) -> Result<Response<pb::PayReply>, Status> {
@@ -541,5 +575,24 @@ impl node_server::Node for AdminService {
         Ok(Response::new(pb::WithdrawReply {
             txid: txid.to_string(),
         }))
+    }
+}
+
+/// A payment hash given in hex.
+fn parse_hash(s: &str) -> Result<[u8; 32], Status> {
+    hex::decode(s.trim())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("{s:?} is not a payment hash (64 hex digits)"))
+        })
+}
+
+fn hold_status(e: crate::hold::HoldError) -> Status {
+    use crate::hold::HoldError;
+    match e {
+        HoldError::Unknown(_) => Status::not_found(e.to_string()),
+        HoldError::NotArrived(_) => Status::failed_precondition(e.to_string()),
+        HoldError::Store(_) => Status::internal(e.to_string()),
     }
 }

@@ -60,14 +60,71 @@ fn endpoint(host: &str, port: u16, path: &str) -> HttpEndpoint {
         .with_path(path.to_string())
 }
 
-/// Which fee estimate each LDK target asks for (blocks to confirm).
-fn target_blocks(t: ConfirmationTarget) -> u16 {
+/// What an LDK fee target is used for, which decides what stands in for a
+/// missing estimate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TargetUse {
+    /// A feerate we pay: the operator's fallback when there is no estimate.
+    OwnSpend,
+    /// The lowest feerate we accept from a peer (on its commitments, in a
+    /// cooperative close): never above the network's floor when there is no
+    /// estimate, or peers proposing the floor could not open channels to us
+    /// and lowering a funder's feerate would close them.
+    PeerFloor,
+}
+
+/// Which fee estimate each LDK target asks for (blocks to confirm, before
+/// the backend's cap) and what it is used for.
+fn target_blocks(t: ConfirmationTarget) -> (u16, TargetUse) {
     match t {
-        ConfirmationTarget::MaximumFeeEstimate | ConfirmationTarget::UrgentOnChainSweep => 1,
-        ConfirmationTarget::OutputSpendingFee | ConfirmationTarget::NonAnchorChannelFee => 6,
-        ConfirmationTarget::AnchorChannelFee | ConfirmationTarget::ChannelCloseMinimum => 144,
+        ConfirmationTarget::MaximumFeeEstimate | ConfirmationTarget::UrgentOnChainSweep => {
+            (1, TargetUse::OwnSpend)
+        }
+        ConfirmationTarget::OutputSpendingFee | ConfirmationTarget::NonAnchorChannelFee => {
+            (6, TargetUse::OwnSpend)
+        }
+        ConfirmationTarget::AnchorChannelFee => (144, TargetUse::OwnSpend),
+        ConfirmationTarget::ChannelCloseMinimum => (144, TargetUse::PeerFloor),
         ConfirmationTarget::MinAllowedAnchorChannelRemoteFee
-        | ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee => 1008,
+        | ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee => (1008, TargetUse::PeerFloor),
+    }
+}
+
+/// The confirmation targets LDK's estimates are read for (before the cap).
+const TARGETS: [u16; 4] = [1, 6, 144, 1008];
+
+/// The longest target Bitcoin Core estimates.
+pub const CORE_MAX_TARGET: u16 = 1008;
+/// The longest target bcoin estimates (its fee estimator tracks 15 blocks
+/// and refuses longer targets).
+pub const BCOIN_MAX_TARGET: u16 = 15;
+
+/// Fee estimates as last read from the backend.
+#[derive(Clone, Debug, Default)]
+struct FeeView {
+    /// Estimates by (capped) target, sat per 1000 weight units.
+    by_target: HashMap<u16, u32>,
+    /// The longest target the backend estimates (known after the first refresh).
+    max_target: Option<u16>,
+    /// The backend's mempool minimum (never below [`MIN_FEERATE_SAT_PER_KW`]).
+    floor: u32,
+}
+
+impl FeeView {
+    fn capped(&self, blocks: u16) -> u16 {
+        blocks.min(self.max_target.unwrap_or(CORE_MAX_TARGET))
+    }
+
+    /// The feerate for an LDK target: the estimate, else the fallback (own
+    /// spends) or the network floor (what we accept from peers).
+    fn feerate(&self, t: ConfirmationTarget, fallback: u32) -> u32 {
+        let (blocks, use_) = target_blocks(t);
+        let floor = self.floor.max(MIN_FEERATE_SAT_PER_KW);
+        match (self.by_target.get(&self.capped(blocks)), use_) {
+            (Some(&f), _) => f.max(floor),
+            (None, TargetUse::OwnSpend) => fallback.max(floor),
+            (None, TargetUse::PeerFloor) => floor,
+        }
     }
 }
 
@@ -79,7 +136,7 @@ pub struct ChainRpc {
     port: u16,
     path: String,
     fallback_sat_per_kw: u32,
-    fees: RwLock<HashMap<u16, u32>>,
+    fees: RwLock<FeeView>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -115,7 +172,7 @@ impl ChainRpc {
             port,
             path: path.to_string(),
             fallback_sat_per_kw: fallback_sat_per_kw.max(MIN_FEERATE_SAT_PER_KW),
-            fees: RwLock::new(HashMap::new()),
+            fees: RwLock::new(FeeView::default()),
             runtime,
         }))
     }
@@ -229,17 +286,74 @@ impl ChainRpc {
             .map(|f| ((f * 1e8 / 4.0) as u32).max(MIN_FEERATE_SAT_PER_KW)))
     }
 
-    /// Refreshes the fee estimates LDK reads; targets without an estimate use the fallback.
+    /// The longest confirmation target the backend estimates: bcoin's
+    /// estimator stops at 15 blocks, Bitcoin Core's at 1 008.
+    pub async fn max_fee_target(&self) -> Result<u16, ChainError> {
+        let v = self.call("getnetworkinfo", &[]).await?;
+        let agent = v["subversion"].as_str().unwrap_or_default();
+        Ok(if agent.to_ascii_lowercase().contains("bcoin") {
+            BCOIN_MAX_TARGET
+        } else {
+            CORE_MAX_TARGET
+        })
+    }
+
+    /// The backend's mempool minimum feerate in sat per 1000 weight units
+    /// (never below [`MIN_FEERATE_SAT_PER_KW`]).
+    pub async fn mempool_min_feerate(&self) -> Result<u32, ChainError> {
+        let v = self.call("getmempoolinfo", &[]).await?;
+        let btc_per_kvb = v["mempoolminfee"]
+            .as_f64()
+            .ok_or_else(|| Self::unexpected("getmempoolinfo", "no mempoolminfee"))?;
+        Ok(((btc_per_kvb * 1e8 / 4.0).ceil() as u32).max(MIN_FEERATE_SAT_PER_KW))
+    }
+
+    /// Refreshes the fee estimates LDK reads. Targets are capped to what the
+    /// backend estimates; a target without an estimate reads the fallback
+    /// for our own spends and the network floor for what peers may propose.
     pub async fn refresh_fees(&self) {
-        let mut fresh = HashMap::new();
-        for blocks in [1u16, 6, 144, 1008] {
+        let known = self.fees.read().map(|f| f.clone()).unwrap_or_default();
+        let max_target = match known.max_target {
+            Some(m) => Some(m),
+            None => match self.max_fee_target().await {
+                Ok(m) => {
+                    tracing::info!("the chain backend estimates fees up to {m} blocks");
+                    Some(m)
+                }
+                Err(e) => {
+                    tracing::warn!("cannot tell the backend's longest fee target: {e}");
+                    None
+                }
+            },
+        };
+        let floor = match self.mempool_min_feerate().await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(
+                    "mempool minimum feerate unknown, using {MIN_FEERATE_SAT_PER_KW} sat/kw: {e}"
+                );
+                MIN_FEERATE_SAT_PER_KW
+            }
+        };
+        let mut fresh = FeeView {
+            by_target: HashMap::new(),
+            max_target,
+            floor,
+        };
+        let mut asked = Vec::new();
+        for blocks in TARGETS.map(|b| fresh.capped(b)) {
+            if asked.contains(&blocks) {
+                continue;
+            }
+            asked.push(blocks);
             match self.estimate_fee(blocks).await {
                 Ok(Some(f)) => {
-                    fresh.insert(blocks, f);
+                    fresh.by_target.insert(blocks, f);
                 }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(
-                    "fee estimate for {blocks} blocks failed, using the fallback: {e}"
+                    "fee estimate for {blocks} blocks failed (own spends use the fallback, \
+                     peers the floor): {e}"
                 ),
             }
         }
@@ -304,9 +418,10 @@ impl BlockSource for ChainRpc {
 
 impl FeeEstimator for ChainRpc {
     fn get_est_sat_per_1000_weight(&self, target: ConfirmationTarget) -> u32 {
-        let blocks = target_blocks(target);
-        let known = self.fees.read().ok().and_then(|f| f.get(&blocks).copied());
-        known.unwrap_or(self.fallback_sat_per_kw)
+        match self.fees.read() {
+            Ok(f) => f.feerate(target, self.fallback_sat_per_kw),
+            Err(_) => self.fallback_sat_per_kw,
+        }
     }
 }
 
@@ -335,4 +450,69 @@ async fn send_raw(rpc: &RpcClient, tx: &Transaction) -> Result<Txid, ChainError>
     v.as_str()
         .and_then(|t| t.parse().ok())
         .ok_or_else(|| ChainRpc::unexpected("sendrawtransaction", "no txid"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(by_target: &[(u16, u32)], max_target: u16, floor: u32) -> FeeView {
+        FeeView {
+            by_target: by_target.iter().copied().collect(),
+            max_target: Some(max_target),
+            floor,
+        }
+    }
+
+    #[test]
+    fn without_estimates_peers_get_the_floor_and_our_spends_the_fallback() {
+        let v = view(&[], BCOIN_MAX_TARGET, 0);
+        for t in [
+            ConfirmationTarget::MinAllowedAnchorChannelRemoteFee,
+            ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee,
+            ConfirmationTarget::ChannelCloseMinimum,
+        ] {
+            assert_eq!(v.feerate(t, 2500), MIN_FEERATE_SAT_PER_KW, "{t:?}");
+        }
+        for t in [
+            ConfirmationTarget::UrgentOnChainSweep,
+            ConfirmationTarget::AnchorChannelFee,
+            ConfirmationTarget::NonAnchorChannelFee,
+            ConfirmationTarget::OutputSpendingFee,
+        ] {
+            assert_eq!(v.feerate(t, 2500), 2500, "{t:?}");
+        }
+        // The backend's mempool minimum raises the floor (and the fallback).
+        let v = view(&[], BCOIN_MAX_TARGET, 3000);
+        assert_eq!(
+            v.feerate(ConfirmationTarget::MinAllowedAnchorChannelRemoteFee, 2500),
+            3000
+        );
+        assert_eq!(v.feerate(ConfirmationTarget::AnchorChannelFee, 2500), 3000);
+    }
+
+    #[test]
+    fn long_targets_read_the_backends_longest_estimate() {
+        // bcoin: 144 and 1 008 blocks read the 15-block estimate.
+        let v = view(&[(1, 5000), (6, 2000), (15, 400)], BCOIN_MAX_TARGET, 253);
+        assert_eq!(v.feerate(ConfirmationTarget::AnchorChannelFee, 2500), 400);
+        assert_eq!(
+            v.feerate(ConfirmationTarget::MinAllowedAnchorChannelRemoteFee, 2500),
+            400
+        );
+        assert_eq!(
+            v.feerate(ConfirmationTarget::UrgentOnChainSweep, 2500),
+            5000
+        );
+        // Core: its own 1 008-block estimate.
+        let v = view(&[(144, 900), (1008, 300)], CORE_MAX_TARGET, 253);
+        assert_eq!(v.feerate(ConfirmationTarget::AnchorChannelFee, 2500), 900);
+        assert_eq!(
+            v.feerate(
+                ConfirmationTarget::MinAllowedNonAnchorChannelRemoteFee,
+                2500
+            ),
+            300
+        );
+    }
 }

@@ -6,6 +6,7 @@ pub mod chain;
 pub mod chain_watch;
 pub mod config;
 pub mod fee_bump;
+pub mod hold;
 pub mod logger;
 pub mod node;
 pub mod signer_chain;

@@ -746,6 +746,8 @@ impl Node {
         tokio::spawn(async move {
             // Once at the start: an answer may have come before the hook was set.
             let mut first = true;
+            const RECONNECT_EVERY: Duration = Duration::from_secs(2);
+            let mut reconnect_due = std::time::Instant::now();
             loop {
                 let woken = std::mem::take(&mut first)
                     || tokio::select! {
@@ -762,6 +764,22 @@ impl Node {
                     if let Err(e) = r {
                         tracing::error!("taking up the signer's answer aborted: {e}");
                     }
+                }
+                if !node.signer.is_connected() && reconnect_due.elapsed() >= RECONNECT_EVERY {
+                    // Nothing else may call the signer for a while (no
+                    // block, no payment): try to reconnect so that what LDK
+                    // left pending is retried without waiting for traffic.
+                    reconnect_due = std::time::Instant::now();
+                    let n = node.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let ping = lnpd_proto::signer::request::Body::Ping(
+                            lnpd_proto::signer::PingRequest { nonce: vec![] },
+                        );
+                        if n.signer.call(ping, Duration::from_secs(5)).is_ok() {
+                            tracing::info!("signer reachable again");
+                        }
+                    })
+                    .await;
                 }
                 if node.signer.is_connected() && node.signer.take_pending() {
                     tracing::info!("signer is back: retrying operations left pending");
@@ -789,16 +807,21 @@ impl Node {
                 funding_satoshis,
                 ..
             } => {
-                if !matches!(channel_negotiation_type, InboundChannelFunds::PushMsat(0)) {
-                    // The signer checks the first commitment against push 0 (LDK does not pass push on).
-                    tracing::warn!(%counterparty_node_id, "refusing an inbound channel with push or dual funding");
-                    let _ = self.channel_manager.force_close_broadcasting_latest_txn(
-                        &temporary_channel_id,
-                        &counterparty_node_id,
-                        "push not accepted".into(),
-                    );
-                    return Ok(());
-                }
+                let push_msat = match channel_negotiation_type {
+                    // A push is the peer's gift: the signer learns it from
+                    // the first commitment of ours the peer signs, never
+                    // from us, and the wallet never funds an inbound channel.
+                    InboundChannelFunds::PushMsat(p) => p,
+                    InboundChannelFunds::DualFunded => {
+                        tracing::warn!(%counterparty_node_id, "refusing a dual-funded channel: not supported");
+                        let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                            &temporary_channel_id,
+                            &counterparty_node_id,
+                            "dual funding is not supported".into(),
+                        );
+                        return Ok(());
+                    }
+                };
                 let user_id = u128::from_be_bytes(
                     self.keys.get_secure_random_bytes()[..16]
                         .try_into()
@@ -811,7 +834,7 @@ impl Node {
                     None,
                 ) {
                     Ok(()) => {
-                        tracing::info!(%counterparty_node_id, funding_satoshis, "accepted an inbound channel")
+                        tracing::info!(%counterparty_node_id, funding_satoshis, push_msat, "accepted an inbound channel")
                     }
                     Err(e) => {
                         tracing::warn!("cannot accept channel from {counterparty_node_id}: {e:?}")
@@ -914,6 +937,33 @@ impl Node {
                 amount_msat,
                 ..
             } => match purpose.preimage() {
+                Some(preimage)
+                    if self.hold_state(&payment_hash.0) == crate::hold::HoldState::Held =>
+                {
+                    tracing::info!(payment_hash = %payment_hash, amount_msat, "payment held: settle or cancel it");
+                    self.record_payment(
+                        payment_hash.0,
+                        "inbound",
+                        "held",
+                        amount_msat,
+                        0,
+                        Some(preimage.0),
+                    );
+                }
+                Some(_)
+                    if self.hold_state(&payment_hash.0) == crate::hold::HoldState::Cancelled =>
+                {
+                    tracing::info!(payment_hash = %payment_hash, "payment to a cancelled hold invoice: failed back");
+                    self.record_payment(
+                        payment_hash.0,
+                        "inbound",
+                        "cancelled",
+                        amount_msat,
+                        0,
+                        None,
+                    );
+                    self.channel_manager.fail_htlc_backwards(&payment_hash);
+                }
                 Some(preimage) => {
                     self.record_payment(
                         payment_hash.0,
@@ -974,14 +1024,25 @@ impl Node {
                 outputs,
                 channel_id,
             } => {
+                // One owner per coin: outputs paying a wallet script (a
+                // cooperative close, our shutdown or destination script) are
+                // the wallet's already; only outputs under channel keys go
+                // to the sweeper, which moves them to the wallet.
+                let (static_outputs, to_sweep): (Vec<_>, Vec<_>) = outputs.iter().partition(|d| {
+                    matches!(
+                        d,
+                        lightning::sign::SpendableOutputDescriptor::StaticOutput { .. }
+                    )
+                });
                 tracing::info!(
                     channel = ?channel_id,
-                    count = outputs.len(),
-                    "outputs of a closed channel are ours to claim: handed to the sweeper"
+                    to_sweeper = to_sweep.len(),
+                    already_in_wallet = static_outputs.len(),
+                    "outputs of a closed channel are ours: the sweeper claims those under channel keys"
                 );
                 if self
                     .sweeper
-                    .track_spendable_outputs(outputs, channel_id, false, None)
+                    .track_spendable_outputs(outputs, channel_id, true, None)
                     .is_err()
                 {
                     tracing::error!("the sweeper could not persist the outputs; retrying");

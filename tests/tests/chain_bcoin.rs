@@ -1,5 +1,6 @@
 //! The node's chain access against a real bcoin regtest node: LDK's block
-//! sync runs over it, fees fall back when there is no estimate, and bad
+//! sync runs over it, fees fall back when there is no estimate (the floor
+//! for what peers may propose), and bad
 //! transactions get a clear error.
 
 use std::sync::Mutex;
@@ -78,13 +79,24 @@ async fn ldk_block_sync_fees_and_broadcast_work_against_bcoin() {
     assert_eq!(synced.height, 120);
     assert_eq!(*seen.0.lock().unwrap(), (51..=120).collect::<Vec<_>>());
 
-    // A fresh chain has no fee estimate: the configured fallback is used.
+    // A fresh chain has no fee estimate: the configured fallback is used
+    // for our own spends, the network floor for what peers may propose.
     assert_eq!(rpc.estimate_fee(6).await.unwrap(), None);
     rpc.refresh_fees().await;
     assert_eq!(
         rpc.get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee),
         2500
     );
+    assert_eq!(
+        rpc.get_est_sat_per_1000_weight(ConfirmationTarget::MinAllowedAnchorChannelRemoteFee),
+        253
+    );
+    // bcoin estimates 15 blocks at most (longer targets are refused, not
+    // "no estimate"); its mempool minimum is 1 sat/vB.
+    assert_eq!(rpc.max_fee_target().await.unwrap(), 15);
+    assert!(rpc.estimate_fee(16).await.is_err());
+    assert_eq!(rpc.estimate_fee(15).await.unwrap(), None);
+    assert_eq!(rpc.mempool_min_feerate().await.unwrap(), 253);
 
     // A backend error reaches the caller with the backend's reason.
     let err = rpc

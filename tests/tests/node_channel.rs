@@ -2,7 +2,8 @@
 //! channel (the funding transaction signed only after the first commitment
 //! is countersigned), pay 20 invoices each way, close cooperatively; the
 //! final on-chain balances are the payments made minus the fees of the
-//! funding and closing transactions, read back from the chain. The signer
+//! funding and closing transactions, read back from the chain; the close
+//! outputs stay in the wallets, unspent. The signer
 //! follows the chain height from the headers the node feeds it.
 
 use bitcoin::OutPoint;
@@ -99,10 +100,33 @@ async fn pays_twenty_each_way_and_balances_add_up_on_chain() {
     // B, the fundee, pays no fee: it has exactly what it was paid, net.
     assert_eq!(onchain_sat(&b), b_net_sat, "\n--- B ---\n{}", b.log());
     // A paid B, the funding fee and (as funder) the closing fee.
+    let a_after = a_before - b_net_sat - funding_fee - close_fee;
     assert_eq!(
         onchain_sat(&a),
-        a_before - b_net_sat - funding_fee - close_fee,
+        a_after,
         "funding fee {funding_fee}, closing fee {close_fee}\n--- A ---\n{}",
         a.log()
     );
+
+    // One owner per coin: the close outputs are the wallets' and nobody
+    // sweeps them again (no second fee), block after block.
+    chain.mine(8).await.unwrap();
+    chain.sync(&[&a, &b]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    chain.mine(2).await.unwrap();
+    chain.sync(&[&a, &b]).await.unwrap();
+    let txs = chain.transactions(start_height + 1).await.expect("chain");
+    let close_txid = close_tx.compute_txid();
+    assert_eq!(close_tx.output.len(), 2, "both sides have a close output");
+    for vout in 0..close_tx.output.len() as u32 {
+        let out = OutPoint::new(close_txid, vout);
+        assert!(
+            spender(&txs, &out).is_none(),
+            "close output {out} was spent again\n--- A ---\n{}\n--- B ---\n{}",
+            a.log(),
+            b.log()
+        );
+    }
+    assert_eq!(onchain_sat(&b), b_net_sat, "\n--- B ---\n{}", b.log());
+    assert_eq!(onchain_sat(&a), a_after, "\n--- A ---\n{}", a.log());
 }

@@ -66,6 +66,21 @@ enum Cmd {
         /// Expiry in seconds.
         #[arg(long, default_value_t = 3600)]
         expiry: u32,
+        /// Hold the payment when it arrives (status "held") until
+        /// `settleinvoice` or `cancelinvoice`; unanswered, it is failed
+        /// back before its HTLCs expire.
+        #[arg(long)]
+        hold: bool,
+    },
+    /// Claim a held payment (see `invoice --hold`).
+    Settleinvoice {
+        /// The payment hash (hex).
+        payment_hash: String,
+    },
+    /// Fail a held payment back to the payer, or refuse it before it comes.
+    Cancelinvoice {
+        /// The payment hash (hex).
+        payment_hash: String,
     },
     /// Pay a BOLT 11 invoice and wait for the outcome.
     ///
@@ -214,17 +229,33 @@ async fn run(cli: Cli) -> Result<()> {
             amount_msat,
             description,
             expiry,
+            hold,
         } => {
             let r = client
                 .invoice(pb::InvoiceRequest {
                     amount_msat,
                     description,
                     expiry_secs: expiry,
+                    hold,
                 })
                 .await
                 .map_err(explain)?
                 .into_inner();
             println!("{}", r.invoice);
+        }
+        Cmd::Settleinvoice { payment_hash } => {
+            client
+                .settle_invoice(pb::SettleInvoiceRequest { payment_hash })
+                .await
+                .map_err(explain)?;
+            println!("settled");
+        }
+        Cmd::Cancelinvoice { payment_hash } => {
+            client
+                .cancel_invoice(pb::CancelInvoiceRequest { payment_hash })
+                .await
+                .map_err(explain)?;
+            println!("cancelled");
         }
         Cmd::Pay {
             invoice,
@@ -369,17 +400,21 @@ async fn run(cli: Cli) -> Result<()> {
                         "inbound_msat": c.inbound_msat,
                         "is_ready": c.is_ready,
                         "is_usable": c.is_usable,
+                        "feerate_sat_per_kw": c.feerate_sat_per_kw,
+                        "is_outbound": c.is_outbound,
                     });
                     println!("{line}");
                     continue;
                 }
                 println!(
-                    "{}  peer {}  capacity {} sat  out {} msat  in {} msat  {}",
+                    "{}  peer {}  capacity {} sat  out {} msat  in {} msat  {} sat/kw  {}  {}",
                     c.channel_id,
                     c.counterparty_node_id,
                     c.capacity_sat,
                     c.outbound_msat,
                     c.inbound_msat,
+                    c.feerate_sat_per_kw,
+                    if c.is_outbound { "outbound" } else { "inbound" },
                     if c.is_usable { "usable" } else { "not usable" }
                 );
             }

@@ -332,7 +332,12 @@ impl GrpcTransport {
         Ok(GrpcTransport {
             addr: addr.to_string(),
             tls,
-            runtime: tokio::runtime::Builder::new_current_thread()
+            // One worker of its own: the HTTP/2 connection is driven
+            // between calls too, so the signer's keepalive pings are
+            // answered and an idle node keeps its connection.
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("signer-transport")
                 .enable_all()
                 .build()?,
             client: None,
