@@ -81,11 +81,17 @@ impl NodeProcess {
     /// Stops `lnpd` (its signer keeps running) and starts it again on the
     /// same data with `extra` flags.
     pub fn restart_node(&mut self, extra: &[&str]) -> Result<()> {
+        self.stop_node();
+        self.spawn(extra)
+    }
+
+    /// Stops `lnpd` (its signer keeps running); [`Self::restart_node`]
+    /// starts it again.
+    pub fn stop_node(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
-        self.spawn(extra)
     }
 
     fn spawn(&mut self, extra: &[&str]) -> Result<()> {

@@ -33,7 +33,10 @@ struct Cli {
     /// Chain backend RPC password.
     #[arg(long, env = "LNPD_BITCOIND_RPC_PASSWORD")]
     bitcoind_rpc_password: Option<String>,
-    /// Feerate when the backend has no estimate, sat per 1000 weight (default 2500).
+    /// Feerate of our own spends when the backend has no estimate, sat per
+    /// 1000 weight (default 2500). What peers may propose is never held to
+    /// it: without an estimate they may go down to the backend's mempool
+    /// minimum (253 at least).
     #[arg(long)]
     fallback_feerate_sat_per_kw: Option<u32>,
     /// The signer's address, host:port.
