@@ -122,7 +122,16 @@ pub struct Chain {
 impl Chain {
     /// Starts bcoin.
     pub async fn start() -> Result<Self> {
-        let bcoin = Bcoin::start().await?;
+        Self::on(Bcoin::start().await?)
+    }
+
+    /// Starts bcoin answering in Bitcoin Core's shape (see
+    /// [`Bcoin::start_core_shaped`]), for an independent peer.
+    pub async fn start_core_shaped() -> Result<Self> {
+        Self::on(Bcoin::start_core_shaped().await?)
+    }
+
+    fn on(bcoin: Bcoin) -> Result<Self> {
         let rpc = bcoin.rpc(2500)?;
         let key = SecretKey::from_slice(&[9; 32])?;
         let miner = Address::p2wpkh(

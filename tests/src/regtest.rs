@@ -60,6 +60,15 @@ fn free_port() -> Result<u16> {
 /// How often [`Bcoin::start`] tries again when its port was taken.
 const START_ATTEMPTS: u32 = 5;
 
+/// What starts bcoin.
+#[derive(Clone, Copy, Debug)]
+enum Launcher {
+    /// bcoin's own `bin/node`.
+    Bcoin,
+    /// `regtest/bcoin-core-rpc.js`: the same node, Core-shaped answers.
+    CoreShaped,
+}
+
 /// Why one start attempt failed.
 enum StartFailure {
     /// Another process bound the port between our probe and bcoin's bind.
@@ -75,11 +84,22 @@ impl Bcoin {
     /// free first; another process may take it before bcoin binds it
     /// (`EADDRINUSE`): then bcoin is started again on another port.
     pub async fn start() -> Result<Self> {
+        Self::start_script(Launcher::Bcoin).await
+    }
+
+    /// Like [`Bcoin::start`], answering the RPC calls where bcoin's JSON
+    /// differs from Bitcoin Core's in Core's shape (`regtest/bcoin-core-rpc.js`),
+    /// for a peer whose block source expects Core exactly.
+    pub async fn start_core_shaped() -> Result<Self> {
+        Self::start_script(Launcher::CoreShaped).await
+    }
+
+    async fn start_script(launcher: Launcher) -> Result<Self> {
         ensure_installed()?;
         let mut last = None;
         for _ in 0..START_ATTEMPTS {
             let port = free_port()?;
-            match Self::start_on(port).await {
+            match Self::start_on(port, launcher).await {
                 Ok(b) => return Ok(b),
                 Err(StartFailure::PortTaken(e)) => last = Some(e),
                 Err(StartFailure::Fatal(e)) => return Err(e),
@@ -89,7 +109,7 @@ impl Bcoin {
             .context(format!("bcoin's port was taken {START_ATTEMPTS} times"))
     }
 
-    async fn start_on(port: u16) -> Result<Self, StartFailure> {
+    async fn start_on(port: u16, launcher: Launcher) -> Result<Self, StartFailure> {
         let dir = TempDir::new("bcoin");
         // Unique per start: a bcoin of another test that took this port
         // must refuse our calls rather than answer them.
@@ -104,7 +124,10 @@ impl Bcoin {
         let log = std::fs::File::create(dir.path.join("bcoin.log"))
             .map_err(|e| StartFailure::Fatal(e.into()))?;
         let child = Command::new("node")
-            .arg(regtest_dir().join("node_modules/bcoin/bin/node"))
+            .arg(match launcher {
+                Launcher::Bcoin => regtest_dir().join("node_modules/bcoin/bin/node"),
+                Launcher::CoreShaped => regtest_dir().join("bcoin-core-rpc.js"),
+            })
             .args([
                 "--network=regtest",
                 "--memory=true",
@@ -216,7 +239,7 @@ mod tests {
         ensure_installed()?;
         let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
         let port = taken.local_addr()?.port();
-        match Bcoin::start_on(port).await {
+        match Bcoin::start_on(port, Launcher::Bcoin).await {
             Err(StartFailure::PortTaken(e)) => {
                 assert!(format!("{e}").contains("EADDRINUSE"), "{e}");
             }
