@@ -150,8 +150,18 @@ impl<S: Store> Signer<S> {
         point
     }
 
+    /// Signs as BOLT 3's test vectors do (RFC 6979): commitment and HTLC
+    /// signatures the peer receives.
     pub(crate) fn sign(&self, msg: &Message, key: &SecretKey) -> Signature {
         self.secp.sign_ecdsa(msg, key)
+    }
+
+    /// Signs with a low R (grinding the nonce, as LDK does with
+    /// `grind_signatures`) for inputs of transactions we broadcast and pay
+    /// fees for: at most 71 bytes, never above the witness weights LDK
+    /// estimates when it sets their fee (in debug builds it asserts so).
+    pub(crate) fn sign_low_r(&self, msg: &Message, key: &SecretKey) -> Signature {
+        self.secp.sign_ecdsa_low_r(msg, key)
     }
 
     /// The channel's record and recorded set-up; errors if not set up.

@@ -257,7 +257,9 @@ impl<S: Store> Signer<S> {
                 }
             };
             let digest = digest.map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
-            let sig = self.secp.sign_ecdsa(&Message::from_digest(digest), key);
+            let sig = self
+                .secp
+                .sign_ecdsa_low_r(&Message::from_digest(digest), key);
             let mut witness = Witness::new();
             witness.push_ecdsa_signature(&bitcoin::ecdsa::Signature::sighash_all(sig));
             match spend {

@@ -259,7 +259,7 @@ impl<S: Store> Signer<S> {
             &keys.per_commitment_point,
             &self.secrets(id).htlc_base_key,
         );
-        Ok(sig_reply(self.sign(&msg, &key)))
+        Ok(sig_reply(self.sign_low_r(&msg, &key)))
     }
 
     /// A justice transaction's input `i`: the revoked commitment it leads
@@ -386,7 +386,7 @@ impl<S: Store> Signer<S> {
             )));
         }
         let msg = p2wsh_sighash(&tx, i, &script, spent.value.to_sat(), EcdsaSighashType::All)?;
-        Ok(sig_reply(self.sign(&msg, &revocation_key)))
+        Ok(sig_reply(self.sign_low_r(&msg, &revocation_key)))
     }
 
     pub(crate) fn sign_holder_anchor_input(
@@ -450,6 +450,8 @@ impl<S: Store> Signer<S> {
             ANCHOR_OUTPUT_VALUE_SAT,
             EcdsaSighashType::All,
         )?;
-        Ok(sig_reply(self.sign(&msg, &self.secrets(&id).funding_key)))
+        Ok(sig_reply(
+            self.sign_low_r(&msg, &self.secrets(&id).funding_key),
+        ))
     }
 }

@@ -187,7 +187,7 @@ impl<S: Store> Signer<S> {
                 .map_err(|e| SignerError::invalid(format!("input {i}: {e}")))?;
             let sig = self
                 .secp
-                .sign_ecdsa(&Message::from_digest(h.to_byte_array()), &key);
+                .sign_ecdsa_low_r(&Message::from_digest(h.to_byte_array()), &key);
             input.partial_sigs.insert(
                 bitcoin::PublicKey::new(derived),
                 bitcoin::ecdsa::Signature {

@@ -229,6 +229,24 @@ impl Chain {
         bail!("{what}: not after {max} blocks")
     }
 
+    /// Whether `outpoint` is spent by a confirmed transaction (or never
+    /// existed): the chain's view, without the mempool.
+    pub async fn spent_on_chain(&self, outpoint: &OutPoint) -> Result<bool> {
+        let v = self
+            .rpc
+            .call(
+                "gettxout",
+                &[
+                    serde_json::json!(outpoint.txid.to_string()),
+                    serde_json::json!(outpoint.vout),
+                    serde_json::json!(false),
+                ],
+            )
+            .await
+            .map_err(|e| anyhow!("gettxout {outpoint}: {e}"))?;
+        Ok(v.is_null())
+    }
+
     /// Every transaction of the chain from `from_height` to the tip.
     pub async fn transactions(&self, from_height: u32) -> Result<HashMap<Txid, Transaction>> {
         let (_, tip) = self.rpc.best_block().await.map_err(|e| anyhow!("{e}"))?;

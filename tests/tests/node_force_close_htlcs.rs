@@ -87,23 +87,6 @@ fn logs(a: &NodeProcess, b: &NodeProcess) -> String {
     )
 }
 
-/// Whether `outpoint` is spent by a confirmed transaction (or never existed).
-async fn spent_on_chain(chain: &Chain, outpoint: &OutPoint) -> bool {
-    let v = chain
-        .rpc
-        .call(
-            "gettxout",
-            &[
-                serde_json::json!(outpoint.txid.to_string()),
-                serde_json::json!(outpoint.vout),
-                serde_json::json!(false),
-            ],
-        )
-        .await
-        .expect("gettxout");
-    v.is_null()
-}
-
 /// Mines block by block (up to `max`) until `outpoint` is spent on chain;
 /// returns the spending transaction.
 async fn mine_until_spent(
@@ -116,7 +99,7 @@ async fn mine_until_spent(
     b: &NodeProcess,
 ) -> Transaction {
     for _ in 0..max {
-        if spent_on_chain(chain, outpoint).await {
+        if chain.spent_on_chain(outpoint).await.expect("gettxout") {
             let txs = chain.transactions(from_height).await.expect("chain");
             return spender(&txs, outpoint)
                 .cloned()

@@ -157,27 +157,7 @@ async fn mine_until_usable(chain: &Chain, a: &NodeProcess, peer: &Peer, count: u
 /// the peer, pays both ways, and closes cooperatively from each side.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_peer_opens_pays_and_closes_with_us() {
-    let chain = Chain::start_core_shaped().await.expect("bcoin");
-    let a = NodeProcess::start("ldk-peer-lnpd", &chain.bcoin).expect("lnpd");
-    let peer = Peer::start(&chain.bcoin, "ldk-peer");
-    chain
-        .bcoin
-        .mine(&chain.rpc, 10, &peer.address())
-        .await
-        .expect("mining to the peer");
-    chain.fund(&[&a]).await.expect("funding lnpd");
-    assert!(
-        wait_for(90, || {
-            let _ = peer.node.sync_wallets();
-            peer.spendable_sat() > 1_000_000
-        }),
-        "the peer never saw its coins: {:?}",
-        peer.node.list_balances()
-    );
-
-    peer.node
-        .connect(lnpd_key(&a), lnpd_addr(&a), true)
-        .expect("the peer connects to lnpd");
+    let (chain, a, peer) = funded("ldk-peer").await;
     // 1. It opens to us, no push, at the floor feerate it proposes.
     let plain: UserChannelId = peer
         .node
@@ -267,4 +247,263 @@ async fn an_independent_peer_opens_pays_and_closes_with_us() {
         "our close output is in the wallet: {}",
         field(&ok(&a, &["--json", "balance"]), "onchain_spendable_sat")
     );
+}
+
+/// HTLC values, told apart on chain by their amounts.
+const TO_PEER_HTLC_SAT: u64 = 41_000;
+const TO_US_HTLC_SAT: u64 = 43_000;
+/// What our anchor children, HTLC transaction inputs, claims and sweeps
+/// may cost, together.
+const FEES_SAT: u64 = 40_000;
+
+/// A chain, lnpd and the peer, both funded and connected.
+async fn funded(tag: &str) -> (Chain, NodeProcess, Peer) {
+    let chain = Chain::start_core_shaped().await.expect("bcoin");
+    let a = NodeProcess::start(&format!("{tag}-lnpd"), &chain.bcoin).expect("lnpd");
+    let peer = Peer::start(&chain.bcoin, &format!("{tag}-peer"));
+    chain
+        .bcoin
+        .mine(&chain.rpc, 10, &peer.address())
+        .await
+        .expect("mining to the peer");
+    chain.fund(&[&a]).await.expect("funding lnpd");
+    assert!(
+        wait_for(90, || {
+            let _ = peer.node.sync_wallets();
+            peer.spendable_sat() > 1_000_000
+        }),
+        "the peer never saw its coins"
+    );
+    peer.node
+        .connect(lnpd_key(&a), lnpd_addr(&a), true)
+        .expect("the peer connects to lnpd");
+    (chain, a, peer)
+}
+
+/// An HTLC each way, held by its payee: one we offer (the peer holds it,
+/// never claiming), one the peer offers (we hold it). Returns the hash we
+/// hold and our paying process.
+fn htlcs_both_ways(a: &NodeProcess, peer: &Peer) -> (String, std::process::Child) {
+    use ldk_node::bitcoin::hashes::{sha256, Hash};
+    use ldk_node::lightning_types::payment::PaymentHash;
+    let hash = PaymentHash(sha256::Hash::hash(&[0x5a; 32]).to_byte_array());
+    let inv = peer
+        .node
+        .bolt11_payment()
+        .receive_for_hash(
+            TO_PEER_HTLC_SAT * 1000,
+            &description("held by the peer"),
+            3600,
+            hash,
+        )
+        .expect("peer's hold invoice");
+    let payer = std::process::Command::new(lnpd_signer::testing::process::bin("lnpd-cli"))
+        .arg("--data-dir")
+        .arg(a.data_dir())
+        .args(["pay", &inv.to_string(), "--timeout", "900"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("lnpd-cli runs");
+    assert!(
+        wait_for(60, || peer.events.lock().unwrap().iter().any(
+            |e| matches!(e, Event::PaymentClaimable { payment_hash, .. } if *payment_hash == hash)
+        )),
+        "the peer never held our payment: {}\n{}",
+        peer.events_seen(),
+        a.log()
+    );
+    let ours = ok(
+        a,
+        &[
+            "invoice",
+            &(TO_US_HTLC_SAT * 1000).to_string(),
+            "--hold",
+            "--description",
+            "held by lnpd",
+        ],
+    );
+    let ours = Bolt11Invoice::from_str(&ours).expect("our invoice");
+    peer.node
+        .bolt11_payment()
+        .send(&ours, None)
+        .expect("the peer pays our hold invoice");
+    let hash = ours.payment_hash().to_string();
+    assert!(
+        wait_for(60, || ok(a, &["--json", "payments"])
+            .lines()
+            .any(|l| l.contains(&hash) && l.contains("\"held\""))),
+        "we never held the peer's payment\n{}",
+        a.log()
+    );
+    (hash, payer)
+}
+
+/// Mines until the channel's commitment is on chain and both HTLC outputs
+/// of it are spent; returns the commitment.
+async fn resolve(
+    chain: &Chain,
+    funding: bitcoin::OutPoint,
+    from: u32,
+    a: &NodeProcess,
+    peer: &Peer,
+) -> bitcoin::Transaction {
+    let mut commitment: Option<bitcoin::Transaction> = None;
+    for _ in 0..500 {
+        if commitment.is_none() && chain.spent_on_chain(&funding).await.expect("gettxout") {
+            let txs = chain.transactions(from).await.expect("chain");
+            commitment = lnpd_tests::network::spender(&txs, &funding).cloned();
+        }
+        if let Some(c) = &commitment {
+            let mut all = true;
+            for sat in [TO_PEER_HTLC_SAT, TO_US_HTLC_SAT] {
+                let vout = c
+                    .output
+                    .iter()
+                    .position(|o| o.value.to_sat() == sat)
+                    .unwrap_or_else(|| panic!("no HTLC of {sat} sat in {c:?}"));
+                all &= chain
+                    .spent_on_chain(&bitcoin::OutPoint::new(c.compute_txid(), vout as u32))
+                    .await
+                    .expect("gettxout");
+            }
+            if all {
+                return c.clone();
+            }
+        }
+        chain.mine(1).await.expect("mining");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    panic!(
+        "the HTLCs were not resolved on chain\n--- lnpd ---\n{}\n--- lnpd's signer ---\n{}\n--- peer ---\n{}",
+        a.log(),
+        a.signer.log(),
+        peer.events_seen()
+    )
+}
+
+/// Mines until lnpd's wallet gained about `expected` (less fees).
+async fn wallet_gains(chain: &Chain, a: &NodeProcess, before: u64, expected: u64) {
+    let ok_gain = || {
+        let g = onchain_sat(a).saturating_sub(before);
+        g <= expected && g > expected - FEES_SAT
+    };
+    if chain
+        .mine_until(200, "lnpd's wallet has it all", ok_gain)
+        .await
+        .is_err()
+    {
+        panic!(
+            "lnpd got {} sat of {expected}\n--- lnpd ---\n{}\n--- lnpd's signer ---\n{}",
+            onchain_sat(a).saturating_sub(before),
+            a.log(),
+            a.signer.log()
+        );
+    }
+}
+
+/// We force-close a channel we opened to the peer, with an HTLC in flight
+/// each way: our offered one times out (HTLC-timeout, wallet-funded fee),
+/// the one we hold we settle after the close (HTLC-success), our balance
+/// comes after the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn we_force_close_on_the_peer_with_htlcs_in_flight() {
+    let (chain, a, peer) = funded("ldk-fc-ours").await;
+    let (_, start) = chain.rpc.best_block().await.unwrap();
+    ok(&a, &["openchannel", &peer.id(), "600000"]);
+    mine_until_usable(&chain, &a, &peer, 1).await;
+    // The peer lets 10% of the channel in flight towards it: two payments.
+    for i in 0..2 {
+        let inv = peer
+            .node
+            .bolt11_payment()
+            .receive(55_000_000, &description(&format!("balance {i}")), 3600)
+            .expect("invoice");
+        let out = a.cli(&["--json", "pay", &inv.to_string(), "--timeout", "60"]);
+        assert!(out.status.success(), "{}", a.log());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    let (ours_held, mut payer) = htlcs_both_ways(&a, &peer);
+    chain.sync(&[&a]).await.unwrap();
+    let before = onchain_sat(&a);
+    let chan = lnpd_channels_with(&a, &peer).remove(0);
+    let funding: bitcoin::OutPoint = chan["funding_txo"].as_str().unwrap().parse().unwrap();
+
+    ok(
+        &a,
+        &[
+            "closechannel",
+            chan["channel_id"].as_str().unwrap(),
+            "--force",
+        ],
+    );
+    chain.mine(1).await.unwrap();
+    ok(&a, &["settleinvoice", &ours_held]);
+    let commitment = resolve(&chain, funding, start + 1, &a, &peer).await;
+    // Ours is the largest output (the peer has 110 000 sat less the HTLC it offers).
+    let to_local = commitment
+        .output
+        .iter()
+        .map(|o| o.value.to_sat())
+        .max()
+        .unwrap();
+    wallet_gains(
+        &chain,
+        &a,
+        before,
+        to_local + TO_PEER_HTLC_SAT + TO_US_HTLC_SAT,
+    )
+    .await;
+    let _ = payer.kill();
+    let _ = payer.wait();
+}
+
+/// The peer force-closes a channel it opened to us (pushing us a balance),
+/// with an HTLC in flight each way: we claim the one it offered with the
+/// preimage, ours after its expiry, and our balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_force_closes_on_us_with_htlcs_in_flight() {
+    let (chain, a, peer) = funded("ldk-fc-theirs").await;
+    let (_, start) = chain.rpc.best_block().await.unwrap();
+    let ucid = peer
+        .node
+        .open_channel(
+            lnpd_key(&a),
+            lnpd_addr(&a),
+            600_000,
+            Some(150_000_000),
+            None,
+        )
+        .expect("open with push");
+    mine_until_usable(&chain, &a, &peer, 1).await;
+    let (ours_held, mut payer) = htlcs_both_ways(&a, &peer);
+    chain.sync(&[&a]).await.unwrap();
+    let before = onchain_sat(&a);
+    let chan = lnpd_channels_with(&a, &peer).remove(0);
+    let funding: bitcoin::OutPoint = chan["funding_txo"].as_str().unwrap().parse().unwrap();
+
+    peer.node
+        .force_close_channel(&ucid, lnpd_key(&a), None)
+        .expect("the peer force-closes");
+    chain.mine(1).await.unwrap();
+    ok(&a, &["settleinvoice", &ours_held]);
+    let commitment = resolve(&chain, funding, start + 1, &a, &peer).await;
+    // Ours (to_remote) is the push less the HTLC we offer: the smaller of
+    // the two balance outputs.
+    let to_remote = commitment
+        .output
+        .iter()
+        .map(|o| o.value.to_sat())
+        .filter(|v| *v > 1_000 && *v != TO_PEER_HTLC_SAT && *v != TO_US_HTLC_SAT)
+        .min()
+        .unwrap();
+    wallet_gains(
+        &chain,
+        &a,
+        before,
+        to_remote + TO_PEER_HTLC_SAT + TO_US_HTLC_SAT,
+    )
+    .await;
+    let _ = payer.kill();
+    let _ = payer.wait();
 }
