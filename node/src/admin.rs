@@ -368,8 +368,16 @@ impl node_server::Node for AdminService {
                 })?;
         if r.hold {
             use bitcoin::hashes::Hash;
+            let hash =
+                lightning::types::payment::PaymentHash(invoice.payment_hash().to_byte_array());
+            let secret = lightning::types::payment::PaymentSecret(invoice.payment_secret().0);
+            let preimage = self
+                .node
+                .channel_manager
+                .get_payment_preimage(hash, secret)
+                .map_err(|e| Status::internal(format!("no preimage for the invoice: {e:?}")))?;
             self.node
-                .hold_invoice(invoice.payment_hash().to_byte_array())
+                .hold_invoice(hash.0, preimage.0)
                 .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(Response::new(pb::InvoiceReply {
@@ -592,7 +600,6 @@ fn hold_status(e: crate::hold::HoldError) -> Status {
     use crate::hold::HoldError;
     match e {
         HoldError::Unknown(_) => Status::not_found(e.to_string()),
-        HoldError::NotArrived(_) => Status::failed_precondition(e.to_string()),
         HoldError::Store(_) => Status::internal(e.to_string()),
     }
 }

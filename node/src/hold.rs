@@ -1,8 +1,11 @@
 //! Hold invoices: a payment to an invoice created with `hold` is not
 //! claimed when it arrives; it waits ("held") for the operator to settle it
 //! (claim, with the preimage the node knows) or cancel it (fail it back).
-//! Unanswered, LDK fails it back before its HTLCs expire. The set of held
-//! payment hashes is kept in the node's store, so a restart still holds.
+//! Unanswered, LDK fails it back before its HTLCs expire. Held hashes and
+//! their preimages are kept in the node's store, so a restart still holds
+//! and can still settle (LDK does not announce a payment again that it
+//! announced before the restart). Settled before it arrives, a payment is
+//! claimed when it comes.
 
 use lightning::types::payment::{PaymentHash, PaymentPreimage};
 use lightning::util::persist::KVStoreSync;
@@ -11,7 +14,8 @@ use crate::node::Node;
 
 const NAMESPACE: &str = "lnpd";
 const HELD: &str = "hold_invoices";
-/// Stored per hash: held, or cancelled (a payment arriving later is failed).
+/// Stored per hash: held (followed by the 32-byte preimage), or cancelled
+/// (a payment arriving later is failed).
 const STATE_HELD: u8 = 1;
 const STATE_CANCELLED: u8 = 0;
 
@@ -32,9 +36,6 @@ pub enum HoldError {
     /// No invoice of that hash is held.
     #[error("no hold invoice with payment hash {0}")]
     Unknown(String),
-    /// The payment has not arrived (nothing to settle yet).
-    #[error("the payment for {0} has not arrived yet: nothing to settle")]
-    NotArrived(String),
     /// The store failed.
     #[error("node store: {0}")]
     Store(String),
@@ -45,10 +46,13 @@ fn store_err(e: impl std::fmt::Display) -> HoldError {
 }
 
 impl Node {
-    /// Marks an invoice's payment hash as held.
-    pub fn hold_invoice(&self, hash: [u8; 32]) -> Result<(), HoldError> {
+    /// Marks an invoice's payment hash as held, with the preimage that
+    /// settles it.
+    pub fn hold_invoice(&self, hash: [u8; 32], preimage: [u8; 32]) -> Result<(), HoldError> {
+        let mut record = vec![STATE_HELD];
+        record.extend_from_slice(&preimage);
         self.store
-            .write(NAMESPACE, HELD, &hex::encode(hash), vec![STATE_HELD])
+            .write(NAMESPACE, HELD, &hex::encode(hash), record)
             .map_err(store_err)?;
         Ok(())
     }
@@ -56,7 +60,7 @@ impl Node {
     /// What to do with a payment to `hash`.
     pub fn hold_state(&self, hash: &[u8; 32]) -> HoldState {
         match self.store.read(NAMESPACE, HELD, &hex::encode(hash)) {
-            Ok(v) if v == [STATE_HELD] => HoldState::Held,
+            Ok(v) if v.first() == Some(&STATE_HELD) => HoldState::Held,
             Ok(_) => HoldState::Cancelled,
             Err(_) => HoldState::NotHeld,
         }
@@ -66,24 +70,18 @@ impl Node {
         self.hold_state(hash) == HoldState::Held
     }
 
-    /// Claims a held payment that has arrived.
+    /// Claims a held payment (at once if it has arrived, else when it does).
     pub fn settle_held(&self, hash: [u8; 32]) -> Result<(), HoldError> {
-        let preimage = self
-            .payments
-            .lock()
-            .ok()
-            .and_then(|p| p.get(&hash).filter(|r| r.status == "held")?.preimage);
-        let Some(preimage) = preimage else {
-            return Err(if self.is_held(&hash) {
-                HoldError::NotArrived(hex::encode(hash))
-            } else {
-                HoldError::Unknown(hex::encode(hash))
-            });
-        };
+        let key = hex::encode(hash);
+        let record = self.store.read(NAMESPACE, HELD, &key).ok();
+        let preimage = record
+            .filter(|r| r.first() == Some(&STATE_HELD))
+            .and_then(|r| <[u8; 32]>::try_from(r.get(1..)?).ok())
+            .ok_or_else(|| HoldError::Unknown(key.clone()))?;
         self.store
-            .remove(NAMESPACE, HELD, &hex::encode(hash), false)
+            .remove(NAMESPACE, HELD, &key, false)
             .map_err(store_err)?;
-        tracing::info!(payment_hash = %hex::encode(hash), "settling a held payment");
+        tracing::info!(payment_hash = %key, "settling a held payment");
         self.channel_manager.claim_funds(PaymentPreimage(preimage));
         Ok(())
     }

@@ -72,7 +72,8 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
-    /// Claim a held payment (see `invoice --hold`).
+    /// Claim a held payment (see `invoice --hold`): at once if it has
+    /// arrived, else when it does (the node keeps the preimage).
     Settleinvoice {
         /// The payment hash (hex).
         payment_hash: String,
