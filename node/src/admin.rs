@@ -85,10 +85,13 @@ fn show_invoice_to_signer(node: &Node, bolt11: &str, amount: Option<u64>) -> Res
                     "the signer answered with the wrong reply type",
                 ))
             }
-            Err(crate::signer_client::CallError::Refused { message, rule, .. }) => {
+            Err(crate::signer_client::CallError::Refused(e)) => {
                 return Err(Status::permission_denied(format!(
-                    "payment not started: the signer refuses it{}: {message}",
-                    rule.map(|r| format!(" (rule {r})")).unwrap_or_default()
+                    "payment not started: the signer refuses it{}: {}",
+                    e.rule
+                        .map(|r| format!(" (rule {})", r.as_str()))
+                        .unwrap_or_default(),
+                    e.message
                 )))
             }
             Err(e) => {

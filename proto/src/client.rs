@@ -1,11 +1,12 @@
 //! Client side of `signer.proto`: connect to a signer over mutual TLS and
-//! send any typed request on its rpc.
+//! send requests in the envelope.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::signer::signer_client::SignerClient;
-use crate::signer::{reply, request};
+use crate::signer::{reply, request, Request};
+use crate::SignerError;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::Status;
 
@@ -105,82 +106,47 @@ pub async fn connect(addr: &str, tls: &SignerTls) -> Result<SignerClient<Channel
     Ok(SignerClient::new(channel))
 }
 
-/// The policy rule a refusal names, if any.
-pub fn refused_rule(status: &Status) -> Option<String> {
-    status
-        .metadata()
-        .get("lnpd-rule")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
-macro_rules! dispatch {
-    ($client:expr, $body:expr, { $($q:ident => $method:ident => $a:ident,)* }) => {
-        match $body {
-            $(request::Body::$q(r) => $client.$method(r).await.map(|r| reply::Body::$a(r.into_inner())),)*
-        }
-    };
+/// Sends one request; the outer error is the transport's (the request may
+/// not have reached the signer), the inner one the signer's answer.
+pub async fn call(
+    client: &mut SignerClient<Channel>,
+    body: request::Body,
+) -> Result<Result<reply::Body, SignerError>, Status> {
+    let reply = client
+        .call(Request {
+            id: 0,
+            body: Some(body),
+        })
+        .await?
+        .into_inner();
+    Ok(reply.into_result())
 }
 
 /// Sends requests as one batch (handled in order, made durable together);
-/// one reply per request, each a result or an `Error` body.
+/// one result per request.
 pub async fn call_batch(
     client: &mut SignerClient<Channel>,
     bodies: Vec<request::Body>,
-) -> Result<Vec<crate::signer::Reply>, Status> {
+) -> Result<Vec<Result<reply::Body, SignerError>>, Status> {
+    let n = bodies.len();
     let requests = bodies
         .into_iter()
         .enumerate()
-        .map(|(i, b)| crate::signer::Request {
+        .map(|(i, b)| Request {
             id: i as u64,
             body: Some(b),
         })
         .collect();
-    Ok(client
+    let replies = client
         .batch(crate::signer::BatchRequest { requests })
         .await?
         .into_inner()
-        .replies)
-}
-
-/// Sends one typed request on its rpc and returns the typed reply.
-pub async fn call(
-    client: &mut SignerClient<Channel>,
-    body: request::Body,
-) -> Result<reply::Body, Status> {
-    dispatch!(client, body, {
-        Ping => ping => Ping,
-        Info => info => Info,
-        GetNodeId => get_node_id => GetNodeId,
-        Ecdh => ecdh => Ecdh,
-        SignInvoice => sign_invoice => RecoverableSignature,
-        SignBolt12Invoice => sign_bolt12_invoice => SchnorrSignature,
-        SignGossip => sign_gossip => Signature,
-        SignMessage => sign_message => SignMessage,
-        GetNodeKeys => get_node_keys => GetNodeKeys,
-        NewChannelKeysId => new_channel_keys_id => NewChannelKeysId,
-        GetChannelPublicKeys => get_channel_public_keys => ChannelPublicKeys,
-        SetupChannel => setup_channel => SetupChannel,
-        GetDestinationScript => get_destination_script => Script,
-        GetShutdownScript => get_shutdown_script => Script,
-        GetPerCommitmentPoint => get_per_commitment_point => GetPerCommitmentPoint,
-        ReleaseCommitmentSecret => release_commitment_secret => ReleaseCommitmentSecret,
-        ValidateHolderCommitment => validate_holder_commitment => ValidateHolderCommitment,
-        ValidateCounterpartyRevocation => validate_counterparty_revocation => ValidateCounterpartyRevocation,
-        SignCounterpartyCommitment => sign_counterparty_commitment => SignCounterpartyCommitment,
-        SignHolderCommitment => sign_holder_commitment => Signature,
-        SignHolderHtlcTransaction => sign_holder_htlc_transaction => Signature,
-        SignCounterpartyHtlcSweep => sign_counterparty_htlc_sweep => Signature,
-        SignJusticeRevokedOutput => sign_justice_revoked_output => Signature,
-        SignJusticeRevokedHtlc => sign_justice_revoked_htlc => Signature,
-        SignClosingTransaction => sign_closing_transaction => Signature,
-        SignChannelAnnouncement => sign_channel_announcement => SignChannelAnnouncement,
-        SignHolderAnchorInput => sign_holder_anchor_input => Signature,
-        SpendSpendableOutputs => spend_spendable_outputs => SpendSpendableOutputs,
-        GetWalletDescriptor => get_wallet_descriptor => GetWalletDescriptor,
-        SignPsbt => sign_psbt => SignPsbt,
-        ShowInvoice => show_invoice => ShowInvoice,
-        UpdateChain => update_chain => UpdateChain,
-        ProveFunding => prove_funding => ProveFunding,
-    })
+        .replies;
+    if replies.len() != n {
+        return Err(Status::internal(format!(
+            "{} replies to a batch of {n}",
+            replies.len()
+        )));
+    }
+    Ok(replies.into_iter().map(|r| r.into_result()).collect())
 }

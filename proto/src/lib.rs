@@ -1,8 +1,12 @@
-//! lnpd's wire contracts, generated from `signer.proto` and `node.proto`.
+//! lnpd's wire contracts, generated from `signer.proto` and `node.proto`,
+//! and the vocabulary node and signer share: ids ([`ChannelKeysId`],
+//! [`CommitmentNumber`]), policy rules ([`RuleId`]), the signer's error
+//! ([`SignerError`], mapped to the wire in one place) and what each request
+//! of the envelope is ([`envelope`]).
 //!
-//! Without the `grpc` feature this crate is `no_std` + `alloc` and holds the
-//! message types only (the firmware uses them on the USB wire), plus the
-//! hardware signer's link: [`hid`] framing and [`pairing`] codes.
+//! Without the `grpc` feature this crate is `no_std` + `alloc` (the
+//! firmware uses it on the USB wire), with the hardware signer's link:
+//! [`hid`] framing and [`pairing`] codes.
 #![cfg_attr(not(feature = "grpc"), no_std)]
 
 extern crate alloc;
@@ -45,24 +49,14 @@ redacted_debug!(
 #[cfg(feature = "grpc")]
 pub mod client;
 
-/// Version of the node <-> signer protocol; the major part must match.
-pub const SIGNER_PROTOCOL_VERSION: u32 = 2;
+pub mod envelope;
+pub mod error;
+pub mod ids;
+#[cfg(feature = "ldk")]
+pub mod ldk;
+pub mod rules;
 
-/// Whether a request may be sent in a `Batch` (see `BatchRequest` in
-/// signer.proto): the channel-state requests whose only effect is on their
-/// channel's record.
-pub fn batchable(body: &signer::request::Body) -> bool {
-    use signer::request::Body as Q;
-    matches!(
-        body,
-        Q::ValidateCounterpartyRevocation(_)
-            | Q::ValidateHolderCommitment(_)
-            | Q::SignCounterpartyCommitment(_)
-            | Q::ReleaseCommitmentSecret(_)
-            | Q::GetPerCommitmentPoint(_)
-            | Q::Ping(_)
-    )
-}
-
-/// Most requests in one `Batch`.
-pub const MAX_BATCH: usize = 16;
+pub use envelope::{MAX_BATCH, SIGNER_PROTOCOL_VERSION};
+pub use error::{ErrorKind, SignerError};
+pub use ids::{ChannelKeysId, CommitmentNumber, INITIAL_COMMITMENT_NUMBER};
+pub use rules::RuleId;

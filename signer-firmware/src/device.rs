@@ -20,9 +20,9 @@ use bitcoin::secp256k1::{All, Message as Digest, PublicKey, Secp256k1, SecretKey
 use bitcoin::Network;
 use lnpd_proto::pairing::{hello_digest, host_hello_digest, pairing_code};
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply};
-use lnpd_signer::handler::{error_to_wire, Entropy};
-use lnpd_signer::policy::RuleId;
-use lnpd_signer::{PolicyConfig, Seed, Signer, SignerError};
+use lnpd_signer_core::policy::RuleId;
+use lnpd_signer_core::signer::Entropy;
+use lnpd_signer_core::{PolicyConfig, Seed, Signer, SignerError};
 use prost::Message;
 
 use crate::flash::{Flash, FlashStore};
@@ -130,17 +130,15 @@ impl<F: Flash, U: Ui> Device<F, U> {
             Some(_) if !self.hello.contains(&cid) => Err(SignerError::precondition(
                 "this connection has not proved a paired host: send Hello (pair first)",
             )),
-            Some(device_request::Body::Request(q)) => Ok(device_reply::Body::Reply(pb::Reply {
-                id: q.id,
-                body: Some(match q.body {
-                    Some(b) => self
-                        .signer_request(b)
-                        .unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e))),
-                    None => {
-                        reply::Body::Error(error_to_wire(&SignerError::invalid("empty request")))
-                    }
-                }),
-            })),
+            Some(device_request::Body::Request(q)) => {
+                let result = match q.body {
+                    Some(b) => self.signer_request(b),
+                    None => Err(SignerError::invalid("empty request")),
+                };
+                Ok(device_reply::Body::Reply(pb::Reply::from_result(
+                    q.id, result,
+                )))
+            }
             Some(device_request::Body::Batch(b)) => self.batch(b).map(device_reply::Body::Batch),
             Some(device_request::Body::AllowlistAdd(a)) => self
                 .allowlist_add(&a.entry)
@@ -148,7 +146,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
             None => Err(SignerError::invalid("empty device request")),
         };
         pb::DeviceReply {
-            body: Some(body.unwrap_or_else(|e| device_reply::Body::Error(error_to_wire(&e)))),
+            body: Some(body.unwrap_or_else(|e| device_reply::Body::Error(e.to_wire()))),
         }
     }
 
@@ -294,10 +292,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
             replies: results
                 .into_iter()
                 .zip(ids)
-                .map(|(r, id)| pb::Reply {
-                    id,
-                    body: Some(r.unwrap_or_else(|e| reply::Body::Error(error_to_wire(&e)))),
-                })
+                .map(|(r, id)| pb::Reply::from_result(id, r))
                 .collect(),
         })
     }
@@ -315,7 +310,7 @@ impl<F: Flash, U: Ui> Device<F, U> {
 
 fn error(e: &SignerError) -> pb::DeviceReply {
     pb::DeviceReply {
-        body: Some(device_reply::Body::Error(error_to_wire(e))),
+        body: Some(device_reply::Body::Error(e.to_wire())),
     }
 }
 
@@ -333,7 +328,7 @@ mod tests {
     use alloc::collections::VecDeque;
     use lnpd_proto::device_client::{DeviceClient, ReportLink};
     use lnpd_proto::signer::request;
-    use lnpd_signer::testing::{
+    use lnpd_signer_core::testing::{
         memory_signer, test_entropy, ChannelPair, PairOptions, SignerHandle,
     };
 
@@ -418,7 +413,7 @@ mod tests {
                     body: Some(reply::Body::Error(e)),
                     ..
                 })
-                | device_reply::Body::Error(e) => Err(lnpd_signer::handler::error_from_wire(&e)),
+                | device_reply::Body::Error(e) => Err(SignerError::from_wire(&e)),
                 device_reply::Body::Reply(pb::Reply { body: Some(b), .. }) => Ok(b),
                 _ => Err(SignerError::internal("unexpected reply")),
             }

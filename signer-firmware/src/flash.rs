@@ -14,7 +14,7 @@ use alloc::format;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use lnpd_signer::store::{Snapshot, Store, StoreError, Write};
+use lnpd_signer_core::store::{Snapshot, Store, StoreError, Write};
 
 /// A flash device as the store needs it. A board's driver implements it;
 /// the simulator backs it with a file. Erased bytes read `0xFF`.

@@ -1,11 +1,14 @@
 //! Device logic of the lnpd hardware signer. `no_std` + `alloc`: the same
 //! code runs on a board and in the host simulator.
 //!
-//! Done: [`hid`], the framing of `signer.proto` messages into 64-byte USB
-//! HID reports, and [`flash`], the signer core's store over two flash slots
-//! with power-cut-safe updates, and [`device`], which runs the signer core
-//! behind them. To come (see the README): the user-interface abstraction,
-//! pairing, the simulator.
+//! [`hid`] frames `signer.proto` messages into 64-byte USB HID reports;
+//! [`flash`] is the signer core's store over two flash slots with
+//! power-cut-safe updates; [`ui`] is what the device shows and asks its
+//! user (pairing codes, approvals, allow-list entries); [`device`] runs the
+//! signer core behind them: pairing, the paired host's proof on each
+//! connection, and the request loop. The host simulator (`lnpd-signer-sim`)
+//! runs this crate with a file for flash and a socket for USB; a board
+//! needs its USB HID and flash drivers (see the README).
 #![no_std]
 #![forbid(unsafe_code)]
 

@@ -85,7 +85,7 @@ impl Flash for FileFlash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lnpd_signer::store::{Store, Write};
+    use lnpd_signer_core::store::{Store, Write};
     use lnpd_signer_firmware::flash::FlashStore;
 
     #[test]

@@ -19,7 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::Network;
 use clap::Parser;
 use lnpd_proto::hid::{FIRST_PAYLOAD, MAX_MESSAGE, NEXT_PAYLOAD, REPORT_SIZE};
-use lnpd_signer::{PolicyConfig, Seed};
+use lnpd_signer_core::{PolicyConfig, Seed};
 use lnpd_signer_firmware::device::Device;
 
 use crate::file_flash::FileFlash;
@@ -147,7 +147,7 @@ fn run(cli: Cli) -> Result<()> {
         .with_context(|| format!("opening {}", flash_path.display()))?;
     let chain_checkpoint = match &cli.checkpoint {
         Some(c) => Some(
-            lnpd_signer::chain::Checkpoint::parse(c)
+            lnpd_signer_core::chain::Checkpoint::parse(c)
                 .map_err(|e| anyhow!("--checkpoint: {}", e.message))?,
         ),
         None => None,

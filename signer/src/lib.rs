@@ -1,43 +1,20 @@
-//! lnpd's signer.
-//!
-//! The core (everything outside `daemon`) is `no_std` + `alloc`: it holds the
-//! keys, keeps per-channel state, rebuilds every transaction it is asked to
-//! sign, runs the policy and persists through the [`store::Store`] trait
-//! before any reply leaves. The daemon (feature `std`) wraps it in a gRPC
-//! server with mutual TLS and a durable embedded store; the firmware crate
-//! wraps the same core for a USB device.
-#![cfg_attr(not(feature = "std"), no_std)]
+//! The `lnpd-signer` daemon: the signer core (`lnpd-signer-core`) behind a
+//! gRPC server with mutual TLS ([`server`]), a durable store
+//! ([`store_redb`]), the encrypted seed ([`seed_file`]), TLS material
+//! ([`tls`]), configuration ([`config`]), the operator's allow-list,
+//! approvals and audit log, and the bridge to a hardware signer
+//! ([`device_bridge`]).
 #![forbid(unsafe_code)]
 
-extern crate alloc;
+pub mod allowlist;
+pub mod approvals;
+pub mod audit;
+pub mod config;
+pub mod data_dir;
+pub mod device_bridge;
+pub mod seed_file;
+pub mod server;
+pub mod store_redb;
+pub mod tls;
 
-pub mod chain;
-pub mod commitment;
-pub mod error;
-pub mod handler;
-pub mod keys;
-pub mod policy;
-pub mod revocation;
-pub mod state;
-pub mod store;
-pub mod types;
-pub mod wallet;
-
-mod channel_ops;
-pub mod invoices;
-mod node_ops;
-mod spend;
-mod sweep_ops;
-mod wallet_ops;
-
-#[cfg(feature = "std")]
-pub mod daemon;
-
-#[cfg(any(test, feature = "test-utils"))]
-pub mod testing;
-
-pub use error::{ErrorKind, SignerError};
-pub use handler::Signer;
-pub use keys::Seed;
-pub use policy::{PolicyConfig, RuleId, RuleMode};
-pub use types::{ChannelKeysId, CommitmentNumber};
+pub use data_dir::DataDir;

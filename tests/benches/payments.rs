@@ -49,18 +49,16 @@ use lightning::routing::scoring::{
 use lightning::sign::{EntropySource, KeysManager, NodeSigner, Recipient, SignerProvider};
 use lightning::util::config::UserConfig;
 use lightning::util::logger::{Level, Logger, Record};
-use lnpd_node::signer_client::connection::reply_result;
 use lnpd_node::signer_client::{
     CallError, GrpcTransport, RemoteKeysManager, SignerConnection, SignerTransport,
 };
 use lnpd_node::store::SqliteStore;
 use lnpd_proto::signer::{reply, request, Reply, Request};
-use lnpd_signer::handler::request_name;
-use lnpd_signer::policy::PolicyConfig;
-use lnpd_signer::store::MemoryStore;
-use lnpd_signer::testing::memory_signer;
-use lnpd_signer::testing::process::{SignerProcess, TempDir};
-use lnpd_signer::Signer;
+use lnpd_signer_core::policy::PolicyConfig;
+use lnpd_signer_core::store::MemoryStore;
+use lnpd_signer_core::testing::memory_signer;
+use lnpd_signer_core::Signer;
+use lnpd_tests::process::{SignerProcess, TempDir};
 use prost::Message;
 
 /// Round trips per operation of the gRPC set-up (count, total time).
@@ -73,7 +71,7 @@ impl SignerTransport for Timed {
         self.0.connect()
     }
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
-        let op = request_name(&body);
+        let op = body.name();
         let start = Instant::now();
         let r = self.0.call(body, timeout);
         if let Ok(mut m) = ROUND_TRIPS.lock() {
@@ -88,7 +86,7 @@ impl SignerTransport for Timed {
         bodies: Vec<request::Body>,
         timeout: Duration,
     ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
-        let op = bodies.last().map(request_name).unwrap_or("batch");
+        let op = bodies.last().map(request::Body::name).unwrap_or("batch");
         let start = Instant::now();
         let r = self.0.call_batch(bodies, timeout);
         if let Ok(mut m) = ROUND_TRIPS.lock() {
@@ -230,7 +228,7 @@ impl SignerTransport for InProcessCore {
         };
         let reply = Reply::decode(&self.0.handle_bytes(&req.encode_to_vec())[..])
             .map_err(|e| CallError::Unavailable(e.to_string()))?;
-        reply_result(reply.body)
+        reply.into_result().map_err(CallError::from)
     }
 }
 

@@ -14,13 +14,13 @@ use bitcoin::{
     TxOut, Witness,
 };
 use lnpd_proto::signer as pb;
-use lnpd_signer::keys::KeyRing;
-use lnpd_signer::testing::{memory_signer, ChannelPair, PairOptions};
-use lnpd_signer::{PolicyConfig, RuleId, Seed, SignerError};
+use lnpd_signer_core::keys::KeyRing;
+use lnpd_signer_core::testing::{memory_signer, ChannelPair, PairOptions};
+use lnpd_signer_core::{PolicyConfig, RuleId, Seed, SignerError};
 
 use crate::{SignerProcess, TempDir};
-use lnpd_signer::daemon::store_redb::RedbStore;
-use lnpd_signer::store::{Snapshot, Store};
+use lnpd_signer::store_redb::RedbStore;
+use lnpd_signer_core::store::{Snapshot, Store};
 
 /// The seed of Alice's signer.
 pub const MNEMONIC: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon art";

@@ -1,7 +1,10 @@
-//! End-to-end tests of lnpd live in `tests/`; the process harness they use
-//! is `lnpd_signer::testing::process` (shared with the benchmarks).
+//! End-to-end tests of lnpd live in `tests/`; the harness they share with
+//! the benchmarks is here: real processes ([`process`], [`node_process`],
+//! [`sim`]), the regtest chain ([`regtest`], [`network`]) and the hostile
+//! node ([`hostile`]).
 
-pub use lnpd_signer::testing::process::*;
+pub mod process;
+pub use process::*;
 
 pub mod hostile;
 pub mod network;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
+use crate::process::{bin, wait_for_start, SignerProcess, TempDir};
 use anyhow::{Context, Result};
-use lnpd_signer::testing::process::{bin, wait_for_start, SignerProcess, TempDir};
 
 use crate::regtest::Bcoin;
 

@@ -9,10 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::process::TempDir;
 use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::Address;
 use lnpd_node::chain::ChainRpc;
-use lnpd_signer::testing::process::TempDir;
 
 /// Blocks after which bcoin's regtest activates segwit (version bits).
 pub const SEGWIT_ACTIVATION_HEIGHT: u32 = 432;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::process::{bin, wait_for_start, TempDir};
 use anyhow::{Context, Result};
-use lnpd_signer::testing::process::{bin, wait_for_start, TempDir};
 
 /// A simulated device and, while running, its process.
 pub struct SimProcess {

@@ -16,8 +16,8 @@ use std::time::Duration;
 use bitcoin::secp256k1::{PublicKey, Secp256k1, SecretKey};
 use lnpd_proto::device_client::DeviceClient;
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply, request};
-use lnpd_signer::testing::{memory_signer, ChannelPair, PairOptions, SignerHandle};
-use lnpd_signer::{PolicyConfig, SignerError};
+use lnpd_signer_core::testing::{memory_signer, ChannelPair, PairOptions, SignerHandle};
+use lnpd_signer_core::{PolicyConfig, SignerError};
 use lnpd_tests::network::{field, pay, Chain};
 use lnpd_tests::node_process::NodeProcess;
 use lnpd_tests::sim::{SimProcess, SimSocket};
@@ -186,7 +186,7 @@ impl SignerHandle for Shared {
                 body: Some(reply::Body::Error(e)),
                 ..
             }))
-            | Ok(device_reply::Body::Error(e)) => Err(lnpd_signer::handler::error_from_wire(&e)),
+            | Ok(device_reply::Body::Error(e)) => Err(SignerError::from_wire(&e)),
             Ok(device_reply::Body::Reply(pb::Reply { body: Some(b), .. })) => Ok(b),
             other => {
                 *guard = None;
@@ -368,7 +368,7 @@ fn the_bridge_sends_a_batch_too_large_for_the_link_one_request_at_a_time() {
         ..Default::default()
     });
     let err = client.handle(huge).expect_err("too large");
-    assert_eq!(err.kind, lnpd_signer::ErrorKind::Invalid, "{err}");
+    assert_eq!(err.kind, lnpd_signer_core::ErrorKind::Invalid, "{err}");
     // The link is still up.
     client
         .handle(request::Body::Ping(Default::default()))

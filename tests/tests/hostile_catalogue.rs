@@ -2,7 +2,7 @@
 //! `RuleId` is named in at least one of its tests (which assert it in the
 //! refusal), so a rule added without an attack fails here.
 
-use lnpd_signer::RuleId;
+use lnpd_signer_core::RuleId;
 
 #[test]
 fn every_rule_is_attacked_by_the_hostile_suite() {

@@ -13,10 +13,10 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
 use lnpd_proto::signer as pb;
-use lnpd_signer::testing::{
+use lnpd_signer_core::testing::{
     memory_signer, ChannelPair, Colluder, PairOptions, SignerHandle, TestChain, TestHtlc,
 };
-use lnpd_signer::{call, PolicyConfig, RuleId};
+use lnpd_signer_core::{call, PolicyConfig, RuleId};
 use lnpd_tests::hostile::*;
 use lnpd_tests::SignerProcess;
 

@@ -9,8 +9,10 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, Network, ScriptBuf, TxOut};
 use lnpd_proto::signer as pb;
-use lnpd_signer::testing::{memory_signer, next_counterparty_request, ChannelPair, PairOptions};
-use lnpd_signer::{call, PolicyConfig, RuleId, SignerError};
+use lnpd_signer_core::testing::{
+    memory_signer, next_counterparty_request, ChannelPair, PairOptions,
+};
+use lnpd_signer_core::{call, PolicyConfig, RuleId, SignerError};
 use lnpd_tests::hostile::*;
 
 #[test]
@@ -124,7 +126,7 @@ fn refuses_a_feerate_far_above_the_limit() {
 fn with_new_htlcs(p: &mut ChannelPair, n: u8, msat: u64) -> pb::SignCounterpartyCommitmentRequest {
     for i in 0..n {
         p.alice_msat -= msat;
-        p.htlcs.push(lnpd_signer::testing::TestHtlc {
+        p.htlcs.push(lnpd_signer_core::testing::TestHtlc {
             offered_by_alice: true,
             amount_msat: msat,
             cltv_expiry: 500,
@@ -264,7 +266,7 @@ fn feed_headers(p: &mut ChannelPair, n: usize) -> u32 {
     } else {
         *HEADERS.lock().unwrap().last().unwrap()
     };
-    let new = lnpd_signer::chain::mine_regtest(&last, n, 1);
+    let new = lnpd_signer_core::chain::mine_regtest(&last, n, 1);
     HEADERS.lock().unwrap().extend(new.iter().copied());
     let req = pb::UpdateChainRequest {
         first_height: tip.height + 1,
@@ -292,7 +294,7 @@ fn bounds_htlc_expiries_and_sweep_locktimes_by_the_checked_chain_height() {
         RuleId::CommitmentHtlcCltvRange,
     );
     // Headers without their proof of work do not move the height.
-    let mut forged = lnpd_signer::chain::mine_regtest(&HEADERS.lock().unwrap()[99], 300, 2);
+    let mut forged = lnpd_signer_core::chain::mine_regtest(&HEADERS.lock().unwrap()[99], 300, 2);
     for h in forged.iter_mut() {
         while h.validate_pow(h.target()).is_ok() {
             h.nonce += 1;
@@ -457,7 +459,7 @@ fn refuses_to_forward_more_than_came_in() {
     with_bob.settle_htlc(&h).unwrap();
     with_bob.add_htlc_from_bob(50_000_000, 9).unwrap();
     // The incoming HTLC covers forwards once its channel is proven funded.
-    let mut chain = lnpd_signer::testing::TestChain::default();
+    let mut chain = lnpd_signer_core::testing::TestChain::default();
     with_bob
         .prove_funding(&mut chain, 3)
         .expect("funding proven");
@@ -508,7 +510,7 @@ fn pays_only_invoices_it_was_shown_for_their_amount() {
     refused(&alice, p.offer(30_000_000, 6), RuleId::PaymentInvoiced);
     // Garbage is not an invoice.
     let err = show(&mut p, "lnbcrt1garbage".into()).unwrap_err();
-    assert_eq!(err.kind, lnpd_signer::ErrorKind::Invalid, "{err}");
+    assert_eq!(err.kind, lnpd_signer_core::ErrorKind::Invalid, "{err}");
     still_usable_invoiced(&mut p, &payee);
 }
 

@@ -15,8 +15,10 @@ use lightning::ln::chan_utils::{
     get_revokeable_redeemscript, make_funding_redeemscript, TxCreationKeys,
 };
 use lnpd_proto::signer as pb;
-use lnpd_signer::testing::{memory_signer, next_counterparty_request, ChannelPair, PairOptions};
-use lnpd_signer::{call, PolicyConfig, RuleId};
+use lnpd_signer_core::testing::{
+    memory_signer, next_counterparty_request, ChannelPair, PairOptions,
+};
+use lnpd_signer_core::{call, PolicyConfig, RuleId};
 use lnpd_tests::hostile::*;
 use lnpd_tests::SignerProcess;
 
@@ -35,7 +37,7 @@ fn fresh(alice: &SignerProcess, opts: PairOptions) -> ChannelPair {
 fn setup(
     q: &mut ChannelPair,
     change: impl FnOnce(&mut pb::SetupChannelRequest),
-) -> Result<pb::SetupChannelReply, lnpd_signer::SignerError> {
+) -> Result<pb::SetupChannelReply, lnpd_signer_core::SignerError> {
     let mut s = q.alice.setup.clone();
     change(&mut s);
     call!(q.alice.signer, SetupChannel(s) => SetupChannel)
@@ -287,10 +289,10 @@ fn tampered(
 ) -> pb::SignCounterpartyCommitmentRequest {
     let mut req = next_counterparty_request(p).unwrap();
     let c = req.commitment.as_mut().unwrap();
-    let keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.bob.pubkeys)).unwrap();
-    let params = lnpd_signer::commitment::channel_parameters(&p.bob.setup, keys).unwrap();
+    let keys = lnpd_signer_core::commitment::parse_channel_keys(Some(&p.bob.pubkeys)).unwrap();
+    let params = lnpd_signer_core::commitment::channel_parameters(&p.bob.setup, keys).unwrap();
     let rebuilt =
-        lnpd_signer::commitment::rebuild(&params, &p.bob.setup, true, c, &Secp256k1::new())
+        lnpd_signer_core::commitment::rebuild(&params, &p.bob.setup, true, c, &Secp256k1::new())
             .unwrap();
     let mut tx: Transaction = deserialize(&c.transaction).unwrap();
     tamper(&mut tx, rebuilt.tx.trust().keys(), c);
@@ -420,11 +422,16 @@ fn htlc_timeout(
     change: impl FnOnce(&mut pb::UnsignedTx, &TxCreationKeys),
 ) -> pb::SignHolderHtlcTransactionRequest {
     let data = p.commitment_data(true, p.number).unwrap();
-    let keys = lnpd_signer::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
-    let params = lnpd_signer::commitment::channel_parameters(&p.alice.setup, keys).unwrap();
-    let rebuilt =
-        lnpd_signer::commitment::rebuild(&params, &p.alice.setup, true, &data, &Secp256k1::new())
-            .unwrap();
+    let keys = lnpd_signer_core::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
+    let params = lnpd_signer_core::commitment::channel_parameters(&p.alice.setup, keys).unwrap();
+    let rebuilt = lnpd_signer_core::commitment::rebuild(
+        &params,
+        &p.alice.setup,
+        true,
+        &data,
+        &Secp256k1::new(),
+    )
+    .unwrap();
     let trusted = rebuilt.tx.trust();
     let htlc = rebuilt.tx.nondust_htlcs()[0].clone();
     let vout = htlc.transaction_output_index.unwrap();

@@ -23,7 +23,7 @@ const FEES_SAT: u64 = 40_000;
 /// Starts paying `invoice` from `payer` without waiting for the outcome
 /// (a held payment has none until the payee answers).
 fn pay_in_background(payer: &NodeProcess, invoice: &str) -> Child {
-    Command::new(lnpd_signer::testing::process::bin("lnpd-cli"))
+    Command::new(lnpd_tests::process::bin("lnpd-cli"))
         .arg("--data-dir")
         .arg(payer.data_dir())
         .args(["pay", invoice, "--timeout", "900"])
@@ -435,7 +435,7 @@ async fn a_revoked_commitment_is_answered_with_justice() {
     pay(&a, &b, 90_000_000, "B's balance").unwrap();
     chain.sync(&[&a, &b]).await.unwrap();
     // B's state now, with 90 000 sat of its own in the channel.
-    let backup = lnpd_signer::testing::process::TempDir::new("justice-backup");
+    let backup = lnpd_tests::process::TempDir::new("justice-backup");
     b.stop_node();
     copy_dir(&b.data_dir(), &backup.path.join("node"));
     std::fs::copy(

@@ -15,11 +15,11 @@ use std::io::{Read, Seek, SeekFrom};
 
 use bitcoin::secp256k1::Secp256k1;
 use bitcoin::Network;
-use lnpd_signer::keys::KeyRing;
-use lnpd_signer::testing::process::{SignerProcess, TempDir};
-use lnpd_signer::{ChannelKeysId, CommitmentNumber, Seed};
+use lnpd_signer_core::keys::KeyRing;
+use lnpd_signer_core::{ChannelKeysId, CommitmentNumber, Seed};
 use lnpd_tests::network::{pay, Chain};
 use lnpd_tests::node_process::NodeProcess;
+use lnpd_tests::process::{SignerProcess, TempDir};
 
 const MNEMONIC: &str = "legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth useful legal winner thank year wave sausage worth title";
 

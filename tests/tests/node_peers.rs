@@ -39,9 +39,11 @@ async fn nodes_sync_the_chain_and_connect_through_their_signers() {
         lnpd_proto::client::connect(a.signer.addr.as_deref().unwrap(), &a.signer.node_tls())
             .await
             .unwrap();
-    let Ok(lnpd_proto::signer::reply::Body::Info(si)) = lnpd_proto::client::call(
+    let Ok(Ok(lnpd_proto::signer::reply::Body::Info(si))) = lnpd_proto::client::call(
         &mut signer,
-        lnpd_proto::signer::request::Body::Info(lnpd_proto::signer::InfoRequest {}),
+        lnpd_proto::signer::request::Body::Info(lnpd_proto::signer::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+        }),
     )
     .await
     else {

@@ -15,9 +15,9 @@ use ldk_node::bitcoin::Network;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
 use ldk_node::{ChannelDetails, Event, UserChannelId};
-use lnpd_signer::testing::process::TempDir;
 use lnpd_tests::network::{channels, field, node_id, ok, onchain_sat, wait_for, Chain};
 use lnpd_tests::node_process::NodeProcess;
+use lnpd_tests::process::TempDir;
 use lnpd_tests::regtest::Bcoin;
 
 /// An ldk-node peer, its events collected by a thread of its own.
@@ -297,7 +297,7 @@ fn htlcs_both_ways(a: &NodeProcess, peer: &Peer) -> (String, std::process::Child
             hash,
         )
         .expect("peer's hold invoice");
-    let payer = std::process::Command::new(lnpd_signer::testing::process::bin("lnpd-cli"))
+    let payer = std::process::Command::new(lnpd_tests::process::bin("lnpd-cli"))
         .arg("--data-dir")
         .arg(a.data_dir())
         .args(["pay", &inv.to_string(), "--timeout", "900"])

@@ -92,7 +92,7 @@ fn withdrawals_go_only_to_allow_listed_addresses() {
 
     let refused = sign().unwrap_err();
     assert_eq!(
-        lnpd_proto::client::refused_rule(&refused).as_deref(),
+        refused.rule.map(|r| r.as_str()),
         Some("onchain-outputs-known"),
         "{refused:?}"
     );
@@ -117,7 +117,7 @@ fn withdrawals_go_only_to_allow_listed_addresses() {
     std::thread::sleep(std::time::Duration::from_millis(20));
     let refused = sign().unwrap_err();
     assert_eq!(
-        lnpd_proto::client::refused_rule(&refused).as_deref(),
+        refused.rule.map(|r| r.as_str()),
         Some("onchain-outputs-known")
     );
 

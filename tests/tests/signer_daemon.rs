@@ -3,12 +3,12 @@
 
 use lnpd_proto::client::SignerTls;
 use lnpd_proto::signer::{self as pb, request};
-use lnpd_signer::call;
-use lnpd_signer::testing::{memory_signer, ChannelPair, PairOptions};
-use lnpd_signer::{PolicyConfig, RuleId};
+use lnpd_signer_core::call;
+use lnpd_signer_core::testing::{memory_signer, ChannelPair, PairOptions};
+use lnpd_signer_core::{PolicyConfig, RuleId};
 use lnpd_tests::{RemoteSigner, SignerProcess};
 
-fn ping(s: &mut RemoteSigner) -> Result<(), tonic::Status> {
+fn ping(s: &mut RemoteSigner) -> Result<(), lnpd_signer_core::SignerError> {
     s.call(request::Body::Ping(pb::PingRequest { nonce: vec![1] }))
         .map(|_| ())
 }
@@ -83,7 +83,7 @@ fn state_survives_kill_9_between_requests() {
     alice.start().unwrap();
     pair.alice.signer = Box::new(alice.client().unwrap());
     // Alice remembers she signed Bob's #2: a different #2 is refused ...
-    let mut other = lnpd_signer::testing::next_counterparty_request(&mut pair).unwrap();
+    let mut other = lnpd_signer_core::testing::next_counterparty_request(&mut pair).unwrap();
     if let Some(c) = other.commitment.as_mut() {
         c.commitment_number = pair.number + 1;
         c.feerate_per_kw += 1;
@@ -142,7 +142,7 @@ fn state_survives_kill_9_between_requests() {
     let _ = req;
     let mut other_n = pair.commitment_data(true, n).unwrap();
     other_n.feerate_per_kw += 1;
-    let replay = lnpd_signer::testing::Colluder::new(2)
+    let replay = lnpd_signer_core::testing::Colluder::new(2)
         .validation_request(&mut pair, true, other_n)
         .unwrap();
     let err =
@@ -283,4 +283,83 @@ fn a_batch_over_grpc_is_durable_before_it_answers() {
         .signer
         .handle(next)
         .expect("the batch's state survived the kill");
+}
+
+/// Errors reach the node the same way alone and in a batch: the kind, the
+/// rule and the text the signer gave, mapped once (`SignerError::from_wire`
+/// on the node's side of `Call` and `Batch`).
+#[test]
+fn the_node_reads_the_same_error_alone_and_in_a_batch() {
+    use lnpd_node::signer_client::{CallError, GrpcTransport, SignerTransport};
+    use lnpd_signer_core::ErrorKind;
+    use std::time::Duration;
+
+    let mut signer = SignerProcess::init("errors").unwrap();
+    let addr = signer.start().unwrap();
+    let mut node = GrpcTransport::new(&addr, signer.node_tls()).unwrap();
+    node.connect().unwrap();
+    let t = Duration::from_secs(10);
+    let unknown = || {
+        request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
+            channel_keys_id: vec![7; 32],
+            commitment_number: 0,
+        })
+    };
+    let kind = |r: Result<pb::reply::Body, CallError>| match r {
+        Err(CallError::Refused(e)) => (e.kind, e.rule),
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    // Alone, then second in a batch behind a ping.
+    assert_eq!(kind(node.call(unknown(), t)), (ErrorKind::NotFound, None));
+    let mut batch = node
+        .call_batch(
+            vec![
+                request::Body::Ping(pb::PingRequest { nonce: vec![1] }),
+                unknown(),
+            ],
+            t,
+        )
+        .unwrap();
+    assert_eq!(kind(batch.pop().unwrap()), (ErrorKind::NotFound, None));
+    assert!(matches!(batch.pop(), Some(Ok(pb::reply::Body::Ping(_)))));
+
+    // A request that may not be batched: refused as invalid, not run.
+    let batch = node
+        .call_batch(
+            vec![request::Body::GetNodeKeys(pb::GetNodeKeysRequest {})],
+            t,
+        )
+        .unwrap();
+    assert_eq!(
+        kind(batch.into_iter().next().unwrap()),
+        (ErrorKind::Invalid, None)
+    );
+}
+
+/// A node of another protocol version is told so, with both versions.
+#[test]
+fn a_node_of_another_protocol_version_gets_a_clear_error() {
+    let mut signer = SignerProcess::init("version").unwrap();
+    signer.start().unwrap();
+    let mut client = signer.client().unwrap();
+    let old = lnpd_proto::SIGNER_PROTOCOL_VERSION - 1;
+    let err = client
+        .call(request::Body::Info(pb::InfoRequest {
+            protocol_version: old,
+        }))
+        .unwrap_err();
+    assert_eq!(err.kind, lnpd_signer_core::ErrorKind::FailedPrecondition);
+    let want = format!(
+        "this signer speaks protocol version {}, the node {old}",
+        lnpd_proto::SIGNER_PROTOCOL_VERSION
+    );
+    assert!(err.message.contains(&want), "{err}");
+    match client.call(request::Body::Info(pb::InfoRequest {
+        protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+    })) {
+        Ok(pb::reply::Body::Info(i)) => {
+            assert_eq!(i.protocol_version, lnpd_proto::SIGNER_PROTOCOL_VERSION)
+        }
+        other => panic!("the same version is served: {other:?}"),
+    }
 }

@@ -29,9 +29,9 @@ use lightning::types::payment::PaymentPreimage;
 use lightning::util::ser::Writeable;
 use lnpd_proto::signer::{self as pb, request};
 
+use super::connection::expect_reply;
 use super::connection::{CallError, SignerConnection};
 use super::convert;
-use super::keys::expect_reply;
 use crate::chain_watch::TxSource;
 
 /// How long a call LDK can retry later waits before answering "pending".
@@ -82,11 +82,7 @@ struct Ahead {
 }
 
 fn sig(bytes: &[u8]) -> Result<Signature, CallError> {
-    Signature::from_compact(bytes).map_err(|_| CallError::Refused {
-        code: tonic::Code::Internal,
-        rule: None,
-        message: "malformed signature".into(),
-    })
+    Signature::from_compact(bytes).map_err(|_| CallError::bad_reply("a malformed signature"))
 }
 
 impl RemoteChannelSigner {
@@ -101,9 +97,11 @@ impl RemoteChannelSigner {
                 conn.call_retrying("channel public keys", body.clone(), VALIDATION_PATIENCE),
                 ChannelPublicKeys
             ) {
-                Ok(k) => match convert::keys_from_wire(&k) {
-                    Some(k) => break k,
-                    None => tracing::error!("signer sent malformed channel public keys; retrying"),
+                Ok(k) => match lnpd_proto::ldk::parse_channel_keys(Some(&k)) {
+                    Ok(k) => break k,
+                    Err(e) => {
+                        tracing::error!("signer sent malformed channel public keys ({e}); retrying")
+                    }
                 },
                 Err(e) => tracing::error!(
                     "cannot get channel public keys from the signer, still trying: {e}"
@@ -137,11 +135,9 @@ impl RemoteChannelSigner {
             return Ok(());
         }
         let Some(req) = convert::setup_request(&self.keys_id, params) else {
-            return Err(CallError::Refused {
-                code: tonic::Code::FailedPrecondition,
-                rule: None,
-                message: "channel parameters not yet complete".into(),
-            });
+            return Err(CallError::Refused(lnpd_proto::SignerError::precondition(
+                "channel parameters not yet complete",
+            )));
         };
         if let Some(o) = params.funding_outpoint {
             // Follow the funding transaction: its confirmation is proven to
@@ -464,7 +460,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             input_index: input as u32,
             amount_sat: amount,
             commitment_number: 0,
-            htlc: Some(convert::htlc(htlc)),
+            htlc: Some(lnpd_proto::ldk::htlc_to_wire(htlc)),
             per_commitment_secret: per_commitment_key.secret_bytes().to_vec(),
             previous_txs: self.spent_transactions(justice_tx, 2),
         });
@@ -512,7 +508,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             input_index: input as u32,
             amount_sat: amount,
             per_commitment_point: per_commitment_point.serialize().to_vec(),
-            htlc: Some(convert::htlc(htlc)),
+            htlc: Some(lnpd_proto::ldk::htlc_to_wire(htlc)),
             previous_txs: self.spent_transactions(htlc_tx, 1),
         });
         self.signature(

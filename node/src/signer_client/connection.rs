@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use lnpd_proto::client::{self, SignerTls};
 use lnpd_proto::signer::{reply, request};
+use lnpd_proto::{ErrorKind, SignerError};
 
 /// Why a call did not produce a reply.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -20,15 +21,9 @@ pub enum CallError {
     #[error("signer unavailable: {0}")]
     Unavailable(String),
     /// The signer answered and refused (policy, bad request): do not retry.
-    #[error("signer refused: {message}{}", rule.as_ref().map(|r| format!(" (rule {r})")).unwrap_or_default())]
-    Refused {
-        /// The gRPC status code.
-        code: tonic::Code,
-        /// The policy rule, when one refused.
-        rule: Option<String>,
-        /// The signer's reason.
-        message: String,
-    },
+    /// A policy refusal names its rule (`SignerError::rule`).
+    #[error("signer refused: {0}")]
+    Refused(SignerError),
 }
 
 impl CallError {
@@ -36,7 +31,68 @@ impl CallError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, CallError::Unavailable(_))
     }
+
+    /// The signer's error, when it answered.
+    pub fn refusal(&self) -> Option<&SignerError> {
+        match self {
+            CallError::Refused(e) => Some(e),
+            CallError::Unavailable(_) => None,
+        }
+    }
+
+    /// A refusal made here, for a reply that makes no sense (wrong type,
+    /// malformed signature): the signer's answer cannot be used.
+    pub fn bad_reply(what: &str) -> Self {
+        CallError::Refused(SignerError::internal(format!(
+            "the signer's reply is unusable: {what}"
+        )))
+    }
+
+    /// The transport's failure: the request may not have reached the
+    /// signer, so it is "unavailable" (retried), except for a signer that
+    /// does not know the envelope's rpc (another protocol version) and a
+    /// request the transport itself refuses (too large).
+    pub fn from_status(status: &tonic::Status) -> Self {
+        use tonic::Code::*;
+        match status.code() {
+            Unimplemented => CallError::Refused(SignerError::precondition(format!(
+                "the signer does not speak protocol version {} (it has no `Call` rpc): \
+                 run node and signer of the same release",
+                lnpd_proto::SIGNER_PROTOCOL_VERSION
+            ))),
+            InvalidArgument | OutOfRange | PermissionDenied | Unauthenticated => {
+                CallError::Refused(SignerError::invalid(format!(
+                    "the signer's transport refused the request: {}",
+                    status.message()
+                )))
+            }
+            _ => CallError::Unavailable(status.message().to_string()),
+        }
+    }
 }
+
+/// The signer's answer as the node takes it: "unavailable" means retry
+/// later (a hardware signer unplugged), anything else is final.
+impl From<SignerError> for CallError {
+    fn from(e: SignerError) -> Self {
+        match e.kind {
+            ErrorKind::Unavailable => CallError::Unavailable(e.message),
+            _ => CallError::Refused(e),
+        }
+    }
+}
+
+/// The reply of the expected type, or a refusal naming the mismatch.
+macro_rules! expect_reply {
+    ($result:expr, $variant:ident) => {
+        match $result {
+            Ok(lnpd_proto::signer::reply::Body::$variant(r)) => Ok(r),
+            Ok(_) => Err(CallError::bad_reply("a reply of the wrong type")),
+            Err(e) => Err(e),
+        }
+    };
+}
+pub(crate) use expect_reply;
 
 /// What to do with a reply.
 type Done = Box<dyn FnOnce(Result<reply::Body, CallError>) + Send>;
@@ -65,15 +121,6 @@ struct Link {
     next_attempt: Instant,
     backoff: Duration,
     deferred: Arc<Mutex<Deferred>>,
-}
-
-/// Requests whose answer depends on no channel's state, which may overtake
-/// deferred ones.
-fn independent_of_channels(body: &request::Body) -> bool {
-    matches!(
-        body,
-        request::Body::Ecdh(_) | request::Body::GetNodeId(_) | request::Body::Info(_)
-    )
 }
 
 /// How long a deferred request waits for company before it goes alone.
@@ -141,8 +188,8 @@ impl Link {
 
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
         self.connect()?;
-        if self.has_deferred() && !lnpd_proto::batchable(&body) {
-            if independent_of_channels(&body) {
+        if self.has_deferred() && !body.batchable() {
+            if body.independent_of_channels() {
                 // Onion decoding needs no channel state: it does not wait
                 // for the deferred requests, which go with the next
                 // channel request as usual.
@@ -155,7 +202,7 @@ impl Link {
         // The oldest first, as many as fit beside this request (only a
         // request that may be batched: one deferred while this call ran
         // waits for the next).
-        let deferred = if lnpd_proto::batchable(&body) {
+        let deferred = if body.batchable() {
             self.take_deferred(lnpd_proto::MAX_BATCH - 1)
         } else {
             Vec::new()
@@ -257,20 +304,6 @@ pub struct SignerConnection {
 /// What [`SignerConnection::on_answer`] runs.
 pub type AnswerHook = Arc<dyn Fn() + Send + Sync>;
 
-fn classify(status: tonic::Status) -> CallError {
-    use tonic::Code::*;
-    match status.code() {
-        Unavailable | Unknown | Cancelled | DeadlineExceeded | Aborted | ResourceExhausted => {
-            CallError::Unavailable(status.message().to_string())
-        }
-        code => CallError::Refused {
-            code,
-            rule: client::refused_rule(&status),
-            message: status.message().to_string(),
-        },
-    }
-}
-
 /// How requests reach the signer. Production uses [`GrpcTransport`]
 /// (gRPC over mutual TLS); the payments benchmark links the signer core
 /// in-process through the same seam, so everything above it is identical.
@@ -297,23 +330,6 @@ pub trait SignerTransport: Send + 'static {
             }
         }
         Ok(out)
-    }
-}
-
-/// A reply body as a result: its `Error` body becomes a refusal.
-pub fn reply_result(body: Option<reply::Body>) -> Result<reply::Body, CallError> {
-    match body {
-        Some(reply::Body::Error(e)) => Err(CallError::Refused {
-            code: if e.kind == lnpd_proto::signer::ErrorKind::Policy as i32 {
-                tonic::Code::PermissionDenied
-            } else {
-                tonic::Code::InvalidArgument
-            },
-            rule: (!e.rule.is_empty()).then_some(e.rule),
-            message: e.message,
-        }),
-        Some(b) => Ok(b),
-        None => Err(CallError::Unavailable("empty reply".into())),
     }
 }
 
@@ -364,7 +380,8 @@ impl SignerTransport for GrpcTransport {
             .runtime
             .block_on(async { tokio::time::timeout(timeout, client::call(c, body)).await })
         {
-            Ok(r) => r.map_err(classify),
+            Ok(Ok(r)) => r.map_err(CallError::from),
+            Ok(Err(status)) => Err(CallError::from_status(&status)),
             Err(_) => Err(CallError::Unavailable(format!(
                 "no answer within {timeout:?}"
             ))),
@@ -389,7 +406,7 @@ impl SignerTransport for GrpcTransport {
             .runtime
             .block_on(async { tokio::time::timeout(timeout, client::call_batch(c, bodies)).await })
         {
-            Ok(r) => r.map_err(classify),
+            Ok(r) => r.map_err(|s| CallError::from_status(&s)),
             Err(_) => Err(CallError::Unavailable(format!(
                 "no answer within {timeout:?}"
             ))),
@@ -399,13 +416,15 @@ impl SignerTransport for GrpcTransport {
         }
         let replies = replies?;
         if replies.len() != n {
-            return Err(CallError::Refused {
-                code: tonic::Code::Internal,
-                rule: None,
-                message: format!("{} replies to a batch of {n}", replies.len()),
-            });
+            return Err(CallError::bad_reply(&format!(
+                "{} replies to a batch of {n}",
+                replies.len()
+            )));
         }
-        Ok(replies.into_iter().map(|r| reply_result(r.body)).collect())
+        Ok(replies
+            .into_iter()
+            .map(|r| r.map_err(CallError::from))
+            .collect())
     }
 }
 
@@ -653,5 +672,33 @@ impl SignerConnection {
     /// Takes the pending mark (true if some operation waits for the signer).
     pub fn take_pending(&self) -> bool {
         self.pending.swap(false, Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signer_without_the_envelope_rpc_is_another_protocol_version() {
+        let e = CallError::from_status(&tonic::Status::unimplemented("no such method"));
+        let e = e.refusal().expect("final, not retried").clone();
+        assert_eq!(e.kind, ErrorKind::FailedPrecondition);
+        assert!(
+            e.message.contains("does not speak protocol version 3"),
+            "{e}"
+        );
+        // Transport trouble is retried; the signer's own "unavailable"
+        // (a hardware signer unplugged) too; its refusals are final.
+        assert!(CallError::from_status(&tonic::Status::unavailable("down")).is_unavailable());
+        assert!(CallError::from(SignerError::unavailable("unplugged")).is_unavailable());
+        let refused = CallError::from(SignerError::policy(
+            lnpd_proto::RuleId::PaymentMax,
+            "too much",
+        ));
+        assert_eq!(
+            refused.refusal().and_then(|e| e.rule),
+            Some(lnpd_proto::RuleId::PaymentMax)
+        );
     }
 }

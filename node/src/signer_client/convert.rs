@@ -1,17 +1,11 @@
 //! LDK's types turned into `signer.proto` fields, and back.
 
-use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::PublicKey;
-use bitcoin::{OutPoint, Transaction, TxOut};
-use lightning::ln::chan_utils::{
-    ChannelPublicKeys, ChannelTransactionParameters, CommitmentTransaction, HTLCOutputInCommitment,
-};
-use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
+use bitcoin::Transaction;
+use lightning::ln::chan_utils::{ChannelTransactionParameters, CommitmentTransaction};
 use lightning::sign::SpendableOutputDescriptor;
 use lnpd_proto::signer as pb;
 
-/// LDK counts commitment numbers down from 2^48 - 1; the protocol counts up.
-pub const INITIAL_COMMITMENT_NUMBER: u64 = (1 << 48) - 1;
+use lnpd_proto::ldk::{channel_keys_to_wire, htlc_to_wire, outpoint_to_wire, txout_to_wire};
 
 /// LDK's dust limit for our side; LDK does not tell the signer the
 /// counterparty's, so the same lower bound is used for it (the signer's
@@ -20,23 +14,7 @@ pub const LDK_DUST_LIMIT_SAT: u64 = 354;
 
 /// Our count-up number of an LDK commitment index.
 pub fn number(ldk_idx: u64) -> u64 {
-    INITIAL_COMMITMENT_NUMBER.saturating_sub(ldk_idx)
-}
-
-/// A wire outpoint.
-pub fn outpoint(o: &OutPoint) -> pb::OutPoint {
-    pb::OutPoint {
-        txid: o.txid.to_byte_array().to_vec(),
-        vout: o.vout,
-    }
-}
-
-/// A wire output.
-pub fn txout(o: &TxOut) -> pb::TxOut {
-    pb::TxOut {
-        value_sat: o.value.to_sat(),
-        script_pubkey: o.script_pubkey.to_bytes(),
-    }
+    lnpd_proto::INITIAL_COMMITMENT_NUMBER.saturating_sub(ldk_idx)
 }
 
 /// The fields of a transaction the node built.
@@ -48,25 +26,11 @@ pub fn unsigned_tx(tx: &Transaction) -> pb::UnsignedTx {
             .input
             .iter()
             .map(|i| pb::TxIn {
-                previous_output: Some(outpoint(&i.previous_output)),
+                previous_output: Some(outpoint_to_wire(&i.previous_output)),
                 sequence: i.sequence.0,
             })
             .collect(),
-        outputs: tx.output.iter().map(txout).collect(),
-    }
-}
-
-/// A wire HTLC (direction from the broadcaster's point of view, as LDK has it).
-pub fn htlc(h: &HTLCOutputInCommitment) -> pb::Htlc {
-    pb::Htlc {
-        direction: if h.offered {
-            pb::HtlcDirection::Offered
-        } else {
-            pb::HtlcDirection::Received
-        } as i32,
-        amount_msat: h.amount_msat,
-        cltv_expiry: h.cltv_expiry,
-        payment_hash: h.payment_hash.0.to_vec(),
+        outputs: tx.output.iter().map(txout_to_wire).collect(),
     }
 }
 
@@ -77,39 +41,12 @@ pub fn commitment_data(tx: &CommitmentTransaction) -> pb::CommitmentData {
         feerate_per_kw: tx.negotiated_feerate_per_kw(),
         to_broadcaster_value_sat: tx.to_broadcaster_value_sat(),
         to_countersignatory_value_sat: tx.to_countersignatory_value_sat(),
-        htlcs: tx.nondust_htlcs().iter().map(htlc).collect(),
+        htlcs: tx.nondust_htlcs().iter().map(htlc_to_wire).collect(),
         per_commitment_point: tx.per_commitment_point().serialize().to_vec(),
         transaction: bitcoin::consensus::encode::serialize(
             &tx.trust().built_transaction().transaction,
         ),
     }
-}
-
-/// Channel public keys to the wire.
-pub fn keys_to_wire(k: &ChannelPublicKeys) -> pb::ChannelPublicKeys {
-    pb::ChannelPublicKeys {
-        funding_pubkey: k.funding_pubkey.serialize().to_vec(),
-        revocation_basepoint: k.revocation_basepoint.to_public_key().serialize().to_vec(),
-        payment_point: k.payment_point.serialize().to_vec(),
-        delayed_payment_basepoint: k
-            .delayed_payment_basepoint
-            .to_public_key()
-            .serialize()
-            .to_vec(),
-        htlc_basepoint: k.htlc_basepoint.to_public_key().serialize().to_vec(),
-    }
-}
-
-/// Channel public keys from the wire.
-pub fn keys_from_wire(k: &pb::ChannelPublicKeys) -> Option<ChannelPublicKeys> {
-    let pk = |b: &[u8]| PublicKey::from_slice(b).ok();
-    Some(ChannelPublicKeys {
-        funding_pubkey: pk(&k.funding_pubkey)?,
-        revocation_basepoint: RevocationBasepoint::from(pk(&k.revocation_basepoint)?),
-        payment_point: pk(&k.payment_point)?,
-        delayed_payment_basepoint: DelayedPaymentBasepoint::from(pk(&k.delayed_payment_basepoint)?),
-        htlc_basepoint: HtlcBasepoint::from(pk(&k.htlc_basepoint)?),
-    })
 }
 
 /// The set-up record of a channel, from the parameters LDK hands the signer.
@@ -135,13 +72,13 @@ pub fn setup_request(
         is_outbound: p.is_outbound_from_holder,
         channel_value_sat: p.channel_value_satoshis,
         push_msat: 0,
-        funding_outpoint: Some(outpoint(&funding.into_bitcoin_outpoint())),
+        funding_outpoint: Some(outpoint_to_wire(&funding.into_bitcoin_outpoint())),
         channel_type: channel_type as i32,
         holder_selected_contest_delay: p.holder_selected_contest_delay as u32,
         counterparty_selected_contest_delay: cp.selected_contest_delay as u32,
         holder_dust_limit_sat: LDK_DUST_LIMIT_SAT,
         counterparty_dust_limit_sat: LDK_DUST_LIMIT_SAT,
-        counterparty_keys: Some(keys_to_wire(&cp.pubkeys)),
+        counterparty_keys: Some(channel_keys_to_wire(&cp.pubkeys)),
         counterparty_shutdown_script: vec![],
         holder_shutdown_script: vec![],
     })
@@ -157,16 +94,16 @@ pub fn spendable(d: &SpendableOutputDescriptor, previous_tx: Vec<u8>) -> pb::Spe
             output,
             channel_keys_id,
         } => pb::SpendableOutput {
-            outpoint: Some(outpoint(&o.into_bitcoin_outpoint())),
-            output: Some(txout(output)),
+            outpoint: Some(outpoint_to_wire(&o.into_bitcoin_outpoint())),
+            output: Some(txout_to_wire(output)),
             previous_tx,
             kind: Some(Kind::StaticOutput(pb::StaticOutput {
                 channel_keys_id: channel_keys_id.map(|i| i.to_vec()).unwrap_or_default(),
             })),
         },
         SpendableOutputDescriptor::DelayedPaymentOutput(p) => pb::SpendableOutput {
-            outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
-            output: Some(txout(&p.output)),
+            outpoint: Some(outpoint_to_wire(&p.outpoint.into_bitcoin_outpoint())),
+            output: Some(txout_to_wire(&p.output)),
             previous_tx,
             kind: Some(Kind::DelayedPayment(pb::DelayedPaymentOutput {
                 channel_keys_id: p.channel_keys_id.to_vec(),
@@ -176,8 +113,8 @@ pub fn spendable(d: &SpendableOutputDescriptor, previous_tx: Vec<u8>) -> pb::Spe
             })),
         },
         SpendableOutputDescriptor::StaticPaymentOutput(p) => pb::SpendableOutput {
-            outpoint: Some(outpoint(&p.outpoint.into_bitcoin_outpoint())),
-            output: Some(txout(&p.output)),
+            outpoint: Some(outpoint_to_wire(&p.outpoint.into_bitcoin_outpoint())),
+            output: Some(txout_to_wire(&p.output)),
             previous_tx,
             kind: Some(Kind::StaticPayment(pb::StaticPaymentOutput {
                 channel_keys_id: p.channel_keys_id.to_vec(),

@@ -23,6 +23,7 @@ use lnpd_proto::signer::{self as pb, reply, request};
 use zeroize::Zeroizing;
 
 use super::channel::RemoteChannelSigner;
+use super::connection::expect_reply;
 use super::connection::{CallError, SignerConnection};
 use super::convert;
 use crate::chain_watch::TxSource;
@@ -59,21 +60,6 @@ fn key32(v: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeysError> {
         .map_err(|_| KeysError::Protocol("a node key is not 32 bytes".into()))
 }
 
-macro_rules! expect_reply {
-    ($result:expr, $variant:ident) => {
-        match $result {
-            Ok(lnpd_proto::signer::reply::Body::$variant(r)) => Ok(r),
-            Ok(_) => Err(CallError::Refused {
-                code: tonic::Code::Internal,
-                rule: None,
-                message: "reply of the wrong type".into(),
-            }),
-            Err(e) => Err(e),
-        }
-    };
-}
-pub(crate) use expect_reply;
-
 impl RemoteKeysManager {
     /// Asks the signer for the node id and the node-side keys (waiting up to
     /// `patience` for it to come up) and checks the protocol version.
@@ -85,14 +71,16 @@ impl RemoteKeysManager {
         let info = expect_reply!(
             conn.call_retrying(
                 "signer info",
-                request::Body::Info(pb::InfoRequest {}),
+                request::Body::Info(pb::InfoRequest {
+                    protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION
+                }),
                 patience
             ),
             Info
         )?;
         if info.protocol_version != lnpd_proto::SIGNER_PROTOCOL_VERSION {
             return Err(KeysError::Protocol(format!(
-                "signer speaks protocol v{}, this node v{}",
+                "the signer speaks protocol version {}, this node {}: run node and signer of the same release",
                 info.protocol_version,
                 lnpd_proto::SIGNER_PROTOCOL_VERSION
             )));
@@ -361,7 +349,7 @@ impl OutputSpender for RemoteKeysManager {
                     convert::spendable(d, prev)
                 })
                 .collect(),
-            outputs: outputs.iter().map(convert::txout).collect(),
+            outputs: outputs.iter().map(lnpd_proto::ldk::txout_to_wire).collect(),
             change_script: change_destination_script.to_bytes(),
             feerate_sat_per_kw: feerate_sat_per_1000_weight,
             lock_time: locktime.map(|l| l.to_consensus_u32()),

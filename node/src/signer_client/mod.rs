@@ -12,4 +12,4 @@ pub mod keys;
 pub use channel::RemoteChannelSigner;
 pub use connection::{CallError, GrpcTransport, SignerConnection, SignerTransport};
 pub use keys::RemoteKeysManager;
-pub use lnpd_proto::client::{call, connect, refused_rule, ClientError, SignerTls};
+pub use lnpd_proto::client::{call, connect, ClientError, SignerTls};

@@ -1,0 +1,323 @@
+//! Start-up: the signer connection and keys, the chain and store, LDK's
+//! parts loaded or created, synced to the chain tip, then the listener
+//! and the background tasks.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bitcoin::BlockHash;
+use lightning::chain::chainmonitor;
+use lightning::chain::{BestBlock, Filter, Listen, Watch};
+use lightning::events::bump_transaction::sync::{BumpTransactionEventHandlerSync, WalletSync};
+use lightning::ln::channelmanager::{self, ChainParameters, ChannelManagerReadArgs};
+use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
+use lightning::onion_message::messenger::DefaultMessageRouter;
+use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
+use lightning::routing::router::DefaultRouter;
+use lightning::routing::scoring::{
+    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
+};
+use lightning::routing::utxo::UtxoLookup;
+use lightning::sign::{EntropySource, NodeSigner};
+use lightning::util::config::UserConfig;
+use lightning::util::persist::{
+    read_channel_monitors, KVStoreSync, NETWORK_GRAPH_PERSISTENCE_KEY,
+    OUTPUT_SWEEPER_PERSISTENCE_KEY, OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
+    OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE, SCORER_PERSISTENCE_KEY,
+};
+use lightning::util::ser::ReadableArgs;
+use lightning_block_sync::UnboundedCache;
+
+use crate::chain::ChainRpc;
+use crate::chain_watch::ChainWatch;
+use crate::fee_bump::FeeBumpWallet;
+use crate::ldk_types::{ChainMonitor, ChannelManager, PeerManager, Sweeper};
+use crate::logger::TracingLogger;
+use crate::node::{fail, now_secs, Node, NodeError, NodeSettings, MANAGER_KEY};
+use crate::signer_client::{RemoteKeysManager, SignerConnection};
+use crate::store::SqliteStore;
+use crate::wallet::Wallet;
+
+impl Node {
+    /// Starts the node: connects to the signer and the chain, loads or
+    /// creates its state, syncs to the chain tip and starts listening.
+    pub async fn start(settings: NodeSettings) -> Result<Arc<Node>, NodeError> {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| fail("data directory")(e.to_string()))?;
+        let logger = Arc::new(TracingLogger);
+        let store = Arc::new(
+            SqliteStore::open(&settings.data_dir.join("node.sqlite"))
+                .map_err(|e| fail("store")(e.to_string()))?,
+        );
+        let signer = SignerConnection::start(&settings.signer, settings.signer_tls.clone())
+            .map_err(|e| fail("signer client")(e.to_string()))?;
+        let chain_watch = Arc::new(ChainWatch::open(store.clone()));
+        let conn = signer.clone();
+        let txs: Arc<dyn crate::chain_watch::TxSource> = chain_watch.clone();
+        let keys = tokio::task::spawn_blocking(move || {
+            RemoteKeysManager::new(conn, txs, Duration::from_secs(30))
+        })
+        .await
+        .map_err(|e| fail("signer")(e.to_string()))?
+        .map_err(|e| fail("signer")(e.to_string()))?;
+        let keys = Arc::new(keys);
+        let conn = signer.clone();
+        let descriptor = tokio::task::spawn_blocking(move || {
+            use lnpd_proto::signer::{reply, request, GetWalletDescriptorRequest};
+            match conn.call_retrying(
+                "wallet descriptor",
+                request::Body::GetWalletDescriptor(GetWalletDescriptorRequest {}),
+                Duration::from_secs(30),
+            ) {
+                Ok(reply::Body::GetWalletDescriptor(d)) => Ok(d.external_descriptor),
+                Ok(_) => Err("unexpected reply".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        })
+        .await
+        .map_err(|e| fail("wallet descriptor")(e.to_string()))?
+        .map_err(fail("wallet descriptor"))?;
+        let wallet = Arc::new(
+            Wallet::new(&descriptor, settings.network, store.clone())
+                .map_err(|e| fail("wallet")(e.to_string()))?,
+        );
+        chain_watch.set_wallet(wallet.clone());
+        let chain = ChainRpc::new(
+            &settings.rpc_url,
+            &settings.rpc_user,
+            &settings.rpc_password,
+            settings.fallback_feerate,
+        )
+        .map_err(|e| fail("chain backend")(e.to_string()))?;
+        chain.refresh_fees().await;
+        let (tip_hash, tip_height) = chain
+            .best_block()
+            .await
+            .map_err(|e| fail("chain backend")(e.to_string()))?;
+
+        let graph = match store.read("", "", NETWORK_GRAPH_PERSISTENCE_KEY) {
+            Ok(bytes) => NetworkGraph::read(&mut &bytes[..], logger.clone())
+                .map_err(|e| fail("network graph")(format!("{e:?}")))?,
+            Err(_) => NetworkGraph::new(settings.network, logger.clone()),
+        };
+        let graph = Arc::new(graph);
+        let decay = ProbabilisticScoringDecayParameters::default();
+        let scorer = match store.read("", "", SCORER_PERSISTENCE_KEY) {
+            Ok(bytes) => {
+                ProbabilisticScorer::read(&mut &bytes[..], (decay, graph.clone(), logger.clone()))
+                    .map_err(|e| fail("scorer")(format!("{e:?}")))?
+            }
+            Err(_) => ProbabilisticScorer::new(decay, graph.clone(), logger.clone()),
+        };
+        let scorer = Arc::new(RwLock::new(scorer));
+        let router = Arc::new(DefaultRouter::new(
+            graph.clone(),
+            logger.clone(),
+            keys.clone(),
+            scorer.clone(),
+            ProbabilisticScoringFeeParameters::default(),
+        ));
+        let message_router = Arc::new(DefaultMessageRouter::new(graph.clone(), keys.clone()));
+        let chain_monitor: Arc<ChainMonitor> = Arc::new(chainmonitor::ChainMonitor::new(
+            None,
+            chain.clone(),
+            logger.clone(),
+            chain.clone(),
+            store.clone(),
+            keys.clone(),
+            keys.get_peer_storage_key(),
+        ));
+
+        let mut user_config = UserConfig::default();
+        user_config
+            .channel_handshake_config
+            .negotiate_anchors_zero_fee_htlc_tx = true;
+        user_config.channel_handshake_config.announce_for_forwarding = false;
+        // Channels are unannounced: forwarding over them is what a routing
+        // node of private channels (and the A→B→C line) needs.
+        user_config.accept_forwards_to_priv_channels = true;
+        // LDK only accepts inbound anchor channels by hand (see OpenChannelRequest).
+        user_config.manually_accept_inbound_channels = true;
+
+        let (store2, keys2) = (store.clone(), keys.clone());
+        let mut monitors = tokio::task::spawn_blocking(move || {
+            read_channel_monitors(store2, keys2.clone(), keys2)
+        })
+        .await
+        .map_err(|e| fail("channel monitors")(e.to_string()))?
+        .map_err(|e| fail("channel monitors")(e.to_string()))?;
+        let saved = store.read("", "", MANAGER_KEY).ok();
+        let (manager_best, channel_manager) = match saved {
+            Some(bytes) => {
+                let mut refs: Vec<_> = monitors.iter().map(|(_, m)| m).collect();
+                let args = ChannelManagerReadArgs::new(
+                    keys.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    chain.clone(),
+                    chain_monitor.clone(),
+                    chain.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    user_config,
+                    std::mem::take(&mut refs),
+                );
+                let (hash, cm) = <(BlockHash, ChannelManager)>::read(&mut &bytes[..], args)
+                    .map_err(|e| fail("channel manager")(format!("{e:?}")))?;
+                (hash, cm)
+            }
+            None => {
+                let params = ChainParameters {
+                    network: settings.network,
+                    best_block: BestBlock::new(tip_hash, tip_height),
+                };
+                let cm = channelmanager::ChannelManager::new(
+                    chain.clone(),
+                    chain_monitor.clone(),
+                    chain.clone(),
+                    router.clone(),
+                    message_router.clone(),
+                    logger.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    keys.clone(),
+                    user_config,
+                    params,
+                    now_secs() as u32,
+                );
+                (tip_hash, cm)
+            }
+        };
+        let channel_manager = Arc::new(channel_manager);
+
+        let tip_block = BestBlock::new(tip_hash, tip_height);
+        let sweeper_args = || {
+            (
+                chain.clone(),
+                chain.clone(),
+                None::<Arc<dyn Filter + Send + Sync>>,
+                keys.clone(),
+                keys.clone(),
+                store.clone(),
+                logger.clone(),
+            )
+        };
+        let (sweeper_best, sweeper) = match store.read(
+            OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
+            OUTPUT_SWEEPER_PERSISTENCE_SECONDARY_NAMESPACE,
+            OUTPUT_SWEEPER_PERSISTENCE_KEY,
+        ) {
+            Ok(bytes) => <(BestBlock, Sweeper)>::read(&mut &bytes[..], sweeper_args())
+                .map_err(|e| fail("output sweeper")(format!("{e:?}")))?,
+            Err(_) => {
+                let (b, e, f, o, d, k, l) = sweeper_args();
+                (tip_block, Sweeper::new(tip_block, b, e, f, o, d, k, l))
+            }
+        };
+        let sweeper = Arc::new(sweeper);
+
+        // Bring the manager and every monitor to the chain tip, then hand the monitors over.
+        let monitor_listeners: Vec<(BlockHash, _)> = monitors
+            .drain(..)
+            .map(|(hash, m)| (hash, (m, chain.clone(), chain.clone(), logger.clone())))
+            .collect();
+        {
+            let mut cache = UnboundedCache::new();
+            let wallet_best = wallet.best_block_hash().unwrap_or(tip_hash);
+            let mut listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> = vec![
+                (
+                    manager_best,
+                    &*channel_manager as &(dyn Listen + Send + Sync),
+                ),
+                (wallet_best, &*chain_watch as &(dyn Listen + Send + Sync)),
+                (wallet_best, &*wallet as &(dyn Listen + Send + Sync)),
+                (
+                    sweeper_best.block_hash,
+                    &*sweeper as &(dyn Listen + Send + Sync),
+                ),
+            ];
+            for (hash, l) in &monitor_listeners {
+                listeners.push((*hash, l as &(dyn Listen + Send + Sync)));
+            }
+            lightning_block_sync::init::synchronize_listeners(
+                &*chain,
+                settings.network,
+                &mut cache,
+                listeners,
+            )
+            .await
+            .map_err(|e| fail("chain sync")(format!("{e:?}")))?;
+        }
+        for (_, (monitor, ..)) in monitor_listeners {
+            let id = monitor.channel_id();
+            chain_monitor
+                .watch_channel(id, monitor)
+                .map_err(|_| fail("channel monitor")(format!("cannot watch {id}")))?;
+        }
+
+        let gossip = Arc::new(P2PGossipSync::new(
+            graph.clone(),
+            None::<Arc<dyn UtxoLookup + Send + Sync>>,
+            logger.clone(),
+        ));
+        let handler = MessageHandler {
+            chan_handler: channel_manager.clone(),
+            route_handler: gossip.clone(),
+            onion_message_handler: IgnoringMessageHandler {},
+            custom_message_handler: IgnoringMessageHandler {},
+            send_only_message_handler: chain_monitor.clone(),
+        };
+        let peer_manager = Arc::new(PeerManager::new(
+            handler,
+            now_secs() as u32,
+            &keys.get_secure_random_bytes(),
+            logger.clone(),
+            keys.clone(),
+        ));
+
+        let listener = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .map_err(|e| fail("peer listener")(e.to_string()))?;
+        let listen_addr = listener
+            .local_addr()
+            .map_err(|e| fail("peer listener")(e.to_string()))?;
+        let fee_bump_wallet = Arc::new(FeeBumpWallet::new(wallet.clone(), signer.clone()));
+        let bumper = BumpTransactionEventHandlerSync::new(
+            chain.clone(),
+            Arc::new(WalletSync::new(fee_bump_wallet.clone(), logger.clone())),
+            keys.clone(),
+            logger.clone(),
+        );
+        let node = Arc::new(Node {
+            settings,
+            signer,
+            keys,
+            chain,
+            store,
+            chain_monitor,
+            channel_manager,
+            peer_manager,
+            graph,
+            wallet,
+            chain_watch,
+            listen_addr,
+            pending_funding: Default::default(),
+            payments: Default::default(),
+            sweeper,
+            fee_bump_wallet,
+            bumper,
+            gossip,
+            scorer,
+            logger,
+            background: std::sync::Mutex::new(None),
+            signer_chain_height: Default::default(),
+        });
+        node.spawn_listener(listener);
+        node.spawn_chain_poller(tip_hash, tip_height);
+        node.start_background_processor();
+        node.spawn_signer_watch();
+        tracing::info!(node_id = %node.node_id(), "lnpd node up: peers on {listen_addr}, chain at height {tip_height}");
+        Ok(node)
+    }
+}

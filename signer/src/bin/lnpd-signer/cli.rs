@@ -1,0 +1,179 @@
+//! The command line: commands and their options (`--help` text).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use lnpd_signer::seed_file;
+
+/// The lnpd signer: holds the seed, keeps channel state, enforces policy,
+/// and signs for one lnpd node over gRPC with mutual TLS.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Args, Clone)]
+pub(crate) struct Common {
+    /// Signer data directory (seed, state, TLS files, signer.toml).
+    #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+    pub(crate) data_dir: String,
+    /// File holding the seed passphrase (else LNPD_SIGNER_PASSPHRASE, else asked on stdin).
+    #[arg(long)]
+    pub(crate) passphrase_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Command {
+    /// Create a new seed (or restore one), encrypt it, and make the TLS material.
+    ///
+    /// The 24-word mnemonic is shown once: write it down. Files written:
+    /// seed.enc (encrypted seed), signer.toml, tls/ca.pem, tls/server.*, and
+    /// tls/node.pem + tls/node.key + tls/ca.pem for the node.
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Bitcoin network: bitcoin, testnet, signet or regtest.
+        #[arg(long)]
+        network: String,
+        /// Restore from a BIP 39 mnemonic read from standard input instead of creating a seed.
+        #[arg(long)]
+        restore: bool,
+        /// Address the signer will listen on (written to signer.toml).
+        #[arg(long, default_value = "127.0.0.1:9736")]
+        listen: String,
+        /// Host names or IP addresses the node uses to reach the signer (server certificate SANs).
+        #[arg(long = "tls-host", default_values = ["localhost", "127.0.0.1", "::1"])]
+        tls_hosts: Vec<String>,
+        /// Argon2id memory cost in KiB for the seed encryption (default 64 MiB).
+        #[arg(long, default_value_t = seed_file::DEFAULT_M_COST_KIB)]
+        kdf_memory_kib: u32,
+        /// Do not print the mnemonic (for scripted test set-ups only).
+        #[arg(long, hide = true)]
+        no_show_mnemonic: bool,
+        /// For a hardware signer: no seed here (the device holds it); only
+        /// the TLS material and signer.toml for `run --device`.
+        #[arg(long)]
+        for_device: bool,
+    },
+    /// Serve the node over gRPC with mutual TLS until interrupted.
+    Run {
+        #[command(flatten)]
+        common: Common,
+        /// Listen address; overrides signer.toml. Port 0 picks a free port
+        /// (the address is written to <data-dir>/signer.addr).
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log filter (overrides signer.toml and RUST_LOG), e.g. "info" or "lnpd_signer=debug".
+        #[arg(long)]
+        log: Option<String>,
+        /// Bridge to a hardware signer instead of signing here: "hid" (USB,
+        /// vendor 1209 product 4c4e), "hid:<vid>:<pid>", a /dev/hidraw
+        /// path, or "sim:<socket>" for lnpd-signer-sim. The device holds the
+        /// keys and enforces the policy; pair it first (`pair`).
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Pair this host with a hardware signer: both show a code; confirm on
+    /// the device, then here. Writes host.key and device.json.
+    Pair {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The device, as for `run --device`.
+        #[arg(long)]
+        device: String,
+        /// Do not ask for confirmation here (the device's button still decides).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Manage the allow-list: addresses funds may go to besides the wallet
+    /// (withdrawals, closes, sweeps) and payee node ids.
+    ///
+    /// Edits <data-dir>/allowlist.json on this machine; a running daemon picks
+    /// the change up by itself. The node can never change this list.
+    Allowlist {
+        /// Signer data directory.
+        #[arg(
+            long,
+            env = "LNPD_SIGNER_DIR",
+            default_value = "~/.lnpd-signer",
+            global = true
+        )]
+        data_dir: String,
+        /// A paired hardware signer (as for `run --device`): `add` then asks
+        /// its user to confirm the entry, and keeps it on the device.
+        #[arg(long, global = true)]
+        device: Option<String>,
+        #[command(subcommand)]
+        action: AllowlistAction,
+    },
+    /// Show the audit log: every refusal with its time, rule, operation, channel and reason.
+    ///
+    /// Reads <data-dir>/audit.log; works while the daemon runs and needs no passphrase.
+    Log {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Show only the last N entries.
+        #[arg(long)]
+        last: Option<usize>,
+    },
+    /// List payments waiting for the operator's approval (policy
+    /// `payment-approval`, set with `approval_above_sat` in signer.toml).
+    ///
+    /// Reads <data-dir>/approvals; works while the daemon runs and needs no passphrase.
+    Pending {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a waiting payment: the signer signs it when the node asks again
+    /// (the node retries by itself while it waits).
+    Approve {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The payment's id, as `lnpd-signer pending` shows it.
+        id: String,
+    },
+    /// Deny a waiting payment: the signer refuses it (rule payment-approval).
+    Deny {
+        /// Signer data directory.
+        #[arg(long, env = "LNPD_SIGNER_DIR", default_value = "~/.lnpd-signer")]
+        data_dir: String,
+        /// The payment's id, as `lnpd-signer pending` shows it.
+        id: String,
+    },
+    /// Show the node id, the wallet descriptors and the channels the signer knows.
+    Info {
+        #[command(flatten)]
+        common: Common,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum AllowlistAction {
+    /// Allow an address (of the signer's network) or a payee node id (hex).
+    Add {
+        /// The address or node id.
+        entry: String,
+    },
+    /// Remove an address or node id.
+    Remove {
+        /// The address or node id.
+        entry: String,
+    },
+    /// List the entries.
+    List,
+}

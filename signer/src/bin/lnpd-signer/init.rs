@@ -1,0 +1,125 @@
+//! `init`: a new (or restored) seed, configuration and TLS material.
+
+use std::net::SocketAddr;
+
+use crate::cli::Common;
+use crate::common::{expand, parse_network, random32};
+use anyhow::{anyhow, bail, Context, Result};
+use lnpd_signer::{seed_file, tls, DataDir};
+use lnpd_signer_core::Seed;
+use zeroize::Zeroizing;
+
+pub(crate) fn init(
+    common: Common,
+    network: String,
+    restore: bool,
+    listen: String,
+    tls_hosts: Vec<String>,
+    kdf_memory_kib: u32,
+    no_show_mnemonic: bool,
+) -> Result<()> {
+    let network = parse_network(&network)?;
+    listen
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    let dir = DataDir(expand(&common.data_dir));
+    if dir.seed().exists() {
+        bail!(
+            "{} already holds a seed; refusing to overwrite it",
+            dir.path().display()
+        );
+    }
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let mnemonic = if restore {
+        eprintln!("Enter the BIP 39 mnemonic (one line):");
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin().read_line(&mut line)?;
+        bip39::Mnemonic::parse_normalized(line.trim())
+            .map_err(|e| anyhow!("invalid mnemonic: {e}"))?
+    } else {
+        let entropy = Zeroizing::new(random32());
+        bip39::Mnemonic::from_entropy(&entropy[..]).map_err(|e| anyhow!("{e}"))?
+    };
+    let bip39_seed = Zeroizing::new(mnemonic.to_seed(""));
+    let seed = Seed::new(bip39_seed.to_vec()).map_err(|e| anyhow!("{e}"))?;
+    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())?;
+    if pass.is_empty() {
+        bail!("an empty passphrase is not allowed: the seed is encrypted under it");
+    }
+    seed_file::write(
+        &dir.seed(),
+        &seed,
+        pass.as_bytes(),
+        kdf_memory_kib,
+        seed_file::DEFAULT_T_COST,
+    )?;
+    let files = tls::generate(&dir.tls(), &tls_hosts)?;
+    let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
+    std::fs::write(dir.config(), config)
+        .with_context(|| format!("writing {}", dir.config().display()))?;
+
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let keys = lnpd_signer_core::keys::KeyRing::from_seed(&seed, network, &secp)
+        .map_err(|e| anyhow!("{e}"))?;
+    if !restore && !no_show_mnemonic {
+        println!("Your 24-word recovery mnemonic (shown once; write it down, keep it offline):\n");
+        println!("    {mnemonic}\n");
+    }
+    println!("node id:     {}", keys.node_id(&secp));
+    println!("network:     {}", network.to_core_arg());
+    println!("seed:        {} (encrypted)", dir.seed().display());
+    println!("config:      {}", dir.config().display());
+    print_node_tls(&files);
+    println!(
+        "next:        lnpd-signer run --data-dir {}",
+        dir.path().display()
+    );
+    Ok(())
+}
+
+/// Tells the operator which TLS files the node needs.
+pub(crate) fn print_node_tls(files: &tls::TlsFiles) {
+    println!(
+        "node TLS:    give the node {}, {} and {}",
+        files.ca_cert.display(),
+        files.node_cert.display(),
+        files.node_key.display()
+    );
+}
+
+/// `init --for-device`: TLS material and signer.toml, no seed.
+pub(crate) fn init_for_device(
+    data_dir: &str,
+    network: &str,
+    listen: &str,
+    tls_hosts: &[String],
+) -> Result<()> {
+    let network = parse_network(network)?;
+    listen
+        .parse::<SocketAddr>()
+        .with_context(|| format!("--listen {listen:?} is not an address:port"))?;
+    let dir = &DataDir(expand(data_dir));
+    if dir.config().exists() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            dir.config().display()
+        );
+    }
+    std::fs::create_dir_all(dir.path())
+        .with_context(|| format!("creating {}", dir.path().display()))?;
+    let files = tls::generate(&dir.tls(), tls_hosts)?;
+    let config = format!(
+        "# lnpd-signer configuration (bridge to a hardware signer)\nnetwork = \"{}\"\nlisten = \"{listen}\"\n",
+        network.to_core_arg()
+    );
+    std::fs::write(dir.config(), config)
+        .with_context(|| format!("writing {}", dir.config().display()))?;
+    println!("config:      {}", dir.config().display());
+    print_node_tls(&files);
+    println!(
+        "next:        lnpd-signer pair --data-dir {0} --device hid, then lnpd-signer run --data-dir {0} --device hid",
+        dir.path().display()
+    );
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! `lnpd-signer`: the policy-enforcing signer daemon of an lnpd node.
+
+mod allowlist;
+mod approvals;
+mod cli;
+mod common;
+mod device;
+mod info;
+mod init;
+mod log;
+mod run;
+
+use crate::cli::{Cli, Command};
+use anyhow::anyhow;
+use clap::Parser;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Init {
+            common,
+            network,
+            listen,
+            tls_hosts,
+            for_device: true,
+            ..
+        } => init::init_for_device(&common.data_dir, &network, &listen, &tls_hosts),
+        Command::Init {
+            common,
+            network,
+            restore,
+            listen,
+            tls_hosts,
+            kdf_memory_kib,
+            no_show_mnemonic,
+            for_device: false,
+        } => init::init(
+            common,
+            network,
+            restore,
+            listen,
+            tls_hosts,
+            kdf_memory_kib,
+            no_show_mnemonic,
+        ),
+        Command::Run {
+            common,
+            listen,
+            log,
+            device,
+        } => match tokio::runtime::Builder::new_multi_thread()
+            // One worker: requests are served one at a time under the
+            // signer's lock anyway, and a second worker only costs a
+            // cross-thread wake-up on every request.
+            .worker_threads(1)
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => match device {
+                Some(d) => rt.block_on(run::run_device(common, listen, log, d)),
+                None => rt.block_on(run::run(common, listen, log)),
+            },
+            Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
+        },
+        Command::Pair {
+            data_dir,
+            device,
+            yes,
+        } => device::pair(&data_dir, &device, yes),
+        Command::Allowlist {
+            data_dir,
+            device: Some(device),
+            action,
+        } => device::allowlist_on_device(&data_dir, &device, action),
+        Command::Allowlist {
+            data_dir,
+            device: None,
+            action,
+        } => allowlist::allowlist(&data_dir, action),
+        Command::Info { common, json } => info::info(common, json),
+        Command::Log {
+            data_dir,
+            json,
+            last,
+        } => log::show_log(&data_dir, json, last),
+        Command::Pending { data_dir, json } => approvals::pending(&data_dir, json),
+        Command::Approve { data_dir, id } => {
+            approvals::answer(&data_dir, &id, lnpd_signer::approvals::Decision::Approved)
+        }
+        Command::Deny { data_dir, id } => {
+            approvals::answer(&data_dir, &id, lnpd_signer::approvals::Decision::Denied)
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

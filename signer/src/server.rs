@@ -1,0 +1,535 @@
+//! The gRPC server: the `Call` and `Batch` rpcs of `signer.proto` hand the
+//! envelope's requests to a [`Backend`] (the core under one lock: requests
+//! for one node are serialized, which the state machine needs anyway; or a
+//! hardware signer). Every answer of the signer, refusals included, is a
+//! `Reply`; a gRPC status means the request never reached it.
+
+use std::sync::{Arc, Mutex};
+
+use lnpd_proto::signer::{self as pb, reply, request, signer_server};
+use lnpd_signer_core::store::Store;
+use lnpd_signer_core::{Signer, SignerError};
+use tonic::{Request, Response, Status};
+
+/// What answers the node's calls: the signer core in this process
+/// ([`SignerService`]) or a hardware signer behind the bridge
+/// (`device_bridge::DeviceBackend`).
+pub trait Backend: Send + Sync + 'static {
+    /// One request: its reply, or the signer's error (a backend that
+    /// cannot reach its signer answers `Unavailable`).
+    fn call(&self, body: request::Body) -> Result<reply::Body, SignerError>;
+    /// A batch (see `BatchRequest` in signer.proto): one result per
+    /// request, or one error for all of them.
+    fn call_batch(
+        &self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError>;
+    /// Whether a call may block for long (a device waiting for its
+    /// button): then it runs with `block_in_place`, which costs a thread
+    /// hand-off that a sub-millisecond call does not need.
+    fn may_block_long(&self) -> bool {
+        false
+    }
+}
+
+/// Runs `f`, handing the runtime thread over first if `long`.
+fn run_blocking<T>(long: bool, f: impl FnOnce() -> T) -> T {
+    if long {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
+/// A [`Backend`] as the tonic service.
+pub struct Grpc<B: Backend>(pub B);
+
+/// The tonic service wrapping a [`Signer`].
+pub struct SignerService<S: Store> {
+    inner: Arc<Mutex<Signer<S>>>,
+    audit: Option<Arc<crate::audit::AuditLog>>,
+    allowlist: Option<Mutex<crate::allowlist::AllowlistWatcher>>,
+    approvals: Option<(crate::approvals::ApprovalDir, std::time::Duration)>,
+}
+
+impl<S: Store> SignerService<S> {
+    /// Wraps a signer.
+    pub fn new(signer: Signer<S>) -> Self {
+        SignerService {
+            inner: Arc::new(Mutex::new(signer)),
+            audit: None,
+            allowlist: None,
+            approvals: None,
+        }
+    }
+
+    /// Records every refusal in `audit`.
+    pub fn with_audit(mut self, audit: crate::audit::AuditLog) -> Self {
+        self.audit = Some(Arc::new(audit));
+        self
+    }
+
+    /// Follows the operator's allow-list file, reloading it when it changes.
+    pub fn with_allowlist(mut self, path: std::path::PathBuf) -> Self {
+        self.allowlist = Some(Mutex::new(crate::allowlist::AllowlistWatcher::new(path)));
+        self
+    }
+
+    /// Asks the operator, through `dir`, to approve payments above the
+    /// threshold (`payment-approval`); unanswered after `timeout`, declined.
+    pub fn with_approvals(mut self, dir: std::path::PathBuf, timeout: std::time::Duration) -> Self {
+        self.approvals = Some((crate::approvals::ApprovalDir::new(dir), timeout));
+        self
+    }
+
+    /// Shares the signer (for in-process use next to the server).
+    pub fn shared(&self) -> Arc<Mutex<Signer<S>>> {
+        self.inner.clone()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Signer<S>>, SignerError> {
+        self.inner
+            .lock()
+            .map_err(|_| SignerError::internal("signer state lock poisoned"))
+    }
+
+    /// Records a refusal by a rule in the audit log.
+    fn audit_refusal(&self, e: &SignerError, op: &str, channel: Option<String>) {
+        if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
+            audit.append(&crate::audit::AuditEntry::refusal(
+                rule.as_str(),
+                op,
+                channel,
+                &e.message,
+            ));
+        }
+    }
+
+    fn call_core(&self, body: request::Body) -> Result<reply::Body, SignerError> {
+        let mut signer = self.lock()?;
+        // A bug must not take the whole signer down with the lock held:
+        // the request fails, the state (updated only after a durable write)
+        // stays as it was, and the next request is served.
+        if let Some(changed) = self
+            .allowlist
+            .as_ref()
+            .and_then(|w| w.lock().ok()?.changed())
+        {
+            let (scripts, payees) = changed.resolve(signer.network());
+            tracing::info!(
+                addresses = scripts.len(),
+                payees = payees.len(),
+                "allow-list loaded"
+            );
+            signer.set_allowlist(scripts, payees);
+        }
+        signer.set_time(unix_now());
+        let (op, channel) = (
+            body.name(),
+            body.channel_keys_id().map(|c| hex::encode(c.0)),
+        );
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            match signer.handle(body)? {
+                reply::Body::ShowInvoice(r) if r.awaiting_approval => self
+                    .ask_operator(&mut signer, r)
+                    .map(reply::Body::ShowInvoice),
+                other => Ok(other),
+            }
+        }));
+        match result {
+            Ok(result) => result.inspect_err(|e| self.audit_refusal(e, op, channel)),
+            Err(_) => {
+                tracing::error!("a request aborted inside the signer (a bug); state unchanged");
+                Err(SignerError::internal(
+                    "the signer could not process this request",
+                ))
+            }
+        }
+    }
+}
+
+impl<S: Store> SignerService<S> {
+    /// A payment awaits approval: applies the operator's answer if there is
+    /// one (or the timeout), else makes sure the request is posted.
+    fn ask_operator(
+        &self,
+        signer: &mut Signer<S>,
+        reply: pb::ShowInvoiceReply,
+    ) -> Result<pb::ShowInvoiceReply, SignerError> {
+        use crate::approvals::{Decision, PendingPayment};
+        use lnpd_signer_core::RuleId;
+        let Some((dir, timeout)) = &self.approvals else {
+            return Ok(reply);
+        };
+        let key = hex::encode(&reply.payment_hash);
+        let id = reply.approval_id.clone();
+        let store_err = |e: crate::approvals::ApprovalError| SignerError::internal(e.to_string());
+        let now = unix_now();
+        // What waits in the signer now: the operator's answer must be for it.
+        let current = signer
+            .pending_approvals()
+            .into_iter()
+            .find(|p| p.payment_hash == reply.payment_hash)
+            .ok_or_else(|| SignerError::internal("awaiting approval, but nothing pending"))?;
+        let as_posted = |p: &PendingPayment| lnpd_signer_core::ops::PendingApproval {
+            id: p.id.clone(),
+            payment_hash: hex::decode(&p.payment_hash).unwrap_or_default(),
+            amount_msat: p.amount_msat,
+            payee: hex::decode(&p.payee).unwrap_or_default(),
+            shown_at: 0,
+        };
+        let posted = match dir.get(&key).map_err(store_err)? {
+            Some(p)
+                if p.amount_msat != current.amount_msat
+                    || p.payee != hex::encode(&current.payee) =>
+            {
+                // Any answer given was for the request as posted, not this.
+                tracing::warn!(
+                    "payment {id} changed since it was posted for approval (now {} msat): asking again",
+                    current.amount_msat
+                );
+                dir.clear(&key);
+                None
+            }
+            other => other,
+        };
+        let answer = match &posted {
+            Some(_) => dir.answer(&key).map_err(store_err)?,
+            None => None,
+        };
+        let decline = |signer: &mut Signer<S>, p: &PendingPayment, why: String| {
+            signer.decide_payment(&as_posted(p), false)?;
+            dir.clear(&key);
+            Err(SignerError::policy(RuleId::PaymentApproval, why))
+        };
+        match (answer, posted) {
+            (Some(Decision::Approved), Some(p)) => {
+                signer.decide_payment(&as_posted(&p), true)?;
+                dir.clear(&key);
+                let what = format!(
+                    "payment {id} of {} msat to {} approved by the operator",
+                    p.amount_msat, p.payee
+                );
+                tracing::info!(rule = RuleId::PaymentApproval.as_str(), "{what}");
+                if let Some(audit) = &self.audit {
+                    audit.append(&crate::audit::AuditEntry::approval(
+                        RuleId::PaymentApproval.as_str(),
+                        "show_invoice",
+                        &what,
+                    ));
+                }
+                Ok(pb::ShowInvoiceReply {
+                    awaiting_approval: false,
+                    ..reply
+                })
+            }
+            (Some(Decision::Denied), Some(p)) => {
+                decline(signer, &p, format!("payment {id} denied by the operator"))
+            }
+            (None, Some(p)) if now >= p.deadline => decline(
+                signer,
+                &p,
+                format!(
+                    "payment {id} not approved within {} s",
+                    p.deadline.saturating_sub(p.requested_at)
+                ),
+            ),
+            (None, Some(_)) => Ok(reply),
+            (_, None) => {
+                let payee = hex::encode(&current.payee);
+                dir.post(&PendingPayment {
+                    id: id.clone(),
+                    payment_hash: key.clone(),
+                    amount_msat: current.amount_msat,
+                    payee: payee.clone(),
+                    requested_at: now,
+                    deadline: now.saturating_add(timeout.as_secs()),
+                })
+                .map_err(store_err)?;
+                tracing::warn!(
+                    rule = RuleId::PaymentApproval.as_str(),
+                    "payment {id} of {} msat to {payee} awaits approval: \
+                     `lnpd-signer approve {id}` or `lnpd-signer deny {id}` within {} s",
+                    reply.amount_msat,
+                    timeout.as_secs()
+                );
+                Ok(reply)
+            }
+        }
+    }
+}
+
+impl<S: Store + Send + 'static> Backend for SignerService<S> {
+    fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
+        self.call_core(body)
+    }
+
+    fn call_batch(
+        &self,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
+        let mut signer = self.lock()?;
+        signer.set_time(unix_now());
+        let context: Vec<_> = bodies
+            .iter()
+            .map(|b| (b.name(), b.channel_keys_id().map(|c| hex::encode(c.0))))
+            .collect();
+        let results =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle_batch(bodies)));
+        let results = match results {
+            Ok(r) => r,
+            Err(_) => {
+                // Nothing of the batch was written; what it changed in
+                // memory is undone before the next request.
+                signer.abort_batch();
+                tracing::error!("a batch aborted inside the signer (a bug); none of it applied");
+                return Err(SignerError::internal(
+                    "the signer could not process this batch",
+                ));
+            }
+        };
+        for (result, (op, channel)) in results.iter().zip(context) {
+            if let Err(e) = result {
+                self.audit_refusal(e, op, channel);
+            }
+        }
+        Ok(results)
+    }
+}
+
+/// The daemon's clock, for the signer's payment windows.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl<B: Backend> signer_server::Signer for Grpc<B> {
+    async fn call(&self, request: Request<pb::Request>) -> Result<Response<pb::Reply>, Status> {
+        let req = request.into_inner();
+        let result = match req.body {
+            Some(body) => run_blocking(self.0.may_block_long(), || self.0.call(body)),
+            None => Err(SignerError::invalid("empty request")),
+        };
+        Ok(Response::new(pb::Reply::from_result(req.id, result)))
+    }
+
+    async fn batch(
+        &self,
+        request: Request<pb::BatchRequest>,
+    ) -> Result<Response<pb::BatchReply>, Status> {
+        let requests = request.into_inner().requests;
+        let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
+        let bodies: Option<Vec<request::Body>> = requests.into_iter().map(|r| r.body).collect();
+        let results = match bodies {
+            Some(bodies) => run_blocking(self.0.may_block_long(), || self.0.call_batch(bodies)),
+            None => Err(SignerError::invalid("a batched request has no body")),
+        };
+        let replies = match results {
+            Ok(results) => ids
+                .into_iter()
+                .zip(results)
+                .map(|(id, r)| pb::Reply::from_result(id, r))
+                .collect(),
+            Err(e) => ids
+                .into_iter()
+                .map(|id| pb::Reply::from_result(id, Err(e.clone())))
+                .collect(),
+        };
+        Ok(Response::new(pb::BatchReply { replies }))
+    }
+}
+
+/// Limits on the connections the server holds: a client that never
+/// finishes its TLS handshake is dropped, and connections beyond the caps
+/// are closed as they come (a node's connection, once up, is not
+/// affected; a flood of idle connections cannot take every file
+/// descriptor).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Longest a TLS handshake may take.
+    pub handshake_timeout: std::time::Duration,
+    /// Most connections at once.
+    pub max_connections: usize,
+    /// Most connections at once from one IP address.
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            handshake_timeout: std::time::Duration::from_secs(10),
+            max_connections: 256,
+            max_connections_per_ip: 32,
+        }
+    }
+}
+
+/// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.
+pub async fn serve<B: Backend>(
+    service: B,
+    listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    limits: ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .tls_config(tls.timeout(limits.handshake_timeout))?
+        // A peer that vanished without closing is found out and dropped.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .add_service(
+            signer_server::SignerServer::new(Grpc(service))
+                .max_decoding_message_size(lnpd_signer_core::MAX_REQUEST_BYTES),
+        )
+        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
+        .await
+}
+
+/// Connections held, in all and by address.
+#[derive(Default)]
+struct Slots {
+    total: usize,
+    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// An accepted connection that frees its slot when dropped.
+struct Counted {
+    inner: tokio::net::TcpStream,
+    slots: Arc<Mutex<Slots>>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.slots.lock() {
+            s.total = s.total.saturating_sub(1);
+            if let Some(n) = s.by_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    s.by_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl tonic::transport::server::Connected for Counted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// Accepted connections within the limits, with Nagle's algorithm off:
+/// replies are small and latency-bound (with it on, a reply split in two
+/// waits for a delayed ACK).
+fn incoming(
+    listener: tokio::net::TcpListener,
+    limits: ServerLimits,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Counted>> {
+    use tokio_stream::StreamExt;
+    let slots = Arc::new(Mutex::new(Slots::default()));
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
+        let stream = match conn {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let ip = match stream.peer_addr() {
+            Ok(a) => a.ip(),
+            Err(_) => return None,
+        };
+        {
+            let Ok(mut s) = slots.lock() else {
+                return None;
+            };
+            let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
+            if s.total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+                // Logged once per 100 refusals: a flood must not flood the log.
+                let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if n.is_multiple_of(100) {
+                    tracing::warn!(
+                        %ip,
+                        held = s.total,
+                        from_ip,
+                        "connection refused: the server holds its limit of connections \
+                         ({} in all, {} per address)",
+                        limits.max_connections,
+                        limits.max_connections_per_ip
+                    );
+                }
+                return None;
+            }
+            s.total += 1;
+            *s.by_ip.entry(ip).or_insert(0) += 1;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+        Some(Ok(Counted {
+            inner: stream,
+            slots: slots.clone(),
+            ip,
+        }))
+    })
+}
+
+/// Mutual-TLS server configuration: our certificate, and only client
+/// certificates issued by our CA are accepted.
+pub fn tls_config(
+    files: &crate::tls::TlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, crate::tls::TlsError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let cert = crate::tls::read_pem(&files.server_cert)?;
+    let key = crate::tls::read_pem(&files.server_key)?;
+    let ca = crate::tls::read_pem(&files.ca_cert)?;
+    Ok(ServerTlsConfig::new()
+        .identity(Identity::from_pem(cert, key))
+        .client_ca_root(Certificate::from_pem(ca))
+        .client_auth_optional(false))
+}
