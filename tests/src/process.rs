@@ -33,7 +33,6 @@ pub fn bin(name: &str) -> PathBuf {
     }
 }
 
-/// The `lnpd-signer` binary: `LNPD_SIGNER_BIN` if set, else next to the test executable.
 /// Waits until `ready` gives a value, failing with `log` if `child` exits
 /// first or `timeout` passes; `what` names the program in the error.
 pub fn wait_for_start<T>(
@@ -59,6 +58,7 @@ pub fn wait_for_start<T>(
     }
 }
 
+/// The `lnpd-signer` binary: `LNPD_SIGNER_BIN` if set, else next to the test executable.
 pub fn signer_bin() -> PathBuf {
     std::env::var_os("LNPD_SIGNER_BIN")
         .map(PathBuf::from)

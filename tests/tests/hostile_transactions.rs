@@ -8,7 +8,7 @@
 use bitcoin::absolute::LockTime;
 use bitcoin::consensus::encode::{deserialize, serialize};
 use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::{PublicKey, Secp256k1};
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::transaction::Version;
 use bitcoin::{Amount, ScriptBuf, Transaction, TxOut};
 use lightning::ln::chan_utils::{
@@ -289,11 +289,7 @@ fn tampered(
 ) -> pb::SignCounterpartyCommitmentRequest {
     let mut req = next_counterparty_request(p).unwrap();
     let c = req.commitment.as_mut().unwrap();
-    let keys = lnpd_signer_core::commitment::parse_channel_keys(Some(&p.bob.pubkeys)).unwrap();
-    let params = lnpd_signer_core::commitment::channel_parameters(&p.bob.setup, keys).unwrap();
-    let rebuilt =
-        lnpd_signer_core::commitment::rebuild(&params, &p.bob.setup, true, c, &Secp256k1::new())
-            .unwrap();
+    let (_, rebuilt) = lnpd_signer_core::testing::rebuild_as(&p.bob, c).unwrap();
     let mut tx: Transaction = deserialize(&c.transaction).unwrap();
     tamper(&mut tx, rebuilt.tx.trust().keys(), c);
     c.transaction = serialize(&tx);
@@ -422,16 +418,7 @@ fn htlc_timeout(
     change: impl FnOnce(&mut pb::UnsignedTx, &TxCreationKeys),
 ) -> pb::SignHolderHtlcTransactionRequest {
     let data = p.commitment_data(true, p.number).unwrap();
-    let keys = lnpd_signer_core::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
-    let params = lnpd_signer_core::commitment::channel_parameters(&p.alice.setup, keys).unwrap();
-    let rebuilt = lnpd_signer_core::commitment::rebuild(
-        &params,
-        &p.alice.setup,
-        true,
-        &data,
-        &Secp256k1::new(),
-    )
-    .unwrap();
+    let (_, rebuilt) = lnpd_signer_core::testing::rebuild_as(&p.alice, &data).unwrap();
     let trusted = rebuilt.tx.trust();
     let htlc = rebuilt.tx.nondust_htlcs()[0].clone();
     let vout = htlc.transaction_output_index.unwrap();

@@ -5,6 +5,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
+use crate::state::{ChannelKind, CommitmentRecord, SetupRecord};
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{All, Message, Secp256k1};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
@@ -15,7 +16,6 @@ use lightning::ln::chan_utils::{
     CounterpartyChannelTransactionParameters,
 };
 use lightning::types::features::ChannelTypeFeatures;
-use lnpd_proto::signer::{ChannelType, CommitmentData, SetupChannelRequest};
 
 use crate::error::SignerError;
 use crate::CommitmentNumber;
@@ -25,22 +25,14 @@ pub const ANCHOR_OUTPUT_VALUE_SAT: u64 = 330;
 
 // Field parsing is shared with the node (`lnpd_proto::ldk`).
 pub use lnpd_proto::ldk::{
-    channel_keys_to_wire, parse_32, parse_channel_keys, parse_htlcs, parse_outpoint, parse_pubkey,
-    parse_signature,
+    channel_keys_to_wire, parse_32, parse_outpoint, parse_pubkey, parse_signature,
 };
 
-/// Whether the channel uses anchors with zero-fee HTLC transactions.
-pub fn is_anchors(setup: &SetupChannelRequest) -> bool {
-    setup.channel_type == ChannelType::AnchorsZeroFeeHtlcTx as i32
-}
-
 /// LDK's feature set for a channel type the signer supports.
-pub fn channel_type_features(
-    setup: &SetupChannelRequest,
-) -> Result<ChannelTypeFeatures, SignerError> {
-    match ChannelType::try_from(setup.channel_type) {
-        Ok(ChannelType::StaticRemoteKey) => Ok(ChannelTypeFeatures::only_static_remote_key()),
-        Ok(ChannelType::AnchorsZeroFeeHtlcTx) => {
+pub fn channel_type_features(setup: &SetupRecord) -> Result<ChannelTypeFeatures, SignerError> {
+    match ChannelKind::try_from(setup.channel_type) {
+        Ok(ChannelKind::StaticRemoteKey) => Ok(ChannelTypeFeatures::only_static_remote_key()),
+        Ok(ChannelKind::AnchorsZeroFeeHtlcTx) => {
             Ok(ChannelTypeFeatures::anchors_zero_htlc_fee_and_dependencies())
         }
         // `channel-type-safe` refused any other type at set-up.
@@ -52,10 +44,10 @@ pub fn channel_type_features(
 
 /// The channel's parameters in LDK's form, from what was recorded at set-up.
 pub fn channel_parameters(
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     holder_pubkeys: ChannelPublicKeys,
 ) -> Result<ChannelTransactionParameters, SignerError> {
-    let funding = parse_outpoint(setup.funding_outpoint.as_ref())?;
+    let funding = setup.funding()?;
     let index = u16::try_from(funding.vout)
         .map_err(|_| SignerError::invalid("funding output index above 65535"))?;
     let delay = |v: u32, what: &str| {
@@ -69,7 +61,7 @@ pub fn channel_parameters(
         )?,
         is_outbound_from_holder: setup.is_outbound,
         counterparty_parameters: Some(CounterpartyChannelTransactionParameters {
-            pubkeys: parse_channel_keys(setup.counterparty_keys.as_ref())?,
+            pubkeys: setup.counterparty_pubkeys()?,
             selected_contest_delay: delay(
                 setup.counterparty_selected_contest_delay,
                 "counterparty_selected_contest_delay",
@@ -115,15 +107,15 @@ pub struct Rebuilt {
 /// (`policy::commitment`).
 pub fn rebuild(
     params: &ChannelTransactionParameters,
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     holder_is_broadcaster: bool,
-    data: &CommitmentData,
+    data: &CommitmentRecord,
     secp: &Secp256k1<All>,
 ) -> Result<Rebuilt, SignerError> {
     let number = CommitmentNumber::new(data.commitment_number)?;
     let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
-    let htlcs = parse_htlcs(data)?;
-    let anchors = is_anchors(setup);
+    let htlcs = data.ldk_htlcs()?;
+    let anchors = setup.is_anchors();
     if htlcs.len() > 483 {
         return Err(SignerError::invalid(
             "more than 483 HTLCs in one commitment",

@@ -57,7 +57,7 @@ pub struct Signer<S: Store> {
         BTreeMap<
             ChannelKeysId,
             (
-                lnpd_proto::signer::SetupChannelRequest,
+                crate::state::SetupRecord,
                 lightning::ln::chan_utils::ChannelTransactionParameters,
             ),
         >,
@@ -119,21 +119,50 @@ impl<S: Store> Signer<S> {
         }
         let keys = KeyRing::from_seed(seed, network, &secp)?;
         let snapshot = store.load()?;
+        let mut meta = match &snapshot.meta {
+            Some(b) => MetaRecord::decode_record(b)?,
+            None => MetaRecord::default(),
+        };
+        if meta.schema_version > crate::state::SCHEMA_VERSION {
+            return Err(SignerError::internal(format!(
+                "the state was written by a newer release (schema {}; this release reads up to {}): run that release or a newer one",
+                meta.schema_version,
+                crate::state::SCHEMA_VERSION
+            )));
+        }
         let mut channels = BTreeMap::new();
         for (id, bytes) in &snapshot.channels {
             let mut record = ChannelRecord::decode_record(bytes)?;
-            if !record.ledger_ready {
+            if !record.ledger_ready && record.setup.is_some() {
                 // Written before the HTLC ledger: its HTLCs are taken as
-                // they are, in memory, until the next update writes them.
+                // they are (made durable by the migration below).
                 record.outgoing = crate::policy::ledger::initial_entries(&record);
                 record.ledger_ready = true;
             }
             channels.insert(ChannelKeysId(*id), record);
         }
-        let meta = match &snapshot.meta {
-            Some(b) => MetaRecord::decode_record(b)?,
-            None => MetaRecord::default(),
-        };
+        let stored = snapshot.meta.is_some() || !channels.is_empty();
+        let migrate_from = (stored && meta.schema_version < crate::state::SCHEMA_VERSION)
+            .then_some(meta.schema_version);
+        meta.schema_version = crate::state::SCHEMA_VERSION;
+        let mut store = store;
+        if let Some(from) = migrate_from {
+            // Every record rewritten in this release's schema, with the
+            // version, in one durable write: all or nothing.
+            let mut writes: Vec<Write> = channels
+                .iter()
+                .map(|(id, r): (&ChannelKeysId, &ChannelRecord)| {
+                    Write::Channel(id.0, r.encode_record())
+                })
+                .collect();
+            writes.push(Write::Meta(meta.encode_to_vec()));
+            store.commit(writes)?;
+            tracing::info!(
+                channels = channels.len(),
+                "state migrated from schema {from} to {}",
+                crate::state::SCHEMA_VERSION
+            );
+        }
         let wallet_scripts =
             crate::wallet::WalletScripts::new(&keys, &secp, meta.next_internal_index)?;
         let mut signer = Signer {

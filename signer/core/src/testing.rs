@@ -13,6 +13,8 @@ use alloc::vec::Vec;
 use bitcoin::Network;
 use lnpd_proto::signer::{self as pb, reply, request};
 
+use crate::state::{CommitmentRecord, SetupRecord};
+
 /// Anything that answers signer requests: an in-process [`Signer`] or a
 /// client of a signer process.
 pub trait SignerHandle {
@@ -133,6 +135,28 @@ pub struct Party {
     pub setup: pb::SetupChannelRequest,
 }
 
+/// Rebuilds `data` as `party`'s own commitment (party broadcasts), from
+/// public data only, as an honest node would: the parameters and the
+/// rebuilt commitment.
+pub fn rebuild_as(
+    party: &Party,
+    data: &pb::CommitmentData,
+) -> Result<
+    (
+        lightning::ln::chan_utils::ChannelTransactionParameters,
+        crate::commitment::Rebuilt,
+    ),
+    SignerError,
+> {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let setup = SetupRecord::from_wire(&party.setup);
+    let keys = lnpd_proto::ldk::parse_channel_keys(Some(&party.pubkeys))?;
+    let params = crate::commitment::channel_parameters(&setup, keys)?;
+    let data = CommitmentRecord::from_wire(data)?;
+    let rebuilt = crate::commitment::rebuild(&params, &setup, true, &data, &secp)?;
+    Ok((params, rebuilt))
+}
+
 /// A channel between two in-process signers.
 pub struct ChannelPair {
     /// The funder.
@@ -221,9 +245,7 @@ impl Colluder {
         } else {
             (&pair.bob, &pair.alice)
         };
-        let keys = crate::commitment::parse_channel_keys(Some(&holder.pubkeys))?;
-        let params = crate::commitment::channel_parameters(&holder.setup, keys)?;
-        let rebuilt = crate::commitment::rebuild(&params, &holder.setup, true, data, &self.secp)?;
+        let (params, rebuilt) = rebuild_as(holder, data)?;
         let secrets = self
             .keys
             .channel_secrets(&crate::ChannelKeysId::from_slice(&peer.keys_id)?);
@@ -242,7 +264,7 @@ impl Colluder {
         let htlc_sigs = crate::commitment::htlc_sighashes(
             &rebuilt.tx,
             params.as_holder_broadcastable().contest_delay(),
-            crate::commitment::is_anchors(&holder.setup),
+            SetupRecord::from_wire(&holder.setup).is_anchors(),
         )?
         .iter()
         .map(|(_, m)| {
@@ -606,11 +628,8 @@ impl ChannelPair {
     /// signer refuses before it looks at the transaction).
     pub fn built_transaction(&self, alice: bool, data: &pb::CommitmentData) -> Vec<u8> {
         let party = if alice { &self.alice } else { &self.bob };
-        let secp = bitcoin::secp256k1::Secp256k1::new();
-        crate::commitment::parse_channel_keys(Some(&party.pubkeys))
-            .and_then(|keys| crate::commitment::channel_parameters(&party.setup, keys))
-            .and_then(|params| crate::commitment::rebuild(&params, &party.setup, true, data, &secp))
-            .map(|r| {
+        rebuild_as(party, data)
+            .map(|(_, r)| {
                 bitcoin::consensus::encode::serialize(&r.tx.trust().built_transaction().transaction)
             })
             .unwrap_or_default()

@@ -37,6 +37,8 @@
 //! prints the seed and the shortest sequence of actions that still breaks
 //! the invariant.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -49,8 +51,9 @@ use bitcoin::{
     ScriptBuf, Sequence, Transaction, TxIn, TxOut, Txid, Witness,
 };
 use lnpd_proto::signer::{self as pb, reply, request};
-use lnpd_signer_core::commitment::{commitment_fee_sat, is_anchors};
+use lnpd_signer_core::commitment::commitment_fee_sat;
 use lnpd_signer_core::keys::KeyRing;
+use lnpd_signer_core::state::SetupRecord;
 use lnpd_signer_core::testing::{
     memory_signer, ChannelPair, Colluder, PairOptions, SharedSigner, SignerHandle, TestChain,
     TestHtlc,
@@ -1217,7 +1220,7 @@ impl World {
                 .min()
                 .unwrap_or(CHANNEL_SAT);
             worst_total += worst;
-            let anchors = is_anchors(&self.pairs[ch].alice.setup);
+            let anchors = SetupRecord::from_wire(&self.pairs[ch].alice.setup).is_anchors();
             let most_htlcs = live.iter().map(|(_, h)| h.len()).max().unwrap_or(0);
             allowance += commitment_fee_sat(policy.max_feerate_per_kw, most_htlcs, anchors)
                 + 660

@@ -13,6 +13,8 @@
 //! The signer plays the spec's *remote* side, signing *local*'s commitment
 //! #42 as a counterparty commitment, with the spec's published keys.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use bitcoin::consensus::deserialize;
 use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::Message;

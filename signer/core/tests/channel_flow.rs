@@ -2,6 +2,8 @@
 //! signatures and revocations is accepted, and out-of-order or altered
 //! requests are refused without changing state.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use lnpd_proto::signer::{self as pb, reply as request_reply, request, ErrorKind as WireKind};
 use lnpd_signer_core::call;
 use lnpd_signer_core::policy::RuleId;

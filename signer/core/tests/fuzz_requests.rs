@@ -2,6 +2,8 @@
 //! signer never panics, always answers with a well-formed reply, and a
 //! refused request leaves its state exactly as it was.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use lnpd_proto::signer::{self as pb, reply, request};
 use lnpd_signer_core::testing::{
     memory_signer, next_counterparty_request, ChannelPair, PairOptions,

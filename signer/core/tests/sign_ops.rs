@@ -3,6 +3,8 @@
 //! spendable outputs, invoices, messages, gossip, announcements, closing,
 //! second-stage HTLC, justice and anchor spends.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::str::FromStr;
 
 use bitcoin::bip32::{DerivationPath, Xpriv};
@@ -780,12 +782,8 @@ fn holder_htlc_and_anchor_spends_are_signed_for_the_latest_commitment_only() {
     p.add_htlc(30_000_000, 9).unwrap();
     // Rebuild Alice's latest commitment the way a node would see it.
     let data = p.commitment_data(true, p.number).unwrap();
-    let mut setup = p.alice.setup.clone();
-    setup.counterparty_keys = Some(p.bob.pubkeys.clone());
-    let holder_keys =
-        lnpd_signer_core::commitment::parse_channel_keys(Some(&p.alice.pubkeys)).unwrap();
-    let params = lnpd_signer_core::commitment::channel_parameters(&setup, holder_keys).unwrap();
-    let rebuilt = lnpd_signer_core::commitment::rebuild(&params, &setup, true, &data, &s).unwrap();
+    assert_eq!(p.alice.setup.counterparty_keys, Some(p.bob.pubkeys.clone()));
+    let (_, rebuilt) = lnpd_signer_core::testing::rebuild_as(&p.alice, &data).unwrap();
     let trusted = rebuilt.tx.trust();
     let txid = trusted.txid();
     let htlc = rebuilt.tx.nondust_htlcs()[0].clone();

@@ -82,7 +82,7 @@ impl<S: Store> Signer<S> {
         use bitcoin::{MerkleBlock, Transaction};
         let id = crate::ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, _) = self.set_up_channel(&id)?;
-        let outpoint = crate::commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
+        let outpoint = setup.funding()?;
         let tx: Transaction = deserialize(&r.funding_transaction)
             .map_err(|_| SignerError::invalid("the funding transaction does not decode"))?;
         let txid = tx.compute_txid();

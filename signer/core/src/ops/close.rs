@@ -20,7 +20,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        let funding = commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
+        let funding = setup.funding()?;
         let mut tx = chan_utils::build_closing_transaction(
             Amount::from_sat(r.to_holder_value_sat),
             Amount::from_sat(r.to_counterparty_value_sat),

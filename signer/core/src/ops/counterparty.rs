@@ -9,12 +9,13 @@ use lightning::ln::chan_utils::{self};
 use lnpd_proto::signer::{self as pb};
 
 use super::shared::preimage_hashes;
-use crate::commitment::{self, is_anchors, parse_32, Rebuilt};
+use crate::commitment::{self, parse_32, Rebuilt};
 use crate::error::SignerError;
 use crate::policy::commitment::{Proposed, Verdict};
 use crate::policy::revocation::{validate_counterparty_revocation, Revocation};
 use crate::revocation::counterparty_secrets;
 use crate::signer::Signer;
+use crate::state::CommitmentRecord;
 use crate::store::Store;
 use crate::{ChannelKeysId, CommitmentNumber};
 
@@ -75,10 +76,11 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignCounterpartyCommitmentReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        let data = r
-            .commitment
-            .as_ref()
-            .ok_or_else(|| SignerError::invalid("missing commitment"))?;
+        let data = &CommitmentRecord::from_wire(
+            r.commitment
+                .as_ref()
+                .ok_or_else(|| SignerError::invalid("missing commitment"))?,
+        )?;
         let Rebuilt { tx, .. } = commitment::rebuild(&params, setup, false, data, &self.secp)?;
         let trusted = tx.trust();
         let mut accepted = record.clone();
@@ -114,7 +116,7 @@ impl<S: Store> Signer<S> {
         let htlc_signatures = commitment::htlc_sighashes(
             &tx,
             params.as_counterparty_broadcastable().contest_delay(),
-            is_anchors(setup),
+            setup.is_anchors(),
         )?
         .iter()
         .map(|(_, msg)| self.sign(msg, &htlc_key).serialize_compact().to_vec())

@@ -13,12 +13,10 @@ use bitcoin::{Amount, OutPoint, Transaction, TxOut};
 use lightning::ln::chan_utils::{
     self, HTLCOutputInCommitment, TrustedCommitmentTransaction, TxCreationKeys,
 };
-use lnpd_proto::signer::{self as pb, CommitmentData};
+use lnpd_proto::signer::{self as pb};
 
 use super::shared::{input_index, sig_reply, to_transaction};
-use crate::commitment::{
-    self, is_anchors, p2wsh_sighash, parse_32, parse_htlcs, parse_pubkey, ANCHOR_OUTPUT_VALUE_SAT,
-};
+use crate::commitment::{self, p2wsh_sighash, parse_32, parse_pubkey, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
 use crate::keys::payment_hash;
 use crate::policy::onchain::SecondStage;
@@ -49,7 +47,7 @@ fn find_htlc<'a>(
 
 /// The one HTLC a request names.
 fn wanted_htlc(htlc: Option<&pb::Htlc>) -> Result<HTLCOutputInCommitment, SignerError> {
-    parse_htlcs(&CommitmentData {
+    lnpd_proto::ldk::parse_htlcs(&pb::CommitmentData {
         htlcs: htlc.into_iter().cloned().collect(),
         ..Default::default()
     })?
@@ -149,7 +147,7 @@ impl<S: Store> Signer<S> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (rebuilt, params) = self.latest_holder(&id, r.commitment_number)?;
         let setup = self.set_up_channel(&id)?.1;
-        let anchors = is_anchors(setup);
+        let anchors = setup.is_anchors();
         let trusted = rebuilt.tx.trust();
         let htlc = rebuilt
             .tx
@@ -276,7 +274,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<(TxCreationKeys, SecretKey, TxOut), SignerError> {
         let (record, setup, params) = self.set_up_channel(id)?;
         let (txs, proofs) = proven(previous_txs)?;
-        let funding = commitment::parse_outpoint(setup.funding_outpoint.as_ref())?;
+        let funding = setup.funding()?;
         let revoked = revoked_commitment(tx, i, &txs, &funding)?;
         let ours = params.holder_pubkeys.payment_point;
         let theirs = params
@@ -395,7 +393,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::SignatureReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let (record, setup, params) = self.set_up_channel(&id)?;
-        if !is_anchors(setup) {
+        if !setup.is_anchors() {
             return Err(SignerError::invalid("channel has no anchors"));
         }
         let number = record

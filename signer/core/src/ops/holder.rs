@@ -11,13 +11,13 @@ use lightning::ln::chan_utils::ChannelTransactionParameters;
 use lnpd_proto::signer::{self as pb};
 
 use super::shared::{preimage_hashes, sig_reply};
-use crate::commitment::{self, is_anchors, parse_htlcs, parse_signature, Rebuilt};
+use crate::commitment::{self, parse_signature, Rebuilt};
 use crate::error::SignerError;
 use crate::policy::commitment::{Proposed, Verdict};
 use crate::policy::resources::check_parked_first_commitment;
 use crate::policy::revocation::{validate_holder_broadcast, validate_release, Release};
 use crate::signer::Signer;
-use crate::state::{ChannelRecord, HolderRecord};
+use crate::state::{ChannelRecord, HolderRecord, ParkedValidation};
 use crate::store::Store;
 use crate::{ChannelKeysId, CommitmentNumber};
 
@@ -58,6 +58,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::ValidateHolderCommitmentReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let record = self.channel(&id)?.clone();
+        let r = ParkedValidation::from_wire(&r)?;
         let data = r
             .commitment
             .as_ref()
@@ -114,7 +115,7 @@ impl<S: Store> Signer<S> {
         &mut self,
         id: ChannelKeysId,
         record: ChannelRecord,
-        r: pb::ValidateHolderCommitmentRequest,
+        r: ParkedValidation,
     ) -> Result<pb::ValidateHolderCommitmentReply, SignerError> {
         let data = r
             .commitment
@@ -132,7 +133,7 @@ impl<S: Store> Signer<S> {
                 ..Default::default()
             });
         }
-        parse_htlcs(data)?;
+        data.ldk_htlcs()?;
         parse_signature("counterparty_signature", &r.counterparty_signature)?;
         let mut updated = record;
         updated.parked_holder_validation = Some(r);
@@ -151,7 +152,7 @@ impl<S: Store> Signer<S> {
         id: &ChannelKeysId,
         record: &ChannelRecord,
         params: &ChannelTransactionParameters,
-        r: &pb::ValidateHolderCommitmentRequest,
+        r: &ParkedValidation,
     ) -> Result<(HolderRecord, Verdict), SignerError> {
         let setup = record
             .setup
@@ -196,7 +197,7 @@ impl<S: Store> Signer<S> {
         let htlcs = commitment::htlc_sighashes(
             &tx,
             params.as_holder_broadcastable().contest_delay(),
-            is_anchors(setup),
+            setup.is_anchors(),
         )?;
         if htlcs.len() != r.htlc_signatures.len() {
             return Err(SignerError::invalid(format!(

@@ -4,8 +4,9 @@
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
+use crate::state::SetupRecord;
 use bitcoin::hashes::{sha256, Hash};
-use lnpd_proto::signer::{self as pb, SetupChannelRequest};
+use lnpd_proto::signer::{self as pb};
 
 use crate::commitment::{self, channel_keys_to_wire};
 use crate::error::SignerError;
@@ -71,9 +72,10 @@ impl<S: Store> Signer<S> {
 
     pub(crate) fn setup_channel(
         &mut self,
-        r: SetupChannelRequest,
+        r: pb::SetupChannelRequest,
     ) -> Result<pb::SetupChannelReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
+        let r = SetupRecord::from_wire(&r);
         let verdict =
             channel_rules::validate_setup(&id, self.channels.get(&id), &r, &self.facts())?;
         if verdict == SetupVerdict::Again {

@@ -5,11 +5,12 @@
 use alloc::format;
 use alloc::vec::Vec;
 
+use crate::state::SetupRecord;
 use bitcoin::secp256k1::{ecdsa::Signature, Message, PublicKey, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{absolute::LockTime, Amount, ScriptBuf, Sequence, Transaction, TxIn, TxOut, Witness};
 use lightning::ln::chan_utils::{self, ChannelPublicKeys, ChannelTransactionParameters};
-use lnpd_proto::signer::{self as pb, SetupChannelRequest};
+use lnpd_proto::signer::{self as pb};
 
 use crate::commitment::{self};
 use crate::error::SignerError;
@@ -147,14 +148,7 @@ impl<S: Store> Signer<S> {
     pub(crate) fn set_up_channel(
         &self,
         id: &ChannelKeysId,
-    ) -> Result<
-        (
-            &ChannelRecord,
-            &SetupChannelRequest,
-            ChannelTransactionParameters,
-        ),
-        SignerError,
-    > {
+    ) -> Result<(&ChannelRecord, &SetupRecord, ChannelTransactionParameters), SignerError> {
         let record = self.channel(id)?;
         let setup = record.setup.as_ref().ok_or_else(|| {
             SignerError::precondition(format!("channel {id} has not been set up"))
@@ -182,9 +176,9 @@ impl<S: Store> Signer<S> {
     pub(crate) fn funding_script_of(
         &self,
         id: &ChannelKeysId,
-        setup: &SetupChannelRequest,
+        setup: &SetupRecord,
     ) -> Option<ScriptBuf> {
-        let cp = commitment::parse_channel_keys(setup.counterparty_keys.as_ref()).ok()?;
+        let cp = setup.counterparty_pubkeys().ok()?;
         let ours = self.holder_pubkeys(id);
         Some(
             chan_utils::make_funding_redeemscript(&ours.funding_pubkey, &cp.funding_pubkey)

@@ -26,9 +26,10 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use lnpd_proto::signer::{CommitmentData, Htlc, SetupChannelRequest};
+use crate::state::HtlcRecord;
+use crate::state::{CommitmentRecord, SetupRecord};
 
-use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
+use crate::commitment::{commitment_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
 use crate::policy::ledger::{ours, theirs, Key};
 use crate::policy::{PolicyConfig, RuleId};
@@ -43,8 +44,8 @@ struct Side {
     pot: u64,
 }
 
-fn fee_and_anchors(setup: &SetupChannelRequest, c: &CommitmentData) -> u64 {
-    let anchors = is_anchors(setup);
+fn fee_and_anchors(setup: &SetupRecord, c: &CommitmentRecord) -> u64 {
+    let anchors = setup.is_anchors();
     commitment_fee_sat(c.feerate_per_kw, c.htlcs.len(), anchors)
         + if anchors {
             2 * ANCHOR_OUTPUT_VALUE_SAT
@@ -53,7 +54,7 @@ fn fee_and_anchors(setup: &SetupChannelRequest, c: &CommitmentData) -> u64 {
         }
 }
 
-fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
+fn side(setup: &SetupRecord, c: &CommitmentRecord, holder: bool) -> Side {
     let fees = fee_and_anchors(setup, c);
     let our_htlcs: u64 = ours(c, holder).map(|h| h.amount_msat / 1000).sum();
     let all_htlcs: u64 = c.htlcs.iter().map(|h| h.amount_msat / 1000).sum();
@@ -87,13 +88,13 @@ fn side(setup: &SetupChannelRequest, c: &CommitmentData, holder: bool) -> Side {
 /// (`holder`, which we validate) or the counterparty's (which we sign).
 pub struct SideUpdate<'a> {
     /// The channel's set-up.
-    pub setup: &'a SetupChannelRequest,
+    pub setup: &'a SetupRecord,
     /// Ours (else the counterparty's).
     pub holder: bool,
     /// The previous commitment of the side.
-    pub previous: &'a CommitmentData,
+    pub previous: &'a CommitmentRecord,
     /// The new one.
-    pub next: &'a CommitmentData,
+    pub next: &'a CommitmentRecord,
     /// Payment hashes whose preimages the node showed (now or before).
     pub paid: &'a [[u8; 32]],
     /// Incoming HTLCs that must be paid to us if they leave.
@@ -206,10 +207,10 @@ pub fn check_update(policy: &PolicyConfig, u: &SideUpdate) -> Result<u64, Signer
 
 /// HTLCs in `before` that are not in `after` (as multisets).
 fn removed<'a>(
-    before: impl Iterator<Item = &'a Htlc>,
-    after: impl Iterator<Item = &'a Htlc>,
-) -> Vec<&'a Htlc> {
-    let mut still: Vec<&Htlc> = after.collect();
+    before: impl Iterator<Item = &'a HtlcRecord>,
+    after: impl Iterator<Item = &'a HtlcRecord>,
+) -> Vec<&'a HtlcRecord> {
+    let mut still: Vec<&HtlcRecord> = after.collect();
     let mut gone = Vec::new();
     for h in before {
         let k = (&h.payment_hash, h.amount_msat, h.cltv_expiry);
@@ -231,8 +232,8 @@ mod tests {
     use super::*;
 
     /// A static-remote-key channel of 1 000 000 sat that we fund, fee 0.
-    fn setup() -> SetupChannelRequest {
-        SetupChannelRequest {
+    fn setup() -> SetupRecord {
+        SetupRecord {
             channel_value_sat: 1_000_000,
             is_outbound: true,
             ..Default::default()
@@ -240,15 +241,15 @@ mod tests {
     }
 
     /// The counterparty's commitment (the one we sign): they broadcast it.
-    fn theirs(their_sat: u64, our_sat: u64) -> CommitmentData {
-        CommitmentData {
+    fn theirs(their_sat: u64, our_sat: u64) -> CommitmentRecord {
+        CommitmentRecord {
             to_broadcaster_value_sat: their_sat,
             to_countersignatory_value_sat: our_sat,
             ..Default::default()
         }
     }
 
-    fn check(previous: &CommitmentData, next: &CommitmentData) -> Result<(), SignerError> {
+    fn check(previous: &CommitmentRecord, next: &CommitmentRecord) -> Result<(), SignerError> {
         check_update(
             &PolicyConfig::default(),
             &SideUpdate {

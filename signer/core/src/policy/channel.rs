@@ -2,9 +2,10 @@
 
 use alloc::format;
 
-use lnpd_proto::signer::{ChannelType, CommitmentData, SetupChannelRequest};
+use crate::state::ChannelKind;
+use crate::state::{CommitmentRecord, SetupRecord};
 
-use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
+use crate::commitment::{commitment_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
 use crate::policy::{PolicyConfig, RuleId};
@@ -29,7 +30,7 @@ pub enum SetupVerdict {
 pub fn validate_setup(
     id: &ChannelKeysId,
     record: Option<&ChannelRecord>,
-    r: &SetupChannelRequest,
+    r: &SetupRecord,
     facts: &Facts,
 ) -> Result<SetupVerdict, SignerError> {
     let policy = facts.policy;
@@ -88,12 +89,12 @@ pub fn validate_setup(
 /// whether a script pays the signer's wallet.
 pub fn check_setup(
     policy: &PolicyConfig,
-    r: &SetupChannelRequest,
+    r: &SetupRecord,
     is_own_script: impl Fn(&bitcoin::Script) -> bool,
 ) -> Result<(), SignerError> {
     let known_type = matches!(
-        ChannelType::try_from(r.channel_type),
-        Ok(ChannelType::StaticRemoteKey | ChannelType::AnchorsZeroFeeHtlcTx)
+        ChannelKind::try_from(r.channel_type),
+        Ok(ChannelKind::StaticRemoteKey | ChannelKind::AnchorsZeroFeeHtlcTx)
     );
     policy.check(RuleId::ChannelTypeSafe, known_type, || {
         format!(
@@ -193,11 +194,11 @@ impl PushRange {
 /// What a first commitment pays each side for a given push, before
 /// trimming: (funder, fundee) in sat. The funder pays the fee and anchors.
 pub fn first_commitment_values(
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     feerate_per_kw: u32,
     push_msat: u64,
 ) -> (u64, u64) {
-    let anchors = is_anchors(setup);
+    let anchors = setup.is_anchors();
     let fee = commitment_fee_sat(feerate_per_kw, 0, anchors);
     let anchors_sat = if anchors {
         2 * ANCHOR_OUTPUT_VALUE_SAT
@@ -215,9 +216,9 @@ pub fn first_commitment_values(
 /// The pushes a first commitment's two outputs are consistent with, given
 /// the broadcaster's dust limit; `None` when no push is.
 pub fn push_range_of(
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     holder_is_broadcaster: bool,
-    data: &CommitmentData,
+    data: &CommitmentRecord,
 ) -> Option<PushRange> {
     let value_msat = setup.channel_value_sat.saturating_mul(1000);
     let dust = if holder_is_broadcaster {
@@ -295,10 +296,10 @@ pub fn push_range_of(
 /// push is a gift to us), and their first commitment must agree with it.
 pub fn check_first_commitment(
     policy: &PolicyConfig,
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     record: &ChannelRecord,
     holder_is_broadcaster: bool,
-    data: &CommitmentData,
+    data: &CommitmentRecord,
 ) -> Result<(), SignerError> {
     policy.check(
         RuleId::CommitmentFirstNoHtlcs,
@@ -343,28 +344,23 @@ pub fn check_first_commitment(
 mod tests {
     use super::*;
 
-    fn setup(value_sat: u64, outbound: bool, anchors: bool, dust: u64) -> SetupChannelRequest {
-        SetupChannelRequest {
+    fn setup(value_sat: u64, outbound: bool, anchors: bool, dust: u64) -> SetupRecord {
+        SetupRecord {
             channel_value_sat: value_sat,
             is_outbound: outbound,
             holder_dust_limit_sat: dust,
             counterparty_dust_limit_sat: dust + 100,
             channel_type: if anchors {
-                ChannelType::AnchorsZeroFeeHtlcTx as i32
+                ChannelKind::AnchorsZeroFeeHtlcTx as i32
             } else {
-                ChannelType::StaticRemoteKey as i32
+                ChannelKind::StaticRemoteKey as i32
             },
             ..Default::default()
         }
     }
 
     /// The first commitment a push gives, trimmed as BOLT 3 says.
-    fn commitment(
-        s: &SetupChannelRequest,
-        holder: bool,
-        feerate: u32,
-        push: u64,
-    ) -> CommitmentData {
+    fn commitment(s: &SetupRecord, holder: bool, feerate: u32, push: u64) -> CommitmentRecord {
         let (funder, fundee) = first_commitment_values(s, feerate, push);
         let dust = if holder {
             s.holder_dust_limit_sat
@@ -377,7 +373,7 @@ mod tests {
         } else {
             (fundee, funder)
         };
-        CommitmentData {
+        CommitmentRecord {
             feerate_per_kw: feerate,
             to_broadcaster_value_sat: trim(b),
             to_countersignatory_value_sat: trim(c),
@@ -385,7 +381,7 @@ mod tests {
         }
     }
 
-    fn same_outputs(a: &CommitmentData, b: &CommitmentData) -> bool {
+    fn same_outputs(a: &CommitmentRecord, b: &CommitmentRecord) -> bool {
         a.to_broadcaster_value_sat == b.to_broadcaster_value_sat
             && a.to_countersignatory_value_sat == b.to_countersignatory_value_sat
     }
@@ -446,7 +442,7 @@ mod tests {
         // More than the channel holds, an untrimmed dust output, an output
         // above what the funder can have.
         for (b, c) in [(60_000, 60_000), (100, 90_000), (0, 100_000)] {
-            let d = CommitmentData {
+            let d = CommitmentRecord {
                 feerate_per_kw: 253,
                 to_broadcaster_value_sat: b,
                 to_countersignatory_value_sat: c,
@@ -463,7 +459,7 @@ mod tests {
         let policy = PolicyConfig::default();
         let s = setup(100_000, false, true, 354);
         let push = 20_000_500;
-        let ours = CommitmentData {
+        let ours = CommitmentRecord {
             commitment_number: 0,
             ..commitment(&s, true, 2500, push)
         };

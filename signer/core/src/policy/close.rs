@@ -2,10 +2,11 @@
 
 use alloc::format;
 
+use crate::state::SetupRecord;
 use bitcoin::Script;
-use lnpd_proto::signer::{SetupChannelRequest, SignClosingTransactionRequest};
+use lnpd_proto::signer::SignClosingTransactionRequest;
 
-use crate::commitment::{commitment_fee_sat, is_anchors, ANCHOR_OUTPUT_VALUE_SAT};
+use crate::commitment::{commitment_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
 use crate::policy::RuleId;
@@ -31,7 +32,7 @@ pub fn validate_close(
     facts: &Facts,
     id: &ChannelKeysId,
     record: &ChannelRecord,
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     r: &SignClosingTransactionRequest,
 ) -> Result<(), SignerError> {
     let policy = facts.policy;
@@ -86,7 +87,7 @@ pub fn validate_close(
 
     // Our balance in the latest holder commitment, before the commitment fee
     // and anchors the funder paid; the funder also pays the closing fee.
-    let anchors = is_anchors(setup);
+    let anchors = setup.is_anchors();
     let paid = if setup.is_outbound {
         let anchors_sat = if anchors {
             2 * ANCHOR_OUTPUT_VALUE_SAT

@@ -26,12 +26,10 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
+use crate::state::{CommitmentRecord, SetupRecord};
 use lightning::ln::chan_utils::TrustedCommitmentTransaction;
-use lnpd_proto::signer::{CommitmentData, SetupChannelRequest};
 
-use crate::commitment::{
-    commitment_fee_sat, htlc_tx_fee_sat, is_anchors, parse_htlcs, ANCHOR_OUTPUT_VALUE_SAT,
-};
+use crate::commitment::{commitment_fee_sat, htlc_tx_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
 use crate::policy::facts::{Facts, Live};
 use crate::policy::ledger::{self, Key};
@@ -47,12 +45,12 @@ pub struct Proposed<'a> {
     /// Its record before this request.
     pub record: &'a ChannelRecord,
     /// Its recorded set-up.
-    pub setup: &'a SetupChannelRequest,
+    pub setup: &'a SetupRecord,
     /// Ours (validated) or the counterparty's (signed).
     pub holder: bool,
     /// The commitment, as the node described it (for ours, with our own
     /// per-commitment point in place).
-    pub data: &'a CommitmentData,
+    pub data: &'a CommitmentRecord,
     /// The transaction the signer built from it.
     pub built: &'a TrustedCommitmentTransaction<'a>,
     /// The to_self_delay of the broadcaster's to_local output.
@@ -239,7 +237,7 @@ pub fn validate(p: &Proposed, facts: &Facts) -> Result<Verdict, SignerError> {
 }
 
 /// Whether two commitments carry the same data (the point included).
-fn same_commitment(a: &CommitmentData, b: &CommitmentData) -> bool {
+fn same_commitment(a: &CommitmentRecord, b: &CommitmentRecord) -> bool {
     a == b
 }
 
@@ -265,13 +263,13 @@ pub fn check_holder_point(
 /// and BOLT 3 trimming.
 pub fn check_shape(
     policy: &PolicyConfig,
-    setup: &SetupChannelRequest,
+    setup: &SetupRecord,
     holder: bool,
-    data: &CommitmentData,
+    data: &CommitmentRecord,
     built: &TrustedCommitmentTransaction,
 ) -> Result<(), SignerError> {
-    let htlcs = parse_htlcs(data)?;
-    let anchors = is_anchors(setup);
+    let htlcs = data.ldk_htlcs()?;
+    let anchors = setup.is_anchors();
     let dust_limit = if holder {
         setup.holder_dust_limit_sat
     } else {

@@ -5,9 +5,9 @@
 
 use alloc::collections::BTreeMap;
 
+use crate::state::CommitmentRecord;
 use bitcoin::hashes::{sha256d, Hash};
 use bitcoin::Script;
-use lnpd_proto::signer::CommitmentData;
 
 use crate::policy::PolicyConfig;
 use crate::state::{ChannelRecord, FundingProof, MetaRecord, ShownInvoice};
@@ -84,11 +84,11 @@ impl<'a> Facts<'a> {
 #[derive(Clone, Copy, Default)]
 pub struct Live<'a> {
     /// Our latest validated commitment.
-    pub holder: Option<&'a CommitmentData>,
+    pub holder: Option<&'a CommitmentRecord>,
     /// The counterparty's latest signed commitment.
-    pub counterparty: Option<&'a CommitmentData>,
+    pub counterparty: Option<&'a CommitmentRecord>,
     /// The counterparty commitment before it, not yet revoked.
-    pub counterparty_previous: Option<&'a CommitmentData>,
+    pub counterparty_previous: Option<&'a CommitmentRecord>,
 }
 
 impl<'a> Live<'a> {

@@ -30,7 +30,8 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
-use lnpd_proto::signer::{CommitmentData, Htlc, HtlcDirection};
+use crate::state::CommitmentRecord;
+use crate::state::{HtlcRecord, HtlcSide};
 
 use crate::error::SignerError;
 use crate::policy::facts::{Facts, Live};
@@ -41,39 +42,39 @@ use crate::ChannelKeysId;
 /// An HTLC's identity in commitments: payment hash, amount (msat), expiry.
 pub type Key<'a> = (&'a [u8], u64, u32);
 
-fn key(h: &Htlc) -> Key<'_> {
+fn key(h: &HtlcRecord) -> Key<'_> {
     (&h.payment_hash, h.amount_msat, h.cltv_expiry)
 }
 
 /// HTLCs we offered in a commitment (`holder`: the commitment is ours, so
 /// we are its broadcaster and "offered" means by us).
-pub fn ours(c: &CommitmentData, holder: bool) -> impl Iterator<Item = &Htlc> {
+pub fn ours(c: &CommitmentRecord, holder: bool) -> impl Iterator<Item = &HtlcRecord> {
     let d = if holder {
-        HtlcDirection::Offered
+        HtlcSide::Offered
     } else {
-        HtlcDirection::Received
+        HtlcSide::Received
     } as i32;
     c.htlcs.iter().filter(move |h| h.direction == d)
 }
 
 /// HTLCs the peer offered us in a commitment.
-pub fn theirs(c: &CommitmentData, holder: bool) -> impl Iterator<Item = &Htlc> {
+pub fn theirs(c: &CommitmentRecord, holder: bool) -> impl Iterator<Item = &HtlcRecord> {
     let d = if holder {
-        HtlcDirection::Received
+        HtlcSide::Received
     } else {
-        HtlcDirection::Offered
+        HtlcSide::Offered
     } as i32;
     c.htlcs.iter().filter(move |h| h.direction == d)
 }
 
 /// Copies of each key in one commitment.
 fn counts<'a>(
-    c: &'a CommitmentData,
+    c: &'a CommitmentRecord,
     holder: bool,
     offered_by_us: bool,
 ) -> BTreeMap<Key<'a>, usize> {
     let mut m = BTreeMap::new();
-    let it: alloc::boxed::Box<dyn Iterator<Item = &Htlc>> = if offered_by_us {
+    let it: alloc::boxed::Box<dyn Iterator<Item = &HtlcRecord>> = if offered_by_us {
         alloc::boxed::Box::new(ours(c, holder))
     } else {
         alloc::boxed::Box::new(theirs(c, holder))
@@ -105,7 +106,7 @@ pub fn needed<'a>(live: &Live<'a>, offered_by_us: bool) -> BTreeMap<Key<'a>, usi
 /// Copies of an incoming HTLC that are irrevocably committed: in our latest
 /// commitment and in every unrevoked commitment of the peer.
 fn irrevocable_copies(live: &Live, k: Key) -> usize {
-    let count = |c: Option<&CommitmentData>, holder: bool| {
+    let count = |c: Option<&CommitmentRecord>, holder: bool| {
         c.map(|c| theirs(c, holder).filter(|h| key(h) == k).count())
     };
     let mut copies = count(live.holder, true).unwrap_or(0);

@@ -6,7 +6,7 @@
 use alloc::format;
 use alloc::vec::Vec;
 
-use lnpd_proto::signer::ValidateHolderCommitmentRequest;
+use crate::state::ParkedValidation;
 
 use crate::error::SignerError;
 use crate::policy::facts::Facts;
@@ -37,7 +37,7 @@ pub fn pending_to_forget(
 /// A first holder commitment kept before set-up has no HTLCs and is small.
 pub fn check_parked_first_commitment(
     id: &ChannelKeysId,
-    r: &ValidateHolderCommitmentRequest,
+    r: &ParkedValidation,
 ) -> Result<(), SignerError> {
     let small =
         r.commitment.as_ref().is_some_and(|data| {
