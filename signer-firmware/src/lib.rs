@@ -16,6 +16,7 @@ extern crate alloc;
 
 pub mod device;
 pub mod flash;
+pub mod session;
 pub mod ui;
 
 /// USB HID framing (shared with the host side, in `lnpd-proto`).
