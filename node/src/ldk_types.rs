@@ -1,5 +1,7 @@
-//! The LDK types of this node: LDK's generic parts filled in with the
-//! remote signer, the JSON-RPC chain, the SQLite store and the wallet.
+//! The LDK types of lnpd: LDK's generic parts over keys `K` and a chain `C`
+//! (broadcaster and fee estimator) with lnpd's store and logger (the `…Of`
+//! aliases, shared with the payments benchmark), and this node's: the
+//! remote signer, the JSON-RPC chain and the wallet.
 
 use std::sync::{Arc, RwLock};
 
@@ -13,53 +15,61 @@ use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
 use lightning::routing::router::DefaultRouter;
 use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringFeeParameters};
 use lightning::routing::utxo::UtxoLookup;
+use lightning::sign::SignerProvider;
 use lightning::util::sweep::OutputSweeperSync;
 use lightning_net_tokio::SocketDescriptor;
 
 use crate::chain::ChainRpc;
 use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
-use crate::signer_client::{RemoteChannelSigner, RemoteKeysManager};
+use crate::signer_client::RemoteKeysManager;
 use crate::store::SqliteStore;
 
-/// The chain monitor of this node.
-pub type ChainMonitor = chainmonitor::ChainMonitor<
-    RemoteChannelSigner,
+/// A chain monitor over keys `K` and chain `C`, persisting to SQLite.
+pub type ChainMonitorOf<K, C> = chainmonitor::ChainMonitor<
+    <K as SignerProvider>::EcdsaSigner,
     Arc<dyn Filter + Send + Sync>,
-    Arc<ChainRpc>,
-    Arc<ChainRpc>,
+    Arc<C>,
+    Arc<C>,
     Arc<TracingLogger>,
     Arc<SqliteStore>,
-    Arc<RemoteKeysManager>,
+    Arc<K>,
 >;
+/// The chain monitor of this node.
+pub type ChainMonitor = ChainMonitorOf<RemoteKeysManager, ChainRpc>;
 /// The network graph.
 pub type Graph = NetworkGraph<Arc<TracingLogger>>;
 /// The scorer.
 pub type Scorer = ProbabilisticScorer<Arc<Graph>, Arc<TracingLogger>>;
-/// The payment router.
-pub type Router = DefaultRouter<
+/// A payment router with keys `K`.
+pub type RouterOf<K> = DefaultRouter<
     Arc<Graph>,
     Arc<TracingLogger>,
-    Arc<RemoteKeysManager>,
+    Arc<K>,
     Arc<RwLock<Scorer>>,
     ProbabilisticScoringFeeParameters,
     Scorer,
 >;
+/// The payment router.
+pub type Router = RouterOf<RemoteKeysManager>;
+/// An onion message router with keys `K`.
+pub type MessageRouterOf<K> = DefaultMessageRouter<Arc<Graph>, Arc<TracingLogger>, Arc<K>>;
 /// The onion message router.
-pub type MessageRouter =
-    DefaultMessageRouter<Arc<Graph>, Arc<TracingLogger>, Arc<RemoteKeysManager>>;
-/// The channel manager.
-pub type ChannelManager = channelmanager::ChannelManager<
-    Arc<ChainMonitor>,
-    Arc<ChainRpc>,
-    Arc<RemoteKeysManager>,
-    Arc<RemoteKeysManager>,
-    Arc<RemoteKeysManager>,
-    Arc<ChainRpc>,
-    Arc<Router>,
-    Arc<MessageRouter>,
+pub type MessageRouter = MessageRouterOf<RemoteKeysManager>;
+/// A channel manager over keys `K` and chain `C`.
+pub type ChannelManagerOf<K, C> = channelmanager::ChannelManager<
+    Arc<ChainMonitorOf<K, C>>,
+    Arc<C>,
+    Arc<K>,
+    Arc<K>,
+    Arc<K>,
+    Arc<C>,
+    Arc<RouterOf<K>>,
+    Arc<MessageRouterOf<K>>,
     Arc<TracingLogger>,
 >;
+/// The channel manager.
+pub type ChannelManager = ChannelManagerOf<RemoteKeysManager, ChainRpc>;
 /// Gossip sync.
 pub type GossipSync =
     P2PGossipSync<Arc<Graph>, Arc<dyn UtxoLookup + Send + Sync>, Arc<TracingLogger>>;

@@ -17,3 +17,4 @@ pub mod startup;
 pub mod store;
 pub mod tasks;
 pub mod wallet;
+pub mod wiring;

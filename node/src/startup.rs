@@ -6,20 +6,14 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bitcoin::BlockHash;
-use lightning::chain::chainmonitor;
 use lightning::chain::{BestBlock, Filter, Listen, Watch};
 use lightning::events::bump_transaction::sync::{BumpTransactionEventHandlerSync, WalletSync};
-use lightning::ln::channelmanager::{self, ChainParameters, ChannelManagerReadArgs};
+use lightning::ln::channelmanager::ChannelManagerReadArgs;
 use lightning::ln::peer_handler::{IgnoringMessageHandler, MessageHandler};
-use lightning::onion_message::messenger::DefaultMessageRouter;
 use lightning::routing::gossip::{NetworkGraph, P2PGossipSync};
-use lightning::routing::router::DefaultRouter;
-use lightning::routing::scoring::{
-    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
-};
+use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringDecayParameters};
 use lightning::routing::utxo::UtxoLookup;
-use lightning::sign::{EntropySource, NodeSigner};
-use lightning::util::config::UserConfig;
+use lightning::sign::EntropySource;
 use lightning::util::persist::{
     read_channel_monitors, KVStoreSync, NETWORK_GRAPH_PERSISTENCE_KEY,
     OUTPUT_SWEEPER_PERSISTENCE_KEY, OUTPUT_SWEEPER_PERSISTENCE_PRIMARY_NAMESPACE,
@@ -110,34 +104,10 @@ impl Node {
             Err(_) => ProbabilisticScorer::new(decay, graph.clone(), logger.clone()),
         };
         let scorer = Arc::new(RwLock::new(scorer));
-        let router = Arc::new(DefaultRouter::new(
-            graph.clone(),
-            logger.clone(),
-            keys.clone(),
-            scorer.clone(),
-            ProbabilisticScoringFeeParameters::default(),
-        ));
-        let message_router = Arc::new(DefaultMessageRouter::new(graph.clone(), keys.clone()));
-        let chain_monitor: Arc<ChainMonitor> = Arc::new(chainmonitor::ChainMonitor::new(
-            None,
-            chain.clone(),
-            logger.clone(),
-            chain.clone(),
-            store.clone(),
-            keys.clone(),
-            keys.get_peer_storage_key(),
-        ));
-
-        let mut user_config = UserConfig::default();
-        user_config
-            .channel_handshake_config
-            .negotiate_anchors_zero_fee_htlc_tx = true;
-        user_config.channel_handshake_config.announce_for_forwarding = false;
-        // Channels are unannounced: forwarding over them is what a routing
-        // node of private channels (and the A→B→C line) needs.
-        user_config.accept_forwards_to_priv_channels = true;
-        // LDK only accepts inbound anchor channels by hand (see OpenChannelRequest).
-        user_config.manually_accept_inbound_channels = true;
+        let (router, message_router) = crate::wiring::routers(&graph, &scorer, &keys);
+        let chain_monitor: Arc<ChainMonitor> =
+            crate::wiring::chain_monitor(&chain, store.clone(), &keys, None);
+        let user_config = crate::wiring::user_config();
 
         let (store2, keys2) = (store.clone(), keys.clone());
         let mut monitors = tokio::task::spawn_blocking(move || {
@@ -168,22 +138,14 @@ impl Node {
                 (hash, cm)
             }
             None => {
-                let params = ChainParameters {
-                    network: settings.network,
-                    best_block: BestBlock::new(tip_hash, tip_height),
-                };
-                let cm = channelmanager::ChannelManager::new(
-                    chain.clone(),
-                    chain_monitor.clone(),
-                    chain.clone(),
-                    router.clone(),
-                    message_router.clone(),
-                    logger.clone(),
-                    keys.clone(),
-                    keys.clone(),
-                    keys.clone(),
+                let cm = crate::wiring::new_channel_manager(
+                    &chain,
+                    &chain_monitor,
+                    (router.clone(), message_router.clone()),
+                    &keys,
                     user_config,
-                    params,
+                    settings.network,
+                    BestBlock::new(tip_hash, tip_height),
                     now_secs() as u32,
                 );
                 (tip_hash, cm)

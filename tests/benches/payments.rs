@@ -32,27 +32,23 @@ use bitcoin::{
     ScriptBuf, Sequence, Transaction, TxIn, TxMerkleNode, TxOut, Txid, Witness,
 };
 use lightning::chain::chaininterface::{BroadcasterInterface, ConfirmationTarget, FeeEstimator};
-use lightning::chain::{chainmonitor, BestBlock, Confirm, Filter};
+use lightning::chain::{BestBlock, Confirm};
 use lightning::events::{Event, EventsProvider};
-use lightning::ln::channelmanager::{
-    self, ChainParameters, PaymentId, RecipientOnionFields, Retry,
-};
+use lightning::ln::channelmanager::{PaymentId, RecipientOnionFields, Retry};
 use lightning::ln::peer_handler::{
     IgnoringMessageHandler, MessageHandler, PeerManager, SocketDescriptor,
 };
-use lightning::onion_message::messenger::DefaultMessageRouter;
 use lightning::routing::gossip::NetworkGraph;
-use lightning::routing::router::{DefaultRouter, PaymentParameters, RouteParameters};
-use lightning::routing::scoring::{
-    ProbabilisticScorer, ProbabilisticScoringDecayParameters, ProbabilisticScoringFeeParameters,
-};
-use lightning::sign::{EntropySource, KeysManager, NodeSigner, Recipient, SignerProvider};
-use lightning::util::config::UserConfig;
-use lightning::util::logger::{Level, Logger, Record};
+use lightning::routing::router::{PaymentParameters, RouteParameters};
+use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringDecayParameters};
+use lightning::sign::{KeysManager, Recipient};
+use lnpd_node::ldk_types::{ChainMonitorOf, ChannelManagerOf};
+use lnpd_node::logger::TracingLogger;
 use lnpd_node::signer_client::{
     CallError, GrpcTransport, RemoteKeysManager, SignerConnection, SignerTransport,
 };
 use lnpd_node::store::SqliteStore;
+use lnpd_node::wiring::{self, Keys};
 use lnpd_proto::signer::{reply, request, Reply, Request};
 use lnpd_signer_core::policy::PolicyConfig;
 use lnpd_signer_core::store::MemoryStore;
@@ -159,16 +155,6 @@ fn wait_for_answer() {
 const CHANNEL_SAT: u64 = 1_000_000;
 const PAYMENT_MSAT: u64 = 10_000;
 
-/// Logs LDK's warnings and errors only (a benchmark must not measure logging).
-struct QuietLogger;
-impl Logger for QuietLogger {
-    fn log(&self, record: Record) {
-        if record.level >= Level::Warn {
-            eprintln!("ldk {}: {}", record.level, record.args);
-        }
-    }
-}
-
 /// Fixed fees and a broadcaster that only keeps what it is given.
 #[derive(Default)]
 struct BenchChain {
@@ -232,49 +218,15 @@ impl SignerTransport for InProcessCore {
     }
 }
 
-/// What a node's key source must provide (LDK's `KeysManager` or lnpd's
-/// remote keys manager).
-trait Keys: EntropySource + NodeSigner + SignerProvider + Send + Sync + 'static {}
-impl<T: EntropySource + NodeSigner + SignerProvider + Send + Sync + 'static> Keys for T {}
-
-type Store = Arc<SqliteStore>;
-type Monitor<K> = chainmonitor::ChainMonitor<
-    <K as SignerProvider>::EcdsaSigner,
-    Arc<dyn Filter + Send + Sync>,
-    Arc<BenchChain>,
-    Arc<BenchChain>,
-    Arc<QuietLogger>,
-    Store,
-    Arc<K>,
->;
-type Graph = NetworkGraph<Arc<QuietLogger>>;
-type Scorer = ProbabilisticScorer<Arc<Graph>, Arc<QuietLogger>>;
-type Router<K> = DefaultRouter<
-    Arc<Graph>,
-    Arc<QuietLogger>,
-    Arc<K>,
-    Arc<RwLock<Scorer>>,
-    ProbabilisticScoringFeeParameters,
-    Scorer,
->;
-type MsgRouter<K> = DefaultMessageRouter<Arc<Graph>, Arc<QuietLogger>, Arc<K>>;
-type Manager<K> = channelmanager::ChannelManager<
-    Arc<Monitor<K>>,
-    Arc<BenchChain>,
-    Arc<K>,
-    Arc<K>,
-    Arc<K>,
-    Arc<BenchChain>,
-    Arc<Router<K>>,
-    Arc<MsgRouter<K>>,
-    Arc<QuietLogger>,
->;
+/// A chain monitor and channel manager over keys `K`, as lnpd wires them.
+type Monitor<K> = ChainMonitorOf<K, BenchChain>;
+type Manager<K> = ChannelManagerOf<K, BenchChain>;
 type Peers<K> = PeerManager<
     Pipe,
     Arc<Manager<K>>,
     IgnoringMessageHandler,
     IgnoringMessageHandler,
-    Arc<QuietLogger>,
+    Arc<TracingLogger>,
     IgnoringMessageHandler,
     Arc<K>,
     IgnoringMessageHandler,
@@ -300,7 +252,7 @@ impl<K: Keys> BenchNode<K> {
     fn new(keys: Arc<K>, tag: &str, genesis: BestBlock) -> Result<Self> {
         let dir = TempDir::new(tag);
         let store = Arc::new(SqliteStore::open(&dir.path.join("node.sqlite"))?);
-        let logger = Arc::new(QuietLogger);
+        let logger = Arc::new(TracingLogger);
         let chain = Arc::new(BenchChain::default());
         let graph = Arc::new(NetworkGraph::new(Network::Regtest, logger.clone()));
         let scorer = Arc::new(RwLock::new(ProbabilisticScorer::new(
@@ -308,45 +260,16 @@ impl<K: Keys> BenchNode<K> {
             graph.clone(),
             logger.clone(),
         )));
-        let router = Arc::new(DefaultRouter::new(
-            graph.clone(),
-            logger.clone(),
-            keys.clone(),
-            scorer,
-            ProbabilisticScoringFeeParameters::default(),
-        ));
-        let msg_router = Arc::new(DefaultMessageRouter::new(graph, keys.clone()));
-        let monitor = Arc::new(chainmonitor::ChainMonitor::new(
-            None,
-            chain.clone(),
-            logger.clone(),
-            chain.clone(),
-            store,
-            keys.clone(),
-            keys.get_peer_storage_key(),
-        ));
-        // As lnpd configures it.
-        let mut config = UserConfig::default();
-        config
-            .channel_handshake_config
-            .negotiate_anchors_zero_fee_htlc_tx = true;
-        config.channel_handshake_config.announce_for_forwarding = false;
-        config.manually_accept_inbound_channels = true;
-        let manager = Arc::new(channelmanager::ChannelManager::new(
-            chain.clone(),
-            monitor.clone(),
-            chain.clone(),
-            router,
-            msg_router,
-            logger.clone(),
-            keys.clone(),
-            keys.clone(),
-            keys.clone(),
-            config,
-            ChainParameters {
-                network: Network::Regtest,
-                best_block: genesis,
-            },
+        // The node's own wiring, over this chain and these keys.
+        let monitor = wiring::chain_monitor(&chain, store, &keys, None);
+        let manager = Arc::new(wiring::new_channel_manager(
+            &chain,
+            &monitor,
+            wiring::routers(&graph, &scorer, &keys),
+            &keys,
+            wiring::user_config(),
+            Network::Regtest,
+            genesis,
             now().as_secs() as u32,
         ));
         let peers = Arc::new(PeerManager::new(
@@ -703,6 +626,11 @@ fn measure<K: Keys>(
 }
 
 fn main() -> Result<()> {
+    // LDK's warnings and errors only: a benchmark must not measure logging.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--list") {
         return Ok(()); // `cargo bench -- --list`: nothing to list
