@@ -22,7 +22,7 @@ use lnpd_proto::device_client::{DeviceClient, LinkError, ReportLink};
 use lnpd_proto::hid::{Report, MAX_MESSAGE, REPORT_SIZE};
 use lnpd_proto::pairing::{hello_digest, host_hello_digest, pairing_code};
 use lnpd_proto::signer::{self as pb, device_reply, device_request, reply, request};
-use lnpd_signer_core::SignerError;
+use lnpd_signer_core::{ChannelKeysId, SignerError};
 use serde::{Deserialize, Serialize};
 
 use crate::server::Backend;
@@ -466,7 +466,7 @@ impl DeviceBackend {
     }
 
     /// Records a refusal by the device's policy (log and audit log).
-    fn audit_refusal(&self, err: &SignerError, op: &str, channel: Option<String>) {
+    fn audit_refusal(&self, err: &SignerError, op: &str, channel: Option<ChannelKeysId>) {
         if let Some(rule) = err.rule {
             tracing::warn!(
                 rule = rule.as_str(),
@@ -478,7 +478,7 @@ impl DeviceBackend {
                 audit.append(&crate::audit::AuditEntry::refusal(
                     rule.as_str(),
                     op,
-                    channel,
+                    channel.map(|c| hex::encode(c.0)),
                     &err.message,
                 ));
             }
@@ -532,7 +532,7 @@ impl Backend for DeviceBackend {
 
     fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
         let op = body.name();
-        let channel = body.channel_keys_id().map(|c| hex::encode(c.0));
+        let channel = body.channel_keys_id();
         let req = pb::Request {
             id: 1,
             body: Some(body),
@@ -551,7 +551,7 @@ impl Backend for DeviceBackend {
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
         let context: Vec<_> = bodies
             .iter()
-            .map(|b| (b.name(), b.channel_keys_id().map(|c| hex::encode(c.0))))
+            .map(|b| (b.name(), b.channel_keys_id()))
             .collect();
         let batch = pb::BatchRequest {
             requests: bodies

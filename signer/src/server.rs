@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use lnpd_proto::signer::{self as pb, reply, request, signer_server};
 use lnpd_signer_core::store::Store;
-use lnpd_signer_core::{Signer, SignerError};
+use lnpd_signer_core::{ChannelKeysId, Signer, SignerError};
 use tonic::{Request, Response, Status};
 
 /// What answers the node's calls: the signer core in this process
@@ -94,12 +94,12 @@ impl<S: Store> SignerService<S> {
     }
 
     /// Records a refusal by a rule in the audit log.
-    fn audit_refusal(&self, e: &SignerError, op: &str, channel: Option<String>) {
+    fn audit_refusal(&self, e: &SignerError, op: &str, channel: Option<ChannelKeysId>) {
         if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
             audit.append(&crate::audit::AuditEntry::refusal(
                 rule.as_str(),
                 op,
-                channel,
+                channel.map(|c| hex::encode(c.0)),
                 &e.message,
             ));
         }
@@ -124,10 +124,7 @@ impl<S: Store> SignerService<S> {
             signer.set_allowlist(scripts, payees);
         }
         signer.set_time(unix_now());
-        let (op, channel) = (
-            body.name(),
-            body.channel_keys_id().map(|c| hex::encode(c.0)),
-        );
+        let (op, channel) = (body.name(), body.channel_keys_id());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             match signer.handle(body)? {
                 reply::Body::ShowInvoice(r) if r.awaiting_approval => self
@@ -272,7 +269,7 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         signer.set_time(unix_now());
         let context: Vec<_> = bodies
             .iter()
-            .map(|b| (b.name(), b.channel_keys_id().map(|c| hex::encode(c.0))))
+            .map(|b| (b.name(), b.channel_keys_id()))
             .collect();
         let results =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| signer.handle_batch(bodies)));
