@@ -45,7 +45,7 @@ redacted_debug!(
     EcdhReply
 );
 
-/// Client helpers for `signer.proto` (mutual TLS, typed dispatch).
+/// Client helpers for `signer.proto` (mutual TLS, the envelope).
 #[cfg(feature = "grpc")]
 pub mod client;
 
