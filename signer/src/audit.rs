@@ -72,6 +72,24 @@ impl AuditLog {
         })
     }
 
+    /// Records `e` if a policy rule refused (other failures are not
+    /// refusals); `channel` is the request's channel.
+    pub fn refusal_of(
+        &self,
+        e: &lnpd_signer_core::SignerError,
+        op: &str,
+        channel: Option<lnpd_signer_core::ChannelKeysId>,
+    ) {
+        if let Some(rule) = e.rule {
+            self.append(&AuditEntry::refusal(
+                rule.as_str(),
+                op,
+                channel.map(|c| hex::encode(c.0)),
+                &e.message,
+            ));
+        }
+    }
+
     /// Appends an entry durably. A failure is logged, never fatal: the
     /// refusal itself has already happened.
     pub fn append(&self, entry: &AuditEntry) {

@@ -475,12 +475,7 @@ impl DeviceBackend {
                 err.message
             );
             if let Some(audit) = &self.audit {
-                audit.append(&crate::audit::AuditEntry::refusal(
-                    rule.as_str(),
-                    op,
-                    channel.map(|c| hex::encode(c.0)),
-                    &err.message,
-                ));
+                audit.refusal_of(err, op, channel);
             }
         }
     }

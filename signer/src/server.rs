@@ -95,13 +95,8 @@ impl<S: Store> SignerService<S> {
 
     /// Records a refusal by a rule in the audit log.
     fn audit_refusal(&self, e: &SignerError, op: &str, channel: Option<ChannelKeysId>) {
-        if let (Some(rule), Some(audit)) = (e.rule, &self.audit) {
-            audit.append(&crate::audit::AuditEntry::refusal(
-                rule.as_str(),
-                op,
-                channel.map(|c| hex::encode(c.0)),
-                &e.message,
-            ));
+        if let Some(audit) = &self.audit {
+            audit.refusal_of(e, op, channel);
         }
     }
 

@@ -14,8 +14,9 @@ use alloc::vec::Vec;
 
 use bitcoin::hashes::Hash;
 use lightning::ln::chan_utils::{ChannelPublicKeys, HTLCOutputInCommitment};
+use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
 use lightning::types::payment::PaymentHash;
-use lnpd_proto::ldk::{parse_32, parse_channel_keys};
+use lnpd_proto::ldk::{parse_32, parse_pubkey};
 use lnpd_proto::signer as pb;
 use prost::Message;
 
@@ -246,14 +247,20 @@ impl SetupRecord {
         let k = self
             .counterparty_keys
             .as_ref()
-            .map(|k| pb::ChannelPublicKeys {
-                funding_pubkey: k.funding_pubkey.clone(),
-                revocation_basepoint: k.revocation_basepoint.clone(),
-                payment_point: k.payment_point.clone(),
-                delayed_payment_basepoint: k.delayed_payment_basepoint.clone(),
-                htlc_basepoint: k.htlc_basepoint.clone(),
-            });
-        parse_channel_keys(k.as_ref())
+            .ok_or_else(|| SignerError::invalid("missing channel public keys"))?;
+        Ok(ChannelPublicKeys {
+            funding_pubkey: parse_pubkey("funding_pubkey", &k.funding_pubkey)?,
+            revocation_basepoint: RevocationBasepoint::from(parse_pubkey(
+                "revocation_basepoint",
+                &k.revocation_basepoint,
+            )?),
+            payment_point: parse_pubkey("payment_point", &k.payment_point)?,
+            delayed_payment_basepoint: DelayedPaymentBasepoint::from(parse_pubkey(
+                "delayed_payment_basepoint",
+                &k.delayed_payment_basepoint,
+            )?),
+            htlc_basepoint: HtlcBasepoint::from(parse_pubkey("htlc_basepoint", &k.htlc_basepoint)?),
+        })
     }
 
     /// Whether the channel uses anchors with zero-fee HTLC transactions.
@@ -323,18 +330,18 @@ impl HtlcRecord {
 }
 
 impl ParkedValidation {
-    /// The record of a validation request.
-    pub fn from_wire(r: &pb::ValidateHolderCommitmentRequest) -> Result<Self, SignerError> {
+    /// The record of a validation request (its signatures move in).
+    pub fn from_wire(r: pb::ValidateHolderCommitmentRequest) -> Result<Self, SignerError> {
         Ok(ParkedValidation {
-            channel_keys_id: r.channel_keys_id.clone(),
             commitment: r
                 .commitment
                 .as_ref()
                 .map(CommitmentRecord::from_wire)
                 .transpose()?,
-            counterparty_signature: r.counterparty_signature.clone(),
-            htlc_signatures: r.htlc_signatures.clone(),
-            outbound_htlc_preimages: r.outbound_htlc_preimages.clone(),
+            channel_keys_id: r.channel_keys_id,
+            counterparty_signature: r.counterparty_signature,
+            htlc_signatures: r.htlc_signatures,
+            outbound_htlc_preimages: r.outbound_htlc_preimages,
             release_previous: r.release_previous,
         })
     }
@@ -691,7 +698,7 @@ mod tests {
             release_previous: true,
         };
         assert_eq!(
-            ParkedValidation::from_wire(&parked)
+            ParkedValidation::from_wire(parked.clone())
                 .unwrap()
                 .encode_to_vec(),
             parked.encode_to_vec()

@@ -58,7 +58,7 @@ impl<S: Store> Signer<S> {
     ) -> Result<pb::ValidateHolderCommitmentReply, SignerError> {
         let id = ChannelKeysId::from_slice(&r.channel_keys_id)?;
         let record = self.channel(&id)?.clone();
-        let r = ParkedValidation::from_wire(&r)?;
+        let r = ParkedValidation::from_wire(r)?;
         let data = r
             .commitment
             .as_ref()

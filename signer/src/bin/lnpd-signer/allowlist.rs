@@ -1,21 +1,14 @@
 //! `allowlist`: the operator's allowed destinations and payees.
 
 use crate::cli::AllowlistAction;
-use crate::common::{expand, parse_network};
-use anyhow::{anyhow, bail, Result};
-use lnpd_signer::config::ConfigFile;
+use crate::common::{config_of, expand};
+use anyhow::{bail, Result};
 use lnpd_signer::DataDir;
 
 pub(crate) fn allowlist(data_dir: &str, action: AllowlistAction) -> Result<()> {
     use lnpd_signer::allowlist::{parse_entry, Allowlist, Entry};
     let dir = DataDir(expand(data_dir));
-    let config = ConfigFile::load(&dir.config())?;
-    let network = parse_network(
-        config
-            .network
-            .as_deref()
-            .ok_or_else(|| anyhow!("{}: `network` is missing", dir.config().display()))?,
-    )?;
+    let (_, network) = config_of(&dir)?;
     let path = dir.allowlist();
     let mut list = Allowlist::load(&path)?;
     match action {

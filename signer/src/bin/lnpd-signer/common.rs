@@ -39,6 +39,18 @@ pub(crate) fn init_logging(filter: &str) {
         .try_init();
 }
 
+/// The data directory's signer.toml and the network it names.
+pub(crate) fn config_of(dir: &DataDir) -> Result<(ConfigFile, Network)> {
+    let config = ConfigFile::load(&dir.config())?;
+    let network = parse_network(
+        config
+            .network
+            .as_deref()
+            .ok_or_else(|| anyhow!("{}: `network` is missing", dir.config().display()))?,
+    )?;
+    Ok((config, network))
+}
+
 pub(crate) fn random32() -> [u8; 32] {
     let mut b = [0u8; 32];
     // getrandom only fails if the OS has no entropy source; nothing safe can go on then.
@@ -65,13 +77,7 @@ pub(crate) fn open(common: &Common) -> Result<Opened> {
             dir.path().display()
         );
     }
-    let config = ConfigFile::load(&dir.config())?;
-    let network = parse_network(
-        config
-            .network
-            .as_deref()
-            .ok_or_else(|| anyhow!("{}: `network` is missing", dir.config().display()))?,
-    )?;
+    let (config, network) = config_of(&dir)?;
     let policy = config.policy()?;
     let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())
         .context("reading the passphrase")?;
