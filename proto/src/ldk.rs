@@ -65,18 +65,30 @@ pub fn parse_channel_keys(
     keys: Option<&pb::ChannelPublicKeys>,
 ) -> Result<ChannelPublicKeys, SignerError> {
     let k = keys.ok_or_else(|| SignerError::invalid("missing channel public keys"))?;
+    channel_keys_from([
+        &k.funding_pubkey,
+        &k.revocation_basepoint,
+        &k.payment_point,
+        &k.delayed_payment_basepoint,
+        &k.htlc_basepoint,
+    ])
+}
+
+/// Channel public keys from their five encodings, in the wire's order:
+/// funding, revocation, payment, delayed payment, HTLC.
+pub fn channel_keys_from(k: [&[u8]; 5]) -> Result<ChannelPublicKeys, SignerError> {
     Ok(ChannelPublicKeys {
-        funding_pubkey: parse_pubkey("funding_pubkey", &k.funding_pubkey)?,
+        funding_pubkey: parse_pubkey("funding_pubkey", k[0])?,
         revocation_basepoint: RevocationBasepoint::from(parse_pubkey(
             "revocation_basepoint",
-            &k.revocation_basepoint,
+            k[1],
         )?),
-        payment_point: parse_pubkey("payment_point", &k.payment_point)?,
+        payment_point: parse_pubkey("payment_point", k[2])?,
         delayed_payment_basepoint: DelayedPaymentBasepoint::from(parse_pubkey(
             "delayed_payment_basepoint",
-            &k.delayed_payment_basepoint,
+            k[3],
         )?),
-        htlc_basepoint: HtlcBasepoint::from(parse_pubkey("htlc_basepoint", &k.htlc_basepoint)?),
+        htlc_basepoint: HtlcBasepoint::from(parse_pubkey("htlc_basepoint", k[4])?),
     })
 }
 

@@ -14,9 +14,8 @@ use alloc::vec::Vec;
 
 use bitcoin::hashes::Hash;
 use lightning::ln::chan_utils::{ChannelPublicKeys, HTLCOutputInCommitment};
-use lightning::ln::channel_keys::{DelayedPaymentBasepoint, HtlcBasepoint, RevocationBasepoint};
 use lightning::types::payment::PaymentHash;
-use lnpd_proto::ldk::{parse_32, parse_pubkey};
+use lnpd_proto::ldk::{channel_keys_from, parse_32};
 use lnpd_proto::signer as pb;
 use prost::Message;
 
@@ -248,19 +247,13 @@ impl SetupRecord {
             .counterparty_keys
             .as_ref()
             .ok_or_else(|| SignerError::invalid("missing channel public keys"))?;
-        Ok(ChannelPublicKeys {
-            funding_pubkey: parse_pubkey("funding_pubkey", &k.funding_pubkey)?,
-            revocation_basepoint: RevocationBasepoint::from(parse_pubkey(
-                "revocation_basepoint",
-                &k.revocation_basepoint,
-            )?),
-            payment_point: parse_pubkey("payment_point", &k.payment_point)?,
-            delayed_payment_basepoint: DelayedPaymentBasepoint::from(parse_pubkey(
-                "delayed_payment_basepoint",
-                &k.delayed_payment_basepoint,
-            )?),
-            htlc_basepoint: HtlcBasepoint::from(parse_pubkey("htlc_basepoint", &k.htlc_basepoint)?),
-        })
+        channel_keys_from([
+            &k.funding_pubkey,
+            &k.revocation_basepoint,
+            &k.payment_point,
+            &k.delayed_payment_basepoint,
+            &k.htlc_basepoint,
+        ])
     }
 
     /// Whether the channel uses anchors with zero-fee HTLC transactions.
