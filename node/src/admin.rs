@@ -161,6 +161,8 @@ impl node_server::Node for AdminService {
             signer_block_height: n
                 .signer_chain_height
                 .load(std::sync::atomic::Ordering::Relaxed),
+            signer_state_counter: n.signer.seen_state_counter(),
+            signer_rollback: n.signer.rollback().unwrap_or_default(),
         }))
     }
 

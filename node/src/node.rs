@@ -190,6 +190,7 @@ impl Node {
     /// Stops the background processor, which writes the channel manager a
     /// last time (written here instead if it was not running).
     pub fn shutdown(&self) {
+        write_seen_state_counter(&self.store, self.signer.seen_state_counter());
         let bp = self.background.lock().ok().and_then(|mut b| b.take());
         if let Some(bp) = bp {
             match bp.stop() {
@@ -208,5 +209,29 @@ impl Node {
     /// The data directory.
     pub fn data_dir(&self) -> &Path {
         &self.settings.data_dir
+    }
+}
+
+/// Where the node keeps the highest state counter its signer reported.
+pub(crate) const SEEN_STATE_COUNTER_KEY: &str = "signer_state_counter";
+
+/// The signer state counter the node kept (0 if none).
+pub(crate) fn read_seen_state_counter(store: &SqliteStore) -> u64 {
+    store
+        .read("", "", SEEN_STATE_COUNTER_KEY)
+        .ok()
+        .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+        .map_or(0, u64::from_be_bytes)
+}
+
+/// Keeps the signer's state counter (see `InfoRequest.seen_state_counter`).
+pub(crate) fn write_seen_state_counter(store: &SqliteStore, counter: u64) {
+    if let Err(e) = store.write(
+        "",
+        "",
+        SEEN_STATE_COUNTER_KEY,
+        counter.to_be_bytes().to_vec(),
+    ) {
+        tracing::warn!("cannot keep the signer's state counter: {e}");
     }
 }

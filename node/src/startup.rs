@@ -45,6 +45,9 @@ impl Node {
         );
         let signer = SignerConnection::start(&settings.signer, settings.signer_tls.clone())
             .map_err(|e| fail("signer client")(e.to_string()))?;
+        // The signer's state counter as last seen: a signer restored from
+        // an older copy of its state is told so when it is greeted.
+        signer.note_seen(crate::node::read_seen_state_counter(&store));
         let chain_watch = Arc::new(ChainWatch::open(store.clone()));
         let conn = signer.clone();
         let txs: Arc<dyn crate::chain_watch::TxSource> = chain_watch.clone();

@@ -240,8 +240,24 @@ impl Node {
             // Once at the start: an answer may have come before the hook was set.
             let mut first = true;
             const RECONNECT_EVERY: Duration = Duration::from_secs(2);
+            const KEEP_COUNTER_EVERY: Duration = Duration::from_secs(1);
             let mut reconnect_due = std::time::Instant::now();
+            let mut rollback_due = std::time::Instant::now();
+            let mut kept = crate::node::read_seen_state_counter(&node.store);
+            let mut keep_due = std::time::Instant::now();
             loop {
+                let seen = node.signer.seen_state_counter();
+                if seen > kept && keep_due.elapsed() >= KEEP_COUNTER_EVERY {
+                    // Behind by a second at most: each channel's commitment
+                    // numbers cover the gap (state-rollback-detected).
+                    keep_due = std::time::Instant::now();
+                    let store = node.store.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        crate::node::write_seen_state_counter(&store, seen)
+                    })
+                    .await;
+                    kept = seen;
+                }
                 let woken = std::mem::take(&mut first)
                     || tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => false,
@@ -273,6 +289,17 @@ impl Node {
                         }
                     })
                     .await;
+                }
+                if rollback_due.elapsed() >= RECONNECT_EVERY {
+                    // A signer that refused for an older state: once the
+                    // operator restored it, what LDK left pending is retried.
+                    rollback_due = std::time::Instant::now();
+                    let n = node.clone();
+                    if let Ok(true) =
+                        tokio::task::spawn_blocking(move || n.signer.recheck_rollback()).await
+                    {
+                        tracing::info!("the signer's state is the latest again");
+                    }
                 }
                 if node.signer.is_connected() && node.signer.take_pending() {
                     tracing::info!("signer is back: retrying operations left pending");

@@ -2,6 +2,7 @@
 //! send requests in the envelope.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::signer::signer_client::SignerClient;
@@ -112,6 +113,17 @@ pub async fn call(
     client: &mut SignerClient<Channel>,
     body: request::Body,
 ) -> Result<Result<reply::Body, SignerError>, Status> {
+    call_counted(client, body, &AtomicU64::new(0)).await
+}
+
+/// [`call`], keeping in `seen` the highest state counter the signer
+/// reported (the node's cross-check against a signer restored from an
+/// older copy of its state).
+pub async fn call_counted(
+    client: &mut SignerClient<Channel>,
+    body: request::Body,
+    seen: &AtomicU64,
+) -> Result<Result<reply::Body, SignerError>, Status> {
     let reply = client
         .call(Request {
             id: 0,
@@ -119,6 +131,7 @@ pub async fn call(
         })
         .await?
         .into_inner();
+    seen.fetch_max(reply.state_counter, Ordering::SeqCst);
     Ok(reply.into_result())
 }
 
@@ -127,6 +140,16 @@ pub async fn call(
 pub async fn call_batch(
     client: &mut SignerClient<Channel>,
     bodies: Vec<request::Body>,
+) -> Result<Vec<Result<reply::Body, SignerError>>, Status> {
+    call_batch_counted(client, bodies, &AtomicU64::new(0)).await
+}
+
+/// [`call_batch`], keeping the highest state counter in `seen` (see
+/// [`call_counted`]).
+pub async fn call_batch_counted(
+    client: &mut SignerClient<Channel>,
+    bodies: Vec<request::Body>,
+    seen: &AtomicU64,
 ) -> Result<Vec<Result<reply::Body, SignerError>>, Status> {
     let n = bodies.len();
     let requests = bodies
@@ -147,6 +170,9 @@ pub async fn call_batch(
             "{} replies to a batch of {n}",
             replies.len()
         )));
+    }
+    for r in &replies {
+        seen.fetch_max(r.state_counter, Ordering::SeqCst);
     }
     Ok(replies.into_iter().map(|r| r.into_result()).collect())
 }

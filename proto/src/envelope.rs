@@ -157,7 +157,14 @@ impl Reply {
         Reply {
             id,
             body: Some(body),
+            state_counter: 0,
         }
+    }
+
+    /// The same reply, saying the signer's state counter after it.
+    pub fn with_state_counter(mut self, counter: u64) -> Reply {
+        self.state_counter = counter;
+        self
     }
 
     /// The reply's body as a result: an `Error` body is the signer's error.

@@ -86,4 +86,5 @@ rules! {
     InvoiceSignFormat => "invoice-sign-format",
     GossipAnnouncementKeys => "gossip-announcement-keys",
     ResourceLimit => "resource-limit",
+    StateRollbackDetected => "state-rollback-detected",
 }

@@ -134,7 +134,8 @@ impl<F: Flash> FlashStore<F> {
 }
 
 /// Snapshot as bytes: channel count, then (id, length, record) each, then
-/// the meta record with a presence byte.
+/// the meta record with a presence byte, then the state counter (8 bytes;
+/// absent in snapshots written before it, read as 0).
 fn encode(s: &Snapshot) -> Vec<u8> {
     let mut out = Vec::new();
     out.extend_from_slice(&(s.channels.len() as u32).to_be_bytes());
@@ -151,6 +152,7 @@ fn encode(s: &Snapshot) -> Vec<u8> {
         }
         None => out.push(0),
     }
+    out.extend_from_slice(&s.counter.to_be_bytes());
     out
 }
 
@@ -181,7 +183,15 @@ fn decode(mut b: &[u8]) -> Result<Snapshot, StoreError> {
         }
         _ => return Err(bad()),
     };
-    Ok(Snapshot { channels, meta })
+    let counter = match take(8) {
+        Ok(c) => u64::from_be_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]),
+        Err(_) => 0,
+    };
+    Ok(Snapshot {
+        channels,
+        meta,
+        counter,
+    })
 }
 
 impl<F: Flash> Store for FlashStore<F> {
@@ -208,6 +218,7 @@ impl<F: Flash> Store for FlashStore<F> {
                 Write::DeleteChannel(id) => {
                     snap.channels.remove(&id);
                 }
+                Write::Counter(n) => snap.counter = n,
             }
         }
         let (version, slot) = match self.current {

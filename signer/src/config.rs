@@ -30,6 +30,78 @@ pub struct ConfigFile {
     /// Connection limits of the gRPC server.
     #[serde(default)]
     pub server: ServerSection,
+    /// Where the state lives (default: state.redb in the data directory).
+    #[serde(default)]
+    pub store: StoreSection,
+}
+
+/// `[store]`: the local redb file (default) or an etcd cluster shared by
+/// replicas of this signer.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreSection {
+    /// "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]"; absent: redb.
+    pub url: Option<String>,
+    /// Key prefix in etcd (default "lnpd-signer/<node id>").
+    pub prefix: Option<String>,
+    /// Leadership lease of a replica, seconds (default 5; at least 2).
+    pub lease_ttl_secs: Option<u64>,
+    /// CA certificate of the etcd cluster (PEM): TLS towards etcd.
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for etcd (PEM).
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Client key for etcd (PEM).
+    pub tls_key: Option<std::path::PathBuf>,
+    /// This replica's name in "standby, active is NAME at ADDR" (default:
+    /// the address it listens on).
+    pub replica_name: Option<String>,
+    /// Where nodes reach this replica (default: the address it listens on).
+    pub advertise: Option<String>,
+}
+
+impl StoreSection {
+    /// The etcd settings, if the state lives in etcd (`url` overrides
+    /// the file's); `node_id` names the default prefix.
+    pub fn etcd(
+        &self,
+        url: Option<&str>,
+        node_id: &str,
+    ) -> Result<Option<crate::etcd::EtcdSettings>, ConfigError> {
+        let Some(url) = url.or(self.url.as_deref()) else {
+            return Ok(None);
+        };
+        let (endpoints, prefix) = crate::etcd::EtcdSettings::parse_url(url)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let tls = match (&self.tls_ca, &self.tls_cert, &self.tls_key) {
+            (None, None, None) => None,
+            (Some(ca), cert, key) if cert.is_some() == key.is_some() => {
+                Some(crate::etcd::EtcdTls {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                })
+            }
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "[store] TLS needs tls_ca, and tls_cert with tls_key or neither".into(),
+                ))
+            }
+        };
+        let ttl = self.lease_ttl_secs.unwrap_or(5);
+        if ttl < 2 {
+            return Err(ConfigError::Invalid(
+                "[store] lease_ttl_secs must be at least 2".into(),
+            ));
+        }
+        Ok(Some(crate::etcd::EtcdSettings {
+            endpoints,
+            prefix: prefix
+                .or(self.prefix.clone())
+                .unwrap_or_else(|| format!("lnpd-signer/{node_id}")),
+            tls,
+            lease_ttl: std::time::Duration::from_secs(ttl),
+        }))
+    }
 }
 
 /// `[server]`: connection limits.

@@ -15,6 +15,10 @@ impl DataDir {
     pub fn state(&self) -> PathBuf {
         self.0.join("state.redb")
     }
+    /// The highest state counter this signer acknowledged (anti-rollback).
+    pub fn witness(&self) -> PathBuf {
+        self.0.join("state.witness")
+    }
     /// The TLS directory.
     pub fn tls(&self) -> PathBuf {
         self.0.join("tls")

@@ -1,9 +1,11 @@
 //! The `lnpd-signer` daemon: the signer core (`lnpd-signer-core`) behind a
 //! gRPC server with mutual TLS ([`server`]), a durable store
 //! ([`store_redb`]), the encrypted seed ([`seed_file`]), TLS material
-//! ([`tls`]), configuration ([`config`]), the operator's allow-list,
+//! ([`tls`]), configuration ([`config`]), the state witness against
+//! rollback ([`witness`]), the operator's allow-list,
 //! approvals and audit log, and the bridge to a hardware signer
-//! ([`device_bridge`]).
+//! ([`device_bridge`]); replicas over etcd ([`etcd`], [`store_etcd`],
+//! [`replica`]).
 #![forbid(unsafe_code)]
 
 pub mod allowlist;
@@ -12,9 +14,13 @@ pub mod audit;
 pub mod config;
 pub mod data_dir;
 pub mod device_bridge;
+pub mod etcd;
+pub mod replica;
 pub mod seed_file;
 pub mod server;
+pub mod store_etcd;
 pub mod store_redb;
 pub mod tls;
+pub mod witness;
 
 pub use data_dir::DataDir;

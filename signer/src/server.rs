@@ -30,6 +30,11 @@ pub trait Backend: Send + Sync + 'static {
     fn may_block_long(&self) -> bool {
         false
     }
+    /// The signer's state counter after the latest request (0: not counted,
+    /// as by a hardware signer).
+    fn state_counter(&self) -> u64 {
+        0
+    }
 }
 
 /// Runs `f`, handing the runtime thread over first if `long`.
@@ -44,23 +49,76 @@ fn run_blocking<T>(long: bool, f: impl FnOnce() -> T) -> T {
 /// A [`Backend`] as the tonic service.
 pub struct Grpc<B: Backend>(pub B);
 
-/// The tonic service wrapping a [`Signer`].
+/// The tonic service wrapping a [`Signer`]: the active one, or none while
+/// this replica stands by (replicas, see `lnpd-signer run --store etcd://`).
 pub struct SignerService<S: Store> {
-    inner: Arc<Mutex<Signer<S>>>,
+    inner: Arc<Mutex<Slot<S>>>,
     audit: Option<Arc<crate::audit::AuditLog>>,
     allowlist: Option<Mutex<crate::allowlist::AllowlistWatcher>>,
     approvals: Option<(crate::approvals::ApprovalDir, std::time::Duration)>,
+    witness: Option<Arc<crate::witness::Witness>>,
+    counter: std::sync::atomic::AtomicU64,
+    fence: Option<Arc<dyn Fence>>,
+}
+
+/// Whether this replica may still sign: checked before every request,
+/// under the signer's lock. A replica whose leadership may have passed to
+/// another stops here, before it signs anything.
+pub trait Fence: Send + Sync {
+    /// `Err(why)` once this replica must not sign (standby, lease lost).
+    fn check(&self) -> Result<(), String>;
+}
+
+/// The signer this process serves, or why it serves none.
+pub enum Slot<S: Store> {
+    /// Signing.
+    Active(Box<Signer<S>>),
+    /// Not signing: why (e.g. "standby, active is b at 10.0.0.2:9736").
+    Standby(String),
 }
 
 impl<S: Store> SignerService<S> {
     /// Wraps a signer.
     pub fn new(signer: Signer<S>) -> Self {
+        Self::with_slot(Slot::Active(Box::new(signer)))
+    }
+
+    /// A service that serves no signer until [`SignerService::slot`] gets one.
+    pub fn standby(why: String) -> Self {
+        Self::with_slot(Slot::Standby(why))
+    }
+
+    fn with_slot(slot: Slot<S>) -> Self {
+        let counter = match &slot {
+            Slot::Active(s) => s.state_counter(),
+            Slot::Standby(_) => 0,
+        };
         SignerService {
-            inner: Arc::new(Mutex::new(signer)),
+            inner: Arc::new(Mutex::new(slot)),
             audit: None,
             allowlist: None,
             approvals: None,
+            witness: None,
+            counter: counter.into(),
+            fence: None,
         }
+    }
+
+    /// Notes every state counter reached in `witness` (anti-rollback).
+    pub fn with_witness(mut self, witness: Arc<crate::witness::Witness>) -> Self {
+        self.witness = Some(witness);
+        self
+    }
+
+    /// Checks `fence` before every request.
+    pub fn with_fence(mut self, fence: Arc<dyn Fence>) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    /// The slot, to make this replica active or standing by.
+    pub fn slot(&self) -> Arc<Mutex<Slot<S>>> {
+        self.inner.clone()
     }
 
     /// Records every refusal in `audit`.
@@ -82,15 +140,38 @@ impl<S: Store> SignerService<S> {
         self
     }
 
-    /// Shares the signer (for in-process use next to the server).
-    pub fn shared(&self) -> Arc<Mutex<Signer<S>>> {
-        self.inner.clone()
+    /// Runs `f` on the active signer under the lock; `Unavailable` while
+    /// standing by or once the fence says this replica must stop (then it
+    /// stands by, and the signer is dropped).
+    fn with_active<T>(
+        &self,
+        f: impl FnOnce(&mut Signer<S>) -> Result<T, SignerError>,
+    ) -> Result<T, SignerError> {
+        let mut slot = self
+            .inner
+            .lock()
+            .map_err(|_| SignerError::internal("signer state lock poisoned"))?;
+        if let Slot::Standby(why) = &*slot {
+            return Err(SignerError::unavailable(why.clone()));
+        }
+        if let Some(Err(why)) = self.fence.as_ref().map(|f| f.check()) {
+            tracing::warn!("stopped signing: {why}");
+            *slot = Slot::Standby(why.clone());
+            return Err(SignerError::unavailable(why));
+        }
+        match &mut *slot {
+            Slot::Active(signer) => f(signer),
+            Slot::Standby(why) => Err(SignerError::unavailable(why.clone())),
+        }
     }
 
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Signer<S>>, SignerError> {
-        self.inner
-            .lock()
-            .map_err(|_| SignerError::internal("signer state lock poisoned"))
+    /// Notes the state counter after a request (for the reply and the witness).
+    fn note_counter(&self, signer: &Signer<S>) {
+        let c = signer.state_counter();
+        self.counter.store(c, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = &self.witness {
+            w.note(c);
+        }
     }
 
     /// Records a refusal by a rule in the audit log.
@@ -101,7 +182,14 @@ impl<S: Store> SignerService<S> {
     }
 
     fn call_core(&self, body: request::Body) -> Result<reply::Body, SignerError> {
-        let mut signer = self.lock()?;
+        self.with_active(|signer| self.call_active(signer, body))
+    }
+
+    fn call_active(
+        &self,
+        signer: &mut Signer<S>,
+        body: request::Body,
+    ) -> Result<reply::Body, SignerError> {
         // A bug must not take the whole signer down with the lock held:
         // the request fails, the state (updated only after a durable write)
         // stays as it was, and the next request is served.
@@ -122,12 +210,13 @@ impl<S: Store> SignerService<S> {
         let (op, channel) = (body.name(), body.channel_keys_id());
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             match signer.handle(body)? {
-                reply::Body::ShowInvoice(r) if r.awaiting_approval => self
-                    .ask_operator(&mut signer, r)
-                    .map(reply::Body::ShowInvoice),
+                reply::Body::ShowInvoice(r) if r.awaiting_approval => {
+                    self.ask_operator(signer, r).map(reply::Body::ShowInvoice)
+                }
                 other => Ok(other),
             }
         }));
+        self.note_counter(signer);
         match result {
             Ok(result) => result.inspect_err(|e| self.audit_refusal(e, op, channel)),
             Err(_) => {
@@ -256,11 +345,24 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         self.call_core(body)
     }
 
+    fn state_counter(&self) -> u64 {
+        self.counter.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn call_batch(
         &self,
         bodies: Vec<request::Body>,
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
-        let mut signer = self.lock()?;
+        self.with_active(|signer| self.batch_active(signer, bodies))
+    }
+}
+
+impl<S: Store> SignerService<S> {
+    fn batch_active(
+        &self,
+        signer: &mut Signer<S>,
+        bodies: Vec<request::Body>,
+    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
         signer.set_time(unix_now());
         let context: Vec<_> = bodies
             .iter()
@@ -280,6 +382,7 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
                 ));
             }
         };
+        self.note_counter(signer);
         for (result, (op, channel)) in results.iter().zip(context) {
             if let Err(e) = result {
                 self.audit_refusal(e, op, channel);
@@ -305,7 +408,9 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
             Some(body) => run_blocking(self.0.may_block_long(), || self.0.call(body)),
             None => Err(SignerError::invalid("empty request")),
         };
-        Ok(Response::new(pb::Reply::from_result(req.id, result)))
+        Ok(Response::new(
+            pb::Reply::from_result(req.id, result).with_state_counter(self.0.state_counter()),
+        ))
     }
 
     async fn batch(
@@ -319,11 +424,12 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
             Some(bodies) => run_blocking(self.0.may_block_long(), || self.0.call_batch(bodies)),
             None => Err(SignerError::invalid("a batched request has no body")),
         };
+        let counter = self.0.state_counter();
         let replies = match results {
             Ok(results) => ids
                 .into_iter()
                 .zip(results)
-                .map(|(id, r)| pb::Reply::from_result(id, r))
+                .map(|(id, r)| pb::Reply::from_result(id, r).with_state_counter(counter))
                 .collect(),
             Err(e) => ids
                 .into_iter()

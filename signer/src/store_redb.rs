@@ -13,6 +13,8 @@ use lnpd_signer_core::store::{Snapshot, Store, StoreError, Write};
 
 const CHANNELS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("channels");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// The state counter's key in the meta table (8 bytes, big-endian).
+const COUNTER: &str = "counter";
 
 fn err(e: impl std::fmt::Display) -> StoreError {
     StoreError(e.to_string())
@@ -52,6 +54,14 @@ impl Store for RedbStore {
         }
         let meta = txn.open_table(META).map_err(err)?;
         snap.meta = meta.get("meta").map_err(err)?.map(|v| v.value().to_vec());
+        snap.counter = match meta.get(COUNTER).map_err(err)? {
+            Some(v) => u64::from_be_bytes(
+                v.value()
+                    .try_into()
+                    .map_err(|_| StoreError("the state counter is not 8 bytes".into()))?,
+            ),
+            None => 0,
+        };
         Ok(snap)
     }
 
@@ -70,6 +80,10 @@ impl Store for RedbStore {
                     }
                     Write::DeleteChannel(id) => {
                         channels.remove(id).map_err(err)?;
+                    }
+                    Write::Counter(n) => {
+                        meta.insert(COUNTER, n.to_be_bytes().as_slice())
+                            .map_err(err)?;
                     }
                 }
             }

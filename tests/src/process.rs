@@ -117,6 +117,8 @@ pub struct SignerProcess {
     last_addr: Option<String>,
     /// `run --device` value: a bridge to a hardware signer.
     device: Option<String>,
+    /// More arguments for `run` (e.g. `--store etcd://...`).
+    extra: Vec<String>,
 }
 
 impl SignerProcess {
@@ -192,7 +194,50 @@ impl SignerProcess {
             addr: None,
             last_addr: None,
             device,
+            extra: Vec::new(),
         }
+    }
+
+    /// Adds arguments to `run`.
+    pub fn with_run_args(mut self, args: &[&str]) -> Self {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Another replica of this signer: a new data directory holding the
+    /// same sealed seed, TLS material and configuration (not the state,
+    /// which lives in etcd, nor this machine's witness), with the same
+    /// `run` arguments.
+    pub fn replica(&self, tag: &str) -> Result<Self> {
+        let dir = TempDir::new(tag);
+        let from = self.data_dir();
+        let to = dir.path.join("signer");
+        std::fs::create_dir_all(to.join("tls"))?;
+        for f in ["seed.enc", "signer.toml"] {
+            std::fs::copy(from.join(f), to.join(f)).with_context(|| format!("copying {f}"))?;
+        }
+        for e in std::fs::read_dir(from.join("tls"))? {
+            let e = e?;
+            std::fs::copy(e.path(), to.join("tls").join(e.file_name()))?;
+        }
+        let passphrase = dir.path.join("passphrase");
+        std::fs::copy(&self.passphrase, &passphrase)?;
+        let mut r = Self::stopped(dir, passphrase, self.device.clone());
+        r.extra = self.extra.clone();
+        Ok(r)
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT") to the running daemon.
+    pub fn signal(&self, signal: &str) -> Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("signer not running"))?;
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()?;
+        if !st.success() {
+            bail!("kill -{signal} {pid} failed");
+        }
+        Ok(())
     }
 
     /// A bridge to the hardware signer `device` (`run --device` value):
@@ -271,6 +316,7 @@ impl SignerProcess {
             .arg(&self.passphrase)
             .args(["--listen", listen, "--log", "info"])
             .args(self.device.iter().flat_map(|d| ["--device", d.as_str()]))
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -302,6 +348,11 @@ impl SignerProcess {
     /// Kills the daemon with SIGKILL (no chance to clean up).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
+            // A paused daemon dies as well; resumed first so nothing lingers.
+            let _ = Command::new("kill")
+                .arg("-CONT")
+                .arg(c.id().to_string())
+                .status();
             let _ = c.kill();
             let _ = c.wait();
         }

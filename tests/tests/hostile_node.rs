@@ -48,21 +48,41 @@ fn refuses_to_sign_a_holder_commitment_it_revoked() {
 }
 
 #[test]
-fn refuses_skipped_and_rewound_commitment_numbers() {
-    let (alice, mut p) = attacked("hostile-numbers");
+fn refuses_rewound_commitment_numbers_and_freezes_a_channel_shown_ahead() {
+    let (mut alice, mut p) = attacked("hostile-numbers");
     p.advance().unwrap();
     p.advance().unwrap();
-    for n in [p.number + 2, p.number - 1] {
-        let mut req = next_counterparty_request(&mut p).unwrap();
-        if let Some(c) = req.commitment.as_mut() {
-            c.commitment_number = n;
-        }
-        attack(
-            &alice,
-            RuleId::CommitmentNumberSequence,
-            || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
-        );
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        c.commitment_number = p.number - 1;
     }
+    attack(
+        &alice,
+        RuleId::CommitmentNumberSequence,
+        || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+    );
+    still_usable(&mut p);
+    // A number ahead of the record says the signer's state is older than
+    // what it signed: refused, and the channel with it ...
+    let mut req = next_counterparty_request(&mut p).unwrap();
+    if let Some(c) = req.commitment.as_mut() {
+        c.commitment_number = p.number + 2;
+    }
+    attack(
+        &alice,
+        RuleId::StateRollbackDetected,
+        || call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
+    );
+    let honest = next_counterparty_request(&mut p).unwrap();
+    attack(
+        &alice,
+        RuleId::StateRollbackDetected,
+        || call!(p.alice.signer, SignCounterpartyCommitment(honest) => SignCounterpartyCommitment),
+    );
+    // ... until the operator restarts the signer (here on its latest state).
+    alice.kill9();
+    alice.start().unwrap();
+    p.alice.signer = Box::new(alice.client().unwrap());
     still_usable(&mut p);
 }
 

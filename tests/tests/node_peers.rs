@@ -43,6 +43,7 @@ async fn nodes_sync_the_chain_and_connect_through_their_signers() {
         &mut signer,
         lnpd_proto::signer::request::Body::Info(lnpd_proto::signer::InfoRequest {
             protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            ..Default::default()
         }),
     )
     .await

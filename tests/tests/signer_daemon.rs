@@ -346,6 +346,7 @@ fn a_node_of_another_protocol_version_gets_a_clear_error() {
     let err = client
         .call(request::Body::Info(pb::InfoRequest {
             protocol_version: old,
+            ..Default::default()
         }))
         .unwrap_err();
     assert_eq!(err.kind, lnpd_signer_core::ErrorKind::FailedPrecondition);
@@ -356,6 +357,7 @@ fn a_node_of_another_protocol_version_gets_a_clear_error() {
     assert!(err.message.contains(&want), "{err}");
     match client.call(request::Body::Info(pb::InfoRequest {
         protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+        ..Default::default()
     })) {
         Ok(pb::reply::Body::Info(i)) => {
             assert_eq!(i.protocol_version, lnpd_proto::SIGNER_PROTOCOL_VERSION)

@@ -159,13 +159,19 @@ async fn run(cli: Cli) -> Result<()> {
                 .into_inner();
             if cli.json {
                 println!(
-                    "{{\"node_id\":\"{}\",\"alias\":\"{}\",\"network\":\"{}\",\"block_height\":{},\"block_hash\":\"{}\",\"num_peers\":{},\"num_channels\":{},\"signer\":\"{}\",\"signer_connected\":{},\"signer_block_height\":{}}}",
-                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint, i.signer_connected, i.signer_block_height
+                    "{{\"node_id\":\"{}\",\"alias\":\"{}\",\"network\":\"{}\",\"block_height\":{},\"block_hash\":\"{}\",\"num_peers\":{},\"num_channels\":{},\"signer\":\"{}\",\"signer_connected\":{},\"signer_block_height\":{},\"signer_state_counter\":{},\"signer_rollback\":{:?}}}",
+                    i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint, i.signer_connected, i.signer_block_height, i.signer_state_counter, i.signer_rollback
                 );
             } else {
                 println!("node id:   {}\nalias:     {}\nnetwork:   {}\nblock:     {} ({})\npeers:     {}\nchannels:  {}\nsigner:    {} ({}, chain checked to block {})",
                     i.node_id, i.alias, i.network, i.block_height, i.block_hash, i.num_peers, i.num_channels, i.signer_endpoint,
                     if i.signer_connected { "connected" } else { "not connected" }, i.signer_block_height);
+                if !i.signer_rollback.is_empty() {
+                    println!(
+                        "SIGNER REFUSES TO SIGN (state-rollback-detected): {}",
+                        i.signer_rollback
+                    );
+                }
             }
         }
         Cmd::Connect { peer } => {

@@ -401,6 +401,16 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
                     slots.remove(i);
                     conn.mark_pending();
                 }
+                Err(e)
+                    if e.refusal().and_then(|r| r.rule)
+                        == Some(lnpd_proto::RuleId::StateRollbackDetected) =>
+                {
+                    // The signer's state is older than it should be: asked
+                    // again once it is restored (the connection checks).
+                    tracing::error!("sign counterparty commitment: {e}");
+                    slots.remove(i);
+                    conn.mark_rolled_back();
+                }
                 Err(e) => {
                     tracing::error!("sign counterparty commitment: {e}");
                     slots[i].1 = SigSlot::Refused;

@@ -3,9 +3,12 @@
 //! callers hand it requests and wait with a timeout, or hand them over
 //! without waiting ([`SignerConnection::submit`]) for operations LDK can
 //! take "pending" for. Requests reach the signer in the order they were
-//! made. It reconnects with backoff when the signer goes away.
+//! made. It reconnects with backoff when the signer goes away, to the
+//! next replica of a replicated signer when it has several (following a
+//! standby's "active is ..." answer), and greets each connection with the
+//! highest state counter the node saw (anti-rollback, see `InfoRequest`).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -121,6 +124,10 @@ struct Link {
     next_attempt: Instant,
     backoff: Duration,
     deferred: Arc<Mutex<Deferred>>,
+    /// The highest state counter the signer reported.
+    seen: Arc<AtomicU64>,
+    /// Why the signer refuses to sign, as its greeting said.
+    rollback: Arc<Mutex<Option<String>>>,
 }
 
 /// How long a deferred request waits for company before it goes alone.
@@ -240,23 +247,29 @@ impl Link {
     }
 
     fn note(&mut self, result: &Result<reply::Body, CallError>) {
-        if matches!(result, Err(CallError::Unavailable(_))) {
-            tracing::warn!(
-                "lost the signer connection to {}; will reconnect",
-                self.endpoint
-            );
+        if let Err(CallError::Unavailable(why)) = result {
+            let ep = self
+                .transport
+                .endpoint()
+                .unwrap_or_else(|| self.endpoint.clone());
+            tracing::warn!("lost the signer connection to {ep} ({why}); will reconnect");
             self.connected.store(false, Ordering::SeqCst);
+            self.transport.next_endpoint(why);
         }
     }
 
     fn connect(&mut self) -> Result<(), CallError> {
-        let ep = &self.endpoint;
         if !self.connected.load(Ordering::SeqCst) {
+            let ep = self
+                .transport
+                .endpoint()
+                .unwrap_or_else(|| self.endpoint.clone());
             if Instant::now() < self.next_attempt {
                 return Err(CallError::Unavailable(format!("reconnecting to {ep}")));
             }
-            match self.transport.connect() {
+            match self.transport.connect().and_then(|()| self.greet()) {
                 Ok(()) => {
+                    let ep = self.transport.endpoint().unwrap_or(ep);
                     tracing::info!("connected to the signer at {ep}");
                     self.backoff = Duration::from_millis(100);
                     self.connected.store(true, Ordering::SeqCst);
@@ -266,6 +279,7 @@ impl Link {
                         "signer at {ep} unreachable, retrying in {:?}: {e}",
                         self.backoff
                     );
+                    self.transport.next_endpoint(&e);
                     self.next_attempt = Instant::now() + self.backoff;
                     self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
                     return Err(CallError::Unavailable(e));
@@ -273,6 +287,40 @@ impl Link {
             }
         }
         Ok(())
+    }
+
+    /// The first request on a new connection: tells the signer the highest
+    /// state counter the node saw from it. A signer whose state is older
+    /// says so and signs nothing (`state-rollback-detected`): logged here,
+    /// and every later refusal names the rule. A standby replica answers
+    /// "unavailable": the connection is not kept.
+    fn greet(&mut self) -> Result<(), String> {
+        let hello = request::Body::Info(lnpd_proto::signer::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            seen_state_counter: self.seen.load(Ordering::SeqCst),
+        });
+        match self.transport.call(hello, Duration::from_secs(10)) {
+            Ok(reply::Body::Info(info)) => {
+                let rollback = (!info.rollback.is_empty()).then_some(info.rollback);
+                if let Some(why) = &rollback {
+                    tracing::error!(
+                        rule = lnpd_proto::RuleId::StateRollbackDetected.as_str(),
+                        "the signer refuses to sign: {why}"
+                    );
+                }
+                if let Ok(mut r) = self.rollback.lock() {
+                    *r = rollback;
+                }
+                Ok(())
+            }
+            Ok(_) => Ok(()),
+            Err(CallError::Unavailable(e)) => Err(e),
+            // Another protocol version, say: every call will say so too.
+            Err(CallError::Refused(e)) => {
+                tracing::warn!("the signer refused the greeting: {e}");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -299,6 +347,9 @@ pub struct SignerConnection {
     /// the signer is back and clears it.
     pending: Arc<AtomicBool>,
     endpoint: String,
+    seen: Arc<AtomicU64>,
+    rollback: Arc<Mutex<Option<String>>>,
+    rolled_back: AtomicBool,
 }
 
 /// What [`SignerConnection::on_answer`] runs.
@@ -310,6 +361,12 @@ pub type AnswerHook = Arc<dyn Fn() + Send + Sync>;
 pub trait SignerTransport: Send + 'static {
     /// Opens a connection; an error means "unreachable now, retry later".
     fn connect(&mut self) -> Result<(), String>;
+    /// The address now in use, when it has several (replicas).
+    fn endpoint(&self) -> Option<String> {
+        None
+    }
+    /// After a failure (`why`): the replica to try next, if several.
+    fn next_endpoint(&mut self, _why: &str) {}
     /// Sends one request on the open connection and waits at most
     /// `timeout` for the reply. `Unavailable` drops the connection (the next
     /// call reconnects).
@@ -333,20 +390,36 @@ pub trait SignerTransport: Send + 'static {
     }
 }
 
-/// gRPC over mutual TLS to an `lnpd-signer run` daemon.
+/// gRPC over mutual TLS to an `lnpd-signer run` daemon, or to one of
+/// several replicas of it (one active, the others standing by).
 pub struct GrpcTransport {
-    addr: String,
+    addrs: Vec<String>,
+    current: usize,
     tls: SignerTls,
     runtime: tokio::runtime::Runtime,
     client: Option<lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>>,
+    seen: Arc<AtomicU64>,
 }
 
 impl GrpcTransport {
-    /// A transport to the signer at `addr` (host:port); its own runtime,
-    /// so LDK's synchronous callers never block the node's async workers.
-    pub fn new(addr: &str, tls: SignerTls) -> std::io::Result<Self> {
+    /// A transport to the signer at `addrs` (host:port, or several
+    /// separated by commas: replicas); its own runtime, so LDK's
+    /// synchronous callers never block the node's async workers.
+    pub fn new(addrs: &str, tls: SignerTls) -> std::io::Result<Self> {
+        let addrs: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no signer address given",
+            ));
+        }
         Ok(GrpcTransport {
-            addr: addr.to_string(),
+            addrs,
+            current: 0,
             tls,
             // One worker of its own: the HTTP/2 connection is driven
             // between calls too, so the signer's keepalive pings are
@@ -357,18 +430,50 @@ impl GrpcTransport {
                 .enable_all()
                 .build()?,
             client: None,
+            seen: Arc::new(AtomicU64::new(0)),
         })
     }
+
+    /// The highest state counter the signer reported, kept here.
+    pub fn seen(&self) -> Arc<AtomicU64> {
+        self.seen.clone()
+    }
+}
+
+/// The replica a standby's answer names as active ("... active is NAME at
+/// ADDR ..."), among `addrs`.
+fn named_active(why: &str, addrs: &[String]) -> Option<usize> {
+    let rest = why.split("active is ").nth(1)?;
+    let addr = rest
+        .split(" at ")
+        .nth(1)?
+        .split([' ', ',', ')', ';'])
+        .next()?;
+    addrs.iter().position(|a| a == addr)
 }
 
 impl SignerTransport for GrpcTransport {
     fn connect(&mut self) -> Result<(), String> {
+        let addr = &self.addrs[self.current % self.addrs.len()];
         let c = self
             .runtime
-            .block_on(client::connect(&self.addr, &self.tls))
+            .block_on(client::connect(addr, &self.tls))
             .map_err(|e| e.to_string())?;
         self.client = Some(c);
         Ok(())
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(self.addrs[self.current % self.addrs.len()].clone())
+    }
+
+    fn next_endpoint(&mut self, why: &str) {
+        self.client = None;
+        if self.addrs.len() > 1 {
+            self.current = named_active(why, &self.addrs)
+                .filter(|&i| i != self.current)
+                .unwrap_or((self.current + 1) % self.addrs.len());
+        }
     }
 
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
@@ -376,10 +481,10 @@ impl SignerTransport for GrpcTransport {
             .client
             .as_mut()
             .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
-        let r = match self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, client::call(c, body)).await })
-        {
+        let seen = &self.seen;
+        let r = match self.runtime.block_on(async {
+            tokio::time::timeout(timeout, client::call_counted(c, body, seen)).await
+        }) {
             Ok(Ok(r)) => r.map_err(CallError::from),
             Ok(Err(status)) => Err(CallError::from_status(&status)),
             Err(_) => Err(CallError::Unavailable(format!(
@@ -402,10 +507,10 @@ impl SignerTransport for GrpcTransport {
             .client
             .as_mut()
             .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
-        let replies = match self
-            .runtime
-            .block_on(async { tokio::time::timeout(timeout, client::call_batch(c, bodies)).await })
-        {
+        let seen = &self.seen;
+        let replies = match self.runtime.block_on(async {
+            tokio::time::timeout(timeout, client::call_batch_counted(c, bodies, seen)).await
+        }) {
             Ok(r) => r.map_err(|s| CallError::from_status(&s)),
             Err(_) => Err(CallError::Unavailable(format!(
                 "no answer within {timeout:?}"
@@ -433,7 +538,9 @@ impl SignerConnection {
     /// over gRPC with mutual TLS. Connecting happens on first use and again
     /// after any failure.
     pub fn start(addr: &str, tls: SignerTls) -> std::io::Result<Arc<Self>> {
-        Self::start_with(addr, GrpcTransport::new(addr, tls)?)
+        let transport = GrpcTransport::new(addr, tls)?;
+        let seen = transport.seen();
+        Self::start_counted(addr, transport, seen)
     }
 
     /// Starts the connection thread over any transport; `endpoint` names
@@ -442,6 +549,17 @@ impl SignerConnection {
         endpoint: &str,
         transport: impl SignerTransport,
     ) -> std::io::Result<Arc<Self>> {
+        Self::start_counted(endpoint, transport, Arc::new(AtomicU64::new(0)))
+    }
+
+    /// [`Self::start_with`] over a transport that keeps the signer's state
+    /// counter in `seen`.
+    pub fn start_counted(
+        endpoint: &str,
+        transport: impl SignerTransport,
+        seen: Arc<AtomicU64>,
+    ) -> std::io::Result<Arc<Self>> {
+        let rollback = Arc::new(Mutex::new(None));
         let (jobs, rx) = mpsc::channel::<Job>();
         let connected = Arc::new(AtomicBool::new(false));
         let deferred = Arc::new(Mutex::new(Deferred::default()));
@@ -452,6 +570,8 @@ impl SignerConnection {
             next_attempt: Instant::now(),
             backoff: Duration::from_millis(100),
             deferred: deferred.clone(),
+            seen: seen.clone(),
+            rollback: rollback.clone(),
         }));
         let worker_link = link.clone();
         let worker_deferred = deferred.clone();
@@ -498,7 +618,62 @@ impl SignerConnection {
             connected,
             pending: Arc::new(AtomicBool::new(false)),
             endpoint: endpoint.to_string(),
+            seen,
+            rollback,
+            rolled_back: AtomicBool::new(false),
         }))
+    }
+
+    /// The highest state counter the signer reported (the node keeps it
+    /// across restarts: [`Self::note_seen`] at start).
+    pub fn seen_state_counter(&self) -> u64 {
+        self.seen.load(Ordering::SeqCst)
+    }
+
+    /// Raises the counter the node saw (the value it kept from before).
+    pub fn note_seen(&self, counter: u64) {
+        self.seen.fetch_max(counter, Ordering::SeqCst);
+    }
+
+    /// Why the signer refuses to sign, as it said when greeted.
+    pub fn rollback(&self) -> Option<String> {
+        self.rollback.lock().ok().and_then(|r| r.clone())
+    }
+
+    /// Notes that the signer refused a request LDK keeps pending because
+    /// its state is older than it should be (`state-rollback-detected`).
+    pub fn mark_rolled_back(&self) {
+        self.rolled_back.store(true, Ordering::SeqCst);
+    }
+
+    /// After [`Self::mark_rolled_back`]: greets the signer again, and once
+    /// it no longer refuses (the operator restored its latest state),
+    /// marks what LDK left pending for a retry. True when it did.
+    pub fn recheck_rollback(&self) -> bool {
+        if !self.rolled_back.load(Ordering::SeqCst) {
+            return false;
+        }
+        let hello = request::Body::Info(lnpd_proto::signer::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            seen_state_counter: self.seen_state_counter(),
+        });
+        match self.call(hello, Duration::from_secs(5)) {
+            Ok(reply::Body::Info(i)) if i.rollback.is_empty() => {
+                if let Ok(mut r) = self.rollback.lock() {
+                    *r = None;
+                }
+                self.rolled_back.store(false, Ordering::SeqCst);
+                self.mark_pending();
+                true
+            }
+            Ok(reply::Body::Info(i)) => {
+                if let Ok(mut r) = self.rollback.lock() {
+                    *r = Some(i.rollback);
+                }
+                false
+            }
+            _ => false,
+        }
     }
 
     /// Queues a request the node has already answered for; it goes to the

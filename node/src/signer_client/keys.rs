@@ -41,6 +41,10 @@ pub enum KeysError {
     /// The signer speaks another protocol or answered nonsense.
     #[error("signer answered unexpectedly: {0}")]
     Protocol(String),
+    /// The signer's state is older than one it acknowledged to this node:
+    /// it signs nothing (`state-rollback-detected`).
+    #[error("the signer refuses to sign (state-rollback-detected): {0}")]
+    Rollback(String),
 }
 
 /// LDK's keys manager whose every secret operation is a call to `lnpd-signer`.
@@ -72,7 +76,8 @@ impl RemoteKeysManager {
             conn.call_retrying(
                 "signer info",
                 request::Body::Info(pb::InfoRequest {
-                    protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION
+                    protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+                    seen_state_counter: conn.seen_state_counter(),
                 }),
                 patience
             ),
@@ -84,6 +89,9 @@ impl RemoteKeysManager {
                 info.protocol_version,
                 lnpd_proto::SIGNER_PROTOCOL_VERSION
             )));
+        }
+        if !info.rollback.is_empty() {
+            return Err(KeysError::Rollback(info.rollback));
         }
         let node_id = PublicKey::from_slice(&info.node_id)
             .map_err(|_| KeysError::Protocol("bad node id".into()))?;

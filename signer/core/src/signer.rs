@@ -74,6 +74,16 @@ pub struct Signer<S: Store> {
     pub(crate) batch: Option<PendingBatch>,
     /// Unix time (seconds) as the host last told it (no clock in no_std).
     pub(crate) now: u64,
+    /// The state counter of the latest durable write (anti-rollback).
+    pub(crate) state_counter: u64,
+    /// Set when this state is known to be older than one the signer
+    /// acknowledged before: why. Nothing is signed or written then.
+    pub(crate) rollback: Option<alloc::string::String>,
+    /// Channels a request showed to be ahead of their record (the record
+    /// is older than what the signer signed): refused until restart.
+    pub(crate) rolled_back_channels: alloc::collections::BTreeSet<ChannelKeysId>,
+    /// The operator accepts an older state (see [`Signer::accept_older_states`]).
+    pub(crate) accept_older: bool,
 }
 
 /// Writes of a batch not yet durable, and what they replaced in memory.
@@ -146,6 +156,7 @@ impl<S: Store> Signer<S> {
             .then_some(meta.schema_version);
         meta.schema_version = crate::state::SCHEMA_VERSION;
         let mut store = store;
+        let mut state_counter = snapshot.counter;
         if let Some(from) = migrate_from {
             // Every record rewritten in this release's schema, with the
             // version, in one durable write: all or nothing.
@@ -156,6 +167,8 @@ impl<S: Store> Signer<S> {
                 })
                 .collect();
             writes.push(Write::Meta(meta.encode_to_vec()));
+            state_counter += 1;
+            writes.push(Write::Counter(state_counter));
             store.commit(writes)?;
             tracing::info!(
                 channels = channels.len(),
@@ -180,6 +193,10 @@ impl<S: Store> Signer<S> {
             funding_scripts: BTreeMap::new(),
             batch: None,
             now: 0,
+            state_counter,
+            rollback: None,
+            rolled_back_channels: Default::default(),
+            accept_older: false,
         };
         let set_up: Vec<(ChannelKeysId, crate::state::ChannelRecord)> = signer
             .channels
@@ -365,7 +382,7 @@ impl<S: Store> Signer<S> {
             }
             batch.writes.extend(writes);
         } else {
-            self.store.commit(writes)?;
+            self.durable(writes)?;
         }
         for (id, record) in records {
             self.channels.insert(id, record);
@@ -388,7 +405,7 @@ impl<S: Store> Signer<S> {
             }
             batch.writes.push(write);
         } else {
-            self.store.commit(alloc::vec![write])?;
+            self.durable(alloc::vec![write])?;
         }
         self.meta = meta;
         Ok(())
@@ -424,14 +441,102 @@ impl<S: Store> Signer<S> {
             .collect();
         let batch = self.batch.take().unwrap_or_default();
         if !batch.writes.is_empty() {
-            if let Err(e) = self.store.commit(batch.writes) {
+            if let Err(e) = self.durable(batch.writes) {
                 self.restore(batch.channels_before, batch.meta_before);
-                let e = SignerError::from(e);
                 tracing::error!("batch not saved, none of it applied: {}", e.message);
                 results = results.iter().map(|_| Err(e.clone())).collect();
             }
         }
         results
+    }
+
+    /// Writes `writes` and the next state counter in one durable write.
+    /// Never on a state known to be older than one acknowledged before: a
+    /// write would raise the counter past the evidence.
+    fn durable(&mut self, mut writes: Vec<Write>) -> Result<(), SignerError> {
+        if let Some(why) = &self.rollback {
+            return Err(SignerError::policy(
+                crate::RuleId::StateRollbackDetected,
+                why.clone(),
+            ));
+        }
+        let next = self.state_counter + 1;
+        writes.push(Write::Counter(next));
+        self.store.commit(writes)?;
+        self.state_counter = next;
+        Ok(())
+    }
+
+    /// The state counter: one more with every durable write. The daemon
+    /// keeps the highest it acknowledged apart from the state, and the
+    /// node the highest it saw, to tell an older copy of the state.
+    pub fn state_counter(&self) -> u64 {
+        self.state_counter
+    }
+
+    /// Why this signer refuses to sign (its state is older than one it
+    /// acknowledged), if it does.
+    pub fn rollback(&self) -> Option<&str> {
+        self.rollback.as_deref()
+    }
+
+    /// Compares the state with a counter this signer acknowledged before
+    /// (`seen`, as kept by `who`): if the state is older, the signer refuses
+    /// every request but `Ping` and `Info` from now on
+    /// (`state-rollback-detected`), and says why.
+    pub fn check_acknowledged(&mut self, seen: u64, who: &str) -> Result<(), SignerError> {
+        if seen <= self.state_counter {
+            return Ok(());
+        }
+        if self.accept_older {
+            tracing::warn!(
+                rule = crate::RuleId::StateRollbackDetected.as_str(),
+                "{who} has seen state #{seen}, this state is #{}: accepted as the operator asked; \
+                 channels that moved on since are still refused one by one",
+                self.state_counter
+            );
+            return self.accept_older_state(seen);
+        }
+        let why = format!(
+            "the signer's state is older than one it acknowledged: {who} has seen state #{seen}, this state is #{}. \
+             Restore the latest copy of the state and restart; do not sign from this one (a revoked \
+             commitment signed or broadcast from it could lose the channel). If the latest state is lost, \
+             have each peer close its channel (its commitment pays this node's balance to a static key \
+             the signer can always sweep)",
+            self.state_counter
+        );
+        if self.rollback.is_none() {
+            tracing::error!(
+                rule = crate::RuleId::StateRollbackDetected.as_str(),
+                "{why}"
+            );
+        }
+        self.rollback = Some(why.clone());
+        Err(SignerError::policy(
+            crate::RuleId::StateRollbackDetected,
+            why,
+        ))
+    }
+
+    /// From now on, a counter acknowledged before and higher than this
+    /// state's is accepted ([`Signer::accept_older_state`]) instead of
+    /// refused: the operator's decision when the latest state is lost.
+    pub fn accept_older_states(&mut self) {
+        self.accept_older = true;
+    }
+
+    /// Accepts this state although it is older than one acknowledged
+    /// before (the operator's decision, once the latest is known lost): the
+    /// counter moves past `seen` in one durable write. Channels that moved
+    /// on since this state are still refused one by one
+    /// (`state-rollback-detected`), from their commitment numbers.
+    pub fn accept_older_state(&mut self, seen: u64) -> Result<(), SignerError> {
+        self.rollback = None;
+        if seen > self.state_counter {
+            self.state_counter = seen;
+            self.durable(Vec::new())?;
+        }
+        Ok(())
     }
 
     /// Undoes a batch that did not finish (a panic inside one of its

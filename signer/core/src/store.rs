@@ -28,6 +28,9 @@ pub enum Write {
     Meta(Vec<u8>),
     /// Removes a channel record (a keys id issued but never set up).
     DeleteChannel([u8; 32]),
+    /// The state counter: one more with every durable write, so that an
+    /// older copy of the state can be told from the latest (anti-rollback).
+    Counter(u64),
 }
 
 /// Everything in a store, as read at start-up.
@@ -37,6 +40,8 @@ pub struct Snapshot {
     pub channels: BTreeMap<[u8; 32], Vec<u8>>,
     /// The meta record, if one was written.
     pub meta: Option<Vec<u8>>,
+    /// The state counter (0 for a store that never counted).
+    pub counter: u64,
 }
 
 /// Durable storage of the signer's records.
@@ -74,6 +79,7 @@ impl Store for MemoryStore {
                 Write::DeleteChannel(id) => {
                     self.snapshot.channels.remove(&id);
                 }
+                Write::Counter(n) => self.snapshot.counter = n,
             }
         }
         Ok(())

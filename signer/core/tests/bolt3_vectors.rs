@@ -58,6 +58,7 @@ fn policy() -> PolicyConfig {
     // fee above the funder's balance: state rules are not what they test.
     for r in [
         RuleId::CommitmentNumberSequence,
+        RuleId::StateRollbackDetected,
         RuleId::CommitmentPreviousRevoked,
         RuleId::CommitmentBalanceConserved,
     ] {

@@ -125,11 +125,14 @@ fn refuses_to_sign_a_revoked_holder_commitment() {
 }
 
 #[test]
-fn refuses_skipped_and_rewound_commitment_numbers() {
+fn refuses_rewound_commitment_numbers_and_skipped_ones_as_a_rollback() {
     let mut p = pair(true);
     p.advance().unwrap();
     p.advance().unwrap();
-    for n in [p.number + 2, p.number - 1] {
+    for (n, rule) in [
+        (p.number - 1, RuleId::CommitmentNumberSequence),
+        (p.number + 2, RuleId::StateRollbackDetected),
+    ] {
         let mut req = lnpd_signer_core::testing::next_counterparty_request(&mut p).unwrap();
         if let Some(c) = req.commitment.as_mut() {
             c.commitment_number = n;
@@ -137,28 +140,37 @@ fn refuses_skipped_and_rewound_commitment_numbers() {
         unchanged(&mut p, |p| {
             assert_refused(
                 call!(p.alice.signer, SignCounterpartyCommitment(req) => SignCounterpartyCommitment),
-                RuleId::CommitmentNumberSequence,
+                rule,
             )
         });
     }
     // A holder commitment that skips ahead, or goes back, is refused too,
-    // even when the peer signs it.
-    let peer = lnpd_signer_core::testing::Colluder::new(2);
-    for n in [p.number + 2, p.number - 1] {
-        let data = p.commitment_data(true, n).unwrap();
+    // even when the peer signs it (in a fresh pair: the skip above froze
+    // Alice's channel).
+    for (n, rules) in [
+        (
+            -1i64,
+            &[
+                RuleId::CommitmentNumberSequence,
+                RuleId::CommitmentHolderNotRevoked,
+            ][..],
+        ),
+        (2, &[RuleId::StateRollbackDetected][..]),
+    ] {
+        let mut p = pair(true);
+        p.advance().unwrap();
+        p.advance().unwrap();
+        let peer = lnpd_signer_core::testing::Colluder::new(2);
+        let data = p
+            .commitment_data(true, (p.number as i64 + n) as u64)
+            .unwrap();
         let bad = peer.validation_request(&mut p, true, data).unwrap();
         let res = unchanged(
             &mut p,
             |p| call!(p.alice.signer, ValidateHolderCommitment(bad) => ValidateHolderCommitment),
         );
         let err = res.unwrap_err();
-        assert!(
-            matches!(
-                err.rule,
-                Some(RuleId::CommitmentNumberSequence | RuleId::CommitmentHolderNotRevoked)
-            ),
-            "{err}"
-        );
+        assert!(err.rule.is_some_and(|r| rules.contains(&r)), "{err}");
     }
 }
 
@@ -261,7 +273,7 @@ fn a_failed_write_changes_nothing_and_the_request_can_be_retried() {
     let err =
         call!(s, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
             .unwrap_err();
-    assert_eq!(err.kind, ErrorKind::Internal);
+    assert_eq!(err.kind, ErrorKind::Unavailable);
     assert_eq!(before, s.state_digest());
     call!(s, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId).unwrap();
     assert_ne!(before, s.state_digest());
@@ -616,7 +628,7 @@ fn a_batch_whose_write_fails_leaves_no_trace() {
         .unwrap();
     assert!(results
         .iter()
-        .all(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Internal)));
+        .all(|r| r.as_ref().is_err_and(|e| e.kind == ErrorKind::Unavailable)));
     assert_eq!(
         before,
         alice.borrow().state_digest(),

@@ -36,7 +36,25 @@ impl<S: Store> Signer<S> {
     /// its rule id; the state is unchanged whenever an error is returned.
     pub fn handle(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
         let op = body.name();
-        let result = self.dispatch(body);
+        let channel = body.channel_keys_id();
+        let result = self
+            .refuse_if_rolled_back(&body, channel)
+            .and_then(|()| self.dispatch(body));
+        if let (Err(e), Some(id)) = (&result, channel) {
+            if e.rule == Some(crate::RuleId::StateRollbackDetected)
+                && self.rollback.is_none()
+                && self.rolled_back_channels.insert(id)
+            {
+                tracing::error!(
+                    rule = crate::RuleId::StateRollbackDetected.as_str(),
+                    "channel {id} is ahead of the signer's record: the signer's state is older than \
+                     what it signed for this channel. Nothing more is signed for it until restart. \
+                     Restore the latest copy of the signer's state; if it is lost, have the peer close \
+                     the channel (its commitment pays this node's balance to a static key the signer \
+                     can sweep) and do not broadcast this node's own commitment (it may be revoked)"
+                );
+            }
+        }
         if let Err(e) = &result {
             match e.rule {
                 Some(rule) => tracing::warn!(rule = rule.as_str(), op, "refused: {}", e.message),
@@ -46,12 +64,50 @@ impl<S: Store> Signer<S> {
         result
     }
 
+    /// Refuses what a state known to be older than one acknowledged must
+    /// not answer: everything but `Ping` and `Info` when the whole state is
+    /// older, and, for a channel found ahead of its record, everything but
+    /// its public keys and points.
+    fn refuse_if_rolled_back(
+        &self,
+        body: &request::Body,
+        channel: Option<crate::ChannelKeysId>,
+    ) -> Result<(), SignerError> {
+        use request::Body as Q;
+        let rule = crate::RuleId::StateRollbackDetected;
+        if let Some(why) = &self.rollback {
+            if !matches!(body, Q::Ping(_) | Q::Info(_)) {
+                return Err(SignerError::policy(rule, why.clone()));
+            }
+        }
+        match channel {
+            Some(id)
+                if self.rolled_back_channels.contains(&id)
+                    && !matches!(body, Q::GetPerCommitmentPoint(_) | Q::GetChannelPublicKeys(_)) =>
+            {
+                Err(SignerError::policy(
+                    rule,
+                    format!(
+                        "channel {id} was found ahead of the signer's record (an older copy of the state): \
+                         nothing is signed for it until the latest state is restored"
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn dispatch(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {
         use reply::Body as A;
         use request::Body as Q;
         Ok(match body {
             Q::Ping(r) => A::Ping(pb::PingReply { nonce: r.nonce }),
-            Q::Info(r) => A::Info(self.info(&r)?),
+            Q::Info(r) => {
+                // A node that saw a later state than this one: the answer
+                // says so (`rollback`), and nothing is signed from now on.
+                let _ = self.check_acknowledged(r.seen_state_counter, "the node");
+                A::Info(self.info(&r)?)
+            }
             Q::GetNodeId(r) => A::GetNodeId(self.get_node_id(&r)?),
             Q::Ecdh(r) => A::Ecdh(self.ecdh(&r)?),
             Q::SignInvoice(r) => A::RecoverableSignature(self.sign_invoice(&r)?),
@@ -152,6 +208,8 @@ impl<S: Store> Signer<S> {
             .map(|s| s.to_string())
             .collect(),
             channel_count: self.channels.values().filter(|c| c.setup.is_some()).count() as u32,
+            state_counter: self.state_counter,
+            rollback: self.rollback.clone().unwrap_or_default(),
         })
     }
 }

@@ -6,7 +6,9 @@
 //!
 //! 1. `close-then-frozen`: nothing new after a mutual close was signed;
 //! 2. `commitment-number-sequence` (a retry of the latest is answered
-//!    again), `commitment-previous-revoked` (theirs),
+//!    again; a number that goes back), `state-rollback-detected` (a number
+//!    ahead of the record: the record is older than what was signed),
+//!    `commitment-previous-revoked` (theirs),
 //!    `commitment-holder-not-revoked` (ours);
 //! 3. `commitment-first-no-htlcs` for #0;
 //! 4. the shape: `commitment-htlc-count-max`, `commitment-htlc-inflight-max`,
@@ -121,9 +123,15 @@ pub fn validate(p: &Proposed, facts: &Facts) -> Result<Verdict, SignerError> {
         record.counterparty.as_ref()
     };
     let whose = if p.holder { "holder" } else { "counterparty" };
+    let ahead = |last: &str| {
+        format!(
+            "channel {id}: {whose} commitment {n} is ahead of the signer's record ({last}): \
+             the signer's state is older than what it signed"
+        )
+    };
     match previous {
-        None => policy.check(RuleId::CommitmentNumberSequence, n.0 == 0, || {
-            format!("channel {id}: first {whose} commitment must be #0, got {n}")
+        None => policy.check(RuleId::StateRollbackDetected, n.0 == 0, || {
+            ahead("no commitment yet")
         })?,
         Some(last) if last.commitment_number == n.0 => {
             if same_commitment(last, data) {
@@ -145,13 +153,18 @@ pub fn validate(p: &Proposed, facts: &Facts) -> Result<Verdict, SignerError> {
             }
             policy.check(
                 RuleId::CommitmentNumberSequence,
-                n.0 == last.commitment_number + 1,
+                n.0 > last.commitment_number,
                 || {
                     format!(
-                        "channel {id}: {whose} commitment {n} does not follow #{}",
+                        "channel {id}: {whose} commitment {n} goes back from #{}",
                         last.commitment_number
                     )
                 },
+            )?;
+            policy.check(
+                RuleId::StateRollbackDetected,
+                n.0 <= last.commitment_number + 1,
+                || ahead(&format!("latest #{}", last.commitment_number)),
             )?
         }
     }

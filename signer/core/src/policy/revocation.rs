@@ -40,6 +40,19 @@ pub fn validate_release(
     policy.check(RuleId::RevokeNotClosed, !record.closing_signed, || {
         format!("channel {id}: a closing transaction was signed; no more revocations")
     })?;
+    // Asked for a state the record has not reached: LDK asks only after
+    // it validated the next one, so the record is older than that.
+    policy.check(
+        RuleId::StateRollbackDetected,
+        record.holder_number().is_none_or(|h| n.0 <= h),
+        || {
+            format!(
+                "channel {id}: secret of holder commitment {n} asked, but the signer's record is at {}: \
+                 the signer's state is older than what it validated",
+                record.holder_number().map_or("no commitment".into(), |h| format!("#{h}"))
+            )
+        },
+    )?;
     let next_validated = record.holder_number().is_some_and(|h| h > n.0);
     policy.check(RuleId::RevokeNextValidated, next_validated, || {
         format!(
@@ -73,6 +86,17 @@ pub fn validate_holder_broadcast(
         RuleId::CommitmentHolderNotRevoked,
         record.holder_revoked_through.is_none_or(|t| t < n.0),
         || format!("channel {id}: holder commitment {n} is revoked"),
+    )?;
+    policy.check(
+        RuleId::StateRollbackDetected,
+        record.holder_number().is_none_or(|h| n.0 <= h),
+        || {
+            format!(
+                "channel {id}: holder commitment {n} asked for broadcast, but the signer's record is at {}: \
+                 the signer's state is older than what it validated",
+                record.holder_number().map_or("no commitment".into(), |h| format!("#{h}"))
+            )
+        },
     )?;
     match record.holder_number() {
         Some(h) if h == n.0 => Ok(()),

@@ -74,6 +74,19 @@ pub(crate) enum Command {
         /// keys and enforces the policy; pair it first (`pair`).
         #[arg(long)]
         device: Option<String>,
+        /// Sign from this state although the node or this machine's state
+        /// witness saw a later one (the latest copy of the state is lost).
+        /// Channels that moved on since this state stay refused
+        /// (state-rollback-detected); without this flag nothing is signed.
+        #[arg(long)]
+        accept_older_state: bool,
+        /// Keep the state in an etcd cluster instead of state.redb:
+        /// "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]" (or [store] url in
+        /// signer.toml). Several processes with the same data directory
+        /// contents (seed, TLS) then serve one node: one active, the others
+        /// standing by, taking over when its lease lapses.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Pair this host with a hardware signer: both show a code; confirm on
     /// the device, then here. Writes host.key and device.json.

@@ -68,7 +68,16 @@ pub(crate) struct Opened {
     pub(crate) signer: Signer<RedbStore>,
 }
 
-pub(crate) fn open(common: &Common) -> Result<Opened> {
+/// What opening a signer takes, read from a data directory.
+pub(crate) struct Parts {
+    pub(crate) dir: DataDir,
+    pub(crate) config: ConfigFile,
+    pub(crate) network: Network,
+    pub(crate) policy: lnpd_signer_core::PolicyConfig,
+    pub(crate) seed: lnpd_signer_core::Seed,
+}
+
+pub(crate) fn open_parts(common: &Common) -> Result<Parts> {
     let dir = DataDir(expand(&common.data_dir));
     if !dir.seed().exists() {
         bail!(
@@ -83,6 +92,23 @@ pub(crate) fn open(common: &Common) -> Result<Opened> {
         .context("reading the passphrase")?;
     let seed = seed_file::read(&dir.seed(), pass.as_bytes())
         .with_context(|| format!("opening {}", dir.seed().display()))?;
+    Ok(Parts {
+        dir,
+        config,
+        network,
+        policy,
+        seed,
+    })
+}
+
+pub(crate) fn open(common: &Common) -> Result<Opened> {
+    let Parts {
+        dir,
+        config,
+        network,
+        policy,
+        seed,
+    } = open_parts(common)?;
     let store = RedbStore::open(&dir.state()).map_err(|e| anyhow!("{e}"))?;
     let signer = Signer::new(&seed, network, policy, store, Box::new(random32))
         .map_err(|e| anyhow!("{e}"))?;

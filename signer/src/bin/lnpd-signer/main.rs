@@ -48,6 +48,8 @@ fn main() {
             listen,
             log,
             device,
+            accept_older_state,
+            store,
         } => match tokio::runtime::Builder::new_multi_thread()
             // One worker: requests are served one at a time under the
             // signer's lock anyway, and a second worker only costs a
@@ -58,7 +60,7 @@ fn main() {
         {
             Ok(rt) => match device {
                 Some(d) => rt.block_on(run::run_device(common, listen, log, d)),
-                None => rt.block_on(run::run(common, listen, log)),
+                None => rt.block_on(run::run_any(common, listen, log, accept_older_state, store)),
             },
             Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
         },

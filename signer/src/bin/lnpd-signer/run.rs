@@ -83,13 +83,19 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-pub(crate) async fn run(common: Common, listen: Option<String>, log: Option<String>) -> Result<()> {
+pub(crate) async fn run(
+    common: Common,
+    listen: Option<String>,
+    log: Option<String>,
+    accept_older_state: bool,
+) -> Result<()> {
     let Opened {
         dir,
         config,
-        signer,
+        mut signer,
     } = open(&common)?;
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
+    let witness = check_witness(&dir, &mut signer, accept_older_state)?;
     let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
     tracing::info!(
         node_id = %signer.node_id(),
@@ -109,18 +115,172 @@ pub(crate) async fn run(common: Common, listen: Option<String>, log: Option<Stri
     let shutdown = shutdown_signal();
     let audit = lnpd_signer::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
+    let writer = witness.spawn_writer()?;
     let service = SignerService::new(signer)
         .with_audit(audit)
         .with_allowlist(dir.allowlist())
-        .with_approvals(dir.approvals(), config.approval_timeout());
-    server::serve(
+        .with_approvals(dir.approvals(), config.approval_timeout())
+        .with_witness(witness.clone());
+    let served = server::serve(
         service,
         listener,
         tls_config,
         config.server.limits()?,
         shutdown,
     )
-    .await?;
+    .await;
+    witness.stop();
+    let _ = writer.join();
+    served?;
+    let _ = std::fs::remove_file(dir.listen_addr_file());
+    Ok(())
+}
+
+/// Compares the state with this machine's witness of the highest counter
+/// acknowledged: an older state signs nothing (unless the operator accepts
+/// it), and says why.
+pub(crate) fn check_witness<S: lnpd_signer_core::store::Store>(
+    dir: &DataDir,
+    signer: &mut lnpd_signer_core::Signer<S>,
+    accept_older_state: bool,
+) -> Result<std::sync::Arc<lnpd_signer::witness::Witness>> {
+    let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
+    if accept_older_state {
+        signer.accept_older_states();
+    }
+    let who = format!("this machine's state witness ({})", dir.witness().display());
+    if signer.check_acknowledged(witness.recorded(), &who).is_err() {
+        eprintln!(
+            "error: state-rollback-detected: {}",
+            signer.rollback().unwrap_or_default()
+        );
+    }
+    if accept_older_state {
+        witness.reset(signer.state_counter())?;
+    } else {
+        witness.note(signer.state_counter());
+    }
+    Ok(witness)
+}
+
+/// `run`: with the state in redb, or as a replica over etcd when a store
+/// URL is given (`--store` or `[store] url`).
+pub(crate) async fn run_any(
+    common: Common,
+    listen: Option<String>,
+    log: Option<String>,
+    accept_older_state: bool,
+    store: Option<String>,
+) -> Result<()> {
+    let dir = DataDir(expand(&common.data_dir));
+    let replicated =
+        store.is_some() || ConfigFile::load(&dir.config()).is_ok_and(|c| c.store.url.is_some());
+    if replicated {
+        run_replica(common, listen, log, store, accept_older_state).await
+    } else {
+        run(common, listen, log, accept_older_state).await
+    }
+}
+
+/// `run --store etcd://...`: one replica of a signer whose state lives in
+/// etcd. It serves requests only while it holds the leadership; otherwise
+/// it answers "standby, active is NAME at ADDR".
+pub(crate) async fn run_replica(
+    common: Common,
+    listen: Option<String>,
+    log: Option<String>,
+    store_url: Option<String>,
+    accept_older_state: bool,
+) -> Result<()> {
+    use lnpd_signer::replica::{self, LeaseFence, ReplicaId};
+    use lnpd_signer::store_etcd::EtcdStore;
+    let crate::common::Parts {
+        dir,
+        config,
+        network,
+        policy,
+        seed,
+    } = crate::common::open_parts(&common)?;
+    init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    let node_id = lnpd_signer_core::keys::KeyRing::from_seed(&seed, network, &secp)
+        .map_err(|e| anyhow!("{e}"))?
+        .node_id(&secp);
+    let settings = config
+        .store
+        .etcd(store_url.as_deref(), &node_id.to_string())?
+        .ok_or_else(|| anyhow!("no etcd store given (--store etcd://HOST:PORT or [store] url)"))?;
+    let etcd = lnpd_signer::etcd::Etcd::new(&settings)?;
+    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
+    let me = ReplicaId {
+        name: config
+            .store
+            .replica_name
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
+        addr: config
+            .store
+            .advertise
+            .clone()
+            .unwrap_or_else(|| local.to_string()),
+    };
+    tracing::info!(
+        node_id = %node_id,
+        members = settings.endpoints.join(","),
+        prefix = settings.prefix,
+        "lnpd-signer replica {} listening on {local} (mutual TLS); standing by until it holds the leadership",
+        me.name
+    );
+    println!("listening on {local}");
+    let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
+    let writer = witness.spawn_writer()?;
+    let allowlist = dir.allowlist();
+    let w = witness.clone();
+    let dir2 = dir.clone();
+    // What becoming active does: the state loaded from etcd, checked
+    // against this machine's witness, before anything is answered.
+    let open: replica::OpenSigner = std::sync::Arc::new(move |store: EtcdStore| {
+        let mut signer = lnpd_signer_core::Signer::new(
+            &seed,
+            network,
+            policy.clone(),
+            store,
+            Box::new(crate::common::random32),
+        )?;
+        if accept_older_state {
+            signer.accept_older_states();
+        }
+        let who = format!(
+            "this machine's state witness ({})",
+            dir2.witness().display()
+        );
+        let _ = signer.check_acknowledged(w.recorded(), &who);
+        w.note(signer.state_counter());
+        Ok(signer)
+    });
+    let fence = std::sync::Arc::new(LeaseFence::default());
+    let service =
+        SignerService::<EtcdStore>::standby("standby: campaigning for the leadership".into())
+            .with_audit(
+                lnpd_signer::audit::AuditLog::open(&dir.audit_log())
+                    .with_context(|| format!("opening {}", dir.audit_log().display()))?,
+            )
+            .with_allowlist(allowlist)
+            .with_approvals(dir.approvals(), config.approval_timeout())
+            .with_witness(witness.clone())
+            .with_fence(fence.clone());
+    replica::spawn(etcd, settings, me, service.slot(), fence, open);
+    let served = server::serve(
+        service,
+        listener,
+        tls_config,
+        config.server.limits()?,
+        shutdown_signal(),
+    )
+    .await;
+    witness.stop();
+    let _ = writer.join();
+    served?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
     Ok(())
 }

@@ -1,0 +1,301 @@
+//! The replicated store: the signer's records in etcd, one key per record
+//! (`<prefix>/channel/<keys id>`, `<prefix>/meta`, `<prefix>/counter`).
+//!
+//! Every commit is one etcd transaction that applies only if (a) this
+//! replica still holds the leadership key it created (`<prefix>/leader`,
+//! bound to its lease: an expired lease deletes it) and (b) every record it
+//! writes is still at the revision this replica last read or wrote. It
+//! returns once etcd applied it, that is once a quorum of members has it.
+//! A write refused by its conditions, or whose outcome cannot be known,
+//! marks the store out of step: the replica stops signing and reloads the
+//! state (or stands by), never signs on a guess.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lnpd_signer_core::store::{Snapshot, Store, StoreError, Write};
+
+use crate::etcd::pb::{self, compare, request_op, Compare, RequestOp};
+use crate::etcd::{prefix_end, Etcd, EtcdError, REQUEST_TIMEOUT};
+
+/// The leadership key a replica created, which every write is conditioned on.
+#[derive(Clone, Debug)]
+pub struct Leadership {
+    /// The key.
+    pub key: Vec<u8>,
+    /// Its create revision (a key created again by another has another).
+    pub create_revision: i64,
+}
+
+/// The signer state in etcd.
+pub struct EtcdStore {
+    etcd: Etcd,
+    prefix: String,
+    revisions: Mutex<HashMap<Vec<u8>, i64>>,
+    leadership: Option<Leadership>,
+    out_of_step: Arc<AtomicBool>,
+}
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError(e.to_string())
+}
+
+impl EtcdStore {
+    /// The store under `prefix`; writes conditioned on `leadership` (None:
+    /// a tool reading the state, which must not write).
+    pub fn new(etcd: Etcd, prefix: &str, leadership: Option<Leadership>) -> Self {
+        EtcdStore {
+            etcd,
+            prefix: prefix.trim_end_matches('/').to_string(),
+            revisions: Mutex::new(HashMap::new()),
+            leadership,
+            out_of_step: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Set once a write was refused or its outcome is unknown: the
+    /// in-memory state may differ from etcd's; reload before signing.
+    pub fn out_of_step(&self) -> Arc<AtomicBool> {
+        self.out_of_step.clone()
+    }
+
+    fn key(&self, name: &str) -> Vec<u8> {
+        format!("{}/{name}", self.prefix).into_bytes()
+    }
+
+    fn channel_key(&self, id: &[u8; 32]) -> Vec<u8> {
+        self.key(&format!("channel/{}", hex::encode(id)))
+    }
+
+    /// Reads one key (linearizable), retrying other members.
+    fn read_key(&self, key: Vec<u8>) -> Result<Option<pb::KeyValue>, StoreError> {
+        let etcd = self.etcd.clone();
+        let r = self
+            .etcd
+            .block(async move {
+                etcd.retrying("read", |ch| {
+                    let key = key.clone();
+                    async move {
+                        pb::kv_client::KvClient::new(ch)
+                            .range(pb::RangeRequest {
+                                key,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await
+            })
+            .ok_or_else(|| err("etcd client stopped"))?
+            .map_err(err)?;
+        Ok(r.kvs.into_iter().next())
+    }
+
+    /// After a write whose answer was lost: whether it was applied, from
+    /// the counter it wrote and the leadership key.
+    fn resolve(&self, counter: u64) -> Result<Option<i64>, StoreError> {
+        let written = self.read_key(self.key("counter"))?;
+        let ours = match &self.leadership {
+            Some(l) => self
+                .read_key(l.key.clone())?
+                .is_some_and(|kv| kv.create_revision == l.create_revision),
+            None => false,
+        };
+        Ok(written
+            .filter(|kv| ours && kv.value == counter.to_be_bytes())
+            .map(|kv| kv.mod_revision))
+    }
+}
+
+impl Store for EtcdStore {
+    fn load(&self) -> Result<Snapshot, StoreError> {
+        let prefix = format!("{}/", self.prefix).into_bytes();
+        let end = prefix_end(&prefix);
+        let etcd = self.etcd.clone();
+        let r = self
+            .etcd
+            .block(async move {
+                etcd.retrying("load the state", |ch| {
+                    let (key, range_end) = (prefix.clone(), end.clone());
+                    async move {
+                        pb::kv_client::KvClient::new(ch)
+                            .range(pb::RangeRequest {
+                                key,
+                                range_end,
+                                ..Default::default()
+                            })
+                            .await
+                            .map(|r| r.into_inner())
+                    }
+                })
+                .await
+            })
+            .ok_or_else(|| err("etcd client stopped"))?
+            .map_err(err)?;
+        if r.more {
+            return Err(err("etcd answered part of the state only"));
+        }
+        let mut snap = Snapshot::default();
+        let mut revisions = HashMap::new();
+        let (meta, counter) = (self.key("meta"), self.key("counter"));
+        let channel_prefix = self.key("channel/");
+        for kv in r.kvs {
+            if kv.key == meta {
+                snap.meta = Some(kv.value.clone());
+            } else if kv.key == counter {
+                let b: [u8; 8] = kv
+                    .value
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| err("the state counter in etcd is not 8 bytes"))?;
+                snap.counter = u64::from_be_bytes(b);
+            } else if let Some(id) = kv.key.strip_prefix(channel_prefix.as_slice()) {
+                let id = hex::decode(id)
+                    .ok()
+                    .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                    .ok_or_else(|| err("a channel key in etcd is not a keys id"))?;
+                snap.channels.insert(id, kv.value.clone());
+            } else {
+                continue;
+            }
+            revisions.insert(kv.key, kv.mod_revision);
+        }
+        *self.revisions.lock().map_err(|_| err("revisions lock"))? = revisions;
+        self.out_of_step.store(false, Ordering::SeqCst);
+        Ok(snap)
+    }
+
+    fn commit(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let leadership = self
+            .leadership
+            .clone()
+            .ok_or_else(|| err("this process does not hold the leadership: it must not write"))?;
+        let revisions = self
+            .revisions
+            .lock()
+            .map_err(|_| err("revisions lock"))?
+            .clone();
+        let mut compare = vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Create as i32,
+            key: leadership.key.clone(),
+            target_union: Some(compare::TargetUnion::CreateRevision(
+                leadership.create_revision,
+            )),
+        }];
+        let mut success = Vec::new();
+        let mut touched: Vec<(Vec<u8>, bool)> = Vec::new();
+        let mut counter = None;
+        for w in writes {
+            let (key, value) = match w {
+                Write::Channel(id, bytes) => (self.channel_key(&id), Some(bytes)),
+                Write::Meta(bytes) => (self.key("meta"), Some(bytes)),
+                Write::DeleteChannel(id) => (self.channel_key(&id), None),
+                Write::Counter(n) => {
+                    counter = Some(n);
+                    (self.key("counter"), Some(n.to_be_bytes().to_vec()))
+                }
+            };
+            if !touched.iter().any(|(k, _)| *k == key) {
+                compare.push(Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: key.clone(),
+                    target_union: Some(compare::TargetUnion::ModRevision(
+                        revisions.get(&key).copied().unwrap_or(0),
+                    )),
+                });
+            }
+            touched.retain(|(k, _)| *k != key);
+            touched.push((key.clone(), value.is_some()));
+            success.push(RequestOp {
+                request: Some(match value {
+                    Some(value) => request_op::Request::RequestPut(pb::PutRequest {
+                        key,
+                        value,
+                        ..Default::default()
+                    }),
+                    None => request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    }),
+                }),
+            });
+        }
+        let txn = pb::TxnRequest {
+            compare,
+            success,
+            failure: Vec::new(),
+        };
+        // A write whose answer is lost is looked up (the counter it wrote);
+        // one proven not applied is sent again to the next member.
+        let mut tries = 0;
+        let revision = loop {
+            tries += 1;
+            let (member, channel) = self.etcd.channel();
+            let t = txn.clone();
+            let answer = self
+                .etcd
+                .block(async move {
+                    tokio::time::timeout(
+                        REQUEST_TIMEOUT,
+                        pb::kv_client::KvClient::new(channel).txn(t),
+                    )
+                    .await
+                })
+                .ok_or_else(|| err("etcd client stopped"))?;
+            match answer {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    if !r.succeeded {
+                        self.out_of_step.store(true, Ordering::SeqCst);
+                        return Err(err(
+                            "etcd refused the write: this replica no longer holds the leadership, \
+                             or another wrote the state (stopping, reloading)",
+                        ));
+                    }
+                    break r.header.map(|h| h.revision).unwrap_or_default();
+                }
+                Ok(Err(status)) if !crate::etcd::is_unavailable(&status) => {
+                    return Err(err(EtcdError::Refused(format!(
+                        "write at {member}: {}",
+                        status.message()
+                    ))));
+                }
+                failed => {
+                    self.etcd.next_member();
+                    let why = match failed {
+                        Ok(Err(s)) => s.message().to_string(),
+                        _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
+                    };
+                    match counter.map(|c| self.resolve(c)).transpose() {
+                        Ok(Some(Some(rev))) => break rev,
+                        Ok(Some(None)) if tries < 3 => continue,
+                        Ok(Some(None)) => {
+                            return Err(err(EtcdError::Unavailable(format!(
+                                "write at {member} not applied: {why}"
+                            ))))
+                        }
+                        _ => {
+                            self.out_of_step.store(true, Ordering::SeqCst);
+                            return Err(err(EtcdError::Unavailable(format!(
+                                "write at {member}: {why}; whether it was applied is unknown"
+                            ))));
+                        }
+                    }
+                }
+            }
+        };
+        let mut revs = self.revisions.lock().map_err(|_| err("revisions lock"))?;
+        for (key, present) in touched {
+            if present {
+                revs.insert(key, revision);
+            } else {
+                revs.remove(&key);
+            }
+        }
+        Ok(())
+    }
+}
