@@ -274,17 +274,25 @@ impl Node {
                         tracing::error!("taking up the signer's answer aborted: {e}");
                     }
                 }
-                if !node.signer.is_connected() && reconnect_due.elapsed() >= RECONNECT_EVERY {
+                if reconnect_due.elapsed() >= RECONNECT_EVERY {
                     // Nothing else may call the signer for a while (no
-                    // block, no payment): try to reconnect so that what LDK
-                    // left pending is retried without waiting for traffic.
+                    // block, no payment): a ping finds a lost, restarted or
+                    // failed-over signer (which waits for our greeting), so
+                    // that what LDK left pending is retried and a refusal
+                    // is reported without waiting for traffic.
                     reconnect_due = std::time::Instant::now();
                     let n = node.clone();
                     let _ = tokio::task::spawn_blocking(move || {
+                        let was = n.signer.is_connected();
                         let ping = lnpd_proto::signer::request::Body::Ping(
                             lnpd_proto::signer::PingRequest { nonce: vec![] },
                         );
-                        if n.signer.call(ping, Duration::from_secs(5)).is_ok() {
+                        let mut answered = n.signer.call(ping.clone(), Duration::from_secs(5));
+                        if answered.is_err() && n.signer.is_connected() != was {
+                            // Lost just now: the next call reconnects.
+                            answered = n.signer.call(ping, Duration::from_secs(5));
+                        }
+                        if answered.is_ok() && !was {
                             tracing::info!("signer reachable again");
                         }
                     })

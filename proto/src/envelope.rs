@@ -13,6 +13,13 @@ use crate::signer::{reply, Reply};
 /// `Error` replies on every transport.
 pub const SIGNER_PROTOCOL_VERSION: u32 = 3;
 
+/// What a signer daemon answers (`Unavailable`) to every request but
+/// `Info` until the node greeted it since it started or became
+/// the active replica: the greeting (`Info` with the highest state counter
+/// the node saw) comes before any signature, so that a signer restarted on
+/// an older state is caught before it signs.
+pub const AWAITING_GREETING: &str = "awaiting the node's greeting";
+
 /// Most requests in one `Batch`.
 pub const MAX_BATCH: usize = 16;
 

@@ -56,7 +56,7 @@ pub mod ids;
 pub mod ldk;
 pub mod rules;
 
-pub use envelope::{MAX_BATCH, SIGNER_PROTOCOL_VERSION};
+pub use envelope::{AWAITING_GREETING, MAX_BATCH, SIGNER_PROTOCOL_VERSION};
 pub use error::{ErrorKind, SignerError};
 pub use ids::{ChannelKeysId, CommitmentNumber, INITIAL_COMMITMENT_NUMBER};
 pub use rules::RuleId;

@@ -212,6 +212,104 @@ impl Etcd {
     }
 }
 
+impl Etcd {
+    /// A read (`Range`), retrying other members.
+    pub async fn range(
+        &self,
+        what: &str,
+        req: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, EtcdError> {
+        self.retrying(what, |ch| {
+            let r = req.clone();
+            async move {
+                pb::kv_client::KvClient::new(ch)
+                    .range(r)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// A transaction safe to repeat (a conditional one whose repeat is
+    /// harmless), retrying other members.
+    pub async fn txn(&self, what: &str, req: pb::TxnRequest) -> Result<pb::TxnResponse, EtcdError> {
+        self.retrying(what, |ch| {
+            let r = req.clone();
+            async move {
+                pb::kv_client::KvClient::new(ch)
+                    .txn(r)
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await
+    }
+
+    /// A lease of `ttl` seconds.
+    pub async fn grant(&self, ttl: i64) -> Result<pb::LeaseGrantResponse, EtcdError> {
+        self.retrying("lease grant", |ch| async move {
+            pb::lease_client::LeaseClient::new(ch)
+                .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+    }
+
+    /// Ends a lease (and the keys bound to it); best effort, one second.
+    pub async fn revoke(&self, id: i64) {
+        let (_, ch) = self.channel();
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            pb::lease_client::LeaseClient::new(ch).lease_revoke(pb::LeaseRevokeRequest { id }),
+        )
+        .await;
+    }
+
+    /// Creates `key` with `value`, bound to `lease`, if nobody holds it; a
+    /// failed campaign reads the holder ([`holder`]). Safe to repeat: once
+    /// the key is ours, a repeat finds it taken by our lease.
+    pub async fn campaign(
+        &self,
+        key: &[u8],
+        value: Vec<u8>,
+        lease: i64,
+    ) -> Result<pb::TxnResponse, EtcdError> {
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Create as i32,
+                key: key.to_vec(),
+                target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key.to_vec(),
+                    value,
+                    lease,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key: key.to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        self.txn("campaign", txn).await
+    }
+}
+
+/// The key a failed [`Etcd::campaign`] found (who holds it).
+pub fn holder(r: &pb::TxnResponse) -> Option<pb::KeyValue> {
+    r.responses.iter().find_map(|op| match &op.response {
+        Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.first().cloned(),
+        _ => None,
+    })
+}
+
 /// Whether a status means "try another member later" rather than "no".
 pub fn is_unavailable(s: &Status) -> bool {
     matches!(

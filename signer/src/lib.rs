@@ -15,6 +15,7 @@ pub mod config;
 pub mod data_dir;
 pub mod device_bridge;
 pub mod etcd;
+pub mod migrate;
 pub mod replica;
 pub mod seed_file;
 pub mod server;

@@ -118,6 +118,9 @@ pub fn spawn(
 fn set_standby(slot: &Mutex<Slot<EtcdStore>>, fence: &LeaseFence, why: String) {
     fence.set_deadline(None);
     if let Ok(mut s) = slot.lock() {
+        if !matches!(&*s, Slot::Standby(w) if *w == why) {
+            tracing::info!("{why}");
+        }
         *s = Slot::Standby(why);
     }
 }
@@ -136,54 +139,10 @@ async fn term(
     let leader_key = format!("{prefix}/leader").into_bytes();
     let ttl = settings.lease_ttl.as_secs().max(2) as i64;
     let granted_at = Instant::now();
-    let lease = etcd
-        .retrying("lease grant", |ch| async move {
-            pb::lease_client::LeaseClient::new(ch)
-                .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
-                .await
-                .map(|r| r.into_inner())
-        })
-        .await?;
+    let lease = etcd.grant(ttl).await?;
     let value = format!("{} at {}", me.name, me.addr).into_bytes();
-    let campaign = pb::TxnRequest {
-        compare: vec![pb::Compare {
-            result: pb::compare::CompareResult::Equal as i32,
-            target: pb::compare::CompareTarget::Create as i32,
-            key: leader_key.clone(),
-            target_union: Some(pb::compare::TargetUnion::CreateRevision(0)),
-        }],
-        success: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
-                key: leader_key.clone(),
-                value,
-                lease: lease.id,
-                ..Default::default()
-            })),
-        }],
-        failure: vec![pb::RequestOp {
-            request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-                key: leader_key.clone(),
-                ..Default::default()
-            })),
-        }],
-    };
-    // Repeating the campaign is safe: once the key is ours, a repeat finds
-    // it taken (by us, with our lease) and reads it.
-    let r = etcd
-        .retrying("campaign", |ch| {
-            let c = campaign.clone();
-            async move {
-                pb::kv_client::KvClient::new(ch)
-                    .txn(c)
-                    .await
-                    .map(|r| r.into_inner())
-            }
-        })
-        .await?;
-    let holder = r.responses.iter().find_map(|op| match &op.response {
-        Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.first().cloned(),
-        _ => None,
-    });
+    let r = etcd.campaign(&leader_key, value, lease.id).await?;
+    let holder = crate::etcd::holder(&r);
     let won = if r.succeeded {
         r.header.map(|h| h.revision)
     } else {
@@ -197,7 +156,7 @@ async fn term(
             .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
             .unwrap_or_else(|| "unknown".into());
         set_standby(slot, fence, format!("standby, active is {active}"));
-        revoke(etcd, lease.id).await;
+        etcd.revoke(lease.id).await;
         wait_until_free(etcd, &leader_key).await;
         return Ok(());
     };
@@ -224,7 +183,7 @@ async fn term(
         fence,
         "standby: the leadership is changing hands".into(),
     );
-    revoke(etcd, lease.id).await;
+    etcd.revoke(lease.id).await;
     tracing::warn!("replica {} stepped down", me.name);
     result
 }
@@ -260,7 +219,8 @@ async fn serve_while_leader(
             "state loaded from etcd; signing"
         );
         if let Ok(mut s) = slot.lock() {
-            *s = Slot::Active(Box::new(signer));
+            // The node greets a newly active replica before it signs.
+            *s = Slot::Greeting(Box::new(signer));
         }
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -358,34 +318,19 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
     });
 }
 
-async fn revoke(etcd: &Etcd, id: i64) {
-    let (_, ch) = etcd.channel();
-    let _ = tokio::time::timeout(
-        Duration::from_secs(1),
-        pb::lease_client::LeaseClient::new(ch).lease_revoke(pb::LeaseRevokeRequest { id }),
-    )
-    .await;
-}
-
 /// Waits until nobody holds the leadership key.
 async fn wait_until_free(etcd: &Etcd, key: &[u8]) {
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let k = key.to_vec();
         let r = etcd
-            .retrying("watch the leadership", |ch| {
-                let key = k.clone();
-                async move {
-                    pb::kv_client::KvClient::new(ch)
-                        .range(pb::RangeRequest {
-                            key,
-                            count_only: true,
-                            ..Default::default()
-                        })
-                        .await
-                        .map(|r| r.into_inner())
-                }
-            })
+            .range(
+                "watch the leadership",
+                pb::RangeRequest {
+                    key: key.to_vec(),
+                    count_only: true,
+                    ..Default::default()
+                },
+            )
             .await;
         match r {
             Ok(r) if r.count == 0 => return,

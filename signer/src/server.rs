@@ -69,10 +69,23 @@ pub trait Fence: Send + Sync {
     fn check(&self) -> Result<(), String>;
 }
 
+/// What a request is to the greeting gate ([`Slot::Greeting`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `Info`: the node's greeting.
+    Greeting,
+    /// Anything else, batches included: waits for the greeting.
+    Other,
+}
+
 /// The signer this process serves, or why it serves none.
 pub enum Slot<S: Store> {
     /// Signing.
     Active(Box<Signer<S>>),
+    /// Loaded, waiting for the node's greeting ([`lnpd_proto::AWAITING_GREETING`]):
+    /// answers `Info` only (a `Ping` too waits, so that whoever pings learns
+    /// it must greet); a successful `Info` makes it active.
+    Greeting(Box<Signer<S>>),
     /// Not signing: why (e.g. "standby, active is b at 10.0.0.2:9736").
     Standby(String),
 }
@@ -83,6 +96,11 @@ impl<S: Store> SignerService<S> {
         Self::with_slot(Slot::Active(Box::new(signer)))
     }
 
+    /// Wraps a signer that signs only once the node greeted it.
+    pub fn greeted_first(signer: Signer<S>) -> Self {
+        Self::with_slot(Slot::Greeting(Box::new(signer)))
+    }
+
     /// A service that serves no signer until [`SignerService::slot`] gets one.
     pub fn standby(why: String) -> Self {
         Self::with_slot(Slot::Standby(why))
@@ -90,7 +108,7 @@ impl<S: Store> SignerService<S> {
 
     fn with_slot(slot: Slot<S>) -> Self {
         let counter = match &slot {
-            Slot::Active(s) => s.state_counter(),
+            Slot::Active(s) | Slot::Greeting(s) => s.state_counter(),
             Slot::Standby(_) => 0,
         };
         SignerService {
@@ -142,9 +160,11 @@ impl<S: Store> SignerService<S> {
 
     /// Runs `f` on the active signer under the lock; `Unavailable` while
     /// standing by or once the fence says this replica must stop (then it
-    /// stands by, and the signer is dropped).
+    /// stands by, and the signer is dropped), and, until the node greeted
+    /// this signer, for everything but `Info`.
     fn with_active<T>(
         &self,
+        call: Call,
         f: impl FnOnce(&mut Signer<S>) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
         let mut slot = self
@@ -161,6 +181,24 @@ impl<S: Store> SignerService<S> {
         }
         match &mut *slot {
             Slot::Active(signer) => f(signer),
+            Slot::Greeting(signer) if call == Call::Greeting => {
+                let result = f(signer);
+                let refused =
+                    matches!(&result, Err(e) if e.kind != lnpd_proto::ErrorKind::Unavailable);
+                if !refused {
+                    let greeted = std::mem::replace(&mut *slot, Slot::Standby(String::new()));
+                    if let Slot::Greeting(signer) = greeted {
+                        tracing::info!("greeted by the node; signing");
+                        *slot = Slot::Active(signer);
+                    }
+                }
+                result
+            }
+            Slot::Greeting(_) => Err(SignerError::unavailable(format!(
+                "{}: the signer signs only once the node told it the latest state it saw \
+                 (an Info request); reconnect",
+                lnpd_proto::AWAITING_GREETING
+            ))),
             Slot::Standby(why) => Err(SignerError::unavailable(why.clone())),
         }
     }
@@ -182,7 +220,11 @@ impl<S: Store> SignerService<S> {
     }
 
     fn call_core(&self, body: request::Body) -> Result<reply::Body, SignerError> {
-        self.with_active(|signer| self.call_active(signer, body))
+        let call = match &body {
+            request::Body::Info(_) => Call::Greeting,
+            _ => Call::Other,
+        };
+        self.with_active(call, |signer| self.call_active(signer, body))
     }
 
     fn call_active(
@@ -353,7 +395,7 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         &self,
         bodies: Vec<request::Body>,
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
-        self.with_active(|signer| self.batch_active(signer, bodies))
+        self.with_active(Call::Other, |signer| self.batch_active(signer, bodies))
     }
 }
 

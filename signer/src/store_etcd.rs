@@ -70,27 +70,27 @@ impl EtcdStore {
 
     /// Reads one key (linearizable), retrying other members.
     fn read_key(&self, key: Vec<u8>) -> Result<Option<pb::KeyValue>, StoreError> {
-        let etcd = self.etcd.clone();
-        let r = self
-            .etcd
-            .block(async move {
-                etcd.retrying("read", |ch| {
-                    let key = key.clone();
-                    async move {
-                        pb::kv_client::KvClient::new(ch)
-                            .range(pb::RangeRequest {
-                                key,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await
-            })
-            .ok_or_else(|| err("etcd client stopped"))?
-            .map_err(err)?;
+        let r = self.range(
+            "read",
+            pb::RangeRequest {
+                key,
+                ..Default::default()
+            },
+        )?;
         Ok(r.kvs.into_iter().next())
+    }
+
+    /// A read from synchronous code (the signer's).
+    fn range(
+        &self,
+        what: &'static str,
+        req: pb::RangeRequest,
+    ) -> Result<pb::RangeResponse, StoreError> {
+        let etcd = self.etcd.clone();
+        self.etcd
+            .block(async move { etcd.range(what, req).await })
+            .ok_or_else(|| err("etcd client stopped"))?
+            .map_err(err)
     }
 
     /// After a write whose answer was lost: whether it was applied, from
@@ -113,27 +113,14 @@ impl Store for EtcdStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
         let prefix = format!("{}/", self.prefix).into_bytes();
         let end = prefix_end(&prefix);
-        let etcd = self.etcd.clone();
-        let r = self
-            .etcd
-            .block(async move {
-                etcd.retrying("load the state", |ch| {
-                    let (key, range_end) = (prefix.clone(), end.clone());
-                    async move {
-                        pb::kv_client::KvClient::new(ch)
-                            .range(pb::RangeRequest {
-                                key,
-                                range_end,
-                                ..Default::default()
-                            })
-                            .await
-                            .map(|r| r.into_inner())
-                    }
-                })
-                .await
-            })
-            .ok_or_else(|| err("etcd client stopped"))?
-            .map_err(err)?;
+        let r = self.range(
+            "load the state",
+            pb::RangeRequest {
+                key: prefix,
+                range_end: end,
+                ..Default::default()
+            },
+        )?;
         if r.more {
             return Err(err("etcd answered part of the state only"));
         }
@@ -185,7 +172,7 @@ impl Store for EtcdStore {
                 leadership.create_revision,
             )),
         }];
-        let mut success = Vec::new();
+        let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
         let mut touched: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut counter = None;
         for w in writes {
@@ -210,7 +197,14 @@ impl Store for EtcdStore {
             }
             touched.retain(|(k, _)| *k != key);
             touched.push((key.clone(), value.is_some()));
-            success.push(RequestOp {
+            // A batch may write one record several times; etcd takes one
+            // operation per key in a transaction: the last one wins.
+            ops.retain(|(k, _)| *k != key);
+            ops.push((key, value));
+        }
+        let success: Vec<RequestOp> = ops
+            .into_iter()
+            .map(|(key, value)| RequestOp {
                 request: Some(match value {
                     Some(value) => request_op::Request::RequestPut(pb::PutRequest {
                         key,
@@ -222,8 +216,8 @@ impl Store for EtcdStore {
                         ..Default::default()
                     }),
                 }),
-            });
-        }
+            })
+            .collect();
         let txn = pb::TxnRequest {
             compare,
             success,

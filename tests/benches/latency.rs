@@ -1,5 +1,7 @@
 //! Latency of the signer's hot paths, in-process (durable store) and over
-//! loopback gRPC with mutual TLS to a real `lnpd-signer` process.
+//! loopback gRPC with mutual TLS to a real `lnpd-signer` process, with its
+//! state in redb (one machine) and in a 3-member etcd cluster on loopback
+//! (replicated; each write is a quorum-acknowledged transaction).
 //!
 //! `cargo bench -p lnpd-signer --bench latency` prints p50/p99 of:
 //! - sign counterparty commitment with 0 and 20 HTLCs (rebuild, policy,
@@ -17,6 +19,7 @@ use lnpd_signer_core::testing::{
     TestHtlc,
 };
 use lnpd_signer_core::{PolicyConfig, Seed, Signer};
+use lnpd_tests::etcd::EtcdCluster;
 use lnpd_tests::process::{SignerProcess, TempDir};
 
 /// Samples per figure under `cargo bench`; `cargo test` runs the bench
@@ -168,17 +171,61 @@ fn main() {
 
     let mut process = SignerProcess::init("bench-grpc").expect("init signer");
     process.start().expect("start signer");
-    show(
-        "gRPC+mTLS   sign counterparty commitment, 0 HTLC",
-        &bench_sign(Box::new(process.client().expect("client")), 0),
-    );
-    show(
-        "gRPC+mTLS   sign counterparty commitment, 20 HTLC",
-        &bench_sign(Box::new(process.client().expect("client")), 20),
-    );
-    show(
-        "gRPC+mTLS   ECDH round trip",
-        &bench_ecdh(&mut process.client().expect("client")),
-    );
+    let redb = grpc_figures(&process, "gRPC+mTLS  ");
+    drop(process);
+
+    // The same daemon with its state in etcd. Skipped, and said so, where
+    // etcd is not installed (`scripts/test` installs it).
+    let etcd = match EtcdCluster::start("bench", 3) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("\netcd set-up skipped: {e}");
+            return targets();
+        }
+    };
+    let mut process = SignerProcess::init("bench-etcd")
+        .expect("init signer")
+        .with_run_args(&["--store", &format!("{}/bench", etcd.url())]);
+    process.start().expect("start signer");
+    process
+        .wait_serving(Duration::from_secs(30))
+        .expect("the replica becomes active");
+    let replicated = grpc_figures(&process, "gRPC+etcd  ");
+    println!("\netcd (3 members) against redb, p50:");
+    for (name, (r, e)) in ["sign, 0 HTLC", "sign, 20 HTLC", "ECDH"]
+        .iter()
+        .zip(redb.iter().zip(&replicated))
+    {
+        println!(
+            "  {name:<14} {:>8.1} µs vs {:>8.1} µs   x{:.2}",
+            us(e.p50),
+            us(r.p50),
+            e.p50.as_secs_f64() / r.p50.as_secs_f64()
+        );
+    }
+    targets();
+}
+
+/// The gRPC figures of a running daemon: signing with 0 and 20 HTLCs, ECDH.
+fn grpc_figures(process: &SignerProcess, label: &str) -> [Figures; 3] {
+    let figures = [
+        bench_sign(Box::new(process.client().expect("client")), 0),
+        bench_sign(Box::new(process.client().expect("client")), 20),
+        bench_ecdh(&mut process.client().expect("client")),
+    ];
+    for (name, f) in [
+        "sign counterparty commitment, 0 HTLC",
+        "sign counterparty commitment, 20 HTLC",
+        "ECDH round trip",
+    ]
+    .iter()
+    .zip(&figures)
+    {
+        show(&format!("{label} {name}"), f);
+    }
+    figures
+}
+
+fn targets() {
     println!("\ntargets (2 cores): gRPC p50 <= 800 µs at 0 HTLC, <= 2000 µs at 20 HTLC; ECDH p50 <= 200 µs");
 }

@@ -6,7 +6,9 @@
 //!    client, the protobuf messages encoded and decoded, the core's
 //!    rebuild-and-check, no network);
 //! 3. the lnpd signer daemon over gRPC with mutual TLS (`lnpd-signer run`,
-//!    a separate process with its durable store), as deployed.
+//!    a separate process with its durable store), as deployed;
+//! 4. the same daemon with its state in a 3-member etcd cluster on
+//!    loopback (`--store etcd://...`), the ratio to 3 printed.
 //!
 //! Everything else is the same: both nodes' channel managers and chain
 //! monitors persist to lnpd's SQLite store (fsync'd, as in `lnpd`), their
@@ -16,7 +18,7 @@
 //!
 //! Run: `cargo build --workspace --bins && cargo bench -p lnpd-tests --bench payments`
 //! (`-- --payments N` to change the count, `--quick` for a short run,
-//! `--only ldk|core|grpc` for one set-up).
+//! `--only ldk|core|grpc|etcd` for one set-up).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -704,29 +706,53 @@ fn main() -> Result<()> {
     }?;
 
     let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
+    // One daemon per node; `store` adds `--store etcd://...` (a prefix per node).
+    let daemon = |tag: &str, store: Option<&str>| -> Result<Arc<RemoteKeysManager>> {
+        let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
+            "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
+        )?;
+        if let Some(url) = store {
+            s = s.with_run_args(&["--store", &format!("{url}/bench-{tag}")]);
+        }
+        let addr = s.start()?;
+        s.wait_serving(Duration::from_secs(30))?;
+        let conn =
+            SignerConnection::start_with(&addr, Timed(GrpcTransport::new(&addr, s.node_tls())?))?;
+        if let Ok(mut v) = signers.lock() {
+            v.push(s);
+        }
+        remote_keys(conn)
+    };
     let grpc = if skip("grpc") {
         skipped()
     } else {
-        measure::<RemoteKeysManager>(
-            |tag| {
-                let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
-                    "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
-                )?;
-                let addr = s.start()?;
-                let conn = SignerConnection::start_with(
-                    &addr,
-                    Timed(GrpcTransport::new(&addr, s.node_tls())?),
-                )?;
-                if let Ok(mut v) = signers.lock() {
-                    v.push(s);
-                }
-                remote_keys(conn)
-            },
-            payments,
-            windows,
-        )
-        .context("gRPC signer set-up")
+        measure::<RemoteKeysManager>(|tag| daemon(tag, None), payments, windows)
+            .context("gRPC signer set-up")
     }?;
+    let grpc_trips = take_round_trips();
+
+    // The same daemons with their state in a 3-member etcd cluster on
+    // loopback (skipped, and said so, where etcd is not installed).
+    let etcd = if skip("etcd") {
+        None
+    } else {
+        match lnpd_tests::etcd::EtcdCluster::start("bench-payments", 3) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                println!("etcd set-up skipped: {e}");
+                None
+            }
+        }
+    };
+    let replicated = match &etcd {
+        None => skipped(),
+        Some(c) => {
+            let url = c.url();
+            measure::<RemoteKeysManager>(|tag| daemon(tag, Some(&url)), payments, windows)
+                .context("gRPC signer with etcd set-up")
+        }
+    }?;
+    let etcd_trips = take_round_trips();
 
     println!();
     println!(
@@ -738,6 +764,7 @@ fn main() -> Result<()> {
             ("LDK KeysManager, in-process (baseline)", &baseline),
             ("lnpd signer core, in-process", &in_process),
             ("lnpd-signer over gRPC + mutual TLS", &grpc),
+            ("  the same, state in etcd (3 members)", &replicated),
         ] {
             println!(
                 "{:<44} {:>8} {:>12.1} {:>9.0}%",
@@ -748,10 +775,16 @@ fn main() -> Result<()> {
             );
         }
     }
-    println!();
-    println!("gRPC round trips per operation (both nodes, whole run):");
-    if let Ok(m) = ROUND_TRIPS.lock() {
-        for (op, (n, total)) in m.iter().filter(|(_, (n, _))| *n > 10) {
+    for (i, w) in windows.iter().enumerate() {
+        println!(
+            "etcd against redb, {w} in flight: x{:.2} payments/s",
+            replicated[i] / grpc[i]
+        );
+    }
+    for (what, trips) in [("redb", grpc_trips), ("etcd", etcd_trips)] {
+        println!();
+        println!("gRPC round trips per operation, state in {what} (both nodes, whole run):");
+        for (op, (n, total)) in trips.iter().filter(|(_, (n, _))| *n > 10) {
             println!(
                 "  {op:<34} {n:>6} calls  mean {:>5} µs",
                 (*total / *n).as_micros()
@@ -759,4 +792,12 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The round trips timed so far, and a fresh count for the next set-up.
+fn take_round_trips() -> BTreeMap<&'static str, (u32, Duration)> {
+    ROUND_TRIPS
+        .lock()
+        .map(|mut m| std::mem::take(&mut *m))
+        .unwrap_or_default()
 }

@@ -152,6 +152,119 @@ impl EtcdCluster {
     }
 }
 
+/// The keys under a prefix and their values: a copy of a signer's state in
+/// etcd, as an operator's backup would hold it.
+pub type KeyCopy = std::collections::BTreeMap<Vec<u8>, Vec<u8>>;
+
+impl EtcdCluster {
+    /// Runs `f` with a client of the cluster, on a thread of its own (the
+    /// client owns a runtime, which must not be dropped inside a test's).
+    fn with_client<T: Send>(
+        &self,
+        f: impl FnOnce(&lnpd_signer::etcd::Etcd) -> Result<T> + Send,
+    ) -> Result<T> {
+        let settings = lnpd_signer::etcd::EtcdSettings {
+            endpoints: self.members.iter().map(|m| m.client.clone()).collect(),
+            prefix: String::new(),
+            tls: None,
+            lease_ttl: Duration::from_secs(5),
+        };
+        std::thread::scope(|s| {
+            s.spawn(move || f(&lnpd_signer::etcd::Etcd::new(&settings)?))
+                .join()
+                .map_err(|_| anyhow::anyhow!("etcd client thread panicked"))?
+        })
+    }
+
+    /// One transaction.
+    fn txn(
+        &self,
+        req: lnpd_signer::etcd::pb::TxnRequest,
+    ) -> Result<lnpd_signer::etcd::pb::TxnResponse> {
+        self.with_client(|etcd| {
+            let e = etcd.clone();
+            etcd.block(async move { e.txn("write", req).await })
+                .context("etcd client stopped")?
+                .map_err(anyhow::Error::from)
+        })
+    }
+
+    /// Every key under `prefix/` but the leadership key, with its value.
+    pub fn copy(&self, prefix: &str) -> Result<KeyCopy> {
+        use lnpd_signer::etcd::pb;
+        let key = format!("{prefix}/").into_bytes();
+        let range_end = lnpd_signer::etcd::prefix_end(&key);
+        let leader = format!("{prefix}/leader").into_bytes();
+        let r = self.with_client(|etcd| {
+            let e = etcd.clone();
+            let req = pb::RangeRequest {
+                key,
+                range_end,
+                ..Default::default()
+            };
+            etcd.block(async move { e.range("copy", req).await })
+                .context("etcd client stopped")?
+                .map_err(anyhow::Error::from)
+        })?;
+        Ok(r.kvs
+            .into_iter()
+            .filter(|kv| kv.key != leader)
+            .map(|kv| (kv.key, kv.value))
+            .collect())
+    }
+
+    /// Puts one key; returns the revision etcd gave it (its create
+    /// revision when new).
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<i64> {
+        use lnpd_signer::etcd::pb;
+        let (key, value) = (key.to_vec(), value.to_vec());
+        let put = pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key,
+                value,
+                ..Default::default()
+            })),
+        };
+        self.txn(pb::TxnRequest {
+            success: vec![put],
+            ..Default::default()
+        })
+        .map(|r| r.header.map(|h| h.revision).unwrap_or(0))
+    }
+
+    /// Puts `copy` back under `prefix/` (what restoring an old backup of
+    /// etcd does to a signer's keys): keys it does not hold are deleted,
+    /// the leadership key is left alone.
+    pub fn put_back(&self, prefix: &str, copy: &KeyCopy) -> Result<()> {
+        use lnpd_signer::etcd::pb;
+        let now = self.copy(prefix)?;
+        let mut ops: Vec<pb::RequestOp> = now
+            .keys()
+            .filter(|k| !copy.contains_key(*k))
+            .map(|k| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestDeleteRange(
+                    pb::DeleteRangeRequest {
+                        key: k.clone(),
+                        ..Default::default()
+                    },
+                )),
+            })
+            .collect();
+        ops.extend(copy.iter().map(|(k, v)| pb::RequestOp {
+            request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                key: k.clone(),
+                value: v.clone(),
+                ..Default::default()
+            })),
+        }));
+        self.txn(pb::TxnRequest {
+            success: ops,
+            ..Default::default()
+        })?;
+        Ok(())
+    }
+}
+
 /// `GET /health` on a member: `"health":"true"` needs a quorum.
 fn health(addr: &str) -> bool {
     use std::io::{Read, Write};

@@ -6,6 +6,7 @@
 pub mod process;
 pub use process::*;
 
+pub mod burst;
 pub mod etcd;
 pub mod hostile;
 pub mod network;

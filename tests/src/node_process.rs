@@ -14,6 +14,9 @@ use crate::regtest::Bcoin;
 pub struct NodeProcess {
     /// The node's signer.
     pub signer: SignerProcess,
+    /// More replicas of the same signer (etcd store), listed after
+    /// `signer` in `--signer`.
+    pub replicas: Vec<SignerProcess>,
     dir: TempDir,
     child: Option<Child>,
     tag: String,
@@ -66,15 +69,42 @@ impl NodeProcess {
         extra: &[&str],
     ) -> Result<Self> {
         signer.start()?;
-        let mut node = NodeProcess {
+        let mut node = Self::unstarted(signer, dir, tag, bcoin);
+        node.spawn(extra)?;
+        Ok(node)
+    }
+
+    /// A node not started yet, with its signer.
+    fn unstarted(signer: SignerProcess, dir: TempDir, tag: &str, bcoin: &Bcoin) -> Self {
+        NodeProcess {
             signer,
+            replicas: Vec::new(),
             dir,
             child: None,
             tag: tag.to_string(),
             bcoin_url: bcoin.url.clone(),
             bcoin_key: bcoin.api_key.clone(),
-        };
-        node.spawn(extra)?;
+        }
+    }
+
+    /// Starts `lnpd` in `dir` served by signer replicas (`--signer A,B,..`):
+    /// `signer` is started first and becomes active before the others
+    /// start and stand by.
+    pub fn start_replicated(
+        signer: SignerProcess,
+        mut replicas: Vec<SignerProcess>,
+        dir: TempDir,
+        tag: &str,
+        bcoin: &Bcoin,
+    ) -> Result<Self> {
+        let mut node = Self::unstarted(signer, dir, tag, bcoin);
+        node.signer.start()?;
+        node.signer.wait_serving(Duration::from_secs(30))?;
+        for r in &mut replicas {
+            r.start()?;
+        }
+        node.replicas = replicas;
+        node.spawn(&[])?;
         Ok(node)
     }
 
@@ -95,11 +125,15 @@ impl NodeProcess {
     }
 
     fn spawn(&mut self, extra: &[&str]) -> Result<()> {
-        let signer_addr = self
+        let mut signer_addr = self
             .signer
             .addr
             .clone()
             .context("the signer is not running")?;
+        for r in &self.replicas {
+            signer_addr.push(',');
+            signer_addr.push_str(r.last_addr().context("a replica never started")?);
+        }
         let data = self.data_dir();
         let addr = data.join("admin.addr");
         let _ = std::fs::remove_file(&addr);

@@ -99,7 +99,8 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        if !self.keep {
+        // `LNPD_TEST_KEEP=1` keeps every directory (logs) for a post-mortem.
+        if !self.keep && std::env::var_os("LNPD_TEST_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.path);
         }
     }
@@ -200,8 +201,27 @@ impl SignerProcess {
 
     /// Adds arguments to `run`.
     pub fn with_run_args(mut self, args: &[&str]) -> Self {
-        self.extra.extend(args.iter().map(|a| a.to_string()));
+        self.add_run_args(args);
         self
+    }
+
+    /// Adds arguments to `run` (for the next start).
+    pub fn add_run_args(&mut self, args: &[&str]) {
+        self.extra.extend(args.iter().map(|a| a.to_string()));
+    }
+
+    /// Runs `lnpd-signer COMMAND ...` on this data directory (with the
+    /// passphrase file), and returns its output.
+    pub fn tool(&self, args: &[&str]) -> Result<std::process::Output> {
+        Command::new(signer_bin())
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--passphrase-file")
+            .arg(&self.passphrase)
+            .stdin(Stdio::null())
+            .output()
+            .context("running lnpd-signer")
     }
 
     /// Another replica of this signer: a new data directory holding the
@@ -359,6 +379,41 @@ impl SignerProcess {
         self.addr = None;
     }
 
+    /// The address the daemon listens (or last listened) on.
+    pub fn last_addr(&self) -> Option<&str> {
+        self.last_addr.as_deref()
+    }
+
+    /// Waits until the daemon answers a ping (a replica: until it is the
+    /// active one and loaded the state). Callable from async code (the
+    /// blocking client runs on a thread of its own).
+    pub fn wait_serving(&self, within: Duration) -> Result<()> {
+        let addr = self
+            .addr
+            .clone()
+            .ok_or_else(|| anyhow!("signer not started"))?;
+        let tls = self.node_tls();
+        let waited = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + within;
+            loop {
+                let answer = RemoteSigner::connect(&addr, &tls).and_then(|mut c| {
+                    c.call(request::Body::Ping(lnpd_proto::signer::PingRequest {
+                        nonce: vec![1],
+                    }))
+                    .map_err(|e| anyhow!("{e}"))
+                });
+                match answer {
+                    Ok(_) => return Ok(()),
+                    Err(e) if std::time::Instant::now() > until => return Err(e),
+                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
+                }
+            }
+        })
+        .join()
+        .map_err(|_| anyhow!("the waiting thread panicked"))?;
+        waited.map_err(|e| anyhow!("the signer does not serve: {e}\n{}", self.log()))
+    }
+
     /// The daemon's process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
@@ -387,8 +442,21 @@ pub struct RemoteSigner {
 }
 
 impl RemoteSigner {
-    /// Connects with the given TLS files.
+    /// Connects with the given TLS files, and greets the daemon.
     pub fn connect(addr: &str, tls: &SignerTls) -> Result<Self> {
+        let mut s = Self::connect_ungreeted(addr, tls)?;
+        // The daemon signs only once greeted (`AWAITING_GREETING`); a
+        // standby's refusal shows on the next call.
+        let _ = s.call(request::Body::Info(lnpd_proto::signer::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            ..Default::default()
+        }));
+        Ok(s)
+    }
+
+    /// Connects without the greeting (`Info`) a daemon waits for before it
+    /// answers anything else.
+    pub fn connect_ungreeted(addr: &str, tls: &SignerTls) -> Result<Self> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;

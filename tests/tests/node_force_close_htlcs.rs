@@ -419,6 +419,13 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
     }
 }
 
+/// Copies a signer's durable state (store and witness) between directories.
+fn copy_signer_state(from: &std::path::Path, to: &std::path::Path) {
+    for file in ["state.redb", "state.witness"] {
+        std::fs::copy(from.join(file), to.join(file)).expect("signer state copied");
+    }
+}
+
 /// The peer (B) broadcasts a revoked commitment (its node and signer run
 /// from a backup taken before it paid us): our justice transaction takes
 /// everything, its balance included.
@@ -438,11 +445,10 @@ async fn a_revoked_commitment_is_answered_with_justice() {
     let backup = lnpd_tests::process::TempDir::new("justice-backup");
     b.stop_node();
     copy_dir(&b.data_dir(), &backup.path.join("node"));
-    std::fs::copy(
-        b.signer.data_dir().join("state.redb"),
-        backup.path.join("state.redb"),
-    )
-    .expect("signer state copied");
+    // The whole signer state as a cheater would keep it: the store and the
+    // signer's own witness of how far it got (restoring the store alone is
+    // refused as a rollback).
+    copy_signer_state(&b.signer.data_dir(), &backup.path);
     b.restart_node(&[]).expect("B restarts");
     ok(
         &b,
@@ -462,11 +468,7 @@ async fn a_revoked_commitment_is_answered_with_justice() {
     b.stop_node();
     b.signer.kill9();
     copy_dir(&backup.path.join("node"), &b.data_dir());
-    std::fs::copy(
-        backup.path.join("state.redb"),
-        b.signer.data_dir().join("state.redb"),
-    )
-    .expect("signer state restored");
+    copy_signer_state(&backup.path, &b.signer.data_dir());
     b.signer.restart().expect("B's signer restarts");
     b.restart_node(&[]).expect("B restarts on the old state");
     let b_chan = channel_with(&b, &node_id(&a)).expect("B's (stale) channel");

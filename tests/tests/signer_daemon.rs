@@ -299,6 +299,15 @@ fn the_node_reads_the_same_error_alone_and_in_a_batch() {
     let mut node = GrpcTransport::new(&addr, signer.node_tls()).unwrap();
     node.connect().unwrap();
     let t = Duration::from_secs(10);
+    // The greeting first: the daemon answers nothing else before it.
+    node.call(
+        request::Body::Info(pb::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            ..Default::default()
+        }),
+        t,
+    )
+    .unwrap();
     let unknown = || {
         request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
             channel_keys_id: vec![7; 32],
@@ -363,5 +372,65 @@ fn a_node_of_another_protocol_version_gets_a_clear_error() {
             assert_eq!(i.protocol_version, lnpd_proto::SIGNER_PROTOCOL_VERSION)
         }
         other => panic!("the same version is served: {other:?}"),
+    }
+}
+
+/// A daemon just started answers nothing but the node's greeting (`Info`
+/// with the highest state counter the node saw): a signer restarted on an
+/// older state is caught before its first signature. Nothing is written
+/// before the greeting; after it, the same connection is served.
+#[test]
+fn signs_nothing_before_the_nodes_greeting() {
+    use lnpd_signer_core::testing::SignerHandle;
+    use lnpd_signer_core::ErrorKind;
+
+    let mut signer = SignerProcess::init("greeting").unwrap();
+    let addr = signer.start().unwrap();
+    let info = |c: &mut RemoteSigner| {
+        call!(c, Info(pb::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            ..Default::default()
+        }) => Info)
+        .unwrap()
+    };
+    let mut last = None;
+    for round in 0..2 {
+        let mut c = RemoteSigner::connect_ungreeted(&addr, &signer.node_tls()).unwrap();
+        let waits = |r: Result<pb::reply::Body, lnpd_signer_core::SignerError>| {
+            r.is_err_and(|e| {
+                e.kind == ErrorKind::Unavailable
+                    && e.message.contains(lnpd_proto::AWAITING_GREETING)
+            })
+        };
+        assert!(waits(c.handle(request::Body::NewChannelKeysId(
+            pb::NewChannelKeysIdRequest::default()
+        ))));
+        assert!(waits(c.handle(request::Body::Ping(pb::PingRequest {
+            nonce: vec![1]
+        }))));
+        let batch = c.handle_batch(vec![request::Body::NewChannelKeysId(
+            pb::NewChannelKeysIdRequest::default(),
+        )]);
+        assert!(match batch {
+            Err(e) => waits(Err(e)),
+            Ok(results) => results.into_iter().all(waits),
+        });
+        // The greeting: nothing was written before it (the counter is the
+        // one the daemon had when it stopped), and signing follows.
+        let greeted = info(&mut c);
+        if let Some(last) = last {
+            assert_eq!(greeted.state_counter, last, "written before the greeting");
+        }
+        call!(c, NewChannelKeysId(pb::NewChannelKeysIdRequest::default()) => NewChannelKeysId)
+            .expect("served once greeted");
+        let after = info(&mut c).state_counter;
+        assert!(
+            after > greeted.state_counter,
+            "round {round}: nothing written"
+        );
+        last = Some(after);
+        // Started again: it waits for the greeting again.
+        signer.kill9();
+        signer.restart().unwrap();
     }
 }

@@ -182,3 +182,74 @@ fn replicas_fail_over_fence_a_paused_one_and_need_an_etcd_quorum() {
     new_keys_id(now).unwrap();
     let _ = etcd.client_addr(2);
 }
+
+/// An existing one-machine signer becomes replicated without closing its
+/// channels: `copy-state` copies state.redb into etcd (refused while the
+/// daemon runs, and into a prefix that already holds a state), and the
+/// same signer goes on as a replica from the copied state.
+#[test]
+fn a_redb_signer_is_copied_into_etcd_and_goes_on_as_a_replica() {
+    let etcd = EtcdCluster::start("copy", 3).expect("etcd cluster");
+    let url = format!("{}/copied", etcd.url());
+    let mut a = SignerProcess::init_restored("copy-a", MNEMONIC).unwrap();
+    a.start().unwrap();
+    let mut p = ChannelPair::open(
+        Box::new(a.client().unwrap()),
+        Box::new(memory_signer(2, PolicyConfig::default())),
+        PairOptions::default(),
+    )
+    .expect("channel opens on redb");
+    still_usable(&mut p);
+    let counter = state_counter(&a);
+    assert!(counter > 0);
+
+    // While the daemon holds state.redb: refused, nothing copied.
+    let out = a.tool(&["copy-state", "--store", &url]).unwrap();
+    assert!(!out.status.success(), "copied from a running signer");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop lnpd-signer first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(etcd.copy("copied").unwrap().is_empty(), "written anyway");
+
+    a.kill9();
+    let out = a.tool(&["copy-state", "--store", &url]).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!a.data_dir().join("state.redb").exists());
+    assert!(a.data_dir().join("state.redb.copied-to-etcd").exists());
+    let copied = etcd.copy("copied").unwrap();
+
+    // A second copy (an older state.redb put back) is refused: etcd unchanged.
+    std::fs::copy(
+        a.data_dir().join("state.redb.copied-to-etcd"),
+        a.data_dir().join("state.redb"),
+    )
+    .unwrap();
+    let out = a.tool(&["copy-state", "--store", &url]).unwrap();
+    assert!(!out.status.success(), "copied over an existing state");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("already holds a signer state"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(etcd.copy("copied").unwrap(), copied, "etcd changed");
+    std::fs::remove_file(a.data_dir().join("state.redb")).unwrap();
+
+    // The same signer as a replica: the copied state, the channel goes on.
+    a.add_run_args(&["--store", &url]);
+    a.restart().unwrap();
+    assert!(
+        active(&a, 30),
+        "the replica never became active\n{}",
+        a.log()
+    );
+    assert_eq!(state_counter(&a), counter, "not the copied state");
+    p.alice.signer = Box::new(a.client().unwrap());
+    still_usable(&mut p);
+    assert!(state_counter(&a) > counter);
+}

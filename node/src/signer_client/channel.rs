@@ -401,10 +401,7 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
                     slots.remove(i);
                     conn.mark_pending();
                 }
-                Err(e)
-                    if e.refusal().and_then(|r| r.rule)
-                        == Some(lnpd_proto::RuleId::StateRollbackDetected) =>
-                {
+                Err(e) if super::connection::is_rollback(&e) => {
                     // The signer's state is older than it should be: asked
                     // again once it is restored (the connection checks).
                     tracing::error!("sign counterparty commitment: {e}");

@@ -128,6 +128,17 @@ struct Link {
     seen: Arc<AtomicU64>,
     /// Why the signer refuses to sign, as its greeting said.
     rollback: Arc<Mutex<Option<String>>>,
+    /// Set while the signer refuses for an older state (`state-rollback-detected`).
+    rolled_back: Arc<AtomicBool>,
+    /// Set when LDK was told "pending" and needs `signer_unblocked`.
+    pending: Arc<AtomicBool>,
+}
+
+/// Whether `e` is the signer's refusal for an older state
+/// (`state-rollback-detected`): nothing was written, ask again once the
+/// latest state is back.
+pub(crate) fn is_rollback(e: &CallError) -> bool {
+    e.refusal().and_then(|r| r.rule) == Some(lnpd_proto::RuleId::StateRollbackDetected)
 }
 
 /// How long a deferred request waits for company before it goes alone.
@@ -185,12 +196,46 @@ impl Link {
                 vec![r]
             }
         };
-        for r in results {
-            if let Err(e) = r {
-                tracing::error!("a deferred request was refused by the signer: {e}");
+        self.settle_deferred(bodies, results);
+        Ok(())
+    }
+
+    /// The signer's answers to deferred requests. LDK was told each was
+    /// fine (it had checked it): a refusal is loud, and one refused for an
+    /// older state (nothing written) is kept to be sent again once the
+    /// latest state is back.
+    fn settle_deferred(
+        &mut self,
+        bodies: Vec<request::Body>,
+        results: Vec<Result<reply::Body, CallError>>,
+    ) {
+        let mut again = Vec::new();
+        let mut lost = None;
+        for (body, r) in bodies.into_iter().zip(results) {
+            match r {
+                Err(e) if is_rollback(&e) => {
+                    self.rolled_back.store(true, Ordering::SeqCst);
+                    again.push(body);
+                }
+                // Not handled (no signer, a standby, a greeting due):
+                // sent again, and the link reconnects.
+                Err(e @ CallError::Unavailable(_)) => {
+                    again.push(body);
+                    lost = Some(e);
+                }
+                Err(e) => tracing::error!("a deferred request was refused by the signer: {e}"),
+                Ok(_) => {}
             }
         }
-        Ok(())
+        if let Some(e) = lost {
+            self.note(&Err(e));
+        } else if !again.is_empty() {
+            tracing::warn!(
+                "{} deferred request(s) kept until the signer's latest state is back",
+                again.len()
+            );
+        }
+        self.restore_deferred(again);
     }
 
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
@@ -226,14 +271,7 @@ impl Link {
                 let last = results
                     .pop()
                     .unwrap_or_else(|| Err(CallError::Unavailable("empty batch reply".into())));
-                for r in results {
-                    if let Err(e) = r {
-                        // LDK was told this one was fine (it had checked it):
-                        // the signer disagrees, so its next request for the
-                        // channel will be refused too. Loud, not silent.
-                        tracing::error!("a deferred request was refused by the signer: {e}");
-                    }
-                }
+                self.settle_deferred(deferred, results);
                 self.note(&last);
                 last
             }
@@ -308,6 +346,14 @@ impl Link {
                         "the signer refuses to sign: {why}"
                     );
                 }
+                if rollback.is_some() {
+                    self.rolled_back.store(true, Ordering::SeqCst);
+                } else if self.rolled_back.swap(false, Ordering::SeqCst) {
+                    // Restored: what LDK left pending and the deferred
+                    // requests kept meanwhile go now.
+                    tracing::info!("the signer's state is the latest again");
+                    self.pending.store(true, Ordering::SeqCst);
+                }
                 if let Ok(mut r) = self.rollback.lock() {
                     *r = rollback;
                 }
@@ -349,7 +395,7 @@ pub struct SignerConnection {
     endpoint: String,
     seen: Arc<AtomicU64>,
     rollback: Arc<Mutex<Option<String>>>,
-    rolled_back: AtomicBool,
+    rolled_back: Arc<AtomicBool>,
 }
 
 /// What [`SignerConnection::on_answer`] runs.
@@ -469,7 +515,8 @@ impl SignerTransport for GrpcTransport {
 
     fn next_endpoint(&mut self, why: &str) {
         self.client = None;
-        if self.addrs.len() > 1 {
+        // A signer that waits for our greeting is the one to greet.
+        if self.addrs.len() > 1 && !why.contains(lnpd_proto::AWAITING_GREETING) {
             self.current = named_active(why, &self.addrs)
                 .filter(|&i| i != self.current)
                 .unwrap_or((self.current + 1) % self.addrs.len());
@@ -560,6 +607,8 @@ impl SignerConnection {
         seen: Arc<AtomicU64>,
     ) -> std::io::Result<Arc<Self>> {
         let rollback = Arc::new(Mutex::new(None));
+        let rolled_back = Arc::new(AtomicBool::new(false));
+        let pending = Arc::new(AtomicBool::new(false));
         let (jobs, rx) = mpsc::channel::<Job>();
         let connected = Arc::new(AtomicBool::new(false));
         let deferred = Arc::new(Mutex::new(Deferred::default()));
@@ -572,6 +621,8 @@ impl SignerConnection {
             deferred: deferred.clone(),
             seen: seen.clone(),
             rollback: rollback.clone(),
+            rolled_back: rolled_back.clone(),
+            pending: pending.clone(),
         }));
         let worker_link = link.clone();
         let worker_deferred = deferred.clone();
@@ -596,8 +647,11 @@ impl SignerConnection {
                             continue;
                         }
                         if let Ok(mut l) = worker_link.try_lock() {
-                            let reachable = l.connected.load(Ordering::SeqCst)
-                                || Instant::now() >= l.next_attempt;
+                            // Not while the signer refuses for an older
+                            // state: kept until its greeting says restored.
+                            let reachable = (l.connected.load(Ordering::SeqCst)
+                                || Instant::now() >= l.next_attempt)
+                                && !l.rolled_back.load(Ordering::SeqCst);
                             if reachable {
                                 if let Err(e) = l.flush(Duration::from_secs(10)) {
                                     tracing::debug!("deferred signer request not sent yet: {e}");
@@ -616,11 +670,11 @@ impl SignerConnection {
             on_answer: Arc::new(Mutex::new(None)),
             deferred,
             connected,
-            pending: Arc::new(AtomicBool::new(false)),
+            pending,
             endpoint: endpoint.to_string(),
             seen,
             rollback,
-            rolled_back: AtomicBool::new(false),
+            rolled_back,
         }))
     }
 

@@ -88,6 +88,21 @@ pub(crate) enum Command {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Copy this signer's state (state.redb) into etcd, to run it as
+    /// replicas (`run --store`) without closing any channel.
+    ///
+    /// Stop the daemon first. The copy goes into an empty prefix only, while
+    /// no replica is active, and is read back and compared; state.redb is then
+    /// renamed state.redb.copied-to-etcd (kept as a backup: running on it
+    /// again would be a rollback, which the signer refuses).
+    CopyState {
+        #[command(flatten)]
+        common: Common,
+        /// The etcd cluster: "etcd://HOST:PORT[,HOST:PORT...][/PREFIX]" (or
+        /// [store] url in signer.toml; TLS options from [store]).
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Pair this host with a hardware signer: both show a code; confirm on
     /// the device, then here. Writes host.key and device.json.
     Pair {

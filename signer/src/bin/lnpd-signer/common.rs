@@ -101,6 +101,32 @@ pub(crate) fn open_parts(common: &Common) -> Result<Parts> {
     })
 }
 
+impl Parts {
+    /// The node id this seed gives.
+    pub(crate) fn node_id(&self) -> Result<bitcoin::secp256k1::PublicKey> {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        Ok(
+            lnpd_signer_core::keys::KeyRing::from_seed(&self.seed, self.network, &secp)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .node_id(&secp),
+        )
+    }
+
+    /// Where the state lives in etcd: `url` (`--store`) or `[store] url`,
+    /// under `[store] prefix` or `lnpd-signer/<node id>`.
+    pub(crate) fn etcd_settings(
+        &self,
+        url: Option<&str>,
+    ) -> Result<lnpd_signer::etcd::EtcdSettings> {
+        self.config
+            .store
+            .etcd(url, &self.node_id()?.to_string())?
+            .ok_or_else(|| {
+                anyhow::anyhow!("no etcd store given (--store etcd://HOST:PORT or [store] url)")
+            })
+    }
+}
+
 pub(crate) fn open(common: &Common) -> Result<Opened> {
     let Parts {
         dir,

@@ -4,6 +4,7 @@ mod allowlist;
 mod approvals;
 mod cli;
 mod common;
+mod copy_state;
 mod device;
 mod info;
 mod init;
@@ -80,6 +81,7 @@ fn main() {
             action,
         } => allowlist::allowlist(&data_dir, action),
         Command::Info { common, json } => info::info(common, json),
+        Command::CopyState { common, store } => copy_state::copy_state(common, store),
         Command::Log {
             data_dir,
             json,

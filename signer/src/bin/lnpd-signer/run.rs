@@ -116,7 +116,7 @@ pub(crate) async fn run(
     let audit = lnpd_signer::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let writer = witness.spawn_writer()?;
-    let service = SignerService::new(signer)
+    let service = SignerService::greeted_first(signer)
         .with_audit(audit)
         .with_allowlist(dir.allowlist())
         .with_approvals(dir.approvals(), config.approval_timeout())
@@ -194,22 +194,17 @@ pub(crate) async fn run_replica(
 ) -> Result<()> {
     use lnpd_signer::replica::{self, LeaseFence, ReplicaId};
     use lnpd_signer::store_etcd::EtcdStore;
+    let parts = crate::common::open_parts(&common)?;
+    init_logging(log.as_deref().or(parts.config.log.as_deref()).unwrap_or(""));
+    let node_id = parts.node_id()?;
+    let settings = parts.etcd_settings(store_url.as_deref())?;
     let crate::common::Parts {
         dir,
         config,
         network,
         policy,
         seed,
-    } = crate::common::open_parts(&common)?;
-    init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
-    let secp = bitcoin::secp256k1::Secp256k1::new();
-    let node_id = lnpd_signer_core::keys::KeyRing::from_seed(&seed, network, &secp)
-        .map_err(|e| anyhow!("{e}"))?
-        .node_id(&secp);
-    let settings = config
-        .store
-        .etcd(store_url.as_deref(), &node_id.to_string())?
-        .ok_or_else(|| anyhow!("no etcd store given (--store etcd://HOST:PORT or [store] url)"))?;
+    } = parts;
     let etcd = lnpd_signer::etcd::Etcd::new(&settings)?;
     let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
     let me = ReplicaId {
