@@ -22,6 +22,9 @@ pub mod pb {
     tonic::include_proto!("etcdserverpb");
 }
 
+/// The largest answer read from etcd (a whole signer state in one range).
+pub const MAX_ANSWER: usize = 512 << 20;
+
 /// How long one request to a member may take before the next is tried.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -222,7 +225,9 @@ impl Etcd {
         self.retrying(what, |ch| {
             let r = req.clone();
             async move {
+                // A whole state in one answer: past tonic's 4 MiB default.
                 pb::kv_client::KvClient::new(ch)
+                    .max_decoding_message_size(MAX_ANSWER)
                     .range(r)
                     .await
                     .map(|r| r.into_inner())

@@ -13,7 +13,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lnpd_signer_core::{Signer, SignerError};
 
@@ -36,10 +36,26 @@ pub struct ReplicaId {
     pub addr: String,
 }
 
+/// Time since boot, suspended time included (`CLOCK_BOOTTIME`): etcd's
+/// lease runs on while this machine sleeps, so the fence's clock must too
+/// (a monotonic `Instant` stops during a suspend and would keep a lapsed
+/// lease looking valid). A VM paused by its host stops this clock as well:
+/// etcd's conditional writes are what fence such a replica.
+fn boot_now() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(Duration::from)
+        .unwrap_or_else(|_| {
+            // Not Linux (no boot clock): the monotonic clock.
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed()
+        })
+}
+
 /// Whether the active replica may still sign: its lease deadline, and
 /// whether its store is in step with etcd.
 pub struct LeaseFence {
-    deadline: Mutex<Option<Instant>>,
+    /// On the boot clock ([`boot_now`]).
+    deadline: Mutex<Option<Duration>>,
     out_of_step: Mutex<Option<Arc<AtomicBool>>>,
 }
 
@@ -53,7 +69,7 @@ impl Default for LeaseFence {
 }
 
 impl LeaseFence {
-    fn set_deadline(&self, d: Option<Instant>) {
+    fn set_deadline(&self, d: Option<Duration>) {
         if let Ok(mut x) = self.deadline.lock() {
             *x = d;
         }
@@ -64,7 +80,7 @@ impl LeaseFence {
             .lock()
             .ok()
             .and_then(|d| *d)
-            .is_some_and(|d| Instant::now() + LEASE_MARGIN < d)
+            .is_some_and(|d| boot_now() + LEASE_MARGIN < d)
     }
 
     fn in_step(&self) -> bool {
@@ -102,12 +118,13 @@ pub fn spawn(
     slot: Arc<Mutex<Slot<EtcdStore>>>,
     fence: Arc<LeaseFence>,
     open: OpenSigner,
+    witness: Arc<crate::witness::Witness>,
 ) {
     let e = etcd.clone();
     etcd.spawn(async move {
         loop {
-            if let Err(err) = term(&e, &settings, &me, &slot, &fence, &open).await {
-                set_standby(&slot, &fence, format!("standby: {err}"));
+            if let Err(err) = term(&e, &settings, &me, &slot, &fence, &open, &witness).await {
+                set_standby(&slot, &fence, format!("standby: {err}")).await;
                 tracing::warn!("replica {}: {err}; retrying", me.name);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -115,14 +132,31 @@ pub fn spawn(
     });
 }
 
-fn set_standby(slot: &Mutex<Slot<EtcdStore>>, fence: &LeaseFence, why: String) {
+/// Stands by: the fence first (no signing from here on), then the slot.
+async fn set_standby(slot: &Arc<Mutex<Slot<EtcdStore>>>, fence: &LeaseFence, why: String) {
     fence.set_deadline(None);
-    if let Ok(mut s) = slot.lock() {
+    put_slot(slot, move |s| {
         if !matches!(&*s, Slot::Standby(w) if *w == why) {
             tracing::info!("{why}");
         }
         *s = Slot::Standby(why);
-    }
+    })
+    .await;
+}
+
+/// Changes the slot off the etcd runtime's worker: a request may hold the
+/// slot's lock while it waits for a write that this runtime carries.
+async fn put_slot(
+    slot: &Arc<Mutex<Slot<EtcdStore>>>,
+    f: impl FnOnce(&mut Slot<EtcdStore>) + Send + 'static,
+) {
+    let slot = slot.clone();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Ok(mut s) = slot.lock() {
+            f(&mut s);
+        }
+    })
+    .await;
 }
 
 /// One term: a lease, a campaign, then serving or standing by until the
@@ -134,11 +168,12 @@ async fn term(
     slot: &Arc<Mutex<Slot<EtcdStore>>>,
     fence: &Arc<LeaseFence>,
     open: &OpenSigner,
+    witness: &crate::witness::Witness,
 ) -> Result<(), EtcdError> {
     let prefix = settings.prefix.trim_end_matches('/').to_string();
     let leader_key = format!("{prefix}/leader").into_bytes();
     let ttl = settings.lease_ttl.as_secs().max(2) as i64;
-    let granted_at = Instant::now();
+    let granted_at = boot_now();
     let lease = etcd.grant(ttl).await?;
     let value = format!("{} at {}", me.name, me.addr).into_bytes();
     let r = etcd.campaign(&leader_key, value, lease.id).await?;
@@ -155,9 +190,9 @@ async fn term(
         let active = holder
             .map(|kv| String::from_utf8_lossy(&kv.value).to_string())
             .unwrap_or_else(|| "unknown".into());
-        set_standby(slot, fence, format!("standby, active is {active}"));
+        set_standby(slot, fence, format!("standby, active is {active}")).await;
         etcd.revoke(lease.id).await;
-        wait_until_free(etcd, &leader_key).await;
+        wait_until_free(etcd, &prefix, witness).await;
         return Ok(());
     };
 
@@ -182,7 +217,8 @@ async fn term(
         slot,
         fence,
         "standby: the leadership is changing hands".into(),
-    );
+    )
+    .await;
     etcd.revoke(lease.id).await;
     tracing::warn!("replica {} stepped down", me.name);
     result
@@ -218,10 +254,8 @@ async fn serve_while_leader(
             state_counter = signer.state_counter(),
             "state loaded from etcd; signing"
         );
-        if let Ok(mut s) = slot.lock() {
-            // The node greets a newly active replica before it signs.
-            *s = Slot::Greeting(Box::new(signer));
-        }
+        // The node greets a newly active replica before it signs.
+        put_slot(slot, move |s| *s = Slot::Greeting(Box::new(signer))).await;
         loop {
             tokio::time::sleep(Duration::from_millis(50)).await;
             if !fence.valid() {
@@ -229,9 +263,10 @@ async fn serve_while_leader(
             }
             if out_of_step.load(Ordering::SeqCst) {
                 tracing::warn!("the state in etcd and in memory may differ: reloading");
-                if let Ok(mut s) = slot.lock() {
-                    *s = Slot::Standby("standby: reloading the state".into());
-                }
+                put_slot(slot, |s| {
+                    *s = Slot::Standby("standby: reloading the state".into())
+                })
+                .await;
                 break;
             }
         }
@@ -250,7 +285,7 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
             let (tx, rx) = tokio::sync::mpsc::channel(4);
             // The first keep-alive queued before the call: the server
             // answers the call only once it has a message to answer.
-            let sent = Instant::now();
+            let sent = boot_now();
             if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
                 continue;
             }
@@ -279,7 +314,7 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
                 let sent = match first.take() {
                     Some(t) => t,
                     None => {
-                        let t = Instant::now();
+                        let t = boot_now();
                         if tx.send(pb::LeaseKeepAliveRequest { id }).await.is_err() {
                             e.next_member();
                             continue 'streams;
@@ -296,8 +331,11 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
                         tokio::time::sleep(third.max(Duration::from_millis(200))).await;
                     }
                     Ok(Ok(Some(_))) => {
-                        tracing::warn!("the leadership lease expired");
-                        fence.set_deadline(None);
+                        // (Not a later term's fence: this term may be over.)
+                        if alive.load(Ordering::SeqCst) {
+                            tracing::warn!("the leadership lease expired");
+                            fence.set_deadline(None);
+                        }
                         return;
                     }
                     other => {
@@ -318,24 +356,44 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
     });
 }
 
-/// Waits until nobody holds the leadership key.
-async fn wait_until_free(etcd: &Etcd, key: &[u8]) {
+/// Waits until nobody holds the leadership key. Meanwhile this standby's
+/// witness follows the state counter in etcd (a value etcd holds is
+/// durable): if an older copy of the state is restored into etcd later,
+/// this replica refuses it when it becomes active, though it never served
+/// the later state itself.
+async fn wait_until_free(etcd: &Etcd, prefix: &str, witness: &crate::witness::Witness) {
+    let read = |name: &str| pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+            key: format!("{prefix}/{name}").into_bytes(),
+            ..Default::default()
+        })),
+    };
+    let look = pb::TxnRequest {
+        compare: Vec::new(),
+        success: vec![read("leader"), read("counter")],
+        failure: Vec::new(),
+    };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let r = etcd
-            .range(
-                "watch the leadership",
-                pb::RangeRequest {
-                    key: key.to_vec(),
-                    count_only: true,
-                    ..Default::default()
-                },
-            )
-            .await;
-        match r {
-            Ok(r) if r.count == 0 => return,
-            Ok(_) => {}
-            Err(e) => tracing::debug!("{e}"),
+        let r = match etcd.txn("watch the leadership", look.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!("{e}");
+                continue;
+            }
+        };
+        let mut found = r.responses.into_iter().map(|op| match op.response {
+            Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
+        let (leader, counter) = (found.next().flatten(), found.next().flatten());
+        if let Some(c) = counter.and_then(|kv| kv.value.get(..8).map(<[u8]>::to_vec)) {
+            if let Ok(b) = <[u8; 8]>::try_from(c.as_slice()) {
+                witness.note(u64::from_be_bytes(b));
+            }
+        }
+        if leader.is_none() {
+            return;
         }
     }
 }

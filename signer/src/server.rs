@@ -391,6 +391,12 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         self.counter.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// A replica (fenced) waits for etcd's quorum on every write: the
+    /// server's thread is handed over meanwhile.
+    fn may_block_long(&self) -> bool {
+        self.fence.is_some()
+    }
+
     fn call_batch(
         &self,
         bodies: Vec<request::Body>,

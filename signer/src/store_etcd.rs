@@ -35,6 +35,18 @@ pub struct EtcdStore {
     revisions: Mutex<HashMap<Vec<u8>, i64>>,
     leadership: Option<Leadership>,
     out_of_step: Arc<AtomicBool>,
+    /// Makes every commit's counter value unique ([`EtcdStore::resolve`]):
+    /// random per store, plus a sequence number.
+    tag_base: u64,
+    tag_seq: std::sync::atomic::AtomicU64,
+}
+
+/// The value of the counter key: the counter, then the tag of the commit
+/// that wrote it.
+fn counter_value(counter: u64, tag: u64) -> Vec<u8> {
+    let mut v = counter.to_be_bytes().to_vec();
+    v.extend_from_slice(&tag.to_be_bytes());
+    v
 }
 
 fn err(e: impl std::fmt::Display) -> StoreError {
@@ -51,6 +63,19 @@ impl EtcdStore {
             revisions: Mutex::new(HashMap::new()),
             leadership,
             out_of_step: Arc::new(AtomicBool::new(false)),
+            tag_base: {
+                let mut b = [0u8; 8];
+                // Without randomness, the time: unique enough per process.
+                if getrandom::fill(&mut b).is_err() {
+                    b = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0)
+                        .to_be_bytes();
+                }
+                u64::from_be_bytes(b)
+            },
+            tag_seq: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -68,18 +93,6 @@ impl EtcdStore {
         self.key(&format!("channel/{}", hex::encode(id)))
     }
 
-    /// Reads one key (linearizable), retrying other members.
-    fn read_key(&self, key: Vec<u8>) -> Result<Option<pb::KeyValue>, StoreError> {
-        let r = self.range(
-            "read",
-            pb::RangeRequest {
-                key,
-                ..Default::default()
-            },
-        )?;
-        Ok(r.kvs.into_iter().next())
-    }
-
     /// A read from synchronous code (the signer's).
     fn range(
         &self,
@@ -93,18 +106,39 @@ impl EtcdStore {
             .map_err(err)
     }
 
-    /// After a write whose answer was lost: whether it was applied, from
-    /// the counter it wrote and the leadership key.
-    fn resolve(&self, counter: u64) -> Result<Option<i64>, StoreError> {
-        let written = self.read_key(self.key("counter"))?;
-        let ours = match &self.leadership {
-            Some(l) => self
-                .read_key(l.key.clone())?
-                .is_some_and(|kv| kv.create_revision == l.create_revision),
-            None => false,
+    /// After a write whose answer was lost: whether that very transaction
+    /// was applied — the counter key holds the value it wrote (counter and
+    /// its unique tag) and the leadership key is still ours, both read at
+    /// one revision. `Some(revision)` when applied.
+    fn resolve(&self, value: &[u8]) -> Result<Option<i64>, StoreError> {
+        let Some(l) = &self.leadership else {
+            return Ok(None);
         };
-        Ok(written
-            .filter(|kv| ours && kv.value == counter.to_be_bytes())
+        let read = |key: Vec<u8>| pb::RequestOp {
+            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
+                key,
+                ..Default::default()
+            })),
+        };
+        let txn = pb::TxnRequest {
+            compare: Vec::new(),
+            success: vec![read(self.key("counter")), read(l.key.clone())],
+            failure: Vec::new(),
+        };
+        let etcd = self.etcd.clone();
+        let r = self
+            .etcd
+            .block(async move { etcd.txn("look up a write", txn).await })
+            .ok_or_else(|| err("etcd client stopped"))?
+            .map_err(err)?;
+        let mut found = r.responses.into_iter().map(|op| match op.response {
+            Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+            _ => None,
+        });
+        let (counter, leader) = (found.next().flatten(), found.next().flatten());
+        let ours = leader.is_some_and(|kv| kv.create_revision == l.create_revision);
+        Ok(counter
+            .filter(|kv| ours && kv.value == value)
             .map(|kv| kv.mod_revision))
     }
 }
@@ -132,11 +166,13 @@ impl Store for EtcdStore {
             if kv.key == meta {
                 snap.meta = Some(kv.value.clone());
             } else if kv.key == counter {
+                // The counter, then (since tags) the writing commit's tag.
                 let b: [u8; 8] = kv
                     .value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| err("the state counter in etcd is not 8 bytes"))?;
+                    .get(..8)
+                    .filter(|_| matches!(kv.value.len(), 8 | 16))
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| err("the state counter in etcd is not 8 or 16 bytes"))?;
                 snap.counter = u64::from_be_bytes(b);
             } else if let Some(id) = kv.key.strip_prefix(channel_prefix.as_slice()) {
                 let id = hex::decode(id)
@@ -181,8 +217,12 @@ impl Store for EtcdStore {
                 Write::Meta(bytes) => (self.key("meta"), Some(bytes)),
                 Write::DeleteChannel(id) => (self.channel_key(&id), None),
                 Write::Counter(n) => {
-                    counter = Some(n);
-                    (self.key("counter"), Some(n.to_be_bytes().to_vec()))
+                    let tag = self
+                        .tag_base
+                        .wrapping_add(self.tag_seq.fetch_add(1, Ordering::SeqCst));
+                    let value = counter_value(n, tag);
+                    counter = Some(value.clone());
+                    (self.key("counter"), Some(value))
                 }
             };
             if !touched.iter().any(|(k, _)| *k == key) {
@@ -244,6 +284,13 @@ impl Store for EtcdStore {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
                     if !r.succeeded {
+                        // A repeat that finds its own earlier send applied.
+                        if tries > 1 {
+                            if let Some(Ok(Some(rev))) = counter.as_deref().map(|c| self.resolve(c))
+                            {
+                                break rev;
+                            }
+                        }
                         self.out_of_step.store(true, Ordering::SeqCst);
                         return Err(err(
                             "etcd refused the write: this replica no longer holds the leadership, \
@@ -253,6 +300,9 @@ impl Store for EtcdStore {
                     break r.header.map(|h| h.revision).unwrap_or_default();
                 }
                 Ok(Err(status)) if !crate::etcd::is_unavailable(&status) => {
+                    // Not applied as far as etcd said; reloaded anyway
+                    // before the next signature (any doubt does).
+                    self.out_of_step.store(true, Ordering::SeqCst);
                     return Err(err(EtcdError::Refused(format!(
                         "write at {member}: {}",
                         status.message()
@@ -264,13 +314,18 @@ impl Store for EtcdStore {
                         Ok(Err(s)) => s.message().to_string(),
                         _ => format!("no answer within {REQUEST_TIMEOUT:?}"),
                     };
-                    match counter.map(|c| self.resolve(c)).transpose() {
+                    // The same transaction (same tag) is sent again while
+                    // not seen applied: if an earlier send lands late, the
+                    // repeat's compares fail, and a lookup finds the tag.
+                    match counter.as_deref().map(|c| self.resolve(c)).transpose() {
                         Ok(Some(Some(rev))) => break rev,
                         Ok(Some(None)) if tries < 3 => continue,
                         Ok(Some(None)) => {
+                            // It may still land: reload before signing again.
+                            self.out_of_step.store(true, Ordering::SeqCst);
                             return Err(err(EtcdError::Unavailable(format!(
-                                "write at {member} not applied: {why}"
-                            ))))
+                                "write at {member} not seen applied: {why}"
+                            ))));
                         }
                         _ => {
                             self.out_of_step.store(true, Ordering::SeqCst);

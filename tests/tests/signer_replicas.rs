@@ -62,6 +62,14 @@ fn state_counter(s: &SignerProcess) -> u64 {
     .state_counter
 }
 
+/// The counter in a replica's `state.witness` ("TAG N").
+fn witness_of(s: &SignerProcess) -> u64 {
+    std::fs::read_to_string(s.data_dir().join("state.witness"))
+        .ok()
+        .and_then(|w| w.split_whitespace().last()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn replicas_fail_over_fence_a_paused_one_and_need_an_etcd_quorum() {
     let mut etcd = EtcdCluster::start("replicas", 3).expect("etcd cluster");
@@ -117,6 +125,16 @@ fn replicas_fail_over_fence_a_paused_one_and_need_an_etcd_quorum() {
             .contains(&format!("active is {b_addr} at {b_addr}")))),
         "a does not stand by behind b\n{}",
         a.log()
+    );
+
+    // The standby's witness follows the state in etcd: an older copy
+    // restored into etcd later is refused by it too.
+    still_usable(&mut p);
+    let now = state_counter(&b);
+    assert!(
+        wait_for(10, || witness_of(&a) >= now),
+        "the standby's witness stays at {} below {now}",
+        witness_of(&a)
     );
 
     // Split brain attempt: b paused past its lease, a takes over and signs.

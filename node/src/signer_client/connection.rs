@@ -173,7 +173,35 @@ impl Link {
     }
 
     fn has_deferred(&self) -> bool {
-        self.deferred.lock().is_ok_and(|d| !d.bodies.is_empty())
+        self.deferred_len() > 0
+    }
+
+    fn deferred_len(&self) -> usize {
+        self.deferred.lock().map(|d| d.bodies.len()).unwrap_or(0)
+    }
+
+    /// Holds the deferred requests back for `d` (they failed as a whole:
+    /// not resent every few milliseconds).
+    fn hold_deferred(&self, d: Duration) {
+        if let Ok(mut q) = self.deferred.lock() {
+            q.since = Some(Instant::now() + d);
+        }
+    }
+
+    /// Sends deferred requests alone until at most `left` remain (or the
+    /// signer does not take them): a request never overtakes older
+    /// deferred ones.
+    fn flush_until(&mut self, left: usize, timeout: Duration) -> Result<(), CallError> {
+        let mut before = self.deferred_len();
+        while before > left {
+            self.flush(timeout)?;
+            let now = self.deferred_len();
+            if now >= before {
+                break;
+            }
+            before = now;
+        }
+        Ok(())
     }
 
     /// Sends the deferred requests (as many as fit in one batch) without
@@ -186,14 +214,19 @@ impl Link {
         }
         let results = match self.transport.call_batch(bodies.clone(), timeout) {
             Ok(results) => results,
-            Err(e) => {
+            Err(e @ CallError::Unavailable(_)) => {
                 let r = Err(e);
                 self.note(&r);
-                if let Err(e @ CallError::Unavailable(_)) = r {
-                    self.restore_deferred(bodies);
-                    return Err(e);
-                }
-                vec![r]
+                self.restore_deferred(bodies);
+                return r.map(|_| ());
+            }
+            Err(e) => {
+                // Refused as a whole (not by a rule on one of them): all
+                // kept, sent again later.
+                tracing::error!("the signer refused a batch of deferred requests: {e}");
+                self.restore_deferred(bodies);
+                self.hold_deferred(Duration::from_secs(1));
+                return Ok(());
             }
         };
         self.settle_deferred(bodies, results);
@@ -223,12 +256,20 @@ impl Link {
                     again.push(body);
                     lost = Some(e);
                 }
+                // The signer failed on it (a bug, a poisoned lock), it did
+                // not judge it: kept, sent again later.
+                Err(CallError::Refused(e)) if e.kind == lnpd_proto::ErrorKind::Internal => {
+                    tracing::error!("a deferred request failed in the signer, kept: {e}");
+                    again.push(body);
+                }
                 Err(e) => tracing::error!("a deferred request was refused by the signer: {e}"),
                 Ok(_) => {}
             }
         }
         if let Some(e) = lost {
             self.note(&Err(e));
+        } else if !again.is_empty() && !self.rolled_back.load(Ordering::SeqCst) {
+            self.hold_deferred(Duration::from_secs(1));
         } else if !again.is_empty() {
             tracing::warn!(
                 "{} deferred request(s) kept until the signer's latest state is back",
@@ -249,7 +290,10 @@ impl Link {
                 self.note(&result);
                 return result;
             }
-            self.flush(timeout)?;
+            self.flush_until(0, timeout)?;
+        }
+        if body.batchable() {
+            self.flush_until(lnpd_proto::MAX_BATCH - 1, timeout)?;
         }
         // The oldest first, as many as fit beside this request (only a
         // request that may be batched: one deferred while this call ran

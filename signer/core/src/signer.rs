@@ -460,7 +460,10 @@ impl<S: Store> Signer<S> {
                 why.clone(),
             ));
         }
-        let next = self.state_counter + 1;
+        let next = self
+            .state_counter
+            .checked_add(1)
+            .ok_or_else(|| SignerError::internal("the state counter is exhausted"))?;
         writes.push(Write::Counter(next));
         self.store.commit(writes)?;
         self.state_counter = next;
@@ -495,7 +498,11 @@ impl<S: Store> Signer<S> {
                  channels that moved on since are still refused one by one",
                 self.state_counter
             );
-            return self.accept_older_state(seen);
+            match self.accept_older_state(seen) {
+                Ok(()) => return Ok(()),
+                // Not accepted after all: refused as without the flag.
+                Err(e) => tracing::error!("the older state could not be accepted: {}", e.message),
+            }
         }
         let why = format!(
             "the signer's state is older than one it acknowledged: {who} has seen state #{seen}, this state is #{}. \
@@ -530,11 +537,15 @@ impl<S: Store> Signer<S> {
     /// counter moves past `seen` in one durable write. Channels that moved
     /// on since this state are still refused one by one
     /// (`state-rollback-detected`), from their commitment numbers.
+    /// Nothing changes unless that write succeeds.
     pub fn accept_older_state(&mut self, seen: u64) -> Result<(), SignerError> {
-        self.rollback = None;
+        let before = (self.rollback.take(), self.state_counter);
         if seen > self.state_counter {
             self.state_counter = seen;
-            self.durable(Vec::new())?;
+            if let Err(e) = self.durable(Vec::new()) {
+                (self.rollback, self.state_counter) = before;
+                return Err(e);
+            }
         }
         Ok(())
     }

@@ -187,3 +187,43 @@ fn every_write_raises_the_counter_once_and_a_refusal_leaves_it() {
     assert!(after > before);
     assert_eq!(alice.borrow().store().load().unwrap().counter, after);
 }
+
+/// The operator's acceptance of an older state is bounded: it covers the
+/// node's first greeting only, a counter that cannot be passed
+/// (`u64::MAX`, a lying node) is refused with nothing written, and a
+/// failed write accepts nothing.
+#[test]
+fn accepting_an_older_state_is_one_greeting_and_never_half_done() {
+    let (mut p, alice, old, latest) = advanced_after_copy();
+    let seen = latest.load().unwrap().counter;
+
+    // A node claiming the highest counter there is: nothing to move past.
+    *alice.borrow_mut() = reopen(old.clone());
+    alice.borrow_mut().accept_older_states();
+    let before = alice.borrow().store().load().unwrap();
+    let r = call!(p.alice.signer, Info(info(u64::MAX)) => Info).unwrap();
+    assert!(!r.rollback.is_empty(), "accepted a counter past the end");
+    assert_eq!(alice.borrow().store().load().unwrap(), before, "written");
+
+    // The write that would accept fails: still refused, nothing changed.
+    *alice.borrow_mut() = reopen(old.clone());
+    alice.borrow_mut().accept_older_states();
+    alice.borrow_mut().store_mut().fail_next_commit = true;
+    let r = call!(p.alice.signer, Info(info(seen)) => Info).unwrap();
+    assert!(!r.rollback.is_empty(), "accepted without a write");
+    assert_eq!(alice.borrow().state_counter(), before.counter);
+    assert_eq!(alice.borrow().store().load().unwrap(), before, "written");
+
+    // Accepted at the first greeting; a later, higher claim is refused.
+    *alice.borrow_mut() = reopen(old);
+    alice.borrow_mut().accept_older_states();
+    let r = call!(p.alice.signer, Info(info(seen)) => Info).unwrap();
+    assert!(r.rollback.is_empty(), "{}", r.rollback);
+    let after = alice.borrow().state_counter();
+    assert!(after > seen);
+    let r = call!(p.alice.signer, Info(info(after + 10)) => Info).unwrap();
+    assert!(
+        !r.rollback.is_empty(),
+        "the acceptance outlived the greeting"
+    );
+}

@@ -106,6 +106,9 @@ impl<S: Store> Signer<S> {
                 // A node that saw a later state than this one: the answer
                 // says so (`rollback`), and nothing is signed from now on.
                 let _ = self.check_acknowledged(r.seen_state_counter, "the node");
+                // The operator's acceptance of an older state covers the
+                // state as found at start and the node's first greeting.
+                self.accept_older = false;
                 A::Info(self.info(&r)?)
             }
             Q::GetNodeId(r) => A::GetNodeId(self.get_node_id(&r)?),

@@ -95,7 +95,8 @@ pub(crate) async fn run(
         mut signer,
     } = open(&common)?;
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
-    let witness = check_witness(&dir, &mut signer, accept_older_state)?;
+    let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
+    check_witness(&witness, &dir.witness(), &mut signer, accept_older_state);
     let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
     tracing::info!(
         node_id = %signer.node_id(),
@@ -136,31 +137,28 @@ pub(crate) async fn run(
     Ok(())
 }
 
-/// Compares the state with this machine's witness of the highest counter
-/// acknowledged: an older state signs nothing (unless the operator accepts
-/// it), and says why.
+/// Checks a freshly opened signer against this machine's witness (the
+/// highest state counter it acknowledged): an older state refuses to sign
+/// (`state-rollback-detected`), unless the operator accepts it
+/// (`--accept-older-state`). The witness then notes the state's counter.
 pub(crate) fn check_witness<S: lnpd_signer_core::store::Store>(
-    dir: &DataDir,
+    witness: &lnpd_signer::witness::Witness,
+    path: &std::path::Path,
     signer: &mut lnpd_signer_core::Signer<S>,
     accept_older_state: bool,
-) -> Result<std::sync::Arc<lnpd_signer::witness::Witness>> {
-    let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
+) {
     if accept_older_state {
         signer.accept_older_states();
     }
-    let who = format!("this machine's state witness ({})", dir.witness().display());
+    let who = format!("this machine's state witness ({})", path.display());
     if signer.check_acknowledged(witness.recorded(), &who).is_err() {
         eprintln!(
             "error: state-rollback-detected: {}",
             signer.rollback().unwrap_or_default()
         );
     }
-    if accept_older_state {
-        witness.reset(signer.state_counter())?;
-    } else {
-        witness.note(signer.state_counter());
-    }
-    Ok(witness)
+    // Never lowered: an accepted older state moved its counter past it.
+    witness.note(signer.state_counter());
 }
 
 /// `run`: with the state in redb, or as a replica over etcd when a store
@@ -234,6 +232,7 @@ pub(crate) async fn run_replica(
     let dir2 = dir.clone();
     // What becoming active does: the state loaded from etcd, checked
     // against this machine's witness, before anything is answered.
+    let accept_once = std::sync::atomic::AtomicBool::new(accept_older_state);
     let open: replica::OpenSigner = std::sync::Arc::new(move |store: EtcdStore| {
         let mut signer = lnpd_signer_core::Signer::new(
             &seed,
@@ -242,15 +241,10 @@ pub(crate) async fn run_replica(
             store,
             Box::new(crate::common::random32),
         )?;
-        if accept_older_state {
-            signer.accept_older_states();
-        }
-        let who = format!(
-            "this machine's state witness ({})",
-            dir2.witness().display()
-        );
-        let _ = signer.check_acknowledged(w.recorded(), &who);
-        w.note(signer.state_counter());
+        // The operator's acceptance of an older state holds for the first
+        // term only: a later term (or a later restore) is checked again.
+        let accept = accept_once.swap(false, std::sync::atomic::Ordering::SeqCst);
+        check_witness(&w, &dir2.witness(), &mut signer, accept);
         Ok(signer)
     });
     let fence = std::sync::Arc::new(LeaseFence::default());
@@ -264,7 +258,15 @@ pub(crate) async fn run_replica(
             .with_approvals(dir.approvals(), config.approval_timeout())
             .with_witness(witness.clone())
             .with_fence(fence.clone());
-    replica::spawn(etcd, settings, me, service.slot(), fence, open);
+    replica::spawn(
+        etcd,
+        settings,
+        me,
+        service.slot(),
+        fence,
+        open,
+        witness.clone(),
+    );
     let served = server::serve(
         service,
         listener,
