@@ -791,6 +791,9 @@ fn main() -> Result<()> {
             );
         }
     }
+    // The signers before the etcd cluster they keep their state in.
+    drop(signers);
+    drop(etcd);
     Ok(())
 }
 
