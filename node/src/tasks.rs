@@ -242,7 +242,6 @@ impl Node {
             const RECONNECT_EVERY: Duration = Duration::from_secs(2);
             const KEEP_COUNTER_EVERY: Duration = Duration::from_secs(1);
             let mut reconnect_due = std::time::Instant::now();
-            let mut rollback_due = std::time::Instant::now();
             let mut kept = crate::node::read_seen_state_counter(&node.store);
             let mut keep_due = std::time::Instant::now();
             loop {
@@ -297,17 +296,6 @@ impl Node {
                         }
                     })
                     .await;
-                }
-                if rollback_due.elapsed() >= RECONNECT_EVERY {
-                    // A signer that refused for an older state: once the
-                    // operator restored it, what LDK left pending is retried.
-                    rollback_due = std::time::Instant::now();
-                    let n = node.clone();
-                    if let Ok(true) =
-                        tokio::task::spawn_blocking(move || n.signer.recheck_rollback()).await
-                    {
-                        tracing::info!("the signer's state is the latest again");
-                    }
                 }
                 if node.signer.is_connected() && node.signer.take_pending() {
                     tracing::info!("signer is back: retrying operations left pending");

@@ -251,6 +251,39 @@ impl Etcd {
         .await
     }
 
+    /// Several keys read at one revision (one transaction of reads).
+    pub async fn read_together(
+        &self,
+        what: &str,
+        keys: Vec<Vec<u8>>,
+    ) -> Result<Vec<Option<pb::KeyValue>>, EtcdError> {
+        let success = keys
+            .into_iter()
+            .map(|key| pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
+                    key,
+                    ..Default::default()
+                })),
+            })
+            .collect();
+        let r = self
+            .txn(
+                what,
+                pb::TxnRequest {
+                    success,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(r.responses
+            .into_iter()
+            .map(|op| match op.response {
+                Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
+                _ => None,
+            })
+            .collect())
+    }
+
     /// A lease of `ttl` seconds.
     pub async fn grant(&self, ttl: i64) -> Result<pb::LeaseGrantResponse, EtcdError> {
         self.retrying("lease grant", |ch| async move {

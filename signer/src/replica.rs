@@ -362,35 +362,24 @@ fn keep_alive(etcd: Etcd, id: i64, fence: Arc<LeaseFence>, alive: Arc<AtomicBool
 /// this replica refuses it when it becomes active, though it never served
 /// the later state itself.
 async fn wait_until_free(etcd: &Etcd, prefix: &str, witness: &crate::witness::Witness) {
-    let read = |name: &str| pb::RequestOp {
-        request: Some(pb::request_op::Request::RequestRange(pb::RangeRequest {
-            key: format!("{prefix}/{name}").into_bytes(),
-            ..Default::default()
-        })),
-    };
-    let look = pb::TxnRequest {
-        compare: Vec::new(),
-        success: vec![read("leader"), read("counter")],
-        failure: Vec::new(),
+    let keys = || {
+        ["leader", "counter"]
+            .map(|name| format!("{prefix}/{name}").into_bytes())
+            .to_vec()
     };
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        let r = match etcd.txn("watch the leadership", look.clone()).await {
-            Ok(r) => r,
+        let found = match etcd.read_together("watch the leadership", keys()).await {
+            Ok(found) => found,
             Err(e) => {
                 tracing::debug!("{e}");
                 continue;
             }
         };
-        let mut found = r.responses.into_iter().map(|op| match op.response {
-            Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
-            _ => None,
-        });
+        let mut found = found.into_iter();
         let (leader, counter) = (found.next().flatten(), found.next().flatten());
-        if let Some(c) = counter.and_then(|kv| kv.value.get(..8).map(<[u8]>::to_vec)) {
-            if let Ok(b) = <[u8; 8]>::try_from(c.as_slice()) {
-                witness.note(u64::from_be_bytes(b));
-            }
+        if let Some(c) = counter.and_then(|kv| crate::store_etcd::counter_of(&kv.value)) {
+            witness.note(c);
         }
         if leader.is_none() {
             return;

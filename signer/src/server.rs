@@ -69,15 +69,6 @@ pub trait Fence: Send + Sync {
     fn check(&self) -> Result<(), String>;
 }
 
-/// What a request is to the greeting gate ([`Slot::Greeting`]).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Call {
-    /// `Info`: the node's greeting.
-    Greeting,
-    /// Anything else, batches included: waits for the greeting.
-    Other,
-}
-
 /// The signer this process serves, or why it serves none.
 pub enum Slot<S: Store> {
     /// Signing.
@@ -161,10 +152,11 @@ impl<S: Store> SignerService<S> {
     /// Runs `f` on the active signer under the lock; `Unavailable` while
     /// standing by or once the fence says this replica must stop (then it
     /// stands by, and the signer is dropped), and, until the node greeted
-    /// this signer, for everything but `Info`.
+    /// this signer, for everything but its greeting (`greeting`: an `Info`;
+    /// never a batch).
     fn with_active<T>(
         &self,
-        call: Call,
+        greeting: bool,
         f: impl FnOnce(&mut Signer<S>) -> Result<T, SignerError>,
     ) -> Result<T, SignerError> {
         let mut slot = self
@@ -181,7 +173,7 @@ impl<S: Store> SignerService<S> {
         }
         match &mut *slot {
             Slot::Active(signer) => f(signer),
-            Slot::Greeting(signer) if call == Call::Greeting => {
+            Slot::Greeting(signer) if greeting => {
                 let result = f(signer);
                 let refused =
                     matches!(&result, Err(e) if e.kind != lnpd_proto::ErrorKind::Unavailable);
@@ -220,11 +212,8 @@ impl<S: Store> SignerService<S> {
     }
 
     fn call_core(&self, body: request::Body) -> Result<reply::Body, SignerError> {
-        let call = match &body {
-            request::Body::Info(_) => Call::Greeting,
-            _ => Call::Other,
-        };
-        self.with_active(call, |signer| self.call_active(signer, body))
+        let greeting = matches!(body, request::Body::Info(_));
+        self.with_active(greeting, |signer| self.call_active(signer, body))
     }
 
     fn call_active(
@@ -401,7 +390,7 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         &self,
         bodies: Vec<request::Body>,
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
-        self.with_active(Call::Other, |signer| self.batch_active(signer, bodies))
+        self.with_active(false, |signer| self.batch_active(signer, bodies))
     }
 }
 

@@ -41,6 +41,15 @@ pub struct EtcdStore {
     tag_seq: std::sync::atomic::AtomicU64,
 }
 
+/// The counter in a counter key's value (8 bytes, or 16 with the writing
+/// commit's tag).
+pub fn counter_of(value: &[u8]) -> Option<u64> {
+    if !matches!(value.len(), 8 | 16) {
+        return None;
+    }
+    Some(u64::from_be_bytes(value.get(..8)?.try_into().ok()?))
+}
+
 /// The value of the counter key: the counter, then the tag of the commit
 /// that wrote it.
 fn counter_value(counter: u64, tag: u64) -> Vec<u8> {
@@ -114,27 +123,14 @@ impl EtcdStore {
         let Some(l) = &self.leadership else {
             return Ok(None);
         };
-        let read = |key: Vec<u8>| pb::RequestOp {
-            request: Some(request_op::Request::RequestRange(pb::RangeRequest {
-                key,
-                ..Default::default()
-            })),
-        };
-        let txn = pb::TxnRequest {
-            compare: Vec::new(),
-            success: vec![read(self.key("counter")), read(l.key.clone())],
-            failure: Vec::new(),
-        };
+        let keys = vec![self.key("counter"), l.key.clone()];
         let etcd = self.etcd.clone();
-        let r = self
+        let mut found = self
             .etcd
-            .block(async move { etcd.txn("look up a write", txn).await })
+            .block(async move { etcd.read_together("look up a write", keys).await })
             .ok_or_else(|| err("etcd client stopped"))?
-            .map_err(err)?;
-        let mut found = r.responses.into_iter().map(|op| match op.response {
-            Some(pb::response_op::Response::ResponseRange(rr)) => rr.kvs.into_iter().next(),
-            _ => None,
-        });
+            .map_err(err)?
+            .into_iter();
         let (counter, leader) = (found.next().flatten(), found.next().flatten());
         let ours = leader.is_some_and(|kv| kv.create_revision == l.create_revision);
         Ok(counter
@@ -166,14 +162,8 @@ impl Store for EtcdStore {
             if kv.key == meta {
                 snap.meta = Some(kv.value.clone());
             } else if kv.key == counter {
-                // The counter, then (since tags) the writing commit's tag.
-                let b: [u8; 8] = kv
-                    .value
-                    .get(..8)
-                    .filter(|_| matches!(kv.value.len(), 8 | 16))
-                    .and_then(|b| b.try_into().ok())
+                snap.counter = counter_of(&kv.value)
                     .ok_or_else(|| err("the state counter in etcd is not 8 or 16 bytes"))?;
-                snap.counter = u64::from_be_bytes(b);
             } else if let Some(id) = kv.key.strip_prefix(channel_prefix.as_slice()) {
                 let id = hex::decode(id)
                     .ok()
@@ -209,7 +199,6 @@ impl Store for EtcdStore {
             )),
         }];
         let mut ops: Vec<(Vec<u8>, Option<Vec<u8>>)> = Vec::new();
-        let mut touched: Vec<(Vec<u8>, bool)> = Vec::new();
         let mut counter = None;
         for w in writes {
             let (key, value) = match w {
@@ -225,7 +214,7 @@ impl Store for EtcdStore {
                     (self.key("counter"), Some(value))
                 }
             };
-            if !touched.iter().any(|(k, _)| *k == key) {
+            if !ops.iter().any(|(k, _)| *k == key) {
                 compare.push(Compare {
                     result: compare::CompareResult::Equal as i32,
                     target: compare::CompareTarget::Mod as i32,
@@ -235,13 +224,13 @@ impl Store for EtcdStore {
                     )),
                 });
             }
-            touched.retain(|(k, _)| *k != key);
-            touched.push((key.clone(), value.is_some()));
             // A batch may write one record several times; etcd takes one
             // operation per key in a transaction: the last one wins.
             ops.retain(|(k, _)| *k != key);
             ops.push((key, value));
         }
+        let touched: Vec<(Vec<u8>, bool)> =
+            ops.iter().map(|(k, v)| (k.clone(), v.is_some())).collect();
         let success: Vec<RequestOp> = ops
             .into_iter()
             .map(|(key, value)| RequestOp {

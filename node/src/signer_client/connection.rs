@@ -740,38 +740,11 @@ impl SignerConnection {
 
     /// Notes that the signer refused a request LDK keeps pending because
     /// its state is older than it should be (`state-rollback-detected`).
+    /// The signer is restarted on its latest state to get out of that; its
+    /// greeting then clears this and marks what LDK left pending for a
+    /// retry (the signer watch's ping finds the restarted signer).
     pub fn mark_rolled_back(&self) {
         self.rolled_back.store(true, Ordering::SeqCst);
-    }
-
-    /// After [`Self::mark_rolled_back`]: greets the signer again, and once
-    /// it no longer refuses (the operator restored its latest state),
-    /// marks what LDK left pending for a retry. True when it did.
-    pub fn recheck_rollback(&self) -> bool {
-        if !self.rolled_back.load(Ordering::SeqCst) {
-            return false;
-        }
-        let hello = request::Body::Info(lnpd_proto::signer::InfoRequest {
-            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
-            seen_state_counter: self.seen_state_counter(),
-        });
-        match self.call(hello, Duration::from_secs(5)) {
-            Ok(reply::Body::Info(i)) if i.rollback.is_empty() => {
-                if let Ok(mut r) = self.rollback.lock() {
-                    *r = None;
-                }
-                self.rolled_back.store(false, Ordering::SeqCst);
-                self.mark_pending();
-                true
-            }
-            Ok(reply::Body::Info(i)) => {
-                if let Ok(mut r) = self.rollback.lock() {
-                    *r = Some(i.rollback);
-                }
-                false
-            }
-            _ => false,
-        }
     }
 
     /// Queues a request the node has already answered for; it goes to the

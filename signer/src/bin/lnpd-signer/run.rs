@@ -113,7 +113,6 @@ pub(crate) async fn run(
         }
     }
     println!("listening on {local}");
-    let shutdown = shutdown_signal();
     let audit = lnpd_signer::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let writer = witness.spawn_writer()?;
@@ -122,19 +121,10 @@ pub(crate) async fn run(
         .with_allowlist(dir.allowlist())
         .with_approvals(dir.approvals(), config.approval_timeout())
         .with_witness(witness.clone());
-    let served = server::serve(
-        service,
-        listener,
-        tls_config,
-        config.server.limits()?,
-        shutdown,
+    serve_until_shutdown(
+        service, listener, tls_config, &config, &dir, &witness, writer,
     )
-    .await;
-    witness.stop();
-    let _ = writer.join();
-    served?;
-    let _ = std::fs::remove_file(dir.listen_addr_file());
-    Ok(())
+    .await
 }
 
 /// Checks a freshly opened signer against this machine's witness (the
@@ -267,6 +257,23 @@ pub(crate) async fn run_replica(
         open,
         witness.clone(),
     );
+    serve_until_shutdown(
+        service, listener, tls_config, &config, &dir, &witness, writer,
+    )
+    .await
+}
+
+/// Serves until Ctrl-C or SIGTERM, then brings the witness up to date and
+/// removes the address file.
+async fn serve_until_shutdown<B: server::Backend>(
+    service: B,
+    listener: tokio::net::TcpListener,
+    tls_config: tonic::transport::ServerTlsConfig,
+    config: &ConfigFile,
+    dir: &DataDir,
+    witness: &lnpd_signer::witness::Witness,
+    writer: std::thread::JoinHandle<()>,
+) -> Result<()> {
     let served = server::serve(
         service,
         listener,
