@@ -124,13 +124,21 @@ pub async fn call_counted(
     body: request::Body,
     seen: &AtomicU64,
 ) -> Result<Result<reply::Body, SignerError>, Status> {
-    let reply = client
-        .call(Request {
+    // Polls only for what the signer answers at once (`Body::quick`).
+    let window = if body.quick() {
+        crate::busy_poll::window()
+    } else {
+        std::time::Duration::ZERO
+    };
+    let reply = crate::busy_poll::await_polling(
+        window,
+        client.call(Request {
             id: 0,
             body: Some(body),
-        })
-        .await?
-        .into_inner();
+        }),
+    )
+    .await?
+    .into_inner();
     seen.fetch_max(reply.state_counter, Ordering::SeqCst);
     Ok(reply.into_result())
 }

@@ -105,6 +105,24 @@ impl Body {
         ChannelKeysId::from_slice(id).ok()
     }
 
+    /// Whether the signer answers at once: a key operation or a public
+    /// value, with no durable write and no transaction to rebuild. The
+    /// node's transport polls for these replies instead of sleeping (see
+    /// `busy_poll`); for the others it would only take CPU time from a
+    /// signer on the same machine while it writes.
+    pub fn quick(&self) -> bool {
+        use Body as Q;
+        matches!(
+            self,
+            Q::Ecdh(_)
+                | Q::GetPerCommitmentPoint(_)
+                | Q::GetNodeId(_)
+                | Q::GetChannelPublicKeys(_)
+                | Q::SignGossip(_)
+                | Q::Ping(_)
+        )
+    }
+
     /// Whether the request may be sent in a `Batch` (see `BatchRequest` in
     /// signer.proto): the channel-state requests whose only effect is on
     /// their channel's record.

@@ -45,6 +45,9 @@ redacted_debug!(
     EcdhReply
 );
 
+/// Bounded busy-polling of the round trip (node and signer daemon).
+#[cfg(feature = "grpc")]
+pub mod busy_poll;
 /// Client helpers for `signer.proto` (mutual TLS, the envelope).
 #[cfg(feature = "grpc")]
 pub mod client;

@@ -35,6 +35,16 @@ pub trait Backend: Send + Sync + 'static {
     fn state_counter(&self) -> u64 {
         0
     }
+    /// Whether concurrent batchable requests may be served together
+    /// ([`Backend::call_group`]: one durable write for all of them).
+    fn groups(&self) -> bool {
+        false
+    }
+    /// Batchable requests that arrived together, from independent callers:
+    /// each handled as if alone, one durable write for all (group commit).
+    fn call_group(&self, bodies: Vec<request::Body>) -> Vec<Result<reply::Body, SignerError>> {
+        bodies.into_iter().map(|b| self.call(b)).collect()
+    }
 }
 
 /// Runs `f`, handing the runtime thread over first if `long`.
@@ -46,8 +56,81 @@ fn run_blocking<T>(long: bool, f: impl FnOnce() -> T) -> T {
     }
 }
 
-/// A [`Backend`] as the tonic service.
-pub struct Grpc<B: Backend>(pub B);
+/// A [`Backend`] as the tonic service; keeps the runtime thread polling
+/// for a short while after each answer (see `lnpd_proto::busy_poll`).
+pub struct Grpc<B: Backend> {
+    backend: Arc<B>,
+    awake: Arc<lnpd_proto::busy_poll::Awake>,
+    group: Arc<Mutex<Group>>,
+}
+
+/// Requests waiting for the group commit, and whether a task drains them.
+#[derive(Default)]
+struct Group {
+    waiting: Vec<(
+        request::Body,
+        tokio::sync::oneshot::Sender<Result<reply::Body, SignerError>>,
+    )>,
+    draining: bool,
+}
+
+impl<B: Backend> Grpc<B> {
+    /// Serves a batchable request with whatever else arrived meanwhile:
+    /// the first waiting request starts a task that takes every waiting
+    /// request, serves them with one durable write, and repeats until none
+    /// waits (requests that arrive during a write are the next group).
+    async fn grouped(&self, body: request::Body) -> Result<reply::Body, SignerError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut g = self
+                .group
+                .lock()
+                .map_err(|_| SignerError::internal("request queue lock poisoned"))?;
+            g.waiting.push((body, tx));
+            !std::mem::replace(&mut g.draining, true)
+        };
+        if start {
+            // A task of its own: a caller that goes away (its request
+            // future dropped) must not strand the others.
+            let (backend, group) = (self.backend.clone(), self.group.clone());
+            tokio::spawn(async move {
+                // Lets requests that already arrived join this group.
+                tokio::task::yield_now().await;
+                drain(&*backend, &group);
+            });
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(SignerError::internal("the request was dropped unanswered")))
+    }
+}
+
+/// Serves waiting requests, group by group, until none waits.
+fn drain<B: Backend>(backend: &B, group: &Mutex<Group>) {
+    loop {
+        let taken = match group.lock() {
+            Ok(mut g) if g.waiting.is_empty() => {
+                g.draining = false;
+                return;
+            }
+            Ok(mut g) => {
+                let n = g.waiting.len().min(lnpd_proto::MAX_BATCH);
+                g.waiting.drain(..n).collect::<Vec<_>>()
+            }
+            Err(_) => return, // a panic while holding it: the senders drop, callers get an error
+        };
+        let (bodies, senders): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
+        let results = run_blocking(backend.may_block_long(), || {
+            if bodies.len() == 1 {
+                bodies.into_iter().map(|b| backend.call(b)).collect()
+            } else {
+                backend.call_group(bodies)
+            }
+        });
+        for (tx, r) in senders.into_iter().zip(results) {
+            let _ = tx.send(r);
+        }
+    }
+}
 
 /// The tonic service wrapping a [`Signer`]: the active one, or none while
 /// this replica stands by (replicas, see `lnpd-signer run --store etcd://`).
@@ -392,6 +475,21 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
         self.with_active(false, |signer| self.batch_active(signer, bodies))
     }
+
+    fn groups(&self) -> bool {
+        true
+    }
+
+    /// A batch whose requests came from independent callers: each gets
+    /// its own result (a refusal refuses that request alone, and is
+    /// audited), and a failed write fails them all (none of them applied).
+    fn call_group(&self, bodies: Vec<request::Body>) -> Vec<Result<reply::Body, SignerError>> {
+        let n = bodies.len();
+        match self.with_active(false, |signer| self.batch_active(signer, bodies)) {
+            Ok(results) => results,
+            Err(e) => (0..n).map(|_| Err(e.clone())).collect(),
+        }
+    }
 }
 
 impl<S: Store> SignerService<S> {
@@ -441,12 +539,16 @@ fn unix_now() -> u64 {
 impl<B: Backend> signer_server::Signer for Grpc<B> {
     async fn call(&self, request: Request<pb::Request>) -> Result<Response<pb::Reply>, Status> {
         let req = request.into_inner();
+        let b = &self.backend;
         let result = match req.body {
-            Some(body) => run_blocking(self.0.may_block_long(), || self.0.call(body)),
+            Some(body) if b.groups() && body.batchable() => self.grouped(body).await,
+            Some(body) => run_blocking(b.may_block_long(), || b.call(body)),
             None => Err(SignerError::invalid("empty request")),
         };
+
+        self.awake.touch();
         Ok(Response::new(
-            pb::Reply::from_result(req.id, result).with_state_counter(self.0.state_counter()),
+            pb::Reply::from_result(req.id, result).with_state_counter(b.state_counter()),
         ))
     }
 
@@ -457,11 +559,13 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let requests = request.into_inner().requests;
         let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
         let bodies: Option<Vec<request::Body>> = requests.into_iter().map(|r| r.body).collect();
+        let b = &self.backend;
         let results = match bodies {
-            Some(bodies) => run_blocking(self.0.may_block_long(), || self.0.call_batch(bodies)),
+            Some(bodies) => run_blocking(b.may_block_long(), || b.call_batch(bodies)),
             None => Err(SignerError::invalid("a batched request has no body")),
         };
-        let counter = self.0.state_counter();
+        self.awake.touch();
+        let counter = b.state_counter();
         let replies = match results {
             Ok(results) => ids
                 .into_iter()
@@ -510,17 +614,32 @@ pub async fn serve<B: Backend>(
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    tonic::transport::Server::builder()
+    // Polls for the node's next request a short while after each answer
+    // (the window is the process's, `--busy-poll-us`).
+    let awake = Arc::new(lnpd_proto::busy_poll::Awake::new(
+        lnpd_proto::busy_poll::window(),
+    ));
+    let keeper = {
+        let awake = awake.clone();
+        tokio::spawn(async move { awake.run().await })
+    };
+    let served = tonic::transport::Server::builder()
         .tls_config(tls.timeout(limits.handshake_timeout))?
         // A peer that vanished without closing is found out and dropped.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(
-            signer_server::SignerServer::new(Grpc(service))
-                .max_decoding_message_size(lnpd_signer_core::MAX_REQUEST_BYTES),
+            signer_server::SignerServer::new(Grpc {
+                backend: Arc::new(service),
+                awake,
+                group: Arc::default(),
+            })
+            .max_decoding_message_size(lnpd_signer_core::MAX_REQUEST_BYTES),
         )
         .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
-        .await
+        .await;
+    keeper.abort();
+    served
 }
 
 /// Connections held, in all and by address.

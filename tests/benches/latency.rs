@@ -3,11 +3,18 @@
 //! state in redb (one machine) and in a 3-member etcd cluster on loopback
 //! (replicated; each write is a quorum-acknowledged transaction).
 //!
-//! `cargo bench -p lnpd-signer --bench latency` prints p50/p99 of:
+//! `cargo bench -p lnpd-tests --bench latency` prints, for each set-up, the
+//! median over repeated runs (`--runs R`, default 5) of each run's p50, with
+//! the runs' min–max, and the median p99:
 //! - sign counterparty commitment with 0 and 20 HTLCs (rebuild, policy,
 //!   durable write of the new state, signatures);
 //! - ECDH;
-//! - the same signing with an in-memory store, to isolate the CPU cost.
+//! - the same signing with an in-memory store, to isolate the CPU cost;
+//! - the floor measured in the same runs: one redb commit of a 4 KiB
+//!   record with fsync, and one ECDSA signature.
+//!
+//! `--only floor|durable|memory|grpc|grpc-sleeping|etcd[,...]` runs those
+//! set-ups (for profiling); `--htlcs 0|20` one of the signing figures.
 
 use std::time::{Duration, Instant};
 
@@ -37,26 +44,14 @@ const WARMUP: usize = 20;
 struct Figures {
     p50: Duration,
     p99: Duration,
-    mean: Duration,
 }
 
 fn figures(mut d: Vec<Duration>) -> Figures {
     d.sort();
-    let mean = d.iter().sum::<Duration>() / d.len() as u32;
     Figures {
         p50: d[d.len() / 2],
         p99: d[(d.len() * 99) / 100],
-        mean,
     }
-}
-
-fn show(name: &str, f: &Figures) {
-    println!(
-        "{name:<48} p50 {:>8.1} µs   p99 {:>8.1} µs   mean {:>8.1} µs",
-        us(f.p50),
-        us(f.p99),
-        us(f.mean)
-    );
 }
 
 fn us(d: Duration) -> f64 {
@@ -133,99 +128,322 @@ fn durable_signer(dir: &TempDir, tag: u8) -> Signer<RedbStore> {
     .expect("signer")
 }
 
+/// One figure's p50s and p99s over the runs.
+#[derive(Default)]
+struct Series {
+    p50: Vec<Duration>,
+    p99: Vec<Duration>,
+}
+
+impl Series {
+    fn add(&mut self, f: Figures) {
+        self.p50.push(f.p50);
+        self.p99.push(f.p99);
+    }
+    /// Median of the runs' p50s.
+    fn p50(&self) -> Duration {
+        median(&self.p50)
+    }
+}
+
+fn median(d: &[Duration]) -> Duration {
+    let mut d = d.to_vec();
+    d.sort();
+    d[d.len() / 2]
+}
+
+/// The figures of every set-up, in the order they were first measured.
+#[derive(Default)]
+struct Table(Vec<(String, Series)>);
+
+impl Table {
+    fn add(&mut self, name: &str, f: Figures) {
+        match self.0.iter_mut().find(|(n, _)| n == name) {
+            Some((_, s)) => s.add(f),
+            None => {
+                let mut s = Series::default();
+                s.add(f);
+                self.0.push((name.to_string(), s));
+            }
+        }
+    }
+    fn get(&self, name: &str) -> Option<&Series> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+    fn print(&self) {
+        for (name, s) in &self.0 {
+            let (lo, hi) = (
+                s.p50.iter().min().copied().unwrap_or_default(),
+                s.p50.iter().max().copied().unwrap_or_default(),
+            );
+            println!(
+                "{name:<48} p50 {:>8.1} µs ({:>7.1}–{:<7.1})   p99 {:>8.1} µs",
+                us(s.p50()),
+                us(lo),
+                us(hi),
+                us(median(&s.p99)),
+            );
+        }
+    }
+}
+
+/// One redb commit of a 4 KiB value with fsync: the durable write alone
+/// (`second_table`: plus 8 bytes in another table, as a counter kept apart).
+fn bench_write(dir: &TempDir, second_table: bool) -> Figures {
+    let path = dir.path.join(format!("floor-{second_table}.redb"));
+    let db = redb::Database::create(&path).expect("floor database");
+    let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("floor");
+    let other: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("other");
+    let value = vec![7u8; 4096];
+    let mut samples = Vec::with_capacity(iterations());
+    for i in 0..WARMUP + iterations() {
+        let t = Instant::now();
+        let tx = db.begin_write().expect("begin");
+        {
+            let mut t = tx.open_table(table).expect("table");
+            t.insert(&b"record"[..], &value[..]).expect("insert");
+            if second_table {
+                let mut t = tx.open_table(other).expect("table");
+                t.insert(&b"counter"[..], &i.to_be_bytes()[..])
+                    .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+        if i >= WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    figures(samples)
+}
+
+/// One ECDSA signature (RFC 6979), what each signed transaction needs.
+fn bench_signature() -> Figures {
+    use bitcoin::secp256k1::{Message, Secp256k1, SecretKey};
+    let secp = Secp256k1::new();
+    let key = SecretKey::from_slice(&[5u8; 32]).expect("key");
+    let mut samples = Vec::with_capacity(iterations());
+    for i in 0..WARMUP + iterations() {
+        let msg = Message::from_digest([i as u8; 32]);
+        let t = Instant::now();
+        std::hint::black_box(secp.sign_ecdsa(&msg, &key));
+        if i >= WARMUP {
+            samples.push(t.elapsed());
+        }
+    }
+    figures(samples)
+}
+
+fn arg_value(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
 fn main() {
     // The daemon binary is found next to this bench's directory (build it
     // first: `cargo build --release -p lnpd-signer --bins`), or at
     // `LNPD_SIGNER_BIN`.
-    if std::env::args().any(|a| a == "--list") {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
         return; // `cargo bench -- --list`: nothing to list
     }
+    let runs: usize = arg_value(&args, "--runs")
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(if iterations() > 5 { 5 } else { 1 })
+        .max(1);
+    let only = arg_value(&args, "--only");
+    // `--client-poll-us N`: this process's polling window as the node's
+    // transport (the daemons keep theirs).
+    if let Some(us) = arg_value(&args, "--client-poll-us").and_then(|v| v.parse().ok()) {
+        lnpd_proto::busy_poll::set_window(Duration::from_micros(us));
+    }
+    let run = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|o| o == name))
+    };
+    // `--htlcs 0|20`: one of the signing figures (for profiling).
+    let htlc_counts: Vec<usize> = match arg_value(&args, "--htlcs").and_then(|h| h.parse().ok()) {
+        Some(h) => vec![h],
+        None => vec![0, 20],
+    };
     println!(
-        "lnpd-signer latency ({} samples each; durable state write included)\n",
+        "lnpd-signer latency: {runs} runs of {} samples per figure; p50 is the median of the runs' p50s (min–max), p99 the median of their p99s\n",
         iterations()
     );
     let dir = TempDir::new("bench");
 
-    show(
-        "in-process  sign counterparty commitment, 0 HTLC",
-        &bench_sign(Box::new(durable_signer(&dir, 11)), 0),
-    );
-    show(
-        "in-process  sign counterparty commitment, 20 HTLC",
-        &bench_sign(Box::new(durable_signer(&dir, 12)), 20),
-    );
-    show(
-        "in-process  ECDH",
-        &bench_ecdh(&mut durable_signer(&dir, 13)),
-    );
-    // Without the durable write: the cost of rebuilding, policy and
-    // signatures alone (what a device without a disk pays).
-    show(
-        "in-memory   sign counterparty commitment, 0 HTLC",
-        &bench_sign(Box::new(memory_signer(14, PolicyConfig::default())), 0),
-    );
-    show(
-        "in-memory   sign counterparty commitment, 20 HTLC",
-        &bench_sign(Box::new(memory_signer(15, PolicyConfig::default())), 20),
-    );
-
-    let mut process = SignerProcess::init("bench-grpc").expect("init signer");
-    process.start().expect("start signer");
-    let redb = grpc_figures(&process, "gRPC+mTLS  ");
-    drop(process);
-
+    let grpc = if run("grpc") {
+        let mut p = SignerProcess::init("bench-grpc").expect("init signer");
+        p.start().expect("start signer");
+        Some(p)
+    } else {
+        None
+    };
+    // The same without busy-polling at either end (`--busy-poll-us 0`).
+    let sleeping = if run("grpc-sleeping") {
+        let mut p = SignerProcess::init("bench-grpc-sleeping")
+            .expect("init signer")
+            .with_run_args(&["--busy-poll-us", "0"]);
+        p.start().expect("start signer");
+        Some(p)
+    } else {
+        None
+    };
     // The same daemon with its state in etcd. Skipped, and said so, where
     // etcd is not installed (`scripts/test` installs it).
-    let etcd = match EtcdCluster::start("bench", 3) {
-        Ok(c) => c,
-        Err(e) => {
-            println!("\netcd set-up skipped: {e}");
-            return targets();
+    let mut etcd_note = None;
+    let etcd = if run("etcd") {
+        match EtcdCluster::start("bench", 3) {
+            Ok(cluster) => {
+                let mut p = SignerProcess::init("bench-etcd")
+                    .expect("init signer")
+                    .with_run_args(&["--store", &format!("{}/bench", cluster.url())]);
+                p.start().expect("start signer");
+                p.wait_serving(Duration::from_secs(30))
+                    .expect("the replica becomes active");
+                Some((cluster, p))
+            }
+            Err(e) => {
+                etcd_note = Some(format!("etcd set-up skipped: {e}"));
+                None
+            }
         }
+    } else {
+        None
     };
-    let mut process = SignerProcess::init("bench-etcd")
-        .expect("init signer")
-        .with_run_args(&["--store", &format!("{}/bench", etcd.url())]);
-    process.start().expect("start signer");
-    process
-        .wait_serving(Duration::from_secs(30))
-        .expect("the replica becomes active");
-    let replicated = grpc_figures(&process, "gRPC+etcd  ");
-    println!("\netcd (3 members) against redb, p50:");
-    for (name, (r, e)) in ["sign, 0 HTLC", "sign, 20 HTLC", "ECDH"]
-        .iter()
-        .zip(redb.iter().zip(&replicated))
-    {
-        println!(
-            "  {name:<14} {:>8.1} µs vs {:>8.1} µs   x{:.2}",
-            us(e.p50),
-            us(r.p50),
-            e.p50.as_secs_f64() / r.p50.as_secs_f64()
-        );
+
+    let mut table = Table::default();
+    let mut tag = 10u8;
+    let mut next_tag = || {
+        tag = tag.wrapping_add(1);
+        tag
+    };
+    for _ in 0..runs {
+        if run("floor") {
+            table.add(
+                "floor       redb commit, 4 KiB, fsync",
+                bench_write(&dir, false),
+            );
+            table.add(
+                "floor       the same + 8 bytes in a second table",
+                bench_write(&dir, true),
+            );
+            table.add("floor       one ECDSA signature", bench_signature());
+        }
+        if run("durable") {
+            for &htlcs in &htlc_counts {
+                table.add(
+                    &format!("in-process  sign counterparty commitment, {htlcs} HTLC"),
+                    bench_sign(Box::new(durable_signer(&dir, next_tag())), htlcs),
+                );
+            }
+            table.add(
+                "in-process  ECDH",
+                bench_ecdh(&mut durable_signer(&dir, next_tag())),
+            );
+        }
+        if run("memory") {
+            // Without the durable write: the cost of rebuilding, policy and
+            // signatures alone (what a device without a disk pays).
+            for &htlcs in &htlc_counts {
+                table.add(
+                    &format!("in-memory   sign counterparty commitment, {htlcs} HTLC"),
+                    bench_sign(
+                        Box::new(memory_signer(next_tag(), PolicyConfig::default())),
+                        htlcs,
+                    ),
+                );
+            }
+        }
+        if let Some(p) = &grpc {
+            grpc_figures(&mut table, p, "gRPC+mTLS  ");
+        }
+        if let Some(p) = &sleeping {
+            let window = lnpd_proto::busy_poll::window();
+            lnpd_proto::busy_poll::set_window(Duration::ZERO);
+            grpc_figures(&mut table, p, "no polling ");
+            lnpd_proto::busy_poll::set_window(window);
+        }
+        if let Some((_, p)) = &etcd {
+            grpc_figures(&mut table, p, "gRPC+etcd  ");
+        }
     }
-    targets();
+    table.print();
+    if let Some(note) = etcd_note {
+        println!("\n{note}");
+    }
+    if etcd.is_some() && grpc.is_some() {
+        println!("\netcd (3 members) against redb, p50:");
+        for name in [
+            "sign counterparty commitment, 0 HTLC",
+            "sign counterparty commitment, 20 HTLC",
+            "ECDH round trip",
+        ] {
+            if let (Some(r), Some(e)) = (
+                table.get(&format!("gRPC+mTLS   {name}")),
+                table.get(&format!("gRPC+etcd   {name}")),
+            ) {
+                println!(
+                    "  {name:<40} {:>8.1} µs vs {:>8.1} µs   x{:.2}",
+                    us(e.p50()),
+                    us(r.p50()),
+                    e.p50().as_secs_f64() / r.p50().as_secs_f64()
+                );
+            }
+        }
+    }
+    targets(&table);
 }
 
 /// The gRPC figures of a running daemon: signing with 0 and 20 HTLCs, ECDH.
-fn grpc_figures(process: &SignerProcess, label: &str) -> [Figures; 3] {
-    let figures = [
-        bench_sign(Box::new(process.client().expect("client")), 0),
-        bench_sign(Box::new(process.client().expect("client")), 20),
-        bench_ecdh(&mut process.client().expect("client")),
-    ];
-    for (name, f) in [
-        "sign counterparty commitment, 0 HTLC",
-        "sign counterparty commitment, 20 HTLC",
-        "ECDH round trip",
-    ]
-    .iter()
-    .zip(&figures)
-    {
-        show(&format!("{label} {name}"), f);
+fn grpc_figures(table: &mut Table, process: &SignerProcess, label: &str) {
+    for htlcs in [0, 20] {
+        table.add(
+            &format!("{label} sign counterparty commitment, {htlcs} HTLC"),
+            bench_sign(Box::new(process.client().expect("client")), htlcs),
+        );
     }
-    figures
+    table.add(
+        &format!("{label} ECDH round trip"),
+        bench_ecdh(&mut process.client().expect("client")),
+    );
 }
 
-fn targets() {
-    println!("\ntargets (2 cores): gRPC p50 <= 800 µs at 0 HTLC, <= 2000 µs at 20 HTLC; ECDH p50 <= 200 µs");
+/// The targets, checked against this run's medians.
+fn targets(table: &Table) {
+    println!("\ntargets (p50, 2 cores):");
+    let p50 = |name: &str| table.get(name).map(|s| s.p50());
+    let check = |what: &str, got: Option<Duration>, limit: Option<Duration>| {
+        if let (Some(g), Some(l)) = (got, limit) {
+            println!(
+                "  {what:<58} {:>8.1} µs <= {:>8.1} µs  {}",
+                us(g),
+                us(l),
+                if g <= l { "met" } else { "NOT met" }
+            );
+        }
+    };
+    let floor = p50("floor       redb commit, 4 KiB, fsync")
+        .zip(p50("floor       one ECDSA signature"))
+        .map(|(w, s)| (w + s) * 3 / 2);
+    check(
+        "in-process sign, 0 HTLC <= 1.5 x (write + signature)",
+        p50("in-process  sign counterparty commitment, 0 HTLC"),
+        floor,
+    );
+    check(
+        "gRPC sign, 0 HTLC",
+        p50("gRPC+mTLS   sign counterparty commitment, 0 HTLC"),
+        Some(Duration::from_micros(600)),
+    );
+    check(
+        "gRPC sign, 20 HTLC",
+        p50("gRPC+mTLS   sign counterparty commitment, 20 HTLC"),
+        Some(Duration::from_micros(1300)),
+    );
+    check(
+        "gRPC ECDH round trip",
+        p50("gRPC+mTLS   ECDH round trip"),
+        Some(Duration::from_micros(150)),
+    );
 }

@@ -464,6 +464,41 @@ impl RemoteSigner {
         Ok(RemoteSigner { rt, client })
     }
 
+    /// The daemon's `Info` (also the node's greeting).
+    pub fn info(&mut self) -> Result<lnpd_proto::signer::InfoReply, SignerError> {
+        match self.call(request::Body::Info(lnpd_proto::signer::InfoRequest {
+            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
+            ..Default::default()
+        }))? {
+            reply::Body::Info(r) => Ok(r),
+            _ => Err(SignerError::internal("unexpected reply variant")),
+        }
+    }
+
+    /// Sends every request at once, each on its own stream of this
+    /// connection (as several channels of a node do); their results in
+    /// order.
+    pub fn call_together(
+        &mut self,
+        bodies: Vec<request::Body>,
+    ) -> Vec<Result<reply::Body, SignerError>> {
+        self.rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, body) in bodies.into_iter().enumerate() {
+                let mut client = self.client.clone();
+                tasks.spawn(async move {
+                    let r = signer_client::call(&mut client, body)
+                        .await
+                        .unwrap_or_else(|s| Err(transport_error(&s)));
+                    (i, r)
+                });
+            }
+            let mut results: Vec<_> = tasks.join_all().await;
+            results.sort_by_key(|(i, _)| *i);
+            results.into_iter().map(|(_, r)| r).collect()
+        })
+    }
+
     /// One call; a transport failure (the request may not have reached
     /// the signer) reads as `Unavailable`.
     pub fn call(&mut self, body: request::Body) -> Result<reply::Body, SignerError> {

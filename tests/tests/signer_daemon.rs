@@ -386,13 +386,7 @@ fn signs_nothing_before_the_nodes_greeting() {
 
     let mut signer = SignerProcess::init("greeting").unwrap();
     let addr = signer.start().unwrap();
-    let info = |c: &mut RemoteSigner| {
-        call!(c, Info(pb::InfoRequest {
-            protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
-            ..Default::default()
-        }) => Info)
-        .unwrap()
-    };
+    let info = |c: &mut RemoteSigner| c.info().unwrap();
     let mut last = None;
     for round in 0..2 {
         let mut c = RemoteSigner::connect_ungreeted(&addr, &signer.node_tls()).unwrap();
@@ -432,5 +426,74 @@ fn signs_nothing_before_the_nodes_greeting() {
         // Started again: it waits for the greeting again.
         signer.kill9();
         signer.restart().unwrap();
+    }
+}
+
+/// Requests of several channels that arrive together are made durable in
+/// one write (group commit), each answered as if alone: a refused one
+/// refuses only itself, with its rule, and changes nothing; the others'
+/// state was on disk before their replies left.
+#[test]
+fn concurrent_channels_share_one_durable_write() {
+    use lnpd_signer_core::testing::SignerHandle;
+
+    let mut alice = SignerProcess::init("group").unwrap();
+    let addr = alice.start().unwrap();
+    let mut pairs: Vec<ChannelPair> = (0..4u8)
+        .map(|i| {
+            let mut p = ChannelPair::open(
+                Box::new(alice.client().unwrap()),
+                Box::new(memory_signer(20 + i, PolicyConfig::default())),
+                PairOptions::default(),
+            )
+            .unwrap();
+            p.advance().unwrap();
+            p
+        })
+        .collect();
+    let requests: Vec<_> = pairs
+        .iter_mut()
+        .map(|p| lnpd_signer_core::testing::next_counterparty_request(p).unwrap())
+        .collect();
+    // Channel 0's request moves our balance to the peer without an HTLC:
+    // refused alone.
+    let mut taking = requests[0].clone();
+    if let Some(c) = taking.commitment.as_mut() {
+        c.to_countersignatory_value_sat -= 100_000;
+        c.to_broadcaster_value_sat += 100_000;
+        c.transaction = pairs[0].built_transaction(false, c);
+    }
+    let mut together = RemoteSigner::connect(&addr, &alice.node_tls()).unwrap();
+    let counter = |c: &mut RemoteSigner| c.info().unwrap().state_counter;
+    let before = counter(&mut together);
+    let mut bodies = vec![request::Body::SignCounterpartyCommitment(taking)];
+    bodies.extend(
+        requests[1..]
+            .iter()
+            .cloned()
+            .map(request::Body::SignCounterpartyCommitment),
+    );
+    let results = together.call_together(bodies);
+    let after = counter(&mut together);
+    match &results[0] {
+        Err(e) => assert_eq!(e.rule, Some(RuleId::CommitmentBalanceConserved), "{e:?}"),
+        Ok(r) => panic!("a commitment taking our balance was signed: {r:?}"),
+    }
+    assert!(results[1..].iter().all(|r| r.is_ok()), "{results:?}");
+    // Three signatures, each needing a write: fewer writes than that.
+    assert!(
+        after > before && after - before < 3,
+        "three requests took {} durable writes",
+        after - before
+    );
+    // Killed right after the replies: the three states were on disk (the
+    // same commitments are signed again, not refused as a rewind), and
+    // channel 0 is where it was (its next commitment is signed).
+    alice.kill9();
+    let addr = alice.start().unwrap();
+    let mut again = RemoteSigner::connect(&addr, &alice.node_tls()).unwrap();
+    for (i, req) in requests.into_iter().enumerate() {
+        let signed = call!(again, SignCounterpartyCommitment(req) => SignCounterpartyCommitment);
+        assert!(signed.is_ok(), "channel {i}: {signed:?}");
     }
 }

@@ -53,13 +53,7 @@ fn new_keys_id(s: &SignerProcess) -> Result<(), SignerError> {
 }
 
 fn state_counter(s: &SignerProcess) -> u64 {
-    let mut c = s.client().unwrap();
-    call!(c, Info(pb::InfoRequest {
-        protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
-        ..Default::default()
-    }) => Info)
-    .unwrap()
-    .state_counter
+    s.client().unwrap().info().unwrap().state_counter
 }
 
 /// The counter in a replica's `state.witness` ("TAG N").

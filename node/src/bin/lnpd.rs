@@ -60,9 +60,16 @@ struct Cli {
     /// Log filter, e.g. "info" or "lnpd_node=debug,ldk=info".
     #[arg(long, default_value = "info")]
     log: String,
+    /// While waiting for the signer's reply to a quick request (ECDH, a
+    /// per-commitment point), keep polling for this many microseconds
+    /// before sleeping (0: off). On a virtual machine this saves the host's
+    /// wake-up of an idle CPU on every such round trip.
+    #[arg(long, default_value_t = lnpd_proto::busy_poll::DEFAULT_WINDOW.as_micros() as u64)]
+    signer_busy_poll_us: u64,
 }
 
 async fn run(cli: Cli) -> Result<()> {
+    lnpd_proto::busy_poll::set_window(std::time::Duration::from_micros(cli.signer_busy_poll_us));
     let data_dir = lnpd_node::config::expand_home(&cli.data_dir);
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;

@@ -303,3 +303,43 @@ impl KeyRing {
 pub fn payment_hash(preimage: &[u8; 32]) -> PaymentHash {
     PaymentHash(sha256::Hash::hash(preimage).to_byte_array())
 }
+
+/// BOLT 3's per-commitment private key, `base_secret + SHA256(point ||
+/// base_point)`, with the base point given (the signer keeps it): one hash
+/// and a scalar addition, where LDK's `derive_private_key` first multiplies
+/// the base secret to find the base point again.
+pub fn derive_private_key(
+    per_commitment_point: &PublicKey,
+    base_secret: &SecretKey,
+    base_point: &PublicKey,
+) -> Result<SecretKey, SignerError> {
+    let mut sha = sha256::Hash::engine();
+    sha.input(&per_commitment_point.serialize());
+    sha.input(&base_point.serialize());
+    let tweak = sha256::Hash::from_engine(sha).to_byte_array();
+    let scalar = bitcoin::secp256k1::Scalar::from_be_bytes(tweak)
+        .map_err(|_| SignerError::internal("per-commitment tweak out of range"))?;
+    base_secret
+        .add_tweak(&scalar)
+        .map_err(|_| SignerError::internal("per-commitment key tweak failed"))
+}
+
+#[cfg(test)]
+mod derive_tests {
+    #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+    use super::*;
+
+    #[test]
+    fn derive_private_key_matches_ldk() {
+        let secp = Secp256k1::new();
+        for i in 1u8..20 {
+            let base = SecretKey::from_slice(&[i; 32]).unwrap();
+            let point =
+                PublicKey::from_secret_key(&secp, &SecretKey::from_slice(&[i + 100; 32]).unwrap());
+            let ours = derive_private_key(&point, &base, &PublicKey::from_secret_key(&secp, &base))
+                .unwrap();
+            assert_eq!(ours, chan_utils::derive_private_key(&secp, &point, &base));
+        }
+    }
+}

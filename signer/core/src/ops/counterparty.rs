@@ -5,7 +5,6 @@
 use alloc::vec::Vec;
 
 use bitcoin::secp256k1::{PublicKey, SecretKey};
-use lightning::ln::chan_utils::{self};
 use lnpd_proto::signer::{self as pb};
 
 use super::shared::preimage_hashes;
@@ -111,16 +110,24 @@ impl<S: Store> Signer<S> {
         let sighash =
             commitment::funding_sighash(&trusted.built_transaction().transaction, &params)?;
         let signature = self.sign(&sighash, &secrets.funding_key);
-        let point = commitment::parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
-        let htlc_key = chan_utils::derive_private_key(&self.secp, &point, &secrets.htlc_base_key);
-        let htlc_signatures = commitment::htlc_sighashes(
+        let sighashes = commitment::htlc_sighashes(
             &tx,
             params.as_counterparty_broadcastable().contest_delay(),
             setup.is_anchors(),
-        )?
-        .iter()
-        .map(|(_, msg)| self.sign(msg, &htlc_key).serialize_compact().to_vec())
-        .collect();
+        )?;
+        let mut htlc_signatures = Vec::with_capacity(sighashes.len());
+        if !sighashes.is_empty() {
+            // Our HTLC key of this commitment, from the base point the
+            // channel's parameters already carry.
+            let htlc_key = crate::keys::derive_private_key(
+                &trusted.keys().per_commitment_point,
+                &secrets.htlc_base_key,
+                &params.holder_pubkeys.htlc_basepoint.to_public_key(),
+            )?;
+            for (_, msg) in &sighashes {
+                htlc_signatures.push(self.sign(msg, &htlc_key).serialize_compact().to_vec());
+            }
+        }
         if let Verdict::New(changes) = verdict {
             let (others, meta) = changes.apply(&mut accepted, false);
             let mut writes: Vec<_> = others.into_iter().collect();

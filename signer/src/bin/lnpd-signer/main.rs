@@ -51,20 +51,26 @@ fn main() {
             device,
             accept_older_state,
             store,
-        } => match tokio::runtime::Builder::new_multi_thread()
-            // One worker: requests are served one at a time under the
-            // signer's lock anyway, and a second worker only costs a
-            // cross-thread wake-up on every request.
-            .worker_threads(1)
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => match device {
-                Some(d) => rt.block_on(run::run_device(common, listen, log, d)),
-                None => rt.block_on(run::run_any(common, listen, log, accept_older_state, store)),
-            },
-            Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
-        },
+            busy_poll_us,
+        } => {
+            lnpd_proto::busy_poll::set_window(std::time::Duration::from_micros(busy_poll_us));
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                // One worker: requests are served one at a time under the
+                // signer's lock anyway, and a second worker only costs a
+                // cross-thread wake-up on every request.
+                .worker_threads(1)
+                .enable_all()
+                .build();
+            match rt {
+                Ok(rt) => match device {
+                    Some(d) => rt.block_on(run::run_device(common, listen, log, d)),
+                    None => {
+                        rt.block_on(run::run_any(common, listen, log, accept_older_state, store))
+                    }
+                },
+                Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
+            }
+        }
         Command::Pair {
             data_dir,
             device,
