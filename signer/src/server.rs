@@ -106,6 +106,20 @@ impl<B: Backend> Grpc<B> {
 
 /// Serves waiting requests, group by group, until none waits.
 fn drain<B: Backend>(backend: &B, group: &Mutex<Group>) {
+    /// Should the task unwind (a bug), the next request starts a new one
+    /// instead of waiting for this one for ever.
+    struct Restart<'a>(&'a Mutex<Group>);
+    impl Drop for Restart<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                if let Ok(mut g) = self.0.lock() {
+                    g.draining = false;
+                    g.waiting.clear();
+                }
+            }
+        }
+    }
+    let _restart = Restart(group);
     loop {
         let taken = match group.lock() {
             Ok(mut g) if g.waiting.is_empty() => {
@@ -542,10 +556,10 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let b = &self.backend;
         let result = match req.body {
             Some(body) if b.groups() && body.batchable() => self.grouped(body).await,
-            Some(body) => run_blocking(b.may_block_long(), || b.call(body)),
+            // What needs no write (`quick`) answers without a hand-off.
+            Some(body) => run_blocking(b.may_block_long() && !body.quick(), || b.call(body)),
             None => Err(SignerError::invalid("empty request")),
         };
-
         self.awake.touch();
         Ok(Response::new(
             pb::Reply::from_result(req.id, result).with_state_counter(b.state_counter()),
