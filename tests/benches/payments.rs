@@ -17,8 +17,10 @@
 //! the cost of signing.
 //!
 //! Run: `cargo build --workspace --bins && cargo bench -p lnpd-tests --bench payments`
-//! (`-- --payments N` to change the count, `--quick` for a short run,
-//! `--only ldk|core|grpc|etcd` for one set-up).
+//! (`-- --payments N` to change the count, `--runs R` for the number of
+//! runs of every set-up (default 3; each figure is the median of the runs,
+//! min–max beside it), `--quick` for one short run, `--only
+//! ldk|core|grpc|etcd` for one set-up).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -653,6 +655,13 @@ fn main() -> Result<()> {
             200
         });
     let windows: &[usize] = if smoke { &[2] } else { &[1, 8] };
+    let runs: usize = args
+        .iter()
+        .position(|a| a == "--runs")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(if smoke || quick { 1 } else { 3 })
+        .max(1);
     // `--only ldk|core|grpc`: one set-up (for profiling).
     let only = args
         .iter()
@@ -666,53 +675,19 @@ fn main() -> Result<()> {
         s
     };
 
-    println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement");
+    println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement, {runs} runs of every set-up (median, min–max)");
     let skipped = || Ok(vec![f64::NAN; windows.len()]);
-    let baseline = if skip("ldk") {
-        skipped()
-    } else {
-        measure::<KeysManager>(
-            |tag| {
-                let t = now();
-                Ok(Arc::new(KeysManager::new(
-                    &seed(tag),
-                    t.as_secs(),
-                    t.subsec_nanos(),
-                    true,
-                )))
-            },
-            payments,
-            windows,
-        )
-        .context("KeysManager set-up")
-    }?;
-
     let policy = PolicyConfig::default();
-    let in_process = if skip("core") {
-        skipped()
-    } else {
-        measure::<RemoteKeysManager>(
-            |tag| {
-                let core = memory_signer(seed(tag)[0], policy.clone());
-                remote_keys(SignerConnection::start_with(
-                    "in-process core",
-                    InProcessCore(core),
-                )?)
-            },
-            payments,
-            windows,
-        )
-        .context("in-process signer core set-up")
-    }?;
-
     let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
-    // One daemon per node; `store` adds `--store etcd://...` (a prefix per node).
+    let daemons = std::sync::atomic::AtomicUsize::new(0);
+    // One daemon per node; `store` adds `--store etcd://...` (a prefix per daemon).
     let daemon = |tag: &str, store: Option<&str>| -> Result<Arc<RemoteKeysManager>> {
+        let n = daemons.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut s = SignerProcess::init(&format!("bench-signer-{tag}")).context(
             "lnpd-signer init (build the binaries first: cargo build --workspace --bins)",
         )?;
         if let Some(url) = store {
-            s = s.with_run_args(&["--store", &format!("{url}/bench-{tag}")]);
+            s = s.with_run_args(&["--store", &format!("{url}/bench-{tag}-{n}")]);
         }
         let addr = s.start()?;
         s.wait_serving(Duration::from_secs(30))?;
@@ -723,16 +698,8 @@ fn main() -> Result<()> {
         }
         remote_keys(conn)
     };
-    let grpc = if skip("grpc") {
-        skipped()
-    } else {
-        measure::<RemoteKeysManager>(|tag| daemon(tag, None), payments, windows)
-            .context("gRPC signer set-up")
-    }?;
-    let grpc_trips = take_round_trips();
-
-    // The same daemons with their state in a 3-member etcd cluster on
-    // loopback (skipped, and said so, where etcd is not installed).
+    // The daemons with their state in a 3-member etcd cluster on loopback
+    // (skipped, and said so, where etcd is not installed).
     let etcd = if skip("etcd") {
         None
     } else {
@@ -744,41 +711,109 @@ fn main() -> Result<()> {
             }
         }
     };
-    let replicated = match &etcd {
-        None => skipped(),
-        Some(c) => {
-            let url = c.url();
-            measure::<RemoteKeysManager>(|tag| daemon(tag, Some(&url)), payments, windows)
-                .context("gRPC signer with etcd set-up")
+    // Figures of every run: baseline, in-process core, gRPC, gRPC + etcd.
+    let mut all: [Vec<Vec<f64>>; 4] = Default::default();
+    let mut grpc_trips = BTreeMap::new();
+    let mut etcd_trips = BTreeMap::new();
+    for _ in 0..runs {
+        let baseline = if skip("ldk") {
+            skipped()
+        } else {
+            measure::<KeysManager>(
+                |tag| {
+                    let t = now();
+                    Ok(Arc::new(KeysManager::new(
+                        &seed(tag),
+                        t.as_secs(),
+                        t.subsec_nanos(),
+                        true,
+                    )))
+                },
+                payments,
+                windows,
+            )
+            .context("KeysManager set-up")
+        }?;
+        let in_process = if skip("core") {
+            skipped()
+        } else {
+            measure::<RemoteKeysManager>(
+                |tag| {
+                    let core = memory_signer(seed(tag)[0], policy.clone());
+                    remote_keys(SignerConnection::start_with(
+                        "in-process core",
+                        InProcessCore(core),
+                    )?)
+                },
+                payments,
+                windows,
+            )
+            .context("in-process signer core set-up")
+        }?;
+        let grpc = if skip("grpc") {
+            skipped()
+        } else {
+            measure::<RemoteKeysManager>(|tag| daemon(tag, None), payments, windows)
+                .context("gRPC signer set-up")
+        }?;
+        add_trips(&mut grpc_trips, take_round_trips());
+        let replicated = match &etcd {
+            None => skipped(),
+            Some(c) => {
+                let url = c.url();
+                measure::<RemoteKeysManager>(|tag| daemon(tag, Some(&url)), payments, windows)
+                    .context("gRPC signer with etcd set-up")
+            }
+        }?;
+        add_trips(&mut etcd_trips, take_round_trips());
+        // Each run's daemons stop before the next run starts its own.
+        if let Ok(mut v) = signers.lock() {
+            v.clear();
         }
-    }?;
-    let etcd_trips = take_round_trips();
-
+        for (k, r) in [baseline, in_process, grpc, replicated]
+            .into_iter()
+            .enumerate()
+        {
+            all[k].push(r);
+        }
+    }
+    // Per window: median, min and max over the runs.
+    let stat = |k: usize, i: usize| -> (f64, f64, f64) {
+        let mut v: Vec<f64> = all[k].iter().map(|r| r[i]).collect();
+        v.sort_by(|a, b| a.total_cmp(b));
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
     println!();
     println!(
-        "{:<44} {:>8} {:>12} {:>10}",
-        "set-up", "in flight", "payments/s", "vs LDK"
+        "{:<44} {:>8} {:>22} {:>8}",
+        "set-up", "in flight", "payments/s (min–max)", "vs LDK"
     );
     for (i, w) in windows.iter().enumerate() {
-        for (name, r) in [
-            ("LDK KeysManager, in-process (baseline)", &baseline),
-            ("lnpd signer core, in-process", &in_process),
-            ("lnpd-signer over gRPC + mutual TLS", &grpc),
-            ("  the same, state in etcd (3 members)", &replicated),
-        ] {
+        for (k, name) in [
+            "LDK KeysManager, in-process (baseline)",
+            "lnpd signer core, in-process",
+            "lnpd-signer over gRPC + mutual TLS",
+            "  the same, state in etcd (3 members)",
+        ]
+        .iter()
+        .enumerate()
+        {
+            let (m, lo, hi) = stat(k, i);
             println!(
-                "{:<44} {:>8} {:>12.1} {:>9.0}%",
+                "{:<44} {:>8} {:>8.1} ({:>5.1}–{:<5.1}) {:>7.0}%",
                 name,
                 w,
-                r[i],
-                100.0 * r[i] / baseline[i]
+                m,
+                lo,
+                hi,
+                100.0 * m / stat(0, i).0
             );
         }
     }
     for (i, w) in windows.iter().enumerate() {
         println!(
             "etcd against redb, {w} in flight: x{:.2} payments/s",
-            replicated[i] / grpc[i]
+            stat(3, i).0 / stat(2, i).0
         );
     }
     for (what, trips) in [("redb", grpc_trips), ("etcd", etcd_trips)] {
@@ -795,6 +830,18 @@ fn main() -> Result<()> {
     drop(signers);
     drop(etcd);
     Ok(())
+}
+
+/// Adds one run's round trips to the whole run's.
+fn add_trips(
+    into: &mut BTreeMap<&'static str, (u32, Duration)>,
+    run: BTreeMap<&'static str, (u32, Duration)>,
+) {
+    for (op, (n, t)) in run {
+        let e = into.entry(op).or_insert((0, Duration::ZERO));
+        e.0 += n;
+        e.1 += t;
+    }
 }
 
 /// The round trips timed so far, and a fresh count for the next set-up.
