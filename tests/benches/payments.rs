@@ -20,7 +20,8 @@
 //! (`-- --payments N` to change the count, `--runs R` for the number of
 //! runs of every set-up (default 3; each figure is the median of the runs,
 //! min–max beside it), `--quick` for one short run, `--only
-//! ldk|core|grpc|etcd` for one set-up).
+//! ldk|core|grpc|etcd` for one set-up, `--busy-poll-us N` for the polling
+//! window of the daemons and the nodes' transport).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -655,6 +656,16 @@ fn main() -> Result<()> {
             200
         });
     let windows: &[usize] = if smoke { &[2] } else { &[1, 8] };
+    // `--busy-poll-us N`: the polling window of the daemons and of the
+    // nodes' transport (0: off), to compare.
+    let busy_poll = args
+        .iter()
+        .position(|a| a == "--busy-poll-us")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
+    if let Some(us) = busy_poll.as_deref().and_then(|v| v.parse().ok()) {
+        lnpd_proto::busy_poll::set_window(Duration::from_micros(us));
+    }
     let runs: usize = args
         .iter()
         .position(|a| a == "--runs")
@@ -688,6 +699,9 @@ fn main() -> Result<()> {
         )?;
         if let Some(url) = store {
             s = s.with_run_args(&["--store", &format!("{url}/bench-{tag}-{n}")]);
+        }
+        if let Some(us) = &busy_poll {
+            s = s.with_run_args(&["--busy-poll-us", us]);
         }
         let addr = s.start()?;
         s.wait_serving(Duration::from_secs(30))?;
@@ -785,8 +799,8 @@ fn main() -> Result<()> {
     };
     println!();
     println!(
-        "{:<44} {:>8} {:>22} {:>8}",
-        "set-up", "in flight", "payments/s (min–max)", "vs LDK"
+        "{:<44} {:>8} {:>22} {:>16}",
+        "set-up", "in flight", "payments/s (min–max)", "vs LDK, per run"
     );
     for (i, w) in windows.iter().enumerate() {
         for (k, name) in [
@@ -799,14 +813,24 @@ fn main() -> Result<()> {
         .enumerate()
         {
             let (m, lo, hi) = stat(k, i);
+            // Each run's ratio to that run's baseline: the machine's
+            // drift between runs moves both alike.
+            let mut ratios: Vec<f64> = all[k]
+                .iter()
+                .zip(&all[0])
+                .map(|(r, b)| 100.0 * r[i] / b[i])
+                .collect();
+            ratios.sort_by(|a, b| a.total_cmp(b));
             println!(
-                "{:<44} {:>8} {:>8.1} ({:>5.1}–{:<5.1}) {:>7.0}%",
+                "{:<44} {:>8} {:>8.1} ({:>5.1}–{:<5.1}) {:>5.0}% ({:.0}–{:.0}%)",
                 name,
                 w,
                 m,
                 lo,
                 hi,
-                100.0 * m / stat(0, i).0
+                ratios[ratios.len() / 2],
+                ratios[0],
+                ratios[ratios.len() - 1]
             );
         }
     }
