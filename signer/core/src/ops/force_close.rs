@@ -252,11 +252,11 @@ impl<S: Store> Signer<S> {
             htlc.amount_msat / 1000,
             EcdsaSighashType::All,
         )?;
-        let key = chan_utils::derive_private_key(
-            &self.secp,
+        let key = crate::keys::derive_private_key(
             &keys.per_commitment_point,
             &self.secrets(id).htlc_base_key,
-        );
+            &self.holder_pubkeys(id).htlc_basepoint.to_public_key(),
+        )?;
         Ok(sig_reply(self.sign_low_r(&msg, &key)))
     }
 
