@@ -33,6 +33,31 @@ pub struct ConfigFile {
     /// Where the state lives (default: state.redb in the data directory).
     #[serde(default)]
     pub store: StoreSection,
+    /// Where the HSM of an HSM-sealed seed is on this machine.
+    #[serde(default)]
+    pub seal: SealSection,
+}
+
+/// `[seal]`: for a seed sealed by an HSM, where its PKCS#11 module and PIN
+/// file are on this machine when not where they were at sealing (the
+/// sealed file records those; the token and key come from the file only).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealSection {
+    /// The PKCS#11 module (shared library).
+    pub pkcs11_module: Option<std::path::PathBuf>,
+    /// The file holding the token's user PIN.
+    pub pin_file: Option<std::path::PathBuf>,
+}
+
+impl SealSection {
+    /// These paths as overrides of the sealed file's.
+    pub fn overrides(&self) -> crate::seed_seal::HsmOverrides {
+        crate::seed_seal::HsmOverrides {
+            module: self.pkcs11_module.clone(),
+            pin_file: self.pin_file.clone(),
+        }
+    }
 }
 
 /// `[store]`: the local redb file (default) or an etcd cluster shared by

@@ -18,6 +18,8 @@ pub mod etcd;
 pub mod migrate;
 pub mod replica;
 pub mod seed_file;
+pub mod seed_hsm;
+pub mod seed_seal;
 pub mod server;
 pub mod store_etcd;
 pub mod store_redb;

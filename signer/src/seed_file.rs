@@ -11,7 +11,7 @@ use std::path::Path;
 use argon2::{Algorithm, Argon2, Params, Version};
 use chacha20poly1305::aead::{Aead, KeyInit};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use lnpd_signer_core::Seed;
 
@@ -83,10 +83,18 @@ pub fn write(
     Ok(())
 }
 
-/// Decrypts the seed file.
-pub fn read(path: &Path, passphrase: &[u8]) -> Result<Seed, SeedFileError> {
+/// Decrypts the seed file into `out` (cleared first): the decryption runs
+/// in place, so the seed is never in any buffer but `out` (which the caller
+/// may have locked in memory; its capacity must hold the ciphertext).
+pub fn read_into(path: &Path, passphrase: &[u8], out: &mut Vec<u8>) -> Result<(), SeedFileError> {
+    use chacha20poly1305::aead::AeadInPlace;
     let data = fs::read(path)?;
     if data.len() < HEADER + 16 + 16 || &data[..9] != MAGIC {
+        return Err(SeedFileError::Format);
+    }
+    // A longer ciphertext would make `out` grow: a copy outside the
+    // caller's (locked) buffer.
+    if data.len() - HEADER > MAX_CIPHERTEXT.min(out.capacity()) {
         return Err(SeedFileError::Format);
     }
     let m = u32::from_le_bytes([data[9], data[10], data[11], data[12]]);
@@ -95,12 +103,26 @@ pub fn read(path: &Path, passphrase: &[u8]) -> Result<Seed, SeedFileError> {
     let nonce = &data[33..57];
     let key = stretch(passphrase, salt, m, t)?;
     let cipher = XChaCha20Poly1305::new((&*key).into());
-    let pt = Zeroizing::new(
-        cipher
-            .decrypt(XNonce::from_slice(nonce), &data[57..])
-            .map_err(|_| SeedFileError::Decrypt)?,
-    );
-    Seed::new(pt.to_vec()).map_err(|_| SeedFileError::Format)
+    out.zeroize();
+    out.extend_from_slice(&data[57..]);
+    if cipher
+        .decrypt_in_place(XNonce::from_slice(nonce), b"", out)
+        .is_err()
+    {
+        out.zeroize();
+        return Err(SeedFileError::Decrypt);
+    }
+    Ok(())
+}
+
+/// Largest ciphertext of a seed file (a 64-byte seed and its tag).
+pub const MAX_CIPHERTEXT: usize = 64 + 16;
+
+/// Decrypts the seed file.
+pub fn read(path: &Path, passphrase: &[u8]) -> Result<Seed, SeedFileError> {
+    let mut out = Zeroizing::new(Vec::with_capacity(MAX_CIPHERTEXT));
+    read_into(path, passphrase, &mut out)?;
+    Seed::new(out.to_vec()).map_err(|_| SeedFileError::Format)
 }
 
 /// Reads a passphrase: from a file, the `LNPD_SIGNER_PASSPHRASE` variable, or standard input.

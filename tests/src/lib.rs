@@ -9,6 +9,7 @@ pub use process::*;
 pub mod burst;
 pub mod etcd;
 pub mod hostile;
+pub mod hsm;
 pub mod network;
 pub mod node_process;
 pub mod regtest;

@@ -120,6 +120,8 @@ pub struct SignerProcess {
     device: Option<String>,
     /// More arguments for `run` (e.g. `--store etcd://...`).
     extra: Vec<String>,
+    /// Environment of every `lnpd-signer` command (e.g. `SOFTHSM2_CONF`).
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl SignerProcess {
@@ -146,6 +148,17 @@ impl SignerProcess {
     /// `lnpd-signer init` (regtest, light KDF) in `dir`: a new seed, or
     /// `--restore` from `mnemonic` given on standard input.
     fn run_init(dir: TempDir, mnemonic: Option<&str>) -> Result<Self> {
+        Self::init_with(dir, mnemonic, &[], Vec::new())
+    }
+
+    /// `lnpd-signer init` with more arguments (e.g. `--seal pkcs11 ...`)
+    /// and an environment kept for every later command of this signer.
+    pub fn init_with(
+        dir: TempDir,
+        mnemonic: Option<&str>,
+        args: &[&std::ffi::OsStr],
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> Result<Self> {
         use std::io::Write;
         let passphrase = dir.path.join("passphrase");
         std::fs::write(&passphrase, "test passphrase\n")?;
@@ -168,6 +181,8 @@ impl SignerProcess {
         .arg(dir.path.join("signer"))
         .arg("--passphrase-file")
         .arg(&passphrase)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -183,7 +198,9 @@ impl SignerProcess {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Ok(Self::stopped(dir, passphrase, None))
+        let mut me = Self::stopped(dir, passphrase, None);
+        me.env = env;
+        Ok(me)
     }
 
     /// A signer set up in `dir`, not running.
@@ -196,6 +213,7 @@ impl SignerProcess {
             last_addr: None,
             device,
             extra: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -203,6 +221,11 @@ impl SignerProcess {
     pub fn with_run_args(mut self, args: &[&str]) -> Self {
         self.add_run_args(args);
         self
+    }
+
+    /// Sets the environment of this signer's later commands.
+    pub fn set_env(&mut self, env: Vec<(String, std::ffi::OsString)>) {
+        self.env = env;
     }
 
     /// Adds arguments to `run` (for the next start).
@@ -219,6 +242,7 @@ impl SignerProcess {
             .arg(self.data_dir())
             .arg("--passphrase-file")
             .arg(&self.passphrase)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .output()
             .context("running lnpd-signer")
@@ -244,6 +268,7 @@ impl SignerProcess {
         std::fs::copy(&self.passphrase, &passphrase)?;
         let mut r = Self::stopped(dir, passphrase, self.device.clone());
         r.extra = self.extra.clone();
+        r.env = self.env.clone();
         Ok(r)
     }
 
@@ -337,6 +362,8 @@ impl SignerProcess {
             .args(["--listen", listen, "--log", "info"])
             .args(self.device.iter().flat_map(|d| ["--device", d.as_str()]))
             .args(&self.extra)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -46,9 +46,14 @@ pub(crate) enum Command {
         /// Host names or IP addresses the node uses to reach the signer (server certificate SANs).
         #[arg(long = "tls-host", default_values = ["localhost", "127.0.0.1", "::1"])]
         tls_hosts: Vec<String>,
-        /// Argon2id memory cost in KiB for the seed encryption (default 64 MiB).
-        #[arg(long, default_value_t = seed_file::DEFAULT_M_COST_KIB)]
-        kdf_memory_kib: u32,
+        /// How to seal the seed at rest: "passphrase" (asked at every start,
+        /// or read from --passphrase-file) or "pkcs11" (by a non-extractable
+        /// key generated in an HSM; starts unattended with the token's PIN
+        /// file; needs --pkcs11-module, --token and --pin-file).
+        #[arg(long, value_enum, default_value_t = SealKind::Passphrase)]
+        seal: SealKind,
+        #[command(flatten)]
+        sealing: SealArgs,
         /// Do not print the mnemonic (for scripted test set-ups only).
         #[arg(long, hide = true)]
         no_show_mnemonic: bool,
@@ -186,6 +191,28 @@ pub(crate) enum Command {
         /// The payment's id, as `lnpd-signer pending` shows it.
         id: String,
     },
+    /// Seal the seed another way (passphrase <-> HSM, or a new passphrase
+    /// or HSM key) without showing it.
+    ///
+    /// Opens seed.enc as it is sealed now (its passphrase via
+    /// --passphrase-file, LNPD_SIGNER_PASSPHRASE or standard input; or its
+    /// HSM), writes the new sealing beside it, reads it back, and only then
+    /// replaces seed.enc. Stop the daemon first. An HSM key that sealed the
+    /// old file stays on its token (its label is printed): delete it there
+    /// once the new sealing is known to start.
+    Reseal {
+        #[command(flatten)]
+        common: Common,
+        /// The new sealing: "passphrase" or "pkcs11".
+        #[arg(long, value_enum)]
+        to: SealKind,
+        #[command(flatten)]
+        sealing: SealArgs,
+        /// File holding the new passphrase (`--to passphrase`; else
+        /// LNPD_SIGNER_NEW_PASSPHRASE, else asked on standard input).
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
     /// Show the node id, the wallet descriptors and the channels the signer knows.
     Info {
         #[command(flatten)]
@@ -194,6 +221,34 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// How the seed is sealed at rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SealKind {
+    /// Argon2id + XChaCha20-Poly1305 under the operator's passphrase.
+    Passphrase,
+    /// AES-256-GCM under a non-extractable key inside an HSM (PKCS#11).
+    Pkcs11,
+}
+
+/// Parameters of a new sealing.
+#[derive(Args, Clone)]
+pub(crate) struct SealArgs {
+    /// Argon2id memory cost in KiB for a passphrase sealing (default 64 MiB).
+    #[arg(long, default_value_t = seed_file::DEFAULT_M_COST_KIB)]
+    pub(crate) kdf_memory_kib: u32,
+    /// The HSM vendor's PKCS#11 module, e.g.
+    /// /usr/lib/softhsm/libsofthsm2.so (SoftHSM2) or the path the vendor's
+    /// client installs.
+    #[arg(long, env = "LNPD_PKCS11_MODULE")]
+    pub(crate) pkcs11_module: Option<PathBuf>,
+    /// The label of the HSM token (partition) to keep the key on.
+    #[arg(long)]
+    pub(crate) token: Option<String>,
+    /// File holding the token's user PIN (one line; keep it mode 0600).
+    #[arg(long)]
+    pub(crate) pin_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

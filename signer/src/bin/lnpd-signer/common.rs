@@ -66,6 +66,7 @@ pub(crate) struct Opened {
     pub(crate) dir: DataDir,
     pub(crate) config: ConfigFile,
     pub(crate) signer: Signer<RedbStore>,
+    pub(crate) sealing: lnpd_signer::seed_seal::Sealing,
 }
 
 /// What opening a signer takes, read from a data directory.
@@ -74,7 +75,8 @@ pub(crate) struct Parts {
     pub(crate) config: ConfigFile,
     pub(crate) network: Network,
     pub(crate) policy: lnpd_signer_core::PolicyConfig,
-    pub(crate) seed: lnpd_signer_core::Seed,
+    pub(crate) seed: lnpd_signer::seed_seal::UnsealedSeed,
+    pub(crate) sealing: lnpd_signer::seed_seal::Sealing,
 }
 
 pub(crate) fn open_parts(common: &Common) -> Result<Parts> {
@@ -88,16 +90,20 @@ pub(crate) fn open_parts(common: &Common) -> Result<Parts> {
     }
     let (config, network) = config_of(&dir)?;
     let policy = config.policy()?;
-    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())
-        .context("reading the passphrase")?;
-    let seed = seed_file::read(&dir.seed(), pass.as_bytes())
-        .with_context(|| format!("opening {}", dir.seed().display()))?;
+    let (seed, sealing) = lnpd_signer::seed_seal::unseal(
+        &dir.seed(),
+        || seed_file::read_passphrase(common.passphrase_file.as_deref()),
+        &config.seal.overrides(),
+    )
+    .with_context(|| format!("opening {}", dir.seed().display()))?;
+    tracing::debug!("seed opened: {}", sealing.describe());
     Ok(Parts {
         dir,
         config,
         network,
         policy,
         seed,
+        sealing,
     })
 }
 
@@ -134,6 +140,7 @@ pub(crate) fn open(common: &Common) -> Result<Opened> {
         network,
         policy,
         seed,
+        sealing,
     } = open_parts(common)?;
     let store = RedbStore::open(&dir.state()).map_err(|e| anyhow!("{e}"))?;
     let signer = Signer::new(&seed, network, policy, store, Box::new(random32))
@@ -142,5 +149,6 @@ pub(crate) fn open(common: &Common) -> Result<Opened> {
         dir,
         config,
         signer,
+        sealing,
     })
 }

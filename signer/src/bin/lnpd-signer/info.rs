@@ -5,7 +5,11 @@ use crate::common::{open, Opened};
 use anyhow::{anyhow, bail, Result};
 
 pub(crate) fn info(common: Common, json: bool) -> Result<()> {
-    let Opened { mut signer, .. } = open(&common)?;
+    let Opened {
+        mut signer,
+        sealing,
+        ..
+    } = open(&common)?;
     let desc = signer
         .handle(lnpd_proto::signer::request::Body::GetWalletDescriptor(
             Default::default(),
@@ -39,9 +43,10 @@ pub(crate) fn info(common: Common, json: bool) -> Result<()> {
             })
             .collect();
         println!(
-            "{{\"node_id\":\"{}\",\"network\":\"{}\",\"external_descriptor\":\"{}\",\"internal_descriptor\":\"{}\",\"channels\":[{}]}}",
+            "{{\"node_id\":\"{}\",\"network\":\"{}\",\"seed\":{},\"external_descriptor\":\"{}\",\"internal_descriptor\":\"{}\",\"channels\":[{}]}}",
             signer.node_id(),
             signer.network().to_core_arg(),
+            serde_json::Value::from(sealing.describe()),
             desc.external_descriptor,
             desc.internal_descriptor,
             chans.join(",")
@@ -49,6 +54,7 @@ pub(crate) fn info(common: Common, json: bool) -> Result<()> {
     } else {
         println!("node id:     {}", signer.node_id());
         println!("network:     {}", signer.network().to_core_arg());
+        println!("seed:        {}", sealing.describe());
         println!("receive:     {}", desc.external_descriptor);
         println!("change:      {}", desc.internal_descriptor);
         println!("channels:    {}", channels.len());

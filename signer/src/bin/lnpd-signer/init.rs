@@ -2,22 +2,80 @@
 
 use std::net::SocketAddr;
 
-use crate::cli::Common;
+use crate::cli::{Common, SealArgs, SealKind};
 use crate::common::{expand, parse_network, random32};
 use anyhow::{anyhow, bail, Context, Result};
+use lnpd_signer::seed_hsm::HsmSettings;
+use lnpd_signer::seed_seal::{self, SealTarget, UnsealedSeed};
 use lnpd_signer::{seed_file, tls, DataDir};
-use lnpd_signer_core::Seed;
 use zeroize::Zeroizing;
 
-pub(crate) fn init(
-    common: Common,
-    network: String,
-    restore: bool,
-    listen: String,
-    tls_hosts: Vec<String>,
-    kdf_memory_kib: u32,
-    no_show_mnemonic: bool,
-) -> Result<()> {
+/// What `init` was asked, besides the data directory.
+pub(crate) struct InitArgs {
+    pub(crate) network: String,
+    pub(crate) restore: bool,
+    pub(crate) listen: String,
+    pub(crate) tls_hosts: Vec<String>,
+    pub(crate) seal: SealKind,
+    pub(crate) sealing: SealArgs,
+    pub(crate) no_show_mnemonic: bool,
+}
+
+/// The sealing `kind` with `args`; `passphrase` is read only for a
+/// passphrase sealing.
+pub(crate) fn seal_target(
+    kind: SealKind,
+    args: &SealArgs,
+    passphrase: impl FnOnce() -> std::io::Result<Zeroizing<String>>,
+) -> Result<SealTarget> {
+    Ok(match kind {
+        SealKind::Passphrase => {
+            let passphrase = passphrase().context("reading the passphrase")?;
+            if passphrase.is_empty() {
+                bail!("an empty passphrase is not allowed: the seed is encrypted under it");
+            }
+            SealTarget::Passphrase {
+                passphrase,
+                m_cost_kib: args.kdf_memory_kib,
+            }
+        }
+        SealKind::Pkcs11 => {
+            let missing = |flag: &str| anyhow!("a PKCS#11 sealing needs {flag}");
+            let module = args
+                .pkcs11_module
+                .clone()
+                .ok_or_else(|| missing("--pkcs11-module PATH (the HSM's PKCS#11 library)"))?;
+            let pin_file = args
+                .pin_file
+                .clone()
+                .ok_or_else(|| missing("--pin-file FILE (the token's user PIN)"))?;
+            // Recorded in the sealed file: absolute, so `run` finds them
+            // from any working directory.
+            let absolute = |p: std::path::PathBuf| {
+                std::path::absolute(&p).with_context(|| format!("{}", p.display()))
+            };
+            SealTarget::Hsm(HsmSettings {
+                module: absolute(module)?,
+                token: args
+                    .token
+                    .clone()
+                    .ok_or_else(|| missing("--token LABEL (the HSM token to keep the key on)"))?,
+                pin_file: absolute(pin_file)?,
+            })
+        }
+    })
+}
+
+pub(crate) fn init(common: Common, args: InitArgs) -> Result<()> {
+    let InitArgs {
+        network,
+        restore,
+        listen,
+        tls_hosts,
+        seal,
+        sealing,
+        no_show_mnemonic,
+    } = args;
     let network = parse_network(&network)?;
     listen
         .parse::<SocketAddr>()
@@ -42,18 +100,12 @@ pub(crate) fn init(
         bip39::Mnemonic::from_entropy(&entropy[..]).map_err(|e| anyhow!("{e}"))?
     };
     let bip39_seed = Zeroizing::new(mnemonic.to_seed(""));
-    let seed = Seed::new(bip39_seed.to_vec()).map_err(|e| anyhow!("{e}"))?;
-    let pass = seed_file::read_passphrase(common.passphrase_file.as_deref())?;
-    if pass.is_empty() {
-        bail!("an empty passphrase is not allowed: the seed is encrypted under it");
-    }
-    seed_file::write(
-        &dir.seed(),
-        &seed,
-        pass.as_bytes(),
-        kdf_memory_kib,
-        seed_file::DEFAULT_T_COST,
-    )?;
+    let seed = UnsealedSeed::from_bytes(&bip39_seed[..])?;
+    let target = seal_target(seal, &sealing, || {
+        seed_file::read_passphrase(common.passphrase_file.as_deref())
+    })?;
+    let sealed = seed_seal::seal_new(&dir.seed(), &seed, &target)
+        .with_context(|| format!("sealing the seed into {}", dir.seed().display()))?;
     let files = tls::generate(&dir.tls(), &tls_hosts)?;
     let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
     std::fs::write(dir.config(), config)
@@ -68,7 +120,11 @@ pub(crate) fn init(
     }
     println!("node id:     {}", keys.node_id(&secp));
     println!("network:     {}", network.to_core_arg());
-    println!("seed:        {} (encrypted)", dir.seed().display());
+    println!(
+        "seed:        {} ({})",
+        dir.seed().display(),
+        sealed.describe()
+    );
     println!("config:      {}", dir.config().display());
     print_node_tls(&files);
     println!(

@@ -9,6 +9,7 @@ mod device;
 mod info;
 mod init;
 mod log;
+mod reseal;
 mod run;
 
 use crate::cli::{Cli, Command};
@@ -32,18 +33,28 @@ fn main() {
             restore,
             listen,
             tls_hosts,
-            kdf_memory_kib,
+            seal,
+            sealing,
             no_show_mnemonic,
             for_device: false,
         } => init::init(
             common,
-            network,
-            restore,
-            listen,
-            tls_hosts,
-            kdf_memory_kib,
-            no_show_mnemonic,
+            init::InitArgs {
+                network,
+                restore,
+                listen,
+                tls_hosts,
+                seal,
+                sealing,
+                no_show_mnemonic,
+            },
         ),
+        Command::Reseal {
+            common,
+            to,
+            sealing,
+            new_passphrase_file,
+        } => reseal::reseal(common, to, sealing, new_passphrase_file),
         Command::Run {
             common,
             listen,

@@ -93,6 +93,7 @@ pub(crate) async fn run(
         dir,
         config,
         mut signer,
+        sealing,
     } = open(&common)?;
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
     let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
@@ -102,6 +103,7 @@ pub(crate) async fn run(
         node_id = %signer.node_id(),
         network = signer.network().to_core_arg(),
         channels = signer.channels().count(),
+        seed = %sealing.describe(),
         "lnpd-signer listening on {local} (mutual TLS)"
     );
     for (rule, mode) in &signer.policy().modes {
@@ -192,6 +194,7 @@ pub(crate) async fn run_replica(
         network,
         policy,
         seed,
+        ..
     } = parts;
     let etcd = lnpd_signer::etcd::Etcd::new(&settings)?;
     let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
