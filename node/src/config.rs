@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub fallback_feerate_sat_per_kw: Option<u32>,
     /// The signer, host:port.
     pub signer: Option<String>,
+    /// Where to accept the signer's own connection instead of dialling it.
+    pub signer_listen: Option<String>,
     /// Directory with the signer's ca.pem and the node's node.pem/node.key.
     pub signer_tls_dir: Option<PathBuf>,
     /// Name the signer's certificate is checked against (default localhost).
@@ -76,6 +78,7 @@ impl NodeConfig {
                 .fallback_feerate_sat_per_kw
                 .or(self.fallback_feerate_sat_per_kw),
             signer: flags.signer.or(self.signer),
+            signer_listen: flags.signer_listen.or(self.signer_listen),
             signer_tls_dir: flags.signer_tls_dir.or(self.signer_tls_dir),
             signer_tls_name: flags.signer_tls_name.or(self.signer_tls_name),
             listen: flags.listen.or(self.listen),

@@ -42,6 +42,26 @@ pub(crate) fn fail(what: &str) -> impl FnOnce(String) -> NodeError + '_ {
     move |e| NodeError::Startup(format!("{what}: {e}"))
 }
 
+/// How the node and its signer find each other.
+#[derive(Clone, Debug)]
+pub enum SignerEndpoint {
+    /// The node dials the signer at host:port (several, comma-separated:
+    /// replicas).
+    Dial(String),
+    /// The node listens here and the signer dials it (`lnpd-signer run
+    /// --connect`): the signer's machine opens no port.
+    Accept(SocketAddr),
+}
+
+impl std::fmt::Display for SignerEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SignerEndpoint::Dial(a) => f.write_str(a),
+            SignerEndpoint::Accept(a) => write!(f, "accepting the signer on {a}"),
+        }
+    }
+}
+
 /// What the node needs to start.
 #[derive(Clone, Debug)]
 pub struct NodeSettings {
@@ -57,8 +77,8 @@ pub struct NodeSettings {
     pub rpc_password: String,
     /// Fallback feerate (sat/kw).
     pub fallback_feerate: u32,
-    /// Signer address host:port.
-    pub signer: String,
+    /// How the node reaches its signer.
+    pub signer: SignerEndpoint,
     /// TLS files for the signer.
     pub signer_tls: SignerTls,
     /// Peer-to-peer listen address.

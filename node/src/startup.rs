@@ -43,8 +43,25 @@ impl Node {
             SqliteStore::open(&settings.data_dir.join("node.sqlite"))
                 .map_err(|e| fail("store")(e.to_string()))?,
         );
-        let signer = SignerConnection::start(&settings.signer, settings.signer_tls.clone())
-            .map_err(|e| fail("signer client")(e.to_string()))?;
+        let signer = match &settings.signer {
+            crate::node::SignerEndpoint::Dial(addrs) => {
+                SignerConnection::start(addrs, settings.signer_tls.clone())
+            }
+            crate::node::SignerEndpoint::Accept(listen) => {
+                SignerConnection::start_inbound(*listen, settings.signer_tls.clone()).and_then(
+                    |(conn, bound)| {
+                        // For scripts and tests (port 0): where to point
+                        // `lnpd-signer run --connect`.
+                        std::fs::write(
+                            settings.data_dir.join("signer-listen.addr"),
+                            bound.to_string(),
+                        )?;
+                        Ok(conn)
+                    },
+                )
+            }
+        }
+        .map_err(|e| fail("signer client")(e.to_string()))?;
         // The signer's state counter as last seen: a signer restored from
         // an older copy of its state is told so when it is greeted.
         signer.note_seen(crate::node::read_seen_state_counter(&store));

@@ -71,7 +71,15 @@ impl std::fmt::Display for ClientError {
     }
 }
 
-impl std::error::Error for ClientError {}
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ClientError::Io { source, .. } => Some(source),
+            ClientError::Connect { source, .. } => Some(source),
+            ClientError::Endpoint(_) => None,
+        }
+    }
+}
 
 fn read(path: &Path) -> Result<String, ClientError> {
     std::fs::read_to_string(path).map_err(|source| ClientError::Io {
@@ -80,19 +88,25 @@ fn read(path: &Path) -> Result<String, ClientError> {
     })
 }
 
-/// Connects to the signer at `addr` (host:port) with mutual TLS.
-pub async fn connect(addr: &str, tls: &SignerTls) -> Result<SignerClient<Channel>, ClientError> {
+/// The node's side of the mutual TLS: the signer's CA, the name its
+/// certificate must carry, and the node's own certificate.
+fn client_tls(tls: &SignerTls) -> Result<ClientTlsConfig, ClientError> {
     let mut cfg = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&tls.ca_cert)?))
         .domain_name(&tls.domain);
     if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
         cfg = cfg.identity(Identity::from_pem(read(cert)?, read(key)?));
     }
+    Ok(cfg)
+}
+
+/// Connects to the signer at `addr` (host:port) with mutual TLS.
+pub async fn connect(addr: &str, tls: &SignerTls) -> Result<SignerClient<Channel>, ClientError> {
     let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .map_err(|_| ClientError::Endpoint(addr.to_string()))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
-        .tls_config(cfg)
+        .tls_config(client_tls(tls)?)
         .map_err(|source| ClientError::Connect {
             endpoint: addr.to_string(),
             source,
@@ -102,6 +116,49 @@ pub async fn connect(addr: &str, tls: &SignerTls) -> Result<SignerClient<Channel
         .await
         .map_err(|source| ClientError::Connect {
             endpoint: addr.to_string(),
+            source,
+        })?;
+    Ok(SignerClient::new(channel))
+}
+
+/// gRPC with mutual TLS over a TCP connection the signer opened to the
+/// node (`lnpd-signer run --connect`). Only the direction of TCP is
+/// reversed: the signer still presents its server certificate (checked
+/// against its CA and `tls.domain`), the node its client certificate, and
+/// the node still sends the requests. `from` names the peer in errors.
+/// The channel never reconnects by itself: when this connection ends,
+/// every call fails and the caller takes the signer's next connection.
+pub async fn connect_over(
+    stream: tokio::net::TcpStream,
+    tls: &SignerTls,
+    from: &str,
+) -> Result<SignerClient<Channel>, ClientError> {
+    let endpoint = Endpoint::from_shared(format!("https://{}", tls.domain))
+        .map_err(|_| ClientError::Endpoint(tls.domain.clone()))?
+        .connect_timeout(Duration::from_secs(10))
+        .tls_config(client_tls(tls)?)
+        .map_err(|source| ClientError::Connect {
+            endpoint: from.to_string(),
+            source,
+        })?;
+    let _ = stream.set_nodelay(true);
+    let once = std::sync::Arc::new(std::sync::Mutex::new(Some(stream)));
+    let connector = tower::service_fn(move |_: tonic::codegen::http::Uri| {
+        let stream = once.lock().ok().and_then(|mut s| s.take());
+        async move {
+            stream.map(hyper_util::rt::TokioIo::new).ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the signer's connection has ended",
+                )
+            })
+        }
+    });
+    let channel = endpoint
+        .connect_with_connector(connector)
+        .await
+        .map_err(|source| ClientError::Connect {
+            endpoint: from.to_string(),
             source,
         })?;
     Ok(SignerClient::new(channel))

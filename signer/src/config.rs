@@ -19,6 +19,8 @@ pub struct ConfigFile {
     pub network: Option<String>,
     /// Address the gRPC server listens on, e.g. "127.0.0.1:9736".
     pub listen: Option<String>,
+    /// The node's `--signer-listen` address: dial it instead of listening.
+    pub connect: Option<String>,
     /// Log filter, e.g. "info" or "lnpd_signer=debug".
     pub log: Option<String>,
     /// Policy limits and rule modes.

@@ -620,10 +620,23 @@ impl Default for ServerLimits {
     }
 }
 
-/// Serves `service` on `listener` with mutual TLS until `shutdown` resolves.
+/// Where the node's connections come from.
+pub enum Incoming {
+    /// Accepted on this listener: the node dials the signer.
+    Listen(tokio::net::TcpListener),
+    /// Opened by the signer to the node at this address (host:port), and
+    /// opened again whenever it ends (`run --connect`): the signer's machine
+    /// accepts no connection at all. TLS roles are the same as when
+    /// listening (the signer presents its server certificate and requires
+    /// the node's client certificate from its CA); only TCP is reversed.
+    Dial(String),
+}
+
+/// Serves `service` over gRPC with mutual TLS until `shutdown` resolves,
+/// on connections from `incoming`.
 pub async fn serve<B: Backend>(
     service: B,
-    listener: tokio::net::TcpListener,
+    incoming: Incoming,
     tls: tonic::transport::ServerTlsConfig,
     limits: ServerLimits,
     shutdown: impl std::future::Future<Output = ()> + Send,
@@ -637,7 +650,7 @@ pub async fn serve<B: Backend>(
         let awake = awake.clone();
         tokio::spawn(async move { awake.run().await })
     };
-    let served = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .tls_config(tls.timeout(limits.handshake_timeout))?
         // A peer that vanished without closing is found out and dropped.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -649,9 +662,19 @@ pub async fn serve<B: Backend>(
                 group: Arc::default(),
             })
             .max_decoding_message_size(lnpd_signer_core::MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming(listener, limits), shutdown)
-        .await;
+        );
+    let served = match incoming {
+        Incoming::Listen(listener) => {
+            router
+                .serve_with_incoming_shutdown(accepted(listener, limits), shutdown)
+                .await
+        }
+        Incoming::Dial(addr) => {
+            router
+                .serve_with_incoming_shutdown(dialled(addr), shutdown)
+                .await
+        }
+    };
     keeper.abort();
     served
 }
@@ -663,14 +686,13 @@ struct Slots {
     by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
 }
 
-/// An accepted connection that frees its slot when dropped.
-struct Counted {
-    inner: tokio::net::TcpStream,
+/// An accepted connection's place in [`Slots`], freed when dropped.
+struct HeldSlot {
     slots: Arc<Mutex<Slots>>,
     ip: std::net::IpAddr,
 }
 
-impl Drop for Counted {
+impl Drop for HeldSlot {
     fn drop(&mut self) {
         if let Ok(mut s) = self.slots.lock() {
             s.total = s.total.saturating_sub(1);
@@ -684,7 +706,14 @@ impl Drop for Counted {
     }
 }
 
-impl tokio::io::AsyncRead for Counted {
+/// A connection served, with what must happen when it ends (`G` dropped):
+/// a slot freed, or the dialler told to dial again.
+pub struct Conn<G> {
+    inner: tokio::net::TcpStream,
+    _guard: G,
+}
+
+impl<G: Unpin> tokio::io::AsyncRead for Conn<G> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -694,7 +723,7 @@ impl tokio::io::AsyncRead for Counted {
     }
 }
 
-impl tokio::io::AsyncWrite for Counted {
+impl<G: Unpin> tokio::io::AsyncWrite for Conn<G> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -726,7 +755,7 @@ impl tokio::io::AsyncWrite for Counted {
     }
 }
 
-impl tonic::transport::server::Connected for Counted {
+impl<G: Send + Sync + Unpin + 'static> tonic::transport::server::Connected for Conn<G> {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
         self.inner.connect_info()
@@ -736,10 +765,10 @@ impl tonic::transport::server::Connected for Counted {
 /// Accepted connections within the limits, with Nagle's algorithm off:
 /// replies are small and latency-bound (with it on, a reply split in two
 /// waits for a delayed ACK).
-fn incoming(
+fn accepted(
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Counted>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn<HeldSlot>>> {
     use tokio_stream::StreamExt;
     let slots = Arc::new(Mutex::new(Slots::default()));
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -779,12 +808,68 @@ fn incoming(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
-        Some(Ok(Counted {
+        Some(Ok(Conn {
             inner: stream,
-            slots: slots.clone(),
-            ip,
+            _guard: HeldSlot {
+                slots: slots.clone(),
+                ip,
+            },
         }))
     })
+}
+
+/// Backoff between attempts to reach the node: from the first to the most.
+const DIAL_BACKOFF: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_secs(5),
+);
+
+/// Connections to the node at `addr`, one at a time: the next is opened
+/// when the last ends (dropped by the server: closed, failed its TLS
+/// handshake, or silent past the keepalive), after a backoff that grows
+/// while attempts fail or end at once.
+fn dialled(
+    addr: String,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn<tokio::sync::oneshot::Sender<()>>>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut backoff = DIAL_BACKOFF.0;
+        loop {
+            match tokio::net::TcpStream::connect(&addr).await {
+                Ok(stream) => {
+                    if let Err(e) = stream.set_nodelay(true) {
+                        tracing::debug!("cannot set TCP_NODELAY: {e}");
+                    }
+                    let (ended, on_end) = tokio::sync::oneshot::channel::<()>();
+                    let since = std::time::Instant::now();
+                    tracing::info!(
+                        "connected to the node at {addr}; serving it on this connection"
+                    );
+                    let conn = Conn {
+                        inner: stream,
+                        _guard: ended,
+                    };
+                    if tx.send(Ok(conn)).await.is_err() {
+                        return; // the server stopped
+                    }
+                    let _ = on_end.await;
+                    // A connection that lived is no failure: dial again soon.
+                    if since.elapsed() > std::time::Duration::from_secs(10) {
+                        backoff = DIAL_BACKOFF.0;
+                    }
+                    tracing::warn!(
+                        "the connection to the node at {addr} ended; dialling again in {backoff:?}"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!("cannot reach the node at {addr} ({e}); retrying in {backoff:?}")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(DIAL_BACKOFF.1);
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Mutual-TLS server configuration: our certificate, and only client

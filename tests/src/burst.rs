@@ -182,6 +182,33 @@ impl Burst {
     }
 }
 
+/// Ends a burst during which the payer's signer was killed (after
+/// `at_kill` payments) and started again: at least three payments went
+/// through, reconciled by [`Burst::finish`], and the payer's node lost its
+/// signer connection and made a new one.
+pub fn finish_after_signer_restart(
+    burst: Burst,
+    payer: &NodeProcess,
+    payee: &NodeProcess,
+    count: usize,
+    at_kill: usize,
+) {
+    let succeeded = burst.finish(payer, payee);
+    assert!(
+        succeeded >= 3,
+        "only {succeeded} of {count} payments went through"
+    );
+    println!("signer killed after {at_kill} payments");
+    // What the node had to wait for was retried or answered "pending" and
+    // resumed, depending on timing.
+    let log = payer.log();
+    assert!(
+        log.contains("lost the signer connection")
+            && log.matches("connected to the signer at").count() >= 2,
+        "the node did not reconnect to the signer\n{log}"
+    );
+}
+
 /// Nothing was force-closed: the channel is there and usable on both
 /// sides, neither log saw a close, and `more` payments go through.
 pub fn channel_goes_on(

@@ -22,6 +22,9 @@ pub struct NodeProcess {
     tag: String,
     bcoin_url: String,
     bcoin_key: String,
+    /// `--signer-listen`: the node accepts its signer's connection here
+    /// (the signer runs `--connect`); "127.0.0.1:0" until first bound.
+    signer_listen: Option<String>,
 }
 
 impl NodeProcess {
@@ -84,7 +87,24 @@ impl NodeProcess {
             tag: tag.to_string(),
             bcoin_url: bcoin.url.clone(),
             bcoin_key: bcoin.api_key.clone(),
+            signer_listen: None,
         }
+    }
+
+    /// Starts `lnpd --signer-listen` and a signer that dials it
+    /// (`lnpd-signer run --connect`): the signer listens nowhere.
+    pub fn start_dialled(tag: &str, bcoin: &Bcoin) -> Result<Self> {
+        let signer = SignerProcess::init_in(TempDir::new(&format!("{tag}-signer")))?;
+        let mut node = Self::unstarted(signer, TempDir::new(tag), tag, bcoin);
+        node.signer_listen = Some("127.0.0.1:0".into());
+        node.spawn(&[])?;
+        Ok(node)
+    }
+
+    /// Where the node accepts its signer (a node started by
+    /// [`Self::start_dialled`]).
+    pub fn signer_listen_addr(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("signer-listen.addr")).ok()
     }
 
     /// Starts `lnpd` in `dir` served by signer replicas (`--signer A,B,..`):
@@ -125,16 +145,25 @@ impl NodeProcess {
     }
 
     fn spawn(&mut self, extra: &[&str]) -> Result<()> {
-        let mut signer_addr = self
-            .signer
-            .addr
-            .clone()
-            .context("the signer is not running")?;
-        for r in &self.replicas {
-            signer_addr.push(',');
-            signer_addr.push_str(r.last_addr().context("a replica never started")?);
-        }
         let data = self.data_dir();
+        let signer_args: Vec<String> = match &self.signer_listen {
+            Some(listen) => {
+                let _ = std::fs::remove_file(data.join("signer-listen.addr"));
+                vec!["--signer-listen".into(), listen.clone()]
+            }
+            None => {
+                let mut signer_addr = self
+                    .signer
+                    .addr
+                    .clone()
+                    .context("the signer is not running")?;
+                for r in &self.replicas {
+                    signer_addr.push(',');
+                    signer_addr.push_str(r.last_addr().context("a replica never started")?);
+                }
+                vec!["--signer".into(), signer_addr]
+            }
+        };
         let addr = data.join("admin.addr");
         let _ = std::fs::remove_file(&addr);
         let log_path = self.dir.path.join("lnpd.log");
@@ -161,7 +190,7 @@ impl NodeProcess {
                 "--bitcoind-rpc-password",
                 &self.bcoin_key,
             ])
-            .args(["--signer", &signer_addr])
+            .args(&signer_args)
             .arg("--signer-tls-dir")
             .arg(self.signer.data_dir().join("tls"))
             .args(["--log", "info"])
@@ -171,6 +200,26 @@ impl NodeProcess {
             .spawn()
             .context("starting lnpd")?;
         self.child = Some(child);
+        if self.signer_listen.is_some() {
+            // The signer dials the address the node bound (kept for restarts).
+            let listen_file = data.join("signer-listen.addr");
+            let bound = wait_for_start(
+                &mut self.child,
+                "lnpd",
+                Duration::from_secs(30),
+                Duration::from_millis(20),
+                || {
+                    std::fs::read_to_string(&listen_file)
+                        .ok()
+                        .filter(|a| !a.is_empty())
+                },
+                || std::fs::read_to_string(&log_path).unwrap_or_default(),
+            )?;
+            self.signer_listen = Some(bound.clone());
+            if self.signer.pid().is_none() {
+                self.signer.start_connecting(&bound)?;
+            }
+        }
         wait_for_start(
             &mut self.child,
             "lnpd",

@@ -122,6 +122,8 @@ pub struct SignerProcess {
     extra: Vec<String>,
     /// Environment of every `lnpd-signer` command (e.g. `SOFTHSM2_CONF`).
     env: Vec<(String, std::ffi::OsString)>,
+    /// `run --connect`: the node's address this signer dials.
+    connect: Option<String>,
 }
 
 impl SignerProcess {
@@ -214,6 +216,7 @@ impl SignerProcess {
             device,
             extra: Vec::new(),
             env: Vec::new(),
+            connect: None,
         }
     }
 
@@ -335,9 +338,36 @@ impl SignerProcess {
         self.start_on("127.0.0.1:0")
     }
 
+    /// Starts `lnpd-signer run --connect NODE` (the signer dials the node,
+    /// listens nowhere) and waits until it says so.
+    pub fn start_connecting(&mut self, node: &str) -> Result<()> {
+        self.connect = Some(node.to_string());
+        self.spawn_run(&["--connect", node])?;
+        let log_path = self.dir.path.join("signer.log");
+        let from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0) as usize;
+        wait_for_start(
+            &mut self.child,
+            "lnpd-signer",
+            Duration::from_secs(30),
+            Duration::from_millis(20),
+            || {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                log.get(from.min(log.len())..)
+                    .is_some_and(|l| l.contains("dialling the node at"))
+                    .then_some(())
+            },
+            || std::fs::read_to_string(&log_path).unwrap_or_default(),
+        )
+    }
+
     /// Starts the daemon again on the address it had (after [`Self::kill9`]),
-    /// so a node configured with that address finds it back.
+    /// so a node configured with that address finds it back; a signer that
+    /// dials its node dials it again.
     pub fn restart(&mut self) -> Result<String> {
+        if let Some(node) = self.connect.clone() {
+            self.start_connecting(&node)?;
+            return Ok(node);
+        }
         let addr = self
             .last_addr
             .clone()
@@ -345,9 +375,9 @@ impl SignerProcess {
         self.start_on(&addr)
     }
 
-    fn start_on(&mut self, listen: &str) -> Result<String> {
-        let addr_file = self.data_dir().join("signer.addr");
-        let _ = std::fs::remove_file(&addr_file);
+    /// Spawns `lnpd-signer run` with `reach` (`--listen ...` or
+    /// `--connect ...`), its log appended to signer.log.
+    fn spawn_run(&mut self, reach: &[&str]) -> Result<()> {
         // Appended: a restarted daemon's log follows the first one's.
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -359,7 +389,8 @@ impl SignerProcess {
             .arg(self.data_dir())
             .arg("--passphrase-file")
             .arg(&self.passphrase)
-            .args(["--listen", listen, "--log", "info"])
+            .args(reach)
+            .args(["--log", "info"])
             .args(self.device.iter().flat_map(|d| ["--device", d.as_str()]))
             .args(&self.extra)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -369,6 +400,13 @@ impl SignerProcess {
             .spawn()
             .context("starting lnpd-signer run")?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn start_on(&mut self, listen: &str) -> Result<String> {
+        let addr_file = self.data_dir().join("signer.addr");
+        let _ = std::fs::remove_file(&addr_file);
+        self.spawn_run(&["--listen", listen])?;
         let log_path = self.dir.path.join("signer.log");
         let a = wait_for_start(
             &mut self.child,
@@ -399,6 +437,7 @@ impl SignerProcess {
             let _ = Command::new("kill")
                 .arg("-CONT")
                 .arg(c.id().to_string())
+                .stderr(Stdio::null())
                 .status();
             let _ = c.kill();
             let _ = c.wait();

@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use lnpd_tests::burst::{channel_goes_on, received, Burst};
+use lnpd_tests::burst::{channel_goes_on, finish_after_signer_restart, received, Burst};
 use lnpd_tests::network::{wait_for, Chain};
 use lnpd_tests::node_process::NodeProcess;
 
@@ -33,19 +33,6 @@ async fn signer_killed_mid_burst_no_force_close() {
     std::thread::sleep(Duration::from_secs(2));
     a.signer.restart().expect("signer restarts");
 
-    let succeeded = burst.finish(&a, &b);
-    assert!(
-        succeeded >= 3,
-        "only {succeeded} of {BURST} payments went through"
-    );
-    println!("signer killed after {at_kill} payments");
-    // The node lost the signer and found it again (what it had to wait for
-    // was retried or answered "pending" and resumed, depending on timing).
-    let log = a.log();
-    assert!(
-        log.contains("lost the signer connection")
-            && log.matches("connected to the signer at").count() >= 2,
-        "the node did not reconnect to the signer\n{log}"
-    );
+    finish_after_signer_restart(burst, &a, &b, BURST, at_kill);
     channel_goes_on(&a, &b, 5, &|| a.signer.log());
 }

@@ -4,12 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::Network;
 use clap::Parser;
 use lnpd_node::admin::{auth_interceptor, load_or_create_token, AdminService};
 use lnpd_node::config::{required, NodeConfig};
-use lnpd_node::node::{Node, NodeSettings};
+use lnpd_node::node::{Node, NodeSettings, SignerEndpoint};
 use lnpd_node::signer_client::SignerTls;
 use lnpd_proto::node::node_server::NodeServer;
 
@@ -39,9 +39,17 @@ struct Cli {
     /// minimum (253 at least).
     #[arg(long)]
     fallback_feerate_sat_per_kw: Option<u32>,
-    /// The signer's address, host:port.
+    /// The signer's address, host:port (several, comma-separated: replicas
+    /// of one signer).
     #[arg(long)]
     signer: Option<String>,
+    /// Instead of dialling the signer, accept its connection on this
+    /// address: for a signer on an isolated machine that opens no port
+    /// (`lnpd-signer run --connect THIS_HOST:PORT`). The same mutual TLS:
+    /// only a signer with the server certificate of the signer's CA is
+    /// used. Port 0 picks one, written to <data-dir>/signer-listen.addr.
+    #[arg(long, conflicts_with = "signer")]
+    signer_listen: Option<String>,
     /// Directory holding the signer's ca.pem and this node's node.pem/node.key.
     #[arg(long)]
     signer_tls_dir: Option<PathBuf>,
@@ -81,6 +89,7 @@ async fn run(cli: Cli) -> Result<()> {
         bitcoind_rpc_password: cli.bitcoind_rpc_password,
         fallback_feerate_sat_per_kw: cli.fallback_feerate_sat_per_kw,
         signer: cli.signer,
+        signer_listen: cli.signer_listen,
         signer_tls_dir: cli.signer_tls_dir,
         signer_tls_name: cli.signer_tls_name,
         listen: cli.listen,
@@ -119,7 +128,20 @@ async fn run(cli: Cli) -> Result<()> {
             "bitcoind-rpc-password",
         )?,
         fallback_feerate: c.fallback_feerate_sat_per_kw.unwrap_or(2500),
-        signer: required(&c.signer, "signer", "signer")?,
+        signer: match (c.signer.clone(), c.signer_listen.clone()) {
+            (Some(_), Some(_)) => bail!(
+                "both `signer` and `signer_listen` are set (lnpd.toml or flags): the node either dials its signer or accepts the signer's connection"
+            ),
+            (None, Some(listen)) => SignerEndpoint::Accept(
+                listen
+                    .parse()
+                    .with_context(|| format!("--signer-listen {listen:?} must be address:port"))?,
+            ),
+            (Some(addrs), None) => SignerEndpoint::Dial(addrs),
+            (None, None) => bail!(
+                "missing setting `signer` (in lnpd.toml or as --signer HOST:PORT; or --signer-listen ADDR for a signer that dials the node)"
+            ),
+        },
         signer_tls,
         listen,
         alias: c.alias.clone().unwrap_or_else(|| "lnpd".into()),

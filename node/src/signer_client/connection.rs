@@ -486,37 +486,28 @@ pub struct GrpcTransport {
     addrs: Vec<String>,
     current: usize,
     tls: SignerTls,
-    runtime: tokio::runtime::Runtime,
-    client: Option<lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>>,
-    seen: Arc<AtomicU64>,
+    grpc: GrpcCalls,
 }
 
-impl GrpcTransport {
-    /// A transport to the signer at `addrs` (host:port, or several
-    /// separated by commas: replicas); its own runtime, so LDK's
-    /// synchronous callers never block the node's async workers.
-    pub fn new(addrs: &str, tls: SignerTls) -> std::io::Result<Self> {
-        let addrs: Vec<String> = addrs
-            .split(',')
-            .map(|a| a.trim().to_string())
-            .filter(|a| !a.is_empty())
-            .collect();
-        if addrs.is_empty() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "no signer address given",
-            ));
-        }
-        Ok(GrpcTransport {
-            addrs,
-            current: 0,
-            tls,
-            // One worker of its own: the HTTP/2 connection is driven
-            // between calls too, so the signer's keepalive pings are
-            // answered and an idle node keeps its connection.
+/// A gRPC client of the signer on a runtime of its own, however it was
+/// connected (dialled, or accepted from a signer that dials out).
+pub(crate) struct GrpcCalls {
+    pub(crate) runtime: tokio::runtime::Runtime,
+    pub(crate) client:
+        Option<lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>>,
+    pub(crate) seen: Arc<AtomicU64>,
+}
+
+impl GrpcCalls {
+    /// No connection yet; a runtime of one worker of its own, so LDK's
+    /// synchronous callers never block the node's async workers (and the
+    /// HTTP/2 connection is driven between calls too: the signer's
+    /// keepalive pings are answered and an idle node keeps its connection).
+    pub(crate) fn new(thread_name: &str) -> std::io::Result<Self> {
+        Ok(GrpcCalls {
             runtime: tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
-                .thread_name("signer-transport")
+                .thread_name(thread_name)
                 .enable_all()
                 .build()?,
             client: None,
@@ -524,50 +515,12 @@ impl GrpcTransport {
         })
     }
 
-    /// The highest state counter the signer reported, kept here.
-    pub fn seen(&self) -> Arc<AtomicU64> {
-        self.seen.clone()
-    }
-}
-
-/// The replica a standby's answer names as active ("... active is NAME at
-/// ADDR ..."), among `addrs`.
-fn named_active(why: &str, addrs: &[String]) -> Option<usize> {
-    let rest = why.split("active is ").nth(1)?;
-    let addr = rest
-        .split(" at ")
-        .nth(1)?
-        .split([' ', ',', ')', ';'])
-        .next()?;
-    addrs.iter().position(|a| a == addr)
-}
-
-impl SignerTransport for GrpcTransport {
-    fn connect(&mut self) -> Result<(), String> {
-        let addr = &self.addrs[self.current % self.addrs.len()];
-        let c = self
-            .runtime
-            .block_on(client::connect(addr, &self.tls))
-            .map_err(|e| e.to_string())?;
-        self.client = Some(c);
-        Ok(())
-    }
-
-    fn endpoint(&self) -> Option<String> {
-        Some(self.addrs[self.current % self.addrs.len()].clone())
-    }
-
-    fn next_endpoint(&mut self, why: &str) {
-        self.client = None;
-        // A signer that waits for our greeting is the one to greet.
-        if self.addrs.len() > 1 && !why.contains(lnpd_proto::AWAITING_GREETING) {
-            self.current = named_active(why, &self.addrs)
-                .filter(|&i| i != self.current)
-                .unwrap_or((self.current + 1) % self.addrs.len());
-        }
-    }
-
-    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+    /// One request on the open connection.
+    pub(crate) fn call(
+        &mut self,
+        body: request::Body,
+        timeout: Duration,
+    ) -> Result<reply::Body, CallError> {
         let c = self
             .client
             .as_mut()
@@ -588,7 +541,8 @@ impl SignerTransport for GrpcTransport {
         r
     }
 
-    fn call_batch(
+    /// A batch on the open connection.
+    pub(crate) fn call_batch(
         &mut self,
         bodies: Vec<request::Body>,
         timeout: Duration,
@@ -624,6 +578,87 @@ impl SignerTransport for GrpcTransport {
     }
 }
 
+impl GrpcTransport {
+    /// A transport to the signer at `addrs` (host:port, or several
+    /// separated by commas: replicas); its own runtime, so LDK's
+    /// synchronous callers never block the node's async workers.
+    pub fn new(addrs: &str, tls: SignerTls) -> std::io::Result<Self> {
+        let addrs: Vec<String> = addrs
+            .split(',')
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty())
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "no signer address given",
+            ));
+        }
+        Ok(GrpcTransport {
+            addrs,
+            current: 0,
+            tls,
+            grpc: GrpcCalls::new("signer-transport")?,
+        })
+    }
+
+    /// The highest state counter the signer reported, kept here.
+    pub fn seen(&self) -> Arc<AtomicU64> {
+        self.grpc.seen.clone()
+    }
+}
+
+/// The replica a standby's answer names as active ("... active is NAME at
+/// ADDR ..."), among `addrs`.
+fn named_active(why: &str, addrs: &[String]) -> Option<usize> {
+    let rest = why.split("active is ").nth(1)?;
+    let addr = rest
+        .split(" at ")
+        .nth(1)?
+        .split([' ', ',', ')', ';'])
+        .next()?;
+    addrs.iter().position(|a| a == addr)
+}
+
+impl SignerTransport for GrpcTransport {
+    fn connect(&mut self) -> Result<(), String> {
+        let addr = &self.addrs[self.current % self.addrs.len()];
+        let c = self
+            .grpc
+            .runtime
+            .block_on(client::connect(addr, &self.tls))
+            .map_err(|e| e.to_string())?;
+        self.grpc.client = Some(c);
+        Ok(())
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(self.addrs[self.current % self.addrs.len()].clone())
+    }
+
+    fn next_endpoint(&mut self, why: &str) {
+        self.grpc.client = None;
+        // A signer that waits for our greeting is the one to greet.
+        if self.addrs.len() > 1 && !why.contains(lnpd_proto::AWAITING_GREETING) {
+            self.current = named_active(why, &self.addrs)
+                .filter(|&i| i != self.current)
+                .unwrap_or((self.current + 1) % self.addrs.len());
+        }
+    }
+
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        self.grpc.call(body, timeout)
+    }
+
+    fn call_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+        self.grpc.call_batch(bodies, timeout)
+    }
+}
+
 impl SignerConnection {
     /// Starts the connection thread for the signer at `addr` (host:port)
     /// over gRPC with mutual TLS. Connecting happens on first use and again
@@ -632,6 +667,20 @@ impl SignerConnection {
         let transport = GrpcTransport::new(addr, tls)?;
         let seen = transport.seen();
         Self::start_counted(addr, transport, seen)
+    }
+
+    /// Listens on `listen` for the signer's own connection (`lnpd-signer
+    /// run --connect`) and sends requests over it; returns the address
+    /// bound (port 0 picks one).
+    pub fn start_inbound(
+        listen: std::net::SocketAddr,
+        tls: SignerTls,
+    ) -> std::io::Result<(Arc<Self>, std::net::SocketAddr)> {
+        let transport = super::inbound::InboundTransport::listen(listen, tls)?;
+        let bound = transport.local_addr();
+        let seen = transport.seen();
+        let name = format!("the signer dialling in to {bound}");
+        Ok((Self::start_counted(&name, transport, seen)?, bound))
     }
 
     /// Starts the connection thread over any transport; `endpoint` names

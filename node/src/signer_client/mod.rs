@@ -7,6 +7,7 @@
 pub mod channel;
 pub mod connection;
 pub mod convert;
+pub mod inbound;
 pub mod keys;
 
 pub use channel::RemoteChannelSigner;

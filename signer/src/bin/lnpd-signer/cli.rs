@@ -70,6 +70,14 @@ pub(crate) enum Command {
         /// (the address is written to <data-dir>/signer.addr).
         #[arg(long)]
         listen: Option<String>,
+        /// Open the connection to the node instead of listening: the node's
+        /// `--signer-listen` address (host:port), dialled again whenever the
+        /// connection ends. For a signer on an isolated machine that must
+        /// accept no inbound connection. The same mutual TLS and the same
+        /// certificates (the node still presents node.pem, the signer
+        /// server.pem). Overrides `listen`; also `connect` in signer.toml.
+        #[arg(long, conflicts_with = "listen")]
+        connect: Option<String>,
         /// Log filter (overrides signer.toml and RUST_LOG), e.g. "info" or "lnpd_signer=debug".
         #[arg(long)]
         log: Option<String>,

@@ -58,6 +58,7 @@ fn main() {
         Command::Run {
             common,
             listen,
+            connect,
             log,
             device,
             accept_older_state,
@@ -73,12 +74,15 @@ fn main() {
                 .enable_all()
                 .build();
             match rt {
-                Ok(rt) => match device {
-                    Some(d) => rt.block_on(run::run_device(common, listen, log, d)),
-                    None => {
-                        rt.block_on(run::run_any(common, listen, log, accept_older_state, store))
+                Ok(rt) => {
+                    let reach = run::Reach { listen, connect };
+                    match device {
+                        Some(d) => rt.block_on(run::run_device(common, reach, log, d)),
+                        None => {
+                            rt.block_on(run::run_any(common, reach, log, accept_older_state, store))
+                        }
                     }
-                },
+                }
                 Err(e) => Err(anyhow!("cannot start the runtime: {e}")),
             }
         }

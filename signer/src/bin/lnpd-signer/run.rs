@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use crate::cli::Common;
 use crate::common::{expand, init_logging, open, Opened};
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use lnpd_signer::config::ConfigFile;
 use lnpd_signer::server::{self, SignerService};
 use lnpd_signer::{tls, DataDir};
@@ -13,7 +13,7 @@ use lnpd_signer::{tls, DataDir};
 /// `run --device`: the node's calls bridged to the paired hardware signer.
 pub(crate) async fn run_device(
     common: Common,
-    listen: Option<String>,
+    reach: Reach,
     log: Option<String>,
     device: String,
 ) -> Result<()> {
@@ -30,14 +30,12 @@ pub(crate) async fn run_device(
         .await
         .map_err(|e| anyhow!("{e}"))??
         .with_audit(audit);
-    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
-    tracing::info!(
-        "lnpd-signer bridging {device} (paired, identity proven) on {local} (mutual TLS)"
-    );
-    println!("listening on {local}");
+    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
+    tracing::info!("lnpd-signer bridging {device} (paired, identity proven), {local} (mutual TLS)");
+    println!("{local}");
     server::serve(
         backend,
-        listener,
+        incoming,
         tls_config,
         config.server.limits()?,
         shutdown_signal(),
@@ -47,30 +45,67 @@ pub(crate) async fn run_device(
     Ok(())
 }
 
-/// Listens where `--listen` or signer.toml says (port 0: a free one,
-/// written to signer.addr), with the server's TLS configuration.
+/// Where the node's connections come from: dialled to `--connect` (or
+/// signer.toml `connect`), else accepted where `--listen` or signer.toml
+/// says (port 0: a free one, written to signer.addr); with the server's
+/// TLS configuration and a line for the log.
 pub(crate) async fn bind(
     dir: &DataDir,
     config: &ConfigFile,
-    listen: Option<String>,
-) -> Result<(
-    tokio::net::TcpListener,
-    tonic::transport::ServerTlsConfig,
-    SocketAddr,
-)> {
+    reach: Reach,
+) -> Result<(server::Incoming, tonic::transport::ServerTlsConfig, Bound)> {
+    let Reach { listen, connect } = reach;
+    let tls_config = server::tls_config(&tls::TlsFiles::in_dir(&dir.tls()))?;
+    if let Some(node) = connect.or(config.connect.clone()) {
+        if !node.contains(':') {
+            bail!("--connect {node:?} must be host:port (the node's --signer-listen)");
+        }
+        let _ = std::fs::remove_file(dir.listen_addr_file());
+        return Ok((
+            server::Incoming::Dial(node.clone()),
+            tls_config,
+            Bound::Dialling(node),
+        ));
+    }
     let listen = listen
         .or(config.listen.clone())
         .unwrap_or_else(|| "127.0.0.1:9736".into());
     let addr: SocketAddr = listen
         .parse()
         .with_context(|| format!("listen address {listen:?} is not address:port"))?;
-    let tls_config = server::tls_config(&tls::TlsFiles::in_dir(&dir.tls()))?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("cannot listen on {addr}"))?;
     let local = listener.local_addr()?;
     std::fs::write(dir.listen_addr_file(), local.to_string())?;
-    Ok((listener, tls_config, local))
+    Ok((
+        server::Incoming::Listen(listener),
+        tls_config,
+        Bound::Listening(local),
+    ))
+}
+
+/// How the node reaches this signer: `--listen` / `--connect`.
+pub(crate) struct Reach {
+    pub(crate) listen: Option<String>,
+    pub(crate) connect: Option<String>,
+}
+
+/// Where the signer serves, once bound.
+pub(crate) enum Bound {
+    /// Accepting on this address.
+    Listening(SocketAddr),
+    /// Dialling the node at this address.
+    Dialling(String),
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::Listening(a) => write!(f, "listening on {a}"),
+            Bound::Dialling(n) => write!(f, "dialling the node at {n} (no port open here)"),
+        }
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -85,7 +120,7 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) async fn run(
     common: Common,
-    listen: Option<String>,
+    reach: Reach,
     log: Option<String>,
     accept_older_state: bool,
 ) -> Result<()> {
@@ -98,13 +133,13 @@ pub(crate) async fn run(
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
     let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
     check_witness(&witness, &dir.witness(), &mut signer, accept_older_state);
-    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
+    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
     tracing::info!(
         node_id = %signer.node_id(),
         network = signer.network().to_core_arg(),
         channels = signer.channels().count(),
         seed = %sealing.describe(),
-        "lnpd-signer listening on {local} (mutual TLS)"
+        "lnpd-signer {local} (mutual TLS)"
     );
     for (rule, mode) in &signer.policy().modes {
         if *mode == lnpd_signer_core::RuleMode::Warn {
@@ -114,7 +149,7 @@ pub(crate) async fn run(
             );
         }
     }
-    println!("listening on {local}");
+    println!("{local}");
     let audit = lnpd_signer::audit::AuditLog::open(&dir.audit_log())
         .with_context(|| format!("opening {}", dir.audit_log().display()))?;
     let writer = witness.spawn_writer()?;
@@ -124,7 +159,7 @@ pub(crate) async fn run(
         .with_approvals(dir.approvals(), config.approval_timeout())
         .with_witness(witness.clone());
     serve_until_shutdown(
-        service, listener, tls_config, &config, &dir, &witness, writer,
+        service, incoming, tls_config, &config, &dir, &witness, writer,
     )
     .await
 }
@@ -157,7 +192,7 @@ pub(crate) fn check_witness<S: lnpd_signer_core::store::Store>(
 /// URL is given (`--store` or `[store] url`).
 pub(crate) async fn run_any(
     common: Common,
-    listen: Option<String>,
+    reach: Reach,
     log: Option<String>,
     accept_older_state: bool,
     store: Option<String>,
@@ -166,9 +201,9 @@ pub(crate) async fn run_any(
     let replicated =
         store.is_some() || ConfigFile::load(&dir.config()).is_ok_and(|c| c.store.url.is_some());
     if replicated {
-        run_replica(common, listen, log, store, accept_older_state).await
+        run_replica(common, reach, log, store, accept_older_state).await
     } else {
-        run(common, listen, log, accept_older_state).await
+        run(common, reach, log, accept_older_state).await
     }
 }
 
@@ -177,7 +212,7 @@ pub(crate) async fn run_any(
 /// it answers "standby, active is NAME at ADDR".
 pub(crate) async fn run_replica(
     common: Common,
-    listen: Option<String>,
+    reach: Reach,
     log: Option<String>,
     store_url: Option<String>,
     accept_older_state: bool,
@@ -197,27 +232,28 @@ pub(crate) async fn run_replica(
         ..
     } = parts;
     let etcd = lnpd_signer::etcd::Etcd::new(&settings)?;
-    let (listener, tls_config, local) = bind(&dir, &config, listen).await?;
+    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
+    // A replica that dials the node has no address of its own to advertise.
+    let here = match &local {
+        Bound::Listening(a) => a.to_string(),
+        Bound::Dialling(_) => format!("dialling-pid-{}", std::process::id()),
+    };
     let me = ReplicaId {
         name: config
             .store
             .replica_name
             .clone()
-            .unwrap_or_else(|| local.to_string()),
-        addr: config
-            .store
-            .advertise
-            .clone()
-            .unwrap_or_else(|| local.to_string()),
+            .unwrap_or_else(|| here.clone()),
+        addr: config.store.advertise.clone().unwrap_or(here),
     };
     tracing::info!(
         node_id = %node_id,
         members = settings.endpoints.join(","),
         prefix = settings.prefix,
-        "lnpd-signer replica {} listening on {local} (mutual TLS); standing by until it holds the leadership",
+        "lnpd-signer replica {} {local} (mutual TLS); standing by until it holds the leadership",
         me.name
     );
-    println!("listening on {local}");
+    println!("{local}");
     let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
     let writer = witness.spawn_writer()?;
     let allowlist = dir.allowlist();
@@ -261,7 +297,7 @@ pub(crate) async fn run_replica(
         witness.clone(),
     );
     serve_until_shutdown(
-        service, listener, tls_config, &config, &dir, &witness, writer,
+        service, incoming, tls_config, &config, &dir, &witness, writer,
     )
     .await
 }
@@ -270,7 +306,7 @@ pub(crate) async fn run_replica(
 /// removes the address file.
 async fn serve_until_shutdown<B: server::Backend>(
     service: B,
-    listener: tokio::net::TcpListener,
+    incoming: server::Incoming,
     tls_config: tonic::transport::ServerTlsConfig,
     config: &ConfigFile,
     dir: &DataDir,
@@ -279,7 +315,7 @@ async fn serve_until_shutdown<B: server::Backend>(
 ) -> Result<()> {
     let served = server::serve(
         service,
-        listener,
+        incoming,
         tls_config,
         config.server.limits()?,
         shutdown_signal(),

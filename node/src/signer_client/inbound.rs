@@ -1,0 +1,206 @@
+//! The signer's own connection, accepted: for a signer on an isolated
+//! machine that opens no port (`lnpd-signer run --connect NODE:PORT`), the
+//! node listens (`lnpd --signer-listen ADDR`) and sends its requests over
+//! the connection the signer opened — gRPC with mutual TLS exactly as when
+//! the node dials (`lnpd_proto::client::connect_over`): the signer shows its
+//! server certificate, which must chain to the signer's CA, and the node its
+//! client certificate. A connection that fails that handshake is dropped
+//! and logged; it never displaces a signer that passed it.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use lnpd_proto::client::{self, SignerTls};
+use lnpd_proto::signer::signer_client::SignerClient;
+use lnpd_proto::signer::{reply, request};
+use tonic::transport::Channel;
+
+use super::connection::{CallError, GrpcCalls, SignerTransport};
+
+/// Connections that passed the handshake and wait to be used (the newest
+/// first); older ones beyond this are closed.
+const MAX_READY: usize = 4;
+/// Handshakes in progress at once; a connection beyond them is closed at
+/// once (a flood of them cannot hold the node's memory).
+const MAX_HANDSHAKES: usize = 16;
+/// Longest a connection may take to finish TLS and HTTP/2 set-up.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// How long `connect` waits for a signer to dial in before saying so (the
+/// connection's backoff then retries).
+const WAIT: Duration = Duration::from_secs(1);
+
+/// Signer connections that passed the mutual-TLS handshake.
+#[derive(Default)]
+struct Ready {
+    clients: Mutex<VecDeque<(SocketAddr, SignerClient<Channel>)>>,
+    arrived: Condvar,
+}
+
+impl Ready {
+    fn push(&self, peer: SocketAddr, client: SignerClient<Channel>) {
+        if let Ok(mut q) = self.clients.lock() {
+            while q.len() >= MAX_READY {
+                q.pop_front();
+            }
+            q.push_back((peer, client));
+        }
+        self.arrived.notify_all();
+    }
+
+    /// The newest ready connection, waiting at most `wait`.
+    fn take(&self, wait: Duration) -> Option<(SocketAddr, SignerClient<Channel>)> {
+        let deadline = Instant::now() + wait;
+        let mut q = self.clients.lock().ok()?;
+        loop {
+            if let Some(c) = q.pop_back() {
+                return Some(c);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            q = self.arrived.wait_timeout(q, left).ok()?.0;
+        }
+    }
+}
+
+/// A [`SignerTransport`] over connections the signer opens to the node.
+pub struct InboundTransport {
+    bound: SocketAddr,
+    grpc: GrpcCalls,
+    ready: Arc<Ready>,
+    peer: Option<SocketAddr>,
+}
+
+/// Error text with its causes (tonic's own text is only "transport error").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        // Some errors print their cause themselves: not twice.
+        let t = c.to_string();
+        if !text.contains(&t) {
+            text.push_str(": ");
+            text.push_str(&t);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl InboundTransport {
+    /// Binds `listen` and accepts signer connections in the background.
+    pub fn listen(listen: SocketAddr, tls: SignerTls) -> std::io::Result<Self> {
+        let grpc = GrpcCalls::new("signer-inbound")?;
+        let std_listener = std::net::TcpListener::bind(listen)?;
+        std_listener.set_nonblocking(true)?;
+        let bound = std_listener.local_addr()?;
+        let listener = {
+            let _in_runtime = grpc.runtime.enter();
+            tokio::net::TcpListener::from_std(std_listener)?
+        };
+        let ready = Arc::new(Ready::default());
+        grpc.runtime
+            .spawn(accept_loop(listener, tls, ready.clone()));
+        tracing::info!("waiting for the signer to connect on {bound} (lnpd-signer run --connect)");
+        Ok(InboundTransport {
+            bound,
+            grpc,
+            ready,
+            peer: None,
+        })
+    }
+
+    /// The address listened on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.bound
+    }
+
+    /// The highest state counter the signer reported, kept here.
+    pub fn seen(&self) -> Arc<AtomicU64> {
+        self.grpc.seen.clone()
+    }
+}
+
+async fn accept_loop(listener: tokio::net::TcpListener, tls: SignerTls, ready: Arc<Ready>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors, say: not a reason to stop listening.
+                tracing::warn!("accepting a signer connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::debug!(
+                "closed a connection from {peer}: {MAX_HANDSHAKES} handshakes already in progress"
+            );
+            continue;
+        };
+        let tls = tls.clone();
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(HANDSHAKE, client::connect_over(stream, &tls, &peer.to_string()))
+                .await
+            {
+                Ok(Ok(c)) => {
+                    tracing::info!("the signer connected from {peer} (mutual TLS)");
+                    ready.push(peer, c);
+                }
+                Ok(Err(e)) => tracing::warn!(
+                    "refused a connection from {peer}: it is not our signer (mutual TLS failed: {})",
+                    with_causes(&e)
+                ),
+                Err(_) => tracing::warn!(
+                    "refused a connection from {peer}: no TLS handshake within {HANDSHAKE:?}"
+                ),
+            }
+        });
+    }
+}
+
+impl SignerTransport for InboundTransport {
+    fn connect(&mut self) -> Result<(), String> {
+        match self.ready.take(WAIT) {
+            Some((peer, c)) => {
+                self.grpc.client = Some(c);
+                self.peer = Some(peer);
+                Ok(())
+            }
+            None => Err(format!(
+                "no signer has connected to {} (lnpd-signer run --connect)",
+                self.bound
+            )),
+        }
+    }
+
+    fn endpoint(&self) -> Option<String> {
+        Some(match self.peer {
+            Some(p) => format!("{p} (dialled in to {})", self.bound),
+            None => format!("the signer dialling in to {}", self.bound),
+        })
+    }
+
+    fn next_endpoint(&mut self, _why: &str) {
+        // Closed: a signer whose connection ended dials again; a replica
+        // standing by is taken after the others.
+        self.grpc.client = None;
+        self.peer = None;
+    }
+
+    fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        self.grpc.call(body, timeout)
+    }
+
+    fn call_batch(
+        &mut self,
+        bodies: Vec<request::Body>,
+        timeout: Duration,
+    ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+        self.grpc.call_batch(bodies, timeout)
+    }
+}
