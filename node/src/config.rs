@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub admin_listen: Option<String>,
     /// Node alias.
     pub alias: Option<String>,
+    /// Where to serve metrics and `/healthz` (off when absent).
+    pub metrics_listen: Option<String>,
 }
 
 /// A config that cannot be used.
@@ -84,6 +86,7 @@ impl NodeConfig {
             listen: flags.listen.or(self.listen),
             admin_listen: flags.admin_listen.or(self.admin_listen),
             alias: flags.alias.or(self.alias),
+            metrics_listen: flags.metrics_listen.or(self.metrics_listen),
         }
     }
 }

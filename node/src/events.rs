@@ -305,6 +305,12 @@ impl Node {
         fee_msat: u64,
         preimage: Option<[u8; 32]>,
     ) {
+        metrics::counter!(
+            "lnpd_node_payments_total",
+            "direction" => direction,
+            "outcome" => status.to_string()
+        )
+        .increment(1);
         if let Ok(mut p) = self.payments.lock() {
             let e = p.entry(hash).or_insert(PaymentRecord {
                 direction,

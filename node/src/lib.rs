@@ -10,6 +10,7 @@ pub mod fee_bump;
 pub mod hold;
 pub mod ldk_types;
 pub mod logger;
+pub mod metrics;
 pub mod node;
 pub mod signer_chain;
 pub mod signer_client;

@@ -27,6 +27,20 @@ pub enum ErrorKind {
     Unavailable,
 }
 
+impl ErrorKind {
+    /// A short lowercase name (metrics labels, logs).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Invalid => "invalid",
+            ErrorKind::NotFound => "not_found",
+            ErrorKind::FailedPrecondition => "failed_precondition",
+            ErrorKind::Policy => "policy",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// A refused or failed request. State is unchanged whenever one is returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SignerError {

@@ -21,6 +21,8 @@ pub struct ConfigFile {
     pub listen: Option<String>,
     /// The node's `--signer-listen` address: dial it instead of listening.
     pub connect: Option<String>,
+    /// Where to serve metrics and `/healthz` (off when absent).
+    pub metrics_listen: Option<String>,
     /// Log filter, e.g. "info" or "lnpd_signer=debug".
     pub log: Option<String>,
     /// Policy limits and rule modes.

@@ -51,6 +51,10 @@ impl DataDir {
     pub fn listen_addr_file(&self) -> PathBuf {
         self.0.join("signer.addr")
     }
+    /// Where `run --metrics-listen` writes the address of its metrics endpoint.
+    pub fn metrics_addr_file(&self) -> PathBuf {
+        self.0.join("metrics.addr")
+    }
     /// The directory.
     pub fn path(&self) -> &Path {
         &self.0

@@ -525,6 +525,21 @@ impl Backend for DeviceBackend {
         true
     }
 
+    /// Ready when the device answers a ping (its state and keys are its own).
+    fn status(&self) -> crate::server::BackendStatus {
+        match self.call(request::Body::Ping(Default::default())) {
+            Ok(_) => crate::server::BackendStatus {
+                channels: None,
+                pending_approvals: None,
+                chain_height: None,
+                ready: Ok("the hardware signer answers".into()),
+            },
+            Err(e) => crate::server::BackendStatus::not_ready(format!(
+                "the hardware signer does not answer: {e}"
+            )),
+        }
+    }
+
     fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
         let op = body.name();
         let channel = body.channel_keys_id();

@@ -45,6 +45,65 @@ pub trait Backend: Send + Sync + 'static {
     fn call_group(&self, bodies: Vec<request::Body>) -> Vec<Result<reply::Body, SignerError>> {
         bodies.into_iter().map(|b| self.call(b)).collect()
     }
+    /// What the metrics endpoint reports: gauges, and whether this backend
+    /// can serve now (`/healthz`).
+    fn status(&self) -> BackendStatus {
+        BackendStatus {
+            channels: None,
+            pending_approvals: None,
+            chain_height: None,
+            ready: Ok("serving".into()),
+        }
+    }
+}
+
+/// A backend's gauges and readiness (see [`Backend::status`]).
+#[derive(Clone, Debug)]
+pub struct BackendStatus {
+    /// Channels the signer keeps.
+    pub channels: Option<usize>,
+    /// Payments waiting for the operator's approval.
+    pub pending_approvals: Option<usize>,
+    /// Height of the chain the signer has checked.
+    pub chain_height: Option<u32>,
+    /// `Ok(what)` when it can sign now; `Err(why)` when not.
+    pub ready: Result<String, String>,
+}
+
+impl BackendStatus {
+    /// Not ready, and no gauges.
+    pub fn not_ready(why: String) -> Self {
+        BackendStatus {
+            channels: None,
+            pending_approvals: None,
+            chain_height: None,
+            ready: Err(why),
+        }
+    }
+}
+
+/// Counts a request by operation and outcome (and a refusal by its rule),
+/// and how long it took.
+fn record(
+    op: &'static str,
+    result: &Result<reply::Body, SignerError>,
+    took: Option<std::time::Duration>,
+) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(e) => e.kind.as_str(),
+    };
+    metrics::counter!("lnpd_signer_requests_total", "op" => op, "outcome" => outcome).increment(1);
+    if let Some(t) = took {
+        metrics::histogram!("lnpd_signer_request_duration_seconds", "op" => op)
+            .record(t.as_secs_f64());
+    }
+    if let Err(SignerError {
+        rule: Some(rule), ..
+    }) = result
+    {
+        metrics::counter!("lnpd_signer_refusals_total", "rule" => rule.as_str()).increment(1);
+    }
 }
 
 /// Runs `f`, handing the runtime thread over first if `long`.
@@ -494,6 +553,34 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         true
     }
 
+    /// Gauges from the signer, and ready when its store takes a write (an
+    /// empty durable commit: redb's fsync; a replica's etcd transaction
+    /// with its leadership check).
+    fn status(&self) -> BackendStatus {
+        let Ok(mut slot) = self.inner.lock() else {
+            return BackendStatus::not_ready("signer state lock poisoned".into());
+        };
+        let (signer, what) = match &mut *slot {
+            Slot::Active(s) => (s, "signing"),
+            Slot::Greeting(s) => (s, "waiting for the node's greeting"),
+            Slot::Standby(why) => return BackendStatus::not_ready(format!("not signing: {why}")),
+        };
+        let started = std::time::Instant::now();
+        let ready = match signer.probe_store() {
+            Ok(()) => Ok(format!(
+                "{what}; the store took a durable write in {:?}",
+                started.elapsed()
+            )),
+            Err(e) => Err(format!("the store does not take writes: {e}")),
+        };
+        BackendStatus {
+            channels: Some(signer.channels().count()),
+            pending_approvals: Some(signer.pending_approvals().len()),
+            chain_height: Some(signer.chain_height()),
+            ready,
+        }
+    }
+
     /// A batch whose requests came from independent callers: each gets
     /// its own result (a refusal refuses that request alone, and is
     /// audited), and a failed write fails them all (none of them applied).
@@ -554,6 +641,8 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
     async fn call(&self, request: Request<pb::Request>) -> Result<Response<pb::Reply>, Status> {
         let req = request.into_inner();
         let b = &self.backend;
+        let started = std::time::Instant::now();
+        let op = req.body.as_ref().map_or("empty", |body| body.name());
         let result = match req.body {
             Some(body) if b.groups() && body.batchable() => self.grouped(body).await,
             // What needs no write (`quick`) answers without a hand-off.
@@ -561,6 +650,7 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
             None => Err(SignerError::invalid("empty request")),
         };
         self.awake.touch();
+        record(op, &result, Some(started.elapsed()));
         Ok(Response::new(
             pb::Reply::from_result(req.id, result).with_state_counter(b.state_counter()),
         ))
@@ -573,12 +663,28 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let requests = request.into_inner().requests;
         let ids: Vec<u64> = requests.iter().map(|r| r.id).collect();
         let bodies: Option<Vec<request::Body>> = requests.into_iter().map(|r| r.body).collect();
+        let ops: Vec<&'static str> = bodies.iter().flatten().map(|body| body.name()).collect();
         let b = &self.backend;
+        let started = std::time::Instant::now();
         let results = match bodies {
             Some(bodies) => run_blocking(b.may_block_long(), || b.call_batch(bodies)),
             None => Err(SignerError::invalid("a batched request has no body")),
         };
         self.awake.touch();
+        metrics::histogram!("lnpd_signer_request_duration_seconds", "op" => "batch")
+            .record(started.elapsed().as_secs_f64());
+        match &results {
+            Ok(each) => {
+                for (op, r) in ops.iter().zip(each) {
+                    record(op, r, None);
+                }
+            }
+            Err(e) => {
+                for op in &ops {
+                    record(op, &Err(e.clone()), None);
+                }
+            }
+        }
         let counter = b.state_counter();
         let replies = match results {
             Ok(results) => ids
@@ -639,8 +745,14 @@ pub async fn serve<B: Backend>(
     incoming: Incoming,
     tls: tonic::transport::ServerTlsConfig,
     limits: ServerLimits,
+    metrics: Option<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let backend = Arc::new(service);
+    let metrics_task = metrics.map(|m| {
+        let probe: Arc<dyn lnpd_telemetry::Probe> = Arc::new(BackendProbe(backend.clone()));
+        tokio::spawn(lnpd_telemetry::serve(m.listener, m.handle, probe))
+    });
     // Polls for the node's next request a short while after each answer
     // (the window is the process's, `--busy-poll-us`).
     let awake = Arc::new(lnpd_proto::busy_poll::Awake::new(
@@ -657,7 +769,7 @@ pub async fn serve<B: Backend>(
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(
             signer_server::SignerServer::new(Grpc {
-                backend: Arc::new(service),
+                backend,
                 awake,
                 group: Arc::default(),
             })
@@ -676,7 +788,41 @@ pub async fn serve<B: Backend>(
         }
     };
     keeper.abort();
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
     served
+}
+
+/// The metrics endpoint of a signer: where it listens and what renders.
+pub struct Metrics {
+    /// Bound by `lnpd_telemetry::bind`.
+    pub listener: tokio::net::TcpListener,
+    /// From `lnpd_telemetry::install`.
+    pub handle: lnpd_telemetry::PrometheusHandle,
+}
+
+/// A backend as the metrics endpoint sees it.
+struct BackendProbe<B>(Arc<B>);
+
+impl<B: Backend> lnpd_telemetry::Probe for BackendProbe<B> {
+    fn refresh(&self) {
+        let s = self.0.status();
+        if let Some(n) = s.channels {
+            metrics::gauge!("lnpd_signer_channels").set(n as f64);
+        }
+        if let Some(n) = s.pending_approvals {
+            metrics::gauge!("lnpd_signer_pending_approvals").set(n as f64);
+        }
+        if let Some(h) = s.chain_height {
+            metrics::gauge!("lnpd_signer_chain_height").set(f64::from(h));
+        }
+        metrics::gauge!("lnpd_signer_ready").set(if s.ready.is_ok() { 1.0 } else { 0.0 });
+    }
+
+    fn ready(&self) -> Result<String, String> {
+        self.0.status().ready
+    }
 }
 
 /// Connections held, in all and by address.

@@ -181,6 +181,16 @@ impl Store for EtcdStore {
     }
 
     fn commit(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let done = self.commit_now(writes);
+        metrics::histogram!("lnpd_signer_durable_write_duration_seconds", "store" => "etcd")
+            .record(started.elapsed().as_secs_f64());
+        done
+    }
+}
+
+impl EtcdStore {
+    fn commit_now(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
         let leadership = self
             .leadership
             .clone()

@@ -92,6 +92,16 @@ impl Store for RedbStore {
     }
 
     fn commit(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let started = std::time::Instant::now();
+        let done = self.commit_now(writes);
+        metrics::histogram!("lnpd_signer_durable_write_duration_seconds", "store" => "redb")
+            .record(started.elapsed().as_secs_f64());
+        done
+    }
+}
+
+impl RedbStore {
+    fn commit_now(&mut self, writes: Vec<Write>) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(err)?;
         {
             let mut channels = txn.open_table(CHANNELS).map_err(err)?;

@@ -13,4 +13,5 @@ pub mod hsm;
 pub mod network;
 pub mod node_process;
 pub mod regtest;
+pub mod scrape;
 pub mod sim;

@@ -65,6 +65,12 @@ struct Cli {
     /// Node alias.
     #[arg(long)]
     alias: Option<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and readiness at
+    /// http://ADDR/healthz (200 when the signer answers a ping, 503 with
+    /// the reason otherwise). Port 0 picks one, written to
+    /// <data-dir>/metrics.addr. Off by default.
+    #[arg(long)]
+    metrics_listen: Option<String>,
     /// Log filter, e.g. "info" or "lnpd_node=debug,ldk=info".
     #[arg(long, default_value = "info")]
     log: String,
@@ -95,6 +101,7 @@ async fn run(cli: Cli) -> Result<()> {
         listen: cli.listen,
         admin_listen: cli.admin_listen,
         alias: cli.alias,
+        metrics_listen: cli.metrics_listen,
     };
     let c = file.merge(flags);
     let network_name = required(&c.network, "network", "network")?;
@@ -146,7 +153,21 @@ async fn run(cli: Cli) -> Result<()> {
         listen,
         alias: c.alias.clone().unwrap_or_else(|| "lnpd".into()),
     };
+    // Bound before the node starts (a bad address fails at once); served
+    // once it runs.
+    let metrics = match &c.metrics_listen {
+        Some(addr) => Some((
+            lnpd_telemetry::install()?,
+            lnpd_telemetry::bind(addr, Some(data_dir.join("metrics.addr").as_path())).await?,
+        )),
+        None => None,
+    };
     let node = Node::start(settings).await?;
+    if let Some((handle, listener)) = metrics {
+        let probe: std::sync::Arc<dyn lnpd_telemetry::Probe> =
+            std::sync::Arc::new(lnpd_node::metrics::NodeProbe(node.clone()));
+        tokio::spawn(lnpd_telemetry::serve(listener, handle, probe));
+    }
     let token = load_or_create_token(&data_dir.join("admin.token")).context("admin token")?;
     let admin_listener = tokio::net::TcpListener::bind(admin)
         .await

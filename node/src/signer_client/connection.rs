@@ -279,7 +279,28 @@ impl Link {
         self.restore_deferred(again);
     }
 
+    /// [`Self::call_now`], timed and counted for the metrics.
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let op = body.name();
+        let started = Instant::now();
+        let result = self.call_now(body, timeout);
+        metrics::histogram!("lnpd_node_signer_round_trip_duration_seconds", "op" => op)
+            .record(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(CallError::Unavailable(_)) => "unavailable",
+            Err(CallError::Refused(e)) => e.kind.as_str(),
+        };
+        metrics::counter!("lnpd_node_signer_requests_total", "op" => op, "outcome" => outcome)
+            .increment(1);
+        result
+    }
+
+    fn call_now(
+        &mut self,
+        body: request::Body,
+        timeout: Duration,
+    ) -> Result<reply::Body, CallError> {
         self.connect()?;
         if self.has_deferred() && !body.batchable() {
             if body.independent_of_channels() {

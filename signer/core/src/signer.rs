@@ -335,6 +335,12 @@ impl<S: Store> Signer<S> {
         &self.store
     }
 
+    /// Whether the store takes a durable write now: commits an empty set of
+    /// writes (nothing changes). For the daemon's health check.
+    pub fn probe_store(&mut self) -> Result<(), crate::store::StoreError> {
+        self.store.commit(Vec::new())
+    }
+
     /// The store, to inject failures (tests only).
     #[cfg(any(test, feature = "test-utils"))]
     pub fn store_mut(&mut self) -> &mut S {

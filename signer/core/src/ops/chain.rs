@@ -32,7 +32,9 @@ impl<S: Store> Signer<S> {
     }
 
     /// The height the signer believes the chain is at.
-    pub(crate) fn chain_height(&self) -> u32 {
+    /// Height of the best chain the signer has checked (its checkpoint's
+    /// before any header).
+    pub fn chain_height(&self) -> u32 {
         // Counted, not decoded: this runs for every commitment signed.
         match self.meta.chain_headers.len() {
             0 => self.policy.chain_checkpoint.map_or(0, |c| c.height),

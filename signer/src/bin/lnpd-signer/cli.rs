@@ -78,6 +78,13 @@ pub(crate) enum Command {
         /// server.pem). Overrides `listen`; also `connect` in signer.toml.
         #[arg(long, conflicts_with = "listen")]
         connect: Option<String>,
+        /// Serve Prometheus metrics at http://ADDR/metrics and readiness at
+        /// http://ADDR/healthz (200 when the store takes a durable write and
+        /// this process signs; 503 with the reason otherwise). Port 0 picks
+        /// one, written to <data-dir>/metrics.addr. Also `metrics_listen`
+        /// in signer.toml. Off by default.
+        #[arg(long)]
+        metrics_listen: Option<String>,
         /// Log filter (overrides signer.toml and RUST_LOG), e.g. "info" or "lnpd_signer=debug".
         #[arg(long)]
         log: Option<String>,

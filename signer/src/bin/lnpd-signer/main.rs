@@ -59,6 +59,7 @@ fn main() {
             common,
             listen,
             connect,
+            metrics_listen,
             log,
             device,
             accept_older_state,
@@ -75,7 +76,11 @@ fn main() {
                 .build();
             match rt {
                 Ok(rt) => {
-                    let reach = run::Reach { listen, connect };
+                    let reach = run::Reach {
+                        listen,
+                        connect,
+                        metrics: metrics_listen,
+                    };
                     match device {
                         Some(d) => rt.block_on(run::run_device(common, reach, log, d)),
                         None => {

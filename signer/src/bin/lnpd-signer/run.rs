@@ -30,18 +30,20 @@ pub(crate) async fn run_device(
         .await
         .map_err(|e| anyhow!("{e}"))??
         .with_audit(audit);
-    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
+    let (endpoints, local) = bind(&dir, &config, reach).await?;
     tracing::info!("lnpd-signer bridging {device} (paired, identity proven), {local} (mutual TLS)");
     println!("{local}");
     server::serve(
         backend,
-        incoming,
-        tls_config,
+        endpoints.incoming,
+        endpoints.tls,
         config.server.limits()?,
+        endpoints.metrics,
         shutdown_signal(),
     )
     .await?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
+    let _ = std::fs::remove_file(dir.metrics_addr_file());
     Ok(())
 }
 
@@ -53,17 +55,33 @@ pub(crate) async fn bind(
     dir: &DataDir,
     config: &ConfigFile,
     reach: Reach,
-) -> Result<(server::Incoming, tonic::transport::ServerTlsConfig, Bound)> {
-    let Reach { listen, connect } = reach;
+) -> Result<(Endpoints, Bound)> {
+    let Reach {
+        listen,
+        connect,
+        metrics,
+    } = reach;
     let tls_config = server::tls_config(&tls::TlsFiles::in_dir(&dir.tls()))?;
+    let metrics = match metrics.or(config.metrics_listen.clone()) {
+        Some(addr) => {
+            let handle = lnpd_telemetry::install()?;
+            let listener =
+                lnpd_telemetry::bind(&addr, Some(dir.metrics_addr_file().as_path())).await?;
+            Some(server::Metrics { listener, handle })
+        }
+        None => None,
+    };
     if let Some(node) = connect.or(config.connect.clone()) {
         if !node.contains(':') {
             bail!("--connect {node:?} must be host:port (the node's --signer-listen)");
         }
         let _ = std::fs::remove_file(dir.listen_addr_file());
         return Ok((
-            server::Incoming::Dial(node.clone()),
-            tls_config,
+            Endpoints {
+                incoming: server::Incoming::Dial(node.clone()),
+                tls: tls_config,
+                metrics,
+            },
             Bound::Dialling(node),
         ));
     }
@@ -79,16 +97,31 @@ pub(crate) async fn bind(
     let local = listener.local_addr()?;
     std::fs::write(dir.listen_addr_file(), local.to_string())?;
     Ok((
-        server::Incoming::Listen(listener),
-        tls_config,
+        Endpoints {
+            incoming: server::Incoming::Listen(listener),
+            tls: tls_config,
+            metrics,
+        },
         Bound::Listening(local),
     ))
 }
 
-/// How the node reaches this signer: `--listen` / `--connect`.
+/// How the node reaches this signer (`--listen` / `--connect`), and the
+/// operator its metrics (`--metrics-listen`).
 pub(crate) struct Reach {
     pub(crate) listen: Option<String>,
     pub(crate) connect: Option<String>,
+    pub(crate) metrics: Option<String>,
+}
+
+/// What the daemon serves on, once bound.
+pub(crate) struct Endpoints {
+    /// The node's connections.
+    pub(crate) incoming: server::Incoming,
+    /// The mutual TLS they take.
+    pub(crate) tls: tonic::transport::ServerTlsConfig,
+    /// The metrics endpoint, if asked for.
+    pub(crate) metrics: Option<server::Metrics>,
 }
 
 /// Where the signer serves, once bound.
@@ -133,7 +166,7 @@ pub(crate) async fn run(
     init_logging(log.as_deref().or(config.log.as_deref()).unwrap_or(""));
     let witness = lnpd_signer::witness::Witness::open(&dir.witness())?;
     check_witness(&witness, &dir.witness(), &mut signer, accept_older_state);
-    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
+    let (endpoints, local) = bind(&dir, &config, reach).await?;
     tracing::info!(
         node_id = %signer.node_id(),
         network = signer.network().to_core_arg(),
@@ -158,10 +191,7 @@ pub(crate) async fn run(
         .with_allowlist(dir.allowlist())
         .with_approvals(dir.approvals(), config.approval_timeout())
         .with_witness(witness.clone());
-    serve_until_shutdown(
-        service, incoming, tls_config, &config, &dir, &witness, writer,
-    )
-    .await
+    serve_until_shutdown(service, endpoints, &config, &dir, &witness, writer).await
 }
 
 /// Checks a freshly opened signer against this machine's witness (the
@@ -232,7 +262,7 @@ pub(crate) async fn run_replica(
         ..
     } = parts;
     let etcd = lnpd_signer::etcd::Etcd::new(&settings)?;
-    let (incoming, tls_config, local) = bind(&dir, &config, reach).await?;
+    let (endpoints, local) = bind(&dir, &config, reach).await?;
     // A replica that dials the node has no address of its own to advertise.
     let here = match &local {
         Bound::Listening(a) => a.to_string(),
@@ -296,18 +326,14 @@ pub(crate) async fn run_replica(
         open,
         witness.clone(),
     );
-    serve_until_shutdown(
-        service, incoming, tls_config, &config, &dir, &witness, writer,
-    )
-    .await
+    serve_until_shutdown(service, endpoints, &config, &dir, &witness, writer).await
 }
 
 /// Serves until Ctrl-C or SIGTERM, then brings the witness up to date and
 /// removes the address file.
 async fn serve_until_shutdown<B: server::Backend>(
     service: B,
-    incoming: server::Incoming,
-    tls_config: tonic::transport::ServerTlsConfig,
+    endpoints: Endpoints,
     config: &ConfigFile,
     dir: &DataDir,
     witness: &lnpd_signer::witness::Witness,
@@ -315,9 +341,10 @@ async fn serve_until_shutdown<B: server::Backend>(
 ) -> Result<()> {
     let served = server::serve(
         service,
-        incoming,
-        tls_config,
+        endpoints.incoming,
+        endpoints.tls,
         config.server.limits()?,
+        endpoints.metrics,
         shutdown_signal(),
     )
     .await;
@@ -325,5 +352,6 @@ async fn serve_until_shutdown<B: server::Backend>(
     let _ = writer.join();
     served?;
     let _ = std::fs::remove_file(dir.listen_addr_file());
+    let _ = std::fs::remove_file(dir.metrics_addr_file());
     Ok(())
 }
