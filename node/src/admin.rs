@@ -114,6 +114,26 @@ fn show_invoice_to_signer(node: &Node, bolt11: &str, amount: Option<u64>) -> Res
                 reply.amount_msat,
                 reply.approval_id
             );
+            // Listed meanwhile (`payments`, and `pay`'s progress line).
+            if let (Ok(mut p), Ok(hash)) = (
+                node.payments.lock(),
+                <[u8; 32]>::try_from(reply.payment_hash.as_slice()),
+            ) {
+                p.insert(
+                    hash,
+                    crate::node::PaymentRecord {
+                        direction: "outbound",
+                        status: "awaiting_approval".into(),
+                        amount_msat: reply.amount_msat,
+                        fee_msat: 0,
+                        preimage: None,
+                        reason: Some(format!(
+                            "waits for the signer operator: `lnpd-signer approve {}` (or `deny`)",
+                            reply.approval_id
+                        )),
+                    },
+                );
+            }
             announced = true;
         }
         if started.elapsed() > APPROVAL_PATIENCE {
@@ -148,7 +168,13 @@ impl node_server::Node for AdminService {
     ) -> Result<Response<pb::GetInfoReply>, Status> {
         let n = &self.node;
         let best = n.channel_manager.current_best_block();
+        let tip = tokio::time::timeout(std::time::Duration::from_secs(5), n.chain.best_block())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .map_or(0, |(_, h)| h);
         Ok(Response::new(pb::GetInfoReply {
+            chain_tip_height: tip,
             node_id: n.node_id().to_string(),
             alias: n.settings.alias.clone(),
             network: n.settings.network.to_core_arg().to_string(),
@@ -307,6 +333,8 @@ impl node_server::Node for AdminService {
                 is_usable: c.is_usable,
                 feerate_sat_per_kw: c.feerate_sat_per_1000_weight.unwrap_or(0),
                 is_outbound: c.is_outbound,
+                confirmations: c.confirmations.unwrap_or(0),
+                confirmations_required: c.confirmations_required.unwrap_or(0),
                 short_channel_id: c
                     .short_channel_id
                     .map(|s| s.to_string())
@@ -435,7 +463,23 @@ impl node_server::Node for AdminService {
         let amount = r.amount_msat;
         let bolt11 = r.invoice.trim().to_string();
         tokio::task::spawn_blocking(move || {
-            show_invoice_to_signer(&node, &bolt11, amount)?;
+            if let Err(refused) = show_invoice_to_signer(&node, &bolt11, amount) {
+                // A payment listed as awaiting approval: now failed, why.
+                if let Ok(mut p) = node.payments.lock() {
+                    if let Some(rec) = p.get_mut(&hash).filter(|r| r.status == "awaiting_approval")
+                    {
+                        rec.status = "failed".into();
+                        rec.reason = Some(refused.message().to_string());
+                    }
+                }
+                return Err(refused);
+            }
+            if let Ok(mut p) = node.payments.lock() {
+                if let Some(rec) = p.get_mut(&hash).filter(|r| r.status == "awaiting_approval") {
+                    rec.status = "pending".into();
+                    rec.reason = None;
+                }
+            }
             node.channel_manager
                 .pay_for_bolt11_invoice(
                     &invoice,

@@ -138,7 +138,8 @@ pub struct Node {
 pub struct PaymentRecord {
     /// "outbound" or "inbound".
     pub direction: &'static str,
-    /// "pending", "succeeded", "failed".
+    /// "awaiting_approval" (by the signer's operator), "pending",
+    /// "succeeded", "failed".
     pub status: String,
     /// Amount.
     pub amount_msat: u64,

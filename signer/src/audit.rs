@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 /// One audit entry.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditEntry {
-    /// Seconds since the Unix epoch.
+    /// Seconds since the Unix epoch; written as RFC 3339 UTC
+    /// ("2026-12-02T10:46:33Z"). Entries of older releases (a number) are
+    /// read as well.
+    #[serde(with = "rfc3339")]
     pub time: u64,
     /// What happened: "refused" or "approved".
     pub event: String,
@@ -53,6 +56,43 @@ impl AuditEntry {
             event: "approved".into(),
             ..AuditEntry::refusal(rule, operation, None, reason)
         }
+    }
+}
+
+/// The audit log's times: RFC 3339 in UTC, to the second.
+pub mod rfc3339 {
+    use serde::{de, Deserializer, Serializer};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// `secs` since the epoch as RFC 3339 UTC.
+    pub fn format(secs: u64) -> String {
+        humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+    }
+
+    /// Writes the time as RFC 3339.
+    pub fn serialize<S: Serializer>(secs: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format(*secs))
+    }
+
+    /// Reads RFC 3339, or seconds since the epoch (older entries).
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        struct Time;
+        impl de::Visitor<'_> for Time {
+            type Value = u64;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an RFC 3339 time or seconds since the Unix epoch")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u64, E> {
+                Ok(v)
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<u64, E> {
+                let t = humantime::parse_rfc3339_weak(v).map_err(E::custom)?;
+                t.duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .map_err(|_| E::custom("a time before 1970"))
+            }
+        }
+        d.deserialize_any(Time)
     }
 }
 
@@ -150,6 +190,32 @@ mod tests {
         let back = read(&path).unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(back[0].as_ref().unwrap(), &e);
+        // On disk the time is RFC 3339.
+        let raw = std::fs::read_to_string(&path).unwrap();
+        let expected = format!("\"time\":\"{}\"", rfc3339::format(e.time));
+        assert!(raw.contains(&expected), "{raw}");
         let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn times_are_rfc3339_and_older_entries_still_read() {
+        assert_eq!(rfc3339::format(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339::format(1_796_208_393), "2026-12-02T10:46:33Z");
+        let older: AuditEntry = serde_json::from_str(
+            r#"{"time":1796208393,"event":"refused","rule":"r","operation":"o","channel":null,"reason":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(older.time, 1_796_208_393);
+        let written = serde_json::to_string(&older).unwrap();
+        assert!(
+            written.contains(r#""time":"2026-12-02T10:46:33Z""#),
+            "{written}"
+        );
+        let back: AuditEntry = serde_json::from_str(&written).unwrap();
+        assert_eq!(back, older);
+        assert!(serde_json::from_str::<AuditEntry>(
+            r#"{"time":"yesterday","event":"refused","rule":"r","operation":"o","channel":null,"reason":"x"}"#
+        )
+        .is_err());
     }
 }

@@ -1,8 +1,11 @@
-//! What an operator watches: both daemons serve, on an optional
+//! What an operator watches. Progress lines of the commands that wait
+//! ([`progress`]); and the daemons' endpoint: both serve, on an optional
 //! `--metrics-listen ADDR`, their metrics in the Prometheus text format at
 //! `/metrics` and their readiness at `/healthz` (200 when ready, 503 with
 //! the reason when not). Metrics are recorded through the `metrics` facade
 //! anywhere in the daemons; [`install`] makes them count.
+
+pub mod progress;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

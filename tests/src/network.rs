@@ -98,6 +98,27 @@ pub fn pay(
     Ok(text(&o))
 }
 
+/// `lnpd-cli ARGS` against `n` on a pseudo-terminal (util-linux `script`),
+/// as an operator runs it: what it writes to the terminal (progress lines
+/// included) comes out of the child's standard output.
+pub fn cli_on_terminal(n: &NodeProcess, args: &[&str]) -> Result<std::process::Child> {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', r"'\''"));
+    let mut line = quote(&crate::process::bin("lnpd-cli").display().to_string());
+    line.push_str(" --data-dir ");
+    line.push_str(&quote(&n.data_dir().display().to_string()));
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running lnpd-cli under `script` (util-linux)")
+}
+
 /// Polls `cond` every 100 ms for up to `secs` seconds.
 pub fn wait_for(secs: u64, cond: impl Fn() -> bool) -> bool {
     for _ in 0..secs * 10 {

@@ -3,6 +3,7 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Parser, Subcommand};
 use lnpd_proto::node::{self as pb, node_client::NodeClient};
+use lnpd_telemetry::progress::Progress;
 use tonic::transport::Channel;
 
 /// Control a running lnpd node. The admin address and token are read from
@@ -47,6 +48,22 @@ enum Cmd {
         /// Announce the channel for forwarding.
         #[arg(long)]
         announce: bool,
+        /// Wait until the channel is usable (its funding transaction
+        /// confirmed and both sides ready), showing the confirmations;
+        /// prints the channel's final id.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up waiting after this many seconds (the
+        /// channel goes on opening).
+        #[arg(long, default_value_t = 7200)]
+        timeout: u64,
+    },
+    /// Wait until the node has caught up with its chain backend's best
+    /// block, showing the heights.
+    Waitsync {
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3600)]
+        timeout: u64,
     },
     /// Close a channel cooperatively (or unilaterally with --force).
     Closechannel {
@@ -115,6 +132,27 @@ enum Cmd {
         #[arg(long)]
         feerate: Option<u32>,
     },
+}
+
+/// Every channel, as `channels` lists them.
+async fn list_channels<S>(client: &mut NodeClient<S>) -> Result<Vec<pb::Channel>>
+where
+    S: tonic::client::GrpcService<tonic::body::Body>,
+    S::Error: Into<tonic::codegen::StdError>,
+    S::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <S::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    Ok(client
+        .channels(pb::ChannelsRequest {})
+        .await
+        .map_err(explain)?
+        .into_inner()
+        .channels)
+}
+
+/// The first characters of a node id, for a progress line.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(16)]
 }
 
 fn explain(s: tonic::Status) -> anyhow::Error {
@@ -209,10 +247,17 @@ async fn run(cli: Cli) -> Result<()> {
             node_id,
             amount_sat,
             announce,
+            wait,
+            timeout,
         } => {
+            let before: Vec<String> = list_channels(&mut client)
+                .await?
+                .into_iter()
+                .map(|c| c.channel_id)
+                .collect();
             let r = client
                 .open_channel(pb::OpenChannelRequest {
-                    node_id,
+                    node_id: node_id.clone(),
                     amount_sat,
                     push_msat: 0,
                     announce,
@@ -220,7 +265,87 @@ async fn run(cli: Cli) -> Result<()> {
                 .await
                 .map_err(explain)?
                 .into_inner();
-            println!("{}", r.channel_id);
+            if !wait {
+                println!("{}", r.channel_id);
+                return Ok(());
+            }
+            let mut progress = Progress::new(
+                &format!("opening {amount_sat} sat to {}", short(&node_id)),
+                cli.json,
+            );
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                // The channel's id changes once its funding transaction
+                // exists: it is the new channel with this peer.
+                let chan = list_channels(&mut client)
+                    .await?
+                    .into_iter()
+                    .find(|c| c.counterparty_node_id == node_id && !before.contains(&c.channel_id));
+                match &chan {
+                    Some(c) if c.is_usable => {
+                        progress.finish();
+                        println!("{}", c.channel_id);
+                        return Ok(());
+                    }
+                    Some(c) if c.funding_txo.is_empty() => {
+                        progress.update("negotiating with the peer")
+                    }
+                    Some(c) if c.confirmations < c.confirmations_required.max(1) => progress
+                        .update(&format!(
+                            "funding {} confirmed {}/{}",
+                            c.funding_txo, c.confirmations, c.confirmations_required
+                        )),
+                    Some(_) => progress.update("confirmed; waiting for the peer's channel_ready"),
+                    None => progress.update("waiting for the funding transaction"),
+                }
+                if std::time::Instant::now() > deadline {
+                    progress.finish();
+                    bail!(
+                        "channel {} not usable within {timeout} s (it goes on opening)",
+                        chan.map_or(r.channel_id, |c| c.channel_id)
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        }
+        Cmd::Waitsync { timeout } => {
+            let mut progress = Progress::new("syncing with the chain", cli.json);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            loop {
+                let i = client
+                    .get_info(pb::GetInfoRequest {})
+                    .await
+                    .map_err(explain)?
+                    .into_inner();
+                if i.chain_tip_height > 0 && i.block_height >= i.chain_tip_height {
+                    progress.finish();
+                    if cli.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "block_height": i.block_height,
+                                "signer_block_height": i.signer_block_height,
+                            })
+                        );
+                    } else {
+                        println!("synced at block {}", i.block_height);
+                    }
+                    return Ok(());
+                }
+                progress.update(&format!(
+                    "block {} of {} (signer checked {})",
+                    i.block_height, i.chain_tip_height, i.signer_block_height
+                ));
+                if std::time::Instant::now() > deadline {
+                    progress.finish();
+                    bail!(
+                        "not synced within {timeout} s: block {} of {}",
+                        i.block_height,
+                        i.chain_tip_height
+                    );
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
         }
         Cmd::Closechannel { channel_id, force } => {
             client
@@ -269,15 +394,40 @@ async fn run(cli: Cli) -> Result<()> {
             amount_msat,
             timeout,
         } => {
-            let r = client
-                .pay(pb::PayRequest {
-                    invoice,
-                    amount_msat,
-                    timeout_secs: timeout,
-                })
-                .await
-                .map_err(explain)?
-                .into_inner();
+            // The payment's hash, to follow it while `pay` waits.
+            let hash = invoice
+                .trim()
+                .parse::<lightning_invoice::Bolt11Invoice>()
+                .ok()
+                .map(|i| i.payment_hash().to_string());
+            let mut progress = Progress::new("paying", cli.json);
+            let mut follower = client.clone();
+            let paying = client.pay(pb::PayRequest {
+                invoice,
+                amount_msat,
+                timeout_secs: timeout,
+            });
+            tokio::pin!(paying);
+            let r = loop {
+                tokio::select! {
+                    r = &mut paying => break r.map_err(explain)?.into_inner(),
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)), if progress.enabled() => {
+                        let listed = follower.payments(pb::PaymentsRequest {}).await.ok();
+                        let p = listed.and_then(|l| {
+                            l.into_inner()
+                                .payments
+                                .into_iter()
+                                .find(|p| Some(&p.payment_hash) == hash.as_ref())
+                        });
+                        match p {
+                            Some(p) if p.status == "awaiting_approval" => progress.update(&p.reason),
+                            Some(p) => progress.update(&format!("{} msat, {}", p.amount_msat, p.status)),
+                            None => progress.update("asking the signer"),
+                        }
+                    }
+                }
+            };
+            progress.finish();
             if cli.json {
                 println!(
                     "{}",
@@ -409,6 +559,8 @@ async fn run(cli: Cli) -> Result<()> {
                         "is_usable": c.is_usable,
                         "feerate_sat_per_kw": c.feerate_sat_per_kw,
                         "is_outbound": c.is_outbound,
+                        "confirmations": c.confirmations,
+                        "confirmations_required": c.confirmations_required,
                     });
                     println!("{line}");
                     continue;

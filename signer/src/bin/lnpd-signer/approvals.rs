@@ -28,8 +28,8 @@ pub(crate) fn pending(data_dir: &str, json: bool) -> Result<()> {
                 p.amount_msat / 1000,
                 p.payee,
                 p.payment_hash,
-                p.requested_at,
-                p.deadline
+                lnpd_signer::audit::rfc3339::format(p.requested_at),
+                lnpd_signer::audit::rfc3339::format(p.deadline)
             );
         }
     }

@@ -14,7 +14,7 @@ pub(crate) fn show_log(data_dir: &str, json: bool, last: Option<usize>) -> Resul
             Ok(e) if json => println!("{}", serde_json::to_string(&e)?),
             Ok(e) => println!(
                 "{}  {}  {:<32} {:<34} {}  {}",
-                e.time,
+                lnpd_signer::audit::rfc3339::format(e.time),
                 e.event,
                 e.rule,
                 e.operation,
