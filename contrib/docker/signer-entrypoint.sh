@@ -1,13 +1,21 @@
 #!/bin/sh
-# The signer's container: on first start, a new seed (its mnemonic goes to
-# the container's log once: regtest only; restore with `init --restore` on
-# a real network), TLS material naming the host "signer", and the node's
-# TLS files copied to /signer-tls for the node's container; then `run`.
+# The signer's container: on first start on regtest, a new seed (its
+# mnemonic goes to the container's log once; on any other network the seed
+# must be made by hand first), TLS material naming the host "signer", and
+# the node's TLS files copied to /signer-tls for the node's container; then
+# `run`.
 set -eu
 DATA=/data
 PASS=/run/secrets/signer-passphrase
 NETWORK="${LNPD_NETWORK:-regtest}"
 if [ ! -e "$DATA/seed.enc" ]; then
+    if [ "$NETWORK" != regtest ]; then
+        # Off regtest the mnemonic must not go to a container log: make the
+        # seed by hand (`docker compose run --rm --entrypoint lnpd-signer
+        # signer init --data-dir /data ...`, on a terminal) and start again.
+        echo "no seed in $DATA: run lnpd-signer init (or init --restore) into this volume first" >&2
+        exit 1
+    fi
     lnpd-signer init --data-dir "$DATA" --network "$NETWORK" \
         --listen 0.0.0.0:9736 --tls-host signer --tls-host localhost \
         --passphrase-file "$PASS"

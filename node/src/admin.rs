@@ -119,20 +119,24 @@ fn show_invoice_to_signer(node: &Node, bolt11: &str, amount: Option<u64>) -> Res
                 node.payments.lock(),
                 <[u8; 32]>::try_from(reply.payment_hash.as_slice()),
             ) {
-                p.insert(
-                    hash,
-                    crate::node::PaymentRecord {
-                        direction: "outbound",
-                        status: "awaiting_approval".into(),
-                        amount_msat: reply.amount_msat,
-                        fee_msat: 0,
-                        preimage: None,
-                        reason: Some(format!(
+                // Never over a payment of that hash under way or done.
+                let vacant = p.get(&hash).is_none_or(|r| r.status == "failed");
+                if vacant {
+                    p.insert(
+                        hash,
+                        crate::node::PaymentRecord {
+                            direction: "outbound",
+                            status: "awaiting_approval".into(),
+                            amount_msat: reply.amount_msat,
+                            fee_msat: 0,
+                            preimage: None,
+                            reason: Some(format!(
                             "waits for the signer operator: `lnpd-signer approve {}` (or `deny`)",
                             reply.approval_id
                         )),
-                    },
-                );
+                        },
+                    );
+                }
             }
             announced = true;
         }
@@ -298,7 +302,10 @@ impl node_server::Node for AdminService {
             .channel_handshake_config
             .negotiate_anchors_zero_fee_htlc_tx = true;
         config.channel_handshake_config.announce_for_forwarding = r.announce;
-        let user_id = u128::from(r.amount_sat);
+        // Unique: `openchannel --wait` follows the channel by it.
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
+        let user_id = u128::from_be_bytes(b);
         let id = self
             .node
             .channel_manager
@@ -307,6 +314,7 @@ impl node_server::Node for AdminService {
         Ok(Response::new(pb::OpenChannelReply {
             channel_id: id.to_string(),
             funding_txid: String::new(),
+            user_channel_id: user_id.to_string(),
         }))
     }
 
@@ -334,6 +342,7 @@ impl node_server::Node for AdminService {
                 feerate_sat_per_kw: c.feerate_sat_per_1000_weight.unwrap_or(0),
                 is_outbound: c.is_outbound,
                 confirmations: c.confirmations.unwrap_or(0),
+                user_channel_id: c.user_channel_id.to_string(),
                 confirmations_required: c.confirmations_required.unwrap_or(0),
                 short_channel_id: c
                     .short_channel_id
@@ -474,10 +483,12 @@ impl node_server::Node for AdminService {
                 }
                 return Err(refused);
             }
+            let mut was_awaiting = false;
             if let Ok(mut p) = node.payments.lock() {
                 if let Some(rec) = p.get_mut(&hash).filter(|r| r.status == "awaiting_approval") {
                     rec.status = "pending".into();
                     rec.reason = None;
+                    was_awaiting = true;
                 }
             }
             node.channel_manager
@@ -488,7 +499,19 @@ impl node_server::Node for AdminService {
                     RouteParametersConfig::default(),
                     Retry::Timeout(timeout),
                 )
-                .map_err(|e| Status::failed_precondition(format!("payment not started: {e:?}")))
+                .map_err(|e| {
+                    let why = format!("payment not started: {e:?}");
+                    // The record this call made pending: failed, not pending forever.
+                    if was_awaiting {
+                        if let Ok(mut p) = node.payments.lock() {
+                            if let Some(rec) = p.get_mut(&hash) {
+                                rec.status = "failed".into();
+                                rec.reason = Some(why.clone());
+                            }
+                        }
+                    }
+                    Status::failed_precondition(why)
+                })
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
@@ -510,7 +533,9 @@ impl node_server::Node for AdminService {
                 .lock()
                 .ok()
                 .and_then(|p| p.get(&hash).cloned());
-            if let Some(rec) = rec.filter(|r| r.status != "pending") {
+            if let Some(rec) =
+                rec.filter(|r| r.status != "pending" && r.status != "awaiting_approval")
+            {
                 return Ok(Response::new(pb::PayReply {
                     payment_hash: hex::encode(hash),
                     status: rec.status,

@@ -23,6 +23,9 @@ pub struct NodeConfig {
     pub signer: Option<String>,
     /// Where to accept the signer's own connection instead of dialling it.
     pub signer_listen: Option<String>,
+    /// The addresses the signer may connect from (comma-separated; all
+    /// when absent).
+    pub signer_allow_from: Option<String>,
     /// Directory with the signer's ca.pem and the node's node.pem/node.key.
     pub signer_tls_dir: Option<PathBuf>,
     /// Name the signer's certificate is checked against (default localhost).
@@ -81,6 +84,7 @@ impl NodeConfig {
                 .or(self.fallback_feerate_sat_per_kw),
             signer: flags.signer.or(self.signer),
             signer_listen: flags.signer_listen.or(self.signer_listen),
+            signer_allow_from: flags.signer_allow_from.or(self.signer_allow_from),
             signer_tls_dir: flags.signer_tls_dir.or(self.signer_tls_dir),
             signer_tls_name: flags.signer_tls_name.or(self.signer_tls_name),
             listen: flags.listen.or(self.listen),

@@ -305,13 +305,17 @@ impl Node {
         fee_msat: u64,
         preimage: Option<[u8; 32]>,
     ) {
-        metrics::counter!(
-            "lnpd_node_payments_total",
-            "direction" => direction,
-            "outcome" => status.to_string()
-        )
-        .increment(1);
         if let Ok(mut p) = self.payments.lock() {
+            // Counted once, when it ends.
+            let before = p.get(&hash).map(|r| r.status.clone());
+            if matches!(status, "succeeded" | "failed") && before.as_deref() != Some(status) {
+                metrics::counter!(
+                    "lnpd_node_payments_total",
+                    "direction" => direction,
+                    "outcome" => status.to_string()
+                )
+                .increment(1);
+            }
             let e = p.entry(hash).or_insert(PaymentRecord {
                 direction,
                 status: status.into(),

@@ -9,11 +9,30 @@ use std::time::Duration;
 use crate::node::Node;
 
 /// The running node, as the metrics endpoint sees it.
-pub struct NodeProbe(pub Arc<Node>);
+pub struct NodeProbe {
+    node: Arc<Node>,
+    /// The last readiness answer and when: one ping per [`READY_FOR`] at
+    /// most, by one scrape at a time (a flood of health checks cannot
+    /// queue pings ahead of the node's own requests).
+    last: std::sync::Mutex<Option<(std::time::Instant, Result<String, String>)>>,
+}
+
+/// How long a readiness answer is reused.
+const READY_FOR: Duration = Duration::from_secs(2);
+
+impl NodeProbe {
+    /// The probe of `node`.
+    pub fn new(node: Arc<Node>) -> Self {
+        NodeProbe {
+            node,
+            last: std::sync::Mutex::new(None),
+        }
+    }
+}
 
 impl lnpd_telemetry::Probe for NodeProbe {
     fn refresh(&self) {
-        let n = &self.0;
+        let n = &self.node;
         metrics::gauge!("lnpd_node_peers").set(n.peer_manager.list_peers().len() as f64);
         let (mut usable, mut ready, mut pending) = (0u32, 0u32, 0u32);
         for c in n.channel_manager.list_channels() {
@@ -58,21 +77,35 @@ impl lnpd_telemetry::Probe for NodeProbe {
         }
     }
 
-    /// Ready when the signer answers a ping now (a real round trip, not the
-    /// last call's outcome).
+    /// Ready when the signer answers a ping (a real round trip, at most
+    /// [`READY_FOR`] old) and does not refuse for an older state.
     fn ready(&self) -> Result<String, String> {
+        let Ok(mut last) = self.last.lock() else {
+            return Err("health check lock poisoned".into());
+        };
+        if let Some((at, r)) = &*last {
+            if at.elapsed() < READY_FOR {
+                return r.clone();
+            }
+        }
+        let signer = &self.node.signer;
         let ping = lnpd_proto::signer::request::Body::Ping(lnpd_proto::signer::PingRequest {
             nonce: vec![],
         });
-        match self.0.signer.call(ping, Duration::from_secs(3)) {
-            Ok(_) => Ok(format!(
-                "the signer at {} answers",
-                self.0.signer.endpoint()
+        // Within a scraper's patience; a signer slower than this (a device
+        // waiting for its button) is reported not ready meanwhile.
+        let r = match signer.call(ping, Duration::from_secs(5)) {
+            Ok(_) if signer.rollback().is_some() => Err(format!(
+                "the signer refuses to sign (state-rollback-detected): {}",
+                signer.rollback().unwrap_or_default()
             )),
+            Ok(_) => Ok(format!("the signer at {} answers", signer.endpoint())),
             Err(e) => Err(format!(
                 "the signer at {} does not answer: {e}",
-                self.0.signer.endpoint()
+                signer.endpoint()
             )),
-        }
+        };
+        *last = Some((std::time::Instant::now(), r.clone()));
+        r
     }
 }

@@ -49,15 +49,16 @@ pub enum SignerEndpoint {
     /// replicas).
     Dial(String),
     /// The node listens here and the signer dials it (`lnpd-signer run
-    /// --connect`): the signer's machine opens no port.
-    Accept(SocketAddr),
+    /// --connect`): the signer's machine opens no port. With addresses in
+    /// the list, only from those.
+    Accept(SocketAddr, Vec<std::net::IpAddr>),
 }
 
 impl std::fmt::Display for SignerEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SignerEndpoint::Dial(a) => f.write_str(a),
-            SignerEndpoint::Accept(a) => write!(f, "accepting the signer on {a}"),
+            SignerEndpoint::Accept(a, _) => write!(f, "accepting the signer on {a}"),
         }
     }
 }

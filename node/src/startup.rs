@@ -47,18 +47,21 @@ impl Node {
             crate::node::SignerEndpoint::Dial(addrs) => {
                 SignerConnection::start(addrs, settings.signer_tls.clone())
             }
-            crate::node::SignerEndpoint::Accept(listen) => {
-                SignerConnection::start_inbound(*listen, settings.signer_tls.clone()).and_then(
-                    |(conn, bound)| {
-                        // For scripts and tests (port 0): where to point
-                        // `lnpd-signer run --connect`.
-                        std::fs::write(
-                            settings.data_dir.join("signer-listen.addr"),
-                            bound.to_string(),
-                        )?;
-                        Ok(conn)
-                    },
+            crate::node::SignerEndpoint::Accept(listen, allow_from) => {
+                SignerConnection::start_inbound(
+                    *listen,
+                    settings.signer_tls.clone(),
+                    allow_from.clone(),
                 )
+                .and_then(|(conn, bound)| {
+                    // For scripts and tests (port 0): where to point
+                    // `lnpd-signer run --connect`.
+                    std::fs::write(
+                        settings.data_dir.join("signer-listen.addr"),
+                        bound.to_string(),
+                    )?;
+                    Ok(conn)
+                })
             }
         }
         .map_err(|e| fail("signer client")(e.to_string()))?;

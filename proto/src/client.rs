@@ -136,6 +136,11 @@ pub async fn connect_over(
     let endpoint = Endpoint::from_shared(format!("https://{}", tls.domain))
         .map_err(|_| ClientError::Endpoint(tls.domain.clone()))?
         .connect_timeout(Duration::from_secs(10))
+        // A connection gone silent (the signer's machine lost) is found
+        // out without waiting for a request to time out.
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .tls_config(client_tls(tls)?)
         .map_err(|source| ClientError::Connect {
             endpoint: from.to_string(),

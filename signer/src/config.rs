@@ -43,8 +43,8 @@ pub struct ConfigFile {
 }
 
 /// `[seal]`: for a seed sealed by an HSM, where its PKCS#11 module and PIN
-/// file are on this machine when not where they were at sealing (the
-/// sealed file records those; the token and key come from the file only).
+/// file are on this machine (the token and key come from the sealed file,
+/// authenticated by the HSM's decryption).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SealSection {
@@ -55,13 +55,50 @@ pub struct SealSection {
 }
 
 impl SealSection {
-    /// These paths as overrides of the sealed file's.
-    pub fn overrides(&self) -> crate::seed_seal::HsmOverrides {
-        crate::seed_seal::HsmOverrides {
+    /// These paths, for opening the seed.
+    pub fn hsm(&self) -> crate::seed_seal::HsmConfig {
+        crate::seed_seal::HsmConfig {
             module: self.pkcs11_module.clone(),
             pin_file: self.pin_file.clone(),
         }
     }
+}
+
+/// Writes `[seal]` into signer.toml at `path` (`Some`: the HSM's module and
+/// PIN file; `None`: removes the section), keeping everything else as the
+/// operator wrote it; replaced atomically.
+pub fn set_seal(path: &Path, hsm: Option<(&Path, &Path)>) -> Result<(), ConfigError> {
+    let io = |source: std::io::Error| ConfigError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let mut doc: toml_edit::DocumentMut =
+        text.parse()
+            .map_err(|e: toml_edit::TomlError| ConfigError::Parse {
+                path: path.display().to_string(),
+                message: e.to_string(),
+            })?;
+    match hsm {
+        Some((module, pin_file)) => {
+            let text = |p: &Path| p.display().to_string();
+            // A `[seal]` section of its own (not an inline table).
+            if !doc.contains_table("seal") {
+                doc.remove("seal");
+                doc["seal"] = toml_edit::table();
+            }
+            doc["seal"]["pkcs11_module"] = toml_edit::value(text(module));
+            doc["seal"]["pin_file"] = toml_edit::value(text(pin_file));
+        }
+        None => {
+            doc.remove("seal");
+        }
+    }
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    std::fs::write(&tmp, doc.to_string()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// `[store]`: the local redb file (default) or an etcd cluster shared by

@@ -84,6 +84,9 @@ pub enum HsmError {
     /// Too many wrong PINs.
     #[error("token {0:?} has locked its user PIN (too many wrong PINs); its security officer must unlock it")]
     PinLocked(String),
+    /// One more wrong PIN would lock the token: not tried unattended.
+    #[error("token {0:?} would lock its user PIN at the next wrong one: not logging in unattended; log in once with the vendor's tool (which resets the count) after checking the PIN file")]
+    PinFinalTry(String),
     /// The key that sealed the seed is gone from the token.
     #[error("the key that sealed the seed (label {label}) is not on token {token:?}: it was deleted, or this is another token")]
     KeyMissing {
@@ -93,7 +96,7 @@ pub enum HsmError {
         token: String,
     },
     /// Authentication of the sealed seed failed.
-    #[error("the sealed seed was altered, or was not sealed by this token's key (the HSM's decryption failed: {0})")]
+    #[error("the HSM could not decrypt the sealed seed ({0}): the file was altered or not sealed by this token's key — or the HSM failed; keep seed.enc and check the HSM before anything else")]
     Altered(String),
     /// Not an HSM-sealed seed file.
     #[error("not an HSM-sealed lnpd seed file (bad header or truncated)")]
@@ -110,7 +113,20 @@ impl HsmError {
     fn ck(e: CkError) -> Self {
         HsmError::Pkcs11(e.to_string())
     }
+
+    /// Whether retrying (a service restarting) would spend the token's PIN
+    /// tries: the daemon exits with [`EXIT_PIN`] then.
+    pub fn is_pin_refusal(&self) -> bool {
+        matches!(
+            self,
+            HsmError::WrongPin { .. } | HsmError::PinLocked(_) | HsmError::PinFinalTry(_)
+        )
+    }
 }
+
+/// Exit status of `lnpd-signer` when the HSM refused (or would lock) its
+/// PIN: the systemd unit does not restart on it (`RestartPreventExitStatus`).
+pub const EXIT_PIN: i32 = 3;
 
 /// What an HSM-sealed seed file says about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,6 +278,14 @@ fn login(s: &HsmSettings) -> Result<Token, HsmError> {
         let info = ctx.get_token_info(slot).map_err(HsmError::ck)?;
         let label = info.label().trim_end().to_string();
         if label == s.token {
+            // Each failed start of a service that restarts would spend a
+            // try: never the last one.
+            if info.user_pin_locked() {
+                return Err(HsmError::PinLocked(s.token.clone()));
+            }
+            if info.user_pin_final_try() {
+                return Err(HsmError::PinFinalTry(s.token.clone()));
+            }
             found = Some(slot);
             break;
         }
@@ -375,6 +399,13 @@ pub fn seal(path: &Path, seed: &[u8], s: &HsmSettings) -> Result<SealedHeader, H
             .session
             .encrypt(&Mechanism::AesGcm(params), key, seed)
             .map_err(HsmError::ck)?;
+        // Some HSMs pick the IV themselves and write it back: the header
+        // (authenticated as it is) would then not name it.
+        if iv_param != iv {
+            return Err(HsmError::Pkcs11(
+                "this HSM chooses its own AES-GCM IV, which this sealing does not support".into(),
+            ));
+        }
         let mut out = header;
         out.extend_from_slice(&ct);
         // Read back through the HSM before anything is written.

@@ -40,6 +40,9 @@ pub enum SealError {
     /// The decrypted seed is not 16 to 64 bytes.
     #[error("the sealed seed has a wrong length")]
     Length,
+    /// An HSM-sealed seed without its HSM's place in signer.toml.
+    #[error("{0}")]
+    NotConfigured(String),
     /// Reading the new sealing back gave another seed.
     #[error("the new sealing did not give back the same seed; nothing was replaced")]
     Mismatch,
@@ -54,7 +57,70 @@ const BUFFER: usize = seed_file::MAX_CIPHERTEXT;
 pub struct UnsealedSeed {
     seed: Seed,
     // Unlocks the pages when dropped (after the seed erased itself).
-    _lock: region::LockGuard,
+    _lock: PageLock,
+}
+
+/// Pages locked for seeds, each with how many seeds lie on it: `munlock`
+/// does not nest, so a page is unlocked only when no seed on it is left
+/// (two seeds open at once, as in `reseal`, may share a page).
+static LOCKED: std::sync::Mutex<std::collections::BTreeMap<usize, (usize, region::LockGuard)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// The pages of one buffer, locked (counted in [`LOCKED`]).
+struct PageLock {
+    pages: Vec<usize>,
+}
+
+impl PageLock {
+    fn new(ptr: *const u8, len: usize) -> Result<Self, SealError> {
+        let size = region::page::size();
+        let first = (ptr as usize) / size * size;
+        let last = (ptr as usize + len.max(1) - 1) / size * size;
+        let mut locked = LOCKED
+            .lock()
+            .map_err(|_| SealError::Lock("lock registry poisoned".into()))?;
+        let mut me = PageLock { pages: Vec::new() };
+        let mut page = first;
+        while page <= last {
+            match locked.get_mut(&page) {
+                Some((n, _)) => *n += 1,
+                None => {
+                    // On error, `me` (dropped with the registry's lock
+                    // released below) releases the pages taken so far.
+                    let guard = match region::lock(page as *const u8, size) {
+                        Ok(g) => g,
+                        Err(e) => {
+                            drop(locked);
+                            return Err(SealError::Lock(e.to_string()));
+                        }
+                    };
+                    locked.insert(page, (1, guard));
+                }
+            }
+            me.pages.push(page);
+            page += size;
+        }
+        Ok(me)
+    }
+}
+
+impl Drop for PageLock {
+    fn drop(&mut self) {
+        if let Ok(mut locked) = LOCKED.lock() {
+            for page in &self.pages {
+                let last = match locked.get_mut(page) {
+                    Some((n, _)) => {
+                        *n -= 1;
+                        *n == 0
+                    }
+                    None => false,
+                };
+                if last {
+                    locked.remove(page);
+                }
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for UnsealedSeed {
@@ -76,8 +142,7 @@ impl UnsealedSeed {
     /// the locked pages.
     fn build(fill: impl FnOnce(&mut Vec<u8>) -> Result<(), SealError>) -> Result<Self, SealError> {
         let mut buf: Vec<u8> = Vec::with_capacity(BUFFER);
-        let lock =
-            region::lock(buf.as_ptr(), BUFFER).map_err(|e| SealError::Lock(e.to_string()))?;
+        let lock = PageLock::new(buf.as_ptr(), BUFFER)?;
         let filled = fill(&mut buf);
         if let Err(e) = filled {
             buf.zeroize();
@@ -139,27 +204,36 @@ pub fn sealing_of(path: &Path) -> Result<Sealing, SealError> {
     }
 }
 
-/// Where to find the HSM when it is not where the sealing says (another
-/// machine's paths): signer.toml `[seal]` or the command line.
+/// Where the HSM is on this machine: signer.toml `[seal]` (written by
+/// `init --seal pkcs11` and `reseal --to pkcs11`). Only these paths are
+/// used: the module and PIN file named in seed.enc's header are not
+/// trusted before the HSM has authenticated the file (loading a module a
+/// tampered header names would run its code).
 #[derive(Clone, Debug, Default)]
-pub struct HsmOverrides {
+pub struct HsmConfig {
     /// The PKCS#11 module.
     pub module: Option<PathBuf>,
     /// The PIN file.
     pub pin_file: Option<PathBuf>,
 }
 
-impl HsmOverrides {
-    /// The settings for a sealed header: these overrides, else the header's.
-    pub fn apply(&self, h: &SealedHeader) -> HsmSettings {
-        let mut s = h.settings();
-        if let Some(m) = &self.module {
-            s.module = m.clone();
+impl HsmConfig {
+    /// The settings for a sealed header: the configured paths and the
+    /// header's token (authenticated by the decryption).
+    pub fn settings(&self, h: &SealedHeader) -> Result<HsmSettings, SealError> {
+        match (&self.module, &self.pin_file) {
+            (Some(module), Some(pin_file)) => Ok(HsmSettings {
+                module: module.clone(),
+                token: h.token.clone(),
+                pin_file: pin_file.clone(),
+            }),
+            _ => Err(SealError::NotConfigured(format!(
+                "the seed is sealed by an HSM: signer.toml needs [seal] pkcs11_module and pin_file \
+                 (at sealing they were {} and {})",
+                h.module.display(),
+                h.pin_file.display()
+            ))),
         }
-        if let Some(p) = &self.pin_file {
-            s.pin_file = p.clone();
-        }
-        s
     }
 }
 
@@ -169,7 +243,7 @@ impl HsmOverrides {
 pub fn unseal(
     path: &Path,
     passphrase: impl FnOnce() -> io::Result<Zeroizing<String>>,
-    hsm: &HsmOverrides,
+    hsm: &HsmConfig,
 ) -> Result<(UnsealedSeed, Sealing), SealError> {
     let sealing = sealing_of(path)?;
     let seed = match &sealing {
@@ -178,7 +252,7 @@ pub fn unseal(
             UnsealedSeed::build(|buf| Ok(seed_file::read_into(path, pass.as_bytes(), buf)?))?
         }
         Sealing::Hsm(h) => {
-            let settings = hsm.apply(h);
+            let settings = hsm.settings(h)?;
             // The PKCS#11 interface hands the plaintext back in a buffer of
             // its own: copied at once into the locked one, then erased.
             let plain = seed_hsm::unseal(path, &settings)?;
@@ -248,8 +322,15 @@ pub fn reseal(path: &Path, seed: &UnsealedSeed, target: &SealTarget) -> Result<S
             return Err(SealError::Mismatch);
         }
         fs::rename(&tmp, path)?;
+        // Replaced now, whatever follows: a failed directory sync is
+        // reported, not taken for a failed reseal.
         if let Some(parent) = path.parent() {
-            fs::File::open(parent)?.sync_all()?;
+            if let Err(e) = fs::File::open(parent).and_then(|d| d.sync_all()) {
+                tracing::warn!(
+                    "{} replaced, but syncing its directory failed: {e}",
+                    path.display()
+                );
+            }
         }
         Ok(sealing)
     })();
@@ -281,14 +362,14 @@ mod tests {
             asked.set(asked.get() + 1);
             Ok(Zeroizing::new(p.to_string()))
         };
-        let (open, _) = unseal(&path, || pass("one"), &HsmOverrides::default()).unwrap();
+        let (open, _) = unseal(&path, || pass("one"), &HsmConfig::default()).unwrap();
         assert_eq!(open.expose(), seed.expose());
         assert!(locked_kib() >= 4, "the seed's page is locked while open");
         assert_eq!(asked.get(), 1);
         // Wrong passphrase: refused, file unchanged.
         let before = fs::read(&path).unwrap();
         assert!(matches!(
-            unseal(&path, || pass("two"), &HsmOverrides::default()),
+            unseal(&path, || pass("two"), &HsmConfig::default()),
             Err(SealError::Passphrase(SeedFileError::Decrypt))
         ));
         // Reseal under another passphrase: the old one no longer opens it.
@@ -298,8 +379,8 @@ mod tests {
         };
         reseal(&path, &open, &second).unwrap();
         assert_ne!(fs::read(&path).unwrap(), before);
-        assert!(unseal(&path, || pass("one"), &HsmOverrides::default()).is_err());
-        let (again, _) = unseal(&path, || pass("two"), &HsmOverrides::default()).unwrap();
+        assert!(unseal(&path, || pass("one"), &HsmConfig::default()).is_err());
+        let (again, _) = unseal(&path, || pass("two"), &HsmConfig::default()).unwrap();
         assert_eq!(again.expose(), seed.expose());
         assert!(!dir.join("seed.enc.new").exists());
         // An empty passphrase is refused and leaves the file as it was.
@@ -328,6 +409,22 @@ mod tests {
         let status = fs::read_to_string("/proc/self/status").unwrap();
         let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
         line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn pages_shared_by_two_seeds_stay_locked_until_both_are_gone() {
+        let a = UnsealedSeed::from_bytes(&[1; 64]).unwrap();
+        let b = UnsealedSeed::from_bytes(&[2; 64]).unwrap();
+        let pages_of = |s: &UnsealedSeed| s._lock.pages.clone();
+        let pa = pages_of(&a);
+        assert!(!pa.is_empty() && !pages_of(&b).is_empty());
+        drop(b);
+        let locked = LOCKED.lock().unwrap();
+        for p in &pa {
+            assert!(locked.contains_key(p), "a's page {p:x} still locked");
+        }
+        drop(locked);
+        drop(a);
     }
 
     #[test]

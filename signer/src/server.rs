@@ -561,6 +561,12 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
             return BackendStatus::not_ready("signer state lock poisoned".into());
         };
         let (signer, what) = match &mut *slot {
+            Slot::Active(s) if s.rollback().is_some() => {
+                return BackendStatus::not_ready(format!(
+                    "refusing to sign (state-rollback-detected): {}",
+                    s.rollback().unwrap_or_default()
+                ))
+            }
             Slot::Active(s) => (s, "signing"),
             Slot::Greeting(s) => (s, "waiting for the node's greeting"),
             Slot::Standby(why) => return BackendStatus::not_ready(format!("not signing: {why}")),
@@ -750,7 +756,10 @@ pub async fn serve<B: Backend>(
 ) -> Result<(), tonic::transport::Error> {
     let backend = Arc::new(service);
     let metrics_task = metrics.map(|m| {
-        let probe: Arc<dyn lnpd_telemetry::Probe> = Arc::new(BackendProbe(backend.clone()));
+        let probe: Arc<dyn lnpd_telemetry::Probe> = Arc::new(BackendProbe {
+            backend: backend.clone(),
+            last: Mutex::new(None),
+        });
         tokio::spawn(lnpd_telemetry::serve(m.listener, m.handle, probe))
     });
     // Polls for the node's next request a short while after each answer
@@ -802,12 +811,37 @@ pub struct Metrics {
     pub handle: lnpd_telemetry::PrometheusHandle,
 }
 
-/// A backend as the metrics endpoint sees it.
-struct BackendProbe<B>(Arc<B>);
+/// A backend as the metrics endpoint sees it. Its status (which takes the
+/// signer's lock and a durable write, or a device's round trip) is asked
+/// at most once per [`STATUS_FOR`], by one scrape at a time: scraping
+/// cannot slow signing down.
+struct BackendProbe<B> {
+    backend: Arc<B>,
+    last: Mutex<Option<(std::time::Instant, BackendStatus)>>,
+}
+
+/// How long a backend's status is reused.
+const STATUS_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl<B: Backend> BackendProbe<B> {
+    fn status(&self) -> BackendStatus {
+        let Ok(mut last) = self.last.lock() else {
+            return BackendStatus::not_ready("status lock poisoned".into());
+        };
+        match &*last {
+            Some((at, s)) if at.elapsed() < STATUS_FOR => s.clone(),
+            _ => {
+                let s = self.backend.status();
+                *last = Some((std::time::Instant::now(), s.clone()));
+                s
+            }
+        }
+    }
+}
 
 impl<B: Backend> lnpd_telemetry::Probe for BackendProbe<B> {
     fn refresh(&self) {
-        let s = self.0.status();
+        let s = self.status();
         if let Some(n) = s.channels {
             metrics::gauge!("lnpd_signer_channels").set(n as f64);
         }
@@ -821,7 +855,7 @@ impl<B: Backend> lnpd_telemetry::Probe for BackendProbe<B> {
     }
 
     fn ready(&self) -> Result<String, String> {
-        self.0.status().ready
+        self.status().ready
     }
 }
 
@@ -981,7 +1015,20 @@ fn dialled(
     tokio::spawn(async move {
         let mut backoff = DIAL_BACKOFF.0;
         loop {
-            match tokio::net::TcpStream::connect(&addr).await {
+            // Bounded: a route that drops packets must not hold an attempt
+            // for the kernel's minutes.
+            let attempt = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                tokio::net::TcpStream::connect(&addr),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer within 10 s",
+                ))
+            });
+            match attempt {
                 Ok(stream) => {
                     if let Err(e) = stream.set_nodelay(true) {
                         tracing::debug!("cannot set TCP_NODELAY: {e}");

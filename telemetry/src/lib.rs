@@ -35,6 +35,9 @@ pub enum TelemetryError {
     },
 }
 
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 8;
+
 /// Histogram buckets of every `*_seconds` metric: 50 µs to 30 s.
 const SECONDS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -95,6 +98,9 @@ pub async fn serve(
     if let Ok(a) = listener.local_addr() {
         tracing::info!("metrics on http://{a}/metrics, health on http://{a}/healthz");
     }
+    // Scrapes at once; more connections are closed (a flood cannot hold
+    // the daemon's descriptors or threads).
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(c) => c,
@@ -104,16 +110,21 @@ pub async fn serve(
                 continue;
             }
         };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            continue;
+        };
         let (handle, probe) = (handle.clone(), probe.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |req| {
                 let (handle, probe) = (handle.clone(), probe.clone());
                 async move { Ok::<_, Infallible>(answer(req, handle, probe).await) }
             });
+            // One request per connection; a scraper that stalls is dropped.
             let conn = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            // A scraper that stalls is dropped.
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
         });
     }
 }

@@ -96,6 +96,14 @@ fn systemd_units_verify_and_are_hardened() {
                 entries.iter().any(|(k, _)| k == "LimitMEMLOCK"),
                 "{unit}: LimitMEMLOCK for the locked seed"
             );
+            // Not restarted on a PIN the HSM refused (each try spends one).
+            assert!(
+                has(
+                    "RestartPreventExitStatus",
+                    &lnpd_signer::seed_hsm::EXIT_PIN.to_string()
+                ),
+                "{unit}: RestartPreventExitStatus for a refused PIN"
+            );
         }
         // The command line: the binary's own flags.
         let exec = &entries.iter().find(|(k, _)| k == "ExecStart").unwrap().1;
@@ -241,17 +249,27 @@ fn dockerfiles_are_well_formed_and_run_as_a_user() {
         let text = std::fs::read_to_string(&path).unwrap().replace("\\\n", " ");
         for (binary, sub) in calls {
             let pattern = if sub.is_empty() {
-                format!("exec {binary} ")
+                format!("{binary} ")
             } else {
                 format!("{binary} {sub} ")
             };
+            // A command line (not a comment or a message naming it).
             let line = text
                 .lines()
-                .find(|l| l.contains(&pattern))
+                .map(str::trim_start)
+                .find(|l| l.starts_with(&pattern) || l.starts_with(&format!("exec {pattern}")))
                 .unwrap_or_else(|| panic!("{script}: no `{pattern}`"));
             let args: Vec<&str> = line.split_whitespace().collect();
             let sub: Vec<&str> = if sub.is_empty() { vec![] } else { vec![sub] };
             flags_known(binary, &sub, &args, script);
+            // Arguments gathered before the call (`set -- ...`).
+            for set in text
+                .lines()
+                .filter(|l| l.trim_start().starts_with("set -- "))
+            {
+                let args: Vec<&str> = set.split_whitespace().collect();
+                flags_known(binary, &sub, &args, script);
+            }
         }
     }
 }

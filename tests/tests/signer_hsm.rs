@@ -186,25 +186,44 @@ fn hsm_failures_are_clear_errors_and_change_nothing() {
     assert!(info_error(&signer).contains("wrong PIN"));
     let err = signer.start().unwrap_err().to_string();
     assert!(err.contains("wrong PIN"), "{err}");
+    // Its own exit status: the systemd unit does not restart on it (each
+    // start would spend one of the token's PIN tries).
+    assert!(err.contains("exit status: 3"), "{err}");
     unchanged();
     std::fs::write(&pin, format!("{PIN}\n")).unwrap();
     assert_eq!(node_id(&signer), good);
 
-    // A missing PIN file, a missing module (via [seal] in signer.toml).
+    // signer.toml's [seal] is what is used: init wrote it; a missing PIN
+    // file, a missing module, no [seal] at all: each named.
     let toml = signer.data_dir().join("signer.toml");
     let config = std::fs::read_to_string(&toml).unwrap();
+    assert!(
+        config.contains("[seal]") && config.contains(&format!("pin_file = \"{}\"", pin.display())),
+        "{config}"
+    );
+    let module = softhsm_module();
+    let module_line = format!("pkcs11_module = \"{}\"", module.display());
+    assert!(config.contains(&module_line), "{config}");
+    let pin_line = format!("pin_file = \"{}\"", pin.display());
     std::fs::write(
         &toml,
-        format!("{config}\n[seal]\npin_file = \"/nonexistent/pin\"\n"),
+        config.replace(&pin_line, "pin_file = \"/nonexistent/pin\""),
     )
     .unwrap();
     assert!(info_error(&signer).contains("reading the PIN file /nonexistent/pin"));
     std::fs::write(
         &toml,
-        format!("{config}\n[seal]\npkcs11_module = \"/nonexistent/module.so\"\n"),
+        config.replace(&module_line, "pkcs11_module = \"/nonexistent/module.so\""),
     )
     .unwrap();
     assert!(info_error(&signer).contains("loading the PKCS#11 module /nonexistent/module.so"));
+    let without: String = config
+        .lines()
+        .filter(|l| !l.starts_with("pkcs11_module") && !l.starts_with("pin_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&toml, without).unwrap();
+    assert!(info_error(&signer).contains("signer.toml needs [seal] pkcs11_module and pin_file"));
     std::fs::write(&toml, &config).unwrap();
     unchanged();
 
@@ -233,10 +252,19 @@ fn hsm_failures_are_clear_errors_and_change_nothing() {
         .rposition(|w| w == b"lnpd-fail")
         .unwrap();
     let iv_at = label_at + b"lnpd-fail".len() + 16;
+    // The module path recorded in the header is never loaded (the
+    // configured one is), and the header is authenticated: a changed
+    // path fails the decryption.
+    let module_bytes = module.display().to_string().into_bytes();
+    let module_at = sealed
+        .windows(module_bytes.len())
+        .position(|w| w == module_bytes.as_slice())
+        .unwrap();
     for (at, expect) in [
         (sealed.len() - 20, "altered"),
         (iv_at, "altered"),
         (label_at + 5, "no token labelled"),
+        (module_at + 3, "altered"),
     ] {
         let mut bad = sealed.clone();
         bad[at] ^= 0x01;
@@ -370,6 +398,16 @@ fn reseal_moves_the_seed_between_passphrase_and_hsm_without_showing_it() {
     }
     assert!(stdout(&out).contains("sealed by HSM key"));
     assert!(starts_with(&path, b"LNPDSEAL1"));
+    let toml = signer.data_dir().join("signer.toml");
+    let config = std::fs::read_to_string(&toml).unwrap();
+    assert!(
+        config.contains("[seal]") && config.contains("pkcs11_module"),
+        "{config}"
+    );
+    assert!(
+        config.contains("network = \"regtest\""),
+        "the rest kept: {config}"
+    );
     // Now opened without the passphrase (the file is gone).
     let passphrase = std::fs::read(signer.passphrase_file()).unwrap();
     std::fs::remove_file(signer.passphrase_file()).unwrap();
@@ -394,6 +432,8 @@ fn reseal_moves_the_seed_between_passphrase_and_hsm_without_showing_it() {
         assert!(!text.contains(&first_words), "mnemonic shown: {text}");
     }
     assert!(starts_with(&path, b"LNPDSEED1"));
+    let config = std::fs::read_to_string(signer.data_dir().join("signer.toml")).unwrap();
+    assert!(!config.contains("[seal]"), "{config}");
     // The old passphrase no longer opens it; the new one does.
     std::fs::write(signer.passphrase_file(), &passphrase).unwrap();
     assert!(info_error(&signer).contains("wrong passphrase"));

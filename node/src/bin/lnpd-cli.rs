@@ -250,11 +250,6 @@ async fn run(cli: Cli) -> Result<()> {
             wait,
             timeout,
         } => {
-            let before: Vec<String> = list_channels(&mut client)
-                .await?
-                .into_iter()
-                .map(|c| c.channel_id)
-                .collect();
             let r = client
                 .open_channel(pb::OpenChannelRequest {
                     node_id: node_id.clone(),
@@ -274,13 +269,14 @@ async fn run(cli: Cli) -> Result<()> {
                 cli.json,
             );
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+            let mut seen = false;
             loop {
-                // The channel's id changes once its funding transaction
-                // exists: it is the new channel with this peer.
+                // Followed by the node's own id of it: the channel id
+                // changes once the funding transaction exists.
                 let chan = list_channels(&mut client)
                     .await?
                     .into_iter()
-                    .find(|c| c.counterparty_node_id == node_id && !before.contains(&c.channel_id));
+                    .find(|c| c.user_channel_id == r.user_channel_id);
                 match &chan {
                     Some(c) if c.is_usable => {
                         progress.finish();
@@ -296,8 +292,16 @@ async fn run(cli: Cli) -> Result<()> {
                             c.funding_txo, c.confirmations, c.confirmations_required
                         )),
                     Some(_) => progress.update("confirmed; waiting for the peer's channel_ready"),
-                    None => progress.update("waiting for the funding transaction"),
+                    None if seen => {
+                        progress.finish();
+                        bail!(
+                            "channel {} closed before it was usable (see the node's log)",
+                            r.channel_id
+                        );
+                    }
+                    None => progress.update("waiting for the peer"),
                 }
+                seen |= chan.is_some();
                 if std::time::Instant::now() > deadline {
                     progress.finish();
                     bail!(

@@ -50,6 +50,11 @@ struct Cli {
     /// used. Port 0 picks one, written to <data-dir>/signer-listen.addr.
     #[arg(long, conflicts_with = "signer")]
     signer_listen: Option<String>,
+    /// With --signer-listen: the addresses the signer connects from
+    /// (comma-separated IPs); connections from any other are closed before
+    /// any handshake. Recommended whenever the port is reachable by others.
+    #[arg(long, requires = "signer_listen")]
+    signer_allow_from: Option<String>,
     /// Directory holding the signer's ca.pem and this node's node.pem/node.key.
     #[arg(long)]
     signer_tls_dir: Option<PathBuf>,
@@ -96,6 +101,7 @@ async fn run(cli: Cli) -> Result<()> {
         fallback_feerate_sat_per_kw: cli.fallback_feerate_sat_per_kw,
         signer: cli.signer,
         signer_listen: cli.signer_listen,
+        signer_allow_from: cli.signer_allow_from,
         signer_tls_dir: cli.signer_tls_dir,
         signer_tls_name: cli.signer_tls_name,
         listen: cli.listen,
@@ -143,6 +149,18 @@ async fn run(cli: Cli) -> Result<()> {
                 listen
                     .parse()
                     .with_context(|| format!("--signer-listen {listen:?} must be address:port"))?,
+                c.signer_allow_from
+                    .as_deref()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| {
+                        a.parse::<std::net::IpAddr>()
+                            .map(|ip| ip.to_canonical())
+                            .with_context(|| format!("--signer-allow-from: {a:?} is not an IP address"))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
             ),
             (Some(addrs), None) => SignerEndpoint::Dial(addrs),
             (None, None) => bail!(
@@ -165,7 +183,7 @@ async fn run(cli: Cli) -> Result<()> {
     let node = Node::start(settings).await?;
     if let Some((handle, listener)) = metrics {
         let probe: std::sync::Arc<dyn lnpd_telemetry::Probe> =
-            std::sync::Arc::new(lnpd_node::metrics::NodeProbe(node.clone()));
+            std::sync::Arc::new(lnpd_node::metrics::NodeProbe::new(node.clone()));
         tokio::spawn(lnpd_telemetry::serve(listener, handle, probe));
     }
     let token = load_or_create_token(&data_dir.join("admin.token")).context("admin token")?;

@@ -696,8 +696,9 @@ impl SignerConnection {
     pub fn start_inbound(
         listen: std::net::SocketAddr,
         tls: SignerTls,
+        allow_from: Vec<std::net::IpAddr>,
     ) -> std::io::Result<(Arc<Self>, std::net::SocketAddr)> {
-        let transport = super::inbound::InboundTransport::listen(listen, tls)?;
+        let transport = super::inbound::InboundTransport::listen(listen, tls, allow_from)?;
         let bound = transport.local_addr();
         let seen = transport.seen();
         let name = format!("the signer dialling in to {bound}");

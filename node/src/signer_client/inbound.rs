@@ -23,11 +23,15 @@ use super::connection::{CallError, GrpcCalls, SignerTransport};
 /// Connections that passed the handshake and wait to be used (the newest
 /// first); older ones beyond this are closed.
 const MAX_READY: usize = 4;
-/// Handshakes in progress at once; a connection beyond them is closed at
-/// once (a flood of them cannot hold the node's memory).
-const MAX_HANDSHAKES: usize = 16;
+/// Handshakes in progress at once, in all and from one address; a
+/// connection beyond them is closed at once. Per address, so that silent
+/// connections from one host cannot keep the signer's out (restrict the
+/// port to the signer's address with `--signer-allow-from`, or a firewall,
+/// against an attacker with many addresses).
+const MAX_HANDSHAKES: usize = 64;
+const MAX_HANDSHAKES_PER_IP: usize = 2;
 /// Longest a connection may take to finish TLS and HTTP/2 set-up.
-const HANDSHAKE: Duration = Duration::from_secs(10);
+const HANDSHAKE: Duration = Duration::from_secs(5);
 /// How long `connect` waits for a signer to dial in before saying so (the
 /// connection's backoff then retries).
 const WAIT: Duration = Duration::from_secs(1);
@@ -89,8 +93,13 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 }
 
 impl InboundTransport {
-    /// Binds `listen` and accepts signer connections in the background.
-    pub fn listen(listen: SocketAddr, tls: SignerTls) -> std::io::Result<Self> {
+    /// Binds `listen` and accepts signer connections in the background;
+    /// with `allow_from` non-empty, only from those addresses.
+    pub fn listen(
+        listen: SocketAddr,
+        tls: SignerTls,
+        allow_from: Vec<std::net::IpAddr>,
+    ) -> std::io::Result<Self> {
         let grpc = GrpcCalls::new("signer-inbound")?;
         let std_listener = std::net::TcpListener::bind(listen)?;
         std_listener.set_nonblocking(true)?;
@@ -101,7 +110,7 @@ impl InboundTransport {
         };
         let ready = Arc::new(Ready::default());
         grpc.runtime
-            .spawn(accept_loop(listener, tls, ready.clone()));
+            .spawn(accept_loop(listener, tls, ready.clone(), allow_from));
         tracing::info!("waiting for the signer to connect on {bound} (lnpd-signer run --connect)");
         Ok(InboundTransport {
             bound,
@@ -122,8 +131,67 @@ impl InboundTransport {
     }
 }
 
-async fn accept_loop(listener: tokio::net::TcpListener, tls: SignerTls, ready: Arc<Ready>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+/// Handshakes in progress, by source address.
+#[derive(Default)]
+struct Handshakes {
+    total: usize,
+    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
+}
+
+/// A handshake's place in [`Handshakes`], freed when dropped.
+struct HandshakeSlot {
+    all: Arc<Mutex<Handshakes>>,
+    ip: std::net::IpAddr,
+}
+
+impl HandshakeSlot {
+    fn take(all: &Arc<Mutex<Handshakes>>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut h = all.lock().ok()?;
+        let from_ip = h.by_ip.get(&ip).copied().unwrap_or(0);
+        if h.total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
+            return None;
+        }
+        h.total += 1;
+        *h.by_ip.entry(ip).or_insert(0) += 1;
+        Some(HandshakeSlot {
+            all: all.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut h) = self.all.lock() {
+            h.total = h.total.saturating_sub(1);
+            if let Some(n) = h.by_ip.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    h.by_ip.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    tls: SignerTls,
+    ready: Arc<Ready>,
+    allow_from: Vec<std::net::IpAddr>,
+) {
+    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+    // The first ten logged, then one in 100: a flood must not flood the log.
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let note_refusal = {
+        let refused = refused.clone();
+        move |why: String| {
+            let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n < 10 || n.is_multiple_of(100) {
+                tracing::warn!("{why} (refusal {}; past 10, logged once per 100)", n + 1);
+            }
+        }
+    };
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -134,16 +202,24 @@ async fn accept_loop(listener: tokio::net::TcpListener, tls: SignerTls, ready: A
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            tracing::debug!(
-                "closed a connection from {peer}: {MAX_HANDSHAKES} handshakes already in progress"
-            );
+        let ip = peer.ip().to_canonical();
+        if !allow_from.is_empty() && !allow_from.contains(&ip) {
+            note_refusal(format!(
+                "closed a connection from {peer}: not an address the signer may connect from (--signer-allow-from)"
+            ));
+            continue;
+        }
+        let Some(slot) = HandshakeSlot::take(&handshakes, ip) else {
+            note_refusal(format!(
+                "closed a connection from {peer}: handshakes already in progress from it ({MAX_HANDSHAKES_PER_IP}) or in all ({MAX_HANDSHAKES})"
+            ));
             continue;
         };
         let tls = tls.clone();
         let ready = ready.clone();
+        let note_refusal = note_refusal.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE, client::connect_over(stream, &tls, &peer.to_string()))
                 .await
             {
@@ -151,13 +227,13 @@ async fn accept_loop(listener: tokio::net::TcpListener, tls: SignerTls, ready: A
                     tracing::info!("the signer connected from {peer} (mutual TLS)");
                     ready.push(peer, c);
                 }
-                Ok(Err(e)) => tracing::warn!(
+                Ok(Err(e)) => note_refusal(format!(
                     "refused a connection from {peer}: it is not our signer (mutual TLS failed: {})",
                     with_causes(&e)
-                ),
-                Err(_) => tracing::warn!(
+                )),
+                Err(_) => note_refusal(format!(
                     "refused a connection from {peer}: no TLS handshake within {HANDSHAKE:?}"
-                ),
+                )),
             }
         });
     }

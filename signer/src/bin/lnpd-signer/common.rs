@@ -93,7 +93,7 @@ pub(crate) fn open_parts(common: &Common) -> Result<Parts> {
     let (seed, sealing) = lnpd_signer::seed_seal::unseal(
         &dir.seed(),
         || seed_file::read_passphrase(common.passphrase_file.as_deref()),
-        &config.seal.overrides(),
+        &config.seal.hsm(),
     )
     .with_context(|| format!("opening {}", dir.seed().display()))?;
     tracing::debug!("seed opened: {}", sealing.describe());

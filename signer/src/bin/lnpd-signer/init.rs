@@ -106,10 +106,39 @@ pub(crate) fn init(common: Common, args: InitArgs) -> Result<()> {
     })?;
     let sealed = seed_seal::seal_new(&dir.seed(), &seed, &target)
         .with_context(|| format!("sealing the seed into {}", dir.seed().display()))?;
-    let files = tls::generate(&dir.tls(), &tls_hosts)?;
-    let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
-    std::fs::write(dir.config(), config)
-        .with_context(|| format!("writing {}", dir.config().display()))?;
+    // The HSM's place goes into signer.toml: only it is trusted to load a
+    // module (see seed_seal::HsmConfig).
+    let seal_section = match &target {
+        SealTarget::Hsm(h) => format!(
+            "\n[seal]\n# The HSM that sealed seed.enc: its PKCS#11 module and the token's PIN file.\npkcs11_module = {}\npin_file = {}\n",
+            toml_string(&h.module),
+            toml_string(&h.pin_file)
+        ),
+        SealTarget::Passphrase { .. } => String::new(),
+    };
+    let rest = (|| -> Result<tls::TlsFiles> {
+        let files = tls::generate(&dir.tls(), &tls_hosts)?;
+        let config = format!("# lnpd-signer configuration\nnetwork = \"{}\"\nlisten = \"{listen}\"\n{seal_section}\n[policy]\n# See docs for every limit; defaults are safe.\n", network.to_core_arg());
+        std::fs::write(dir.config(), config)
+            .with_context(|| format!("writing {}", dir.config().display()))?;
+        Ok(files)
+    })();
+    let files = match rest {
+        Ok(f) => f,
+        Err(e) => {
+            // The mnemonic was never shown: a seed left behind would be one
+            // nobody can restore, and would block a new `init`.
+            let _ = std::fs::remove_file(dir.seed());
+            if let seed_seal::Sealing::Hsm(h) = &sealed {
+                eprintln!(
+                    "note: key {} on token {:?} sealed the removed seed; delete it there",
+                    h.key_label(),
+                    h.token
+                );
+            }
+            return Err(e.context("init stopped; the new seed was removed"));
+        }
+    };
 
     let secp = bitcoin::secp256k1::Secp256k1::new();
     let keys = lnpd_signer_core::keys::KeyRing::from_seed(&seed, network, &secp)
@@ -132,6 +161,14 @@ pub(crate) fn init(common: Common, args: InitArgs) -> Result<()> {
         dir.path().display()
     );
     Ok(())
+}
+
+/// A path as a TOML basic string.
+fn toml_string(p: &std::path::Path) -> String {
+    toml_edit::value(p.display().to_string())
+        .to_string()
+        .trim()
+        .to_string()
 }
 
 /// Tells the operator which TLS files the node needs.

@@ -123,6 +123,17 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // A PIN the HSM refused: retrying would spend its tries.
+        let pin = e.chain().any(|c| {
+            c.downcast_ref::<lnpd_signer::seed_hsm::HsmError>()
+                .is_some_and(|h| h.is_pin_refusal())
+                || c.downcast_ref::<lnpd_signer::seed_seal::SealError>()
+                    .is_some_and(|s| matches!(s, lnpd_signer::seed_seal::SealError::Hsm(h) if h.is_pin_refusal()))
+        });
+        std::process::exit(if pin {
+            lnpd_signer::seed_hsm::EXIT_PIN
+        } else {
+            1
+        });
     }
 }
