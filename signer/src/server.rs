@@ -755,13 +755,16 @@ pub async fn serve<B: Backend>(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let backend = Arc::new(service);
-    let metrics_task = metrics.map(|m| {
+    // On a thread of its own, for the life of the process.
+    if let Some(m) = metrics {
         let probe: Arc<dyn lnpd_telemetry::Probe> = Arc::new(BackendProbe {
             backend: backend.clone(),
             last: Mutex::new(None),
         });
-        tokio::spawn(lnpd_telemetry::serve(m.listener, m.handle, probe))
-    });
+        if let Err(e) = lnpd_telemetry::spawn(m.listener, m.handle, probe) {
+            tracing::error!("the metrics endpoint could not start: {e}");
+        }
+    }
     // Polls for the node's next request a short while after each answer
     // (the window is the process's, `--busy-poll-us`).
     let awake = Arc::new(lnpd_proto::busy_poll::Awake::new(
@@ -797,16 +800,13 @@ pub async fn serve<B: Backend>(
         }
     };
     keeper.abort();
-    if let Some(t) = metrics_task {
-        t.abort();
-    }
     served
 }
 
 /// The metrics endpoint of a signer: where it listens and what renders.
 pub struct Metrics {
     /// Bound by `lnpd_telemetry::bind`.
-    pub listener: tokio::net::TcpListener,
+    pub listener: std::net::TcpListener,
     /// From `lnpd_telemetry::install`.
     pub handle: lnpd_telemetry::PrometheusHandle,
 }

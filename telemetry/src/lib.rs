@@ -65,10 +65,7 @@ pub trait Probe: Send + Sync + 'static {
 
 /// Binds `addr` for the endpoint, and writes the address bound to
 /// `addr_file` (for port 0).
-pub async fn bind(
-    addr: &str,
-    addr_file: Option<&Path>,
-) -> Result<tokio::net::TcpListener, TelemetryError> {
+pub fn bind(addr: &str, addr_file: Option<&Path>) -> Result<std::net::TcpListener, TelemetryError> {
     let listen_err = |source| TelemetryError::Listen {
         addr: addr.to_string(),
         source,
@@ -79,9 +76,8 @@ pub async fn bind(
             "not address:port",
         ))
     })?;
-    let listener = tokio::net::TcpListener::bind(parsed)
-        .await
-        .map_err(listen_err)?;
+    let listener = std::net::TcpListener::bind(parsed).map_err(listen_err)?;
+    listener.set_nonblocking(true).map_err(listen_err)?;
     if let Some(f) = addr_file {
         let local = listener.local_addr().map_err(listen_err)?;
         std::fs::write(f, local.to_string()).map_err(listen_err)?;
@@ -89,12 +85,30 @@ pub async fn bind(
     Ok(listener)
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
+/// Serves the endpoint on a thread and runtime of its own: it answers
+/// while the daemon's own workers are busy or blocked (a health check must
+/// not wait behind what it checks), and a flood of scrapes cannot take
+/// the daemon's workers.
+pub fn spawn(
+    listener: std::net::TcpListener,
     handle: PrometheusHandle,
     probe: Arc<dyn Probe>,
-) {
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(MAX_CONNECTIONS)
+        .build()?;
+    let listener = {
+        let _in_runtime = runtime.enter();
+        tokio::net::TcpListener::from_std(listener)?
+    };
+    std::thread::Builder::new()
+        .name("metrics-http".into())
+        .spawn(move || runtime.block_on(serve(listener, handle, probe)))
+}
+
+/// Serves `/metrics` and `/healthz` on `listener` until the task is dropped.
+async fn serve(listener: tokio::net::TcpListener, handle: PrometheusHandle, probe: Arc<dyn Probe>) {
     if let Ok(a) = listener.local_addr() {
         tracing::info!("metrics on http://{a}/metrics, health on http://{a}/healthz");
     }

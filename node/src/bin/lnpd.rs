@@ -176,7 +176,7 @@ async fn run(cli: Cli) -> Result<()> {
     let metrics = match &c.metrics_listen {
         Some(addr) => Some((
             lnpd_telemetry::install()?,
-            lnpd_telemetry::bind(addr, Some(data_dir.join("metrics.addr").as_path())).await?,
+            lnpd_telemetry::bind(addr, Some(data_dir.join("metrics.addr").as_path()))?,
         )),
         None => None,
     };
@@ -184,7 +184,7 @@ async fn run(cli: Cli) -> Result<()> {
     if let Some((handle, listener)) = metrics {
         let probe: std::sync::Arc<dyn lnpd_telemetry::Probe> =
             std::sync::Arc::new(lnpd_node::metrics::NodeProbe::new(node.clone()));
-        tokio::spawn(lnpd_telemetry::serve(listener, handle, probe));
+        lnpd_telemetry::spawn(listener, handle, probe).context("starting the metrics endpoint")?;
     }
     let token = load_or_create_token(&data_dir.join("admin.token")).context("admin token")?;
     let admin_listener = tokio::net::TcpListener::bind(admin)

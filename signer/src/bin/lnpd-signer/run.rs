@@ -65,8 +65,7 @@ pub(crate) async fn bind(
     let metrics = match metrics.or(config.metrics_listen.clone()) {
         Some(addr) => {
             let handle = lnpd_telemetry::install()?;
-            let listener =
-                lnpd_telemetry::bind(&addr, Some(dir.metrics_addr_file().as_path())).await?;
+            let listener = lnpd_telemetry::bind(&addr, Some(dir.metrics_addr_file().as_path()))?;
             Some(server::Metrics { listener, handle })
         }
         None => None,
