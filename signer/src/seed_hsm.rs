@@ -10,9 +10,9 @@
 //! the PIN file path (u16 + bytes), the token label (u8 + bytes), the key's
 //! `CKA_ID` (16), the GCM IV (12), ciphertext + 16-byte tag. Everything
 //! before the ciphertext is the GCM additional data, so an altered header
-//! fails like an altered ciphertext. The module and PIN paths are where they
-//! were at sealing; `[seal]` in signer.toml (or `run --pkcs11-module`,
-//! `--pin-file`) may point elsewhere on another machine.
+//! fails like an altered ciphertext. The module and PIN paths are recorded
+//! for the operator only: opening uses signer.toml's `[seal]`
+//! (`seed_seal::HsmConfig`), never a path read from the file.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,7 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::types::{AuthPin, Ulong};
 use zeroize::Zeroizing;
@@ -148,15 +148,6 @@ impl SealedHeader {
     /// The key's `CKA_LABEL` (derived from its id).
     pub fn key_label(&self) -> String {
         key_label(&self.key_id)
-    }
-
-    /// Where the sealing says the HSM is.
-    pub fn settings(&self) -> HsmSettings {
-        HsmSettings {
-            module: self.module.clone(),
-            token: self.token.clone(),
-            pin_file: self.pin_file.clone(),
-        }
     }
 }
 
@@ -435,53 +426,6 @@ pub fn unseal(path: &Path, s: &HsmSettings) -> Result<Zeroizing<Vec<u8>>, HsmErr
     gcm_decrypt(&t, key, &h, &data)
 }
 
-/// What the token says of the key that sealed `path`.
-#[derive(Clone, Debug)]
-pub struct KeyFacts {
-    /// The key's label.
-    pub label: String,
-    /// `CKA_EXTRACTABLE`.
-    pub extractable: bool,
-    /// `CKA_SENSITIVE`.
-    pub sensitive: bool,
-    /// Whether the token stores it (survives the session).
-    pub token_object: bool,
-}
-
-/// Reads the sealing key's attributes from the token.
-pub fn key_facts(path: &Path, s: &HsmSettings) -> Result<KeyFacts, HsmError> {
-    let data = fs::read(path)?;
-    let h = parse_header(&data)?;
-    let t = login(s)?;
-    let key = find_key(&t, &h.key_id, &s.token)?;
-    let attrs = t
-        .session
-        .get_attributes(
-            key,
-            &[
-                AttributeType::Extractable,
-                AttributeType::Sensitive,
-                AttributeType::Token,
-            ],
-        )
-        .map_err(HsmError::ck)?;
-    let mut facts = KeyFacts {
-        label: h.key_label(),
-        extractable: true,
-        sensitive: false,
-        token_object: false,
-    };
-    for a in attrs {
-        match a {
-            Attribute::Extractable(v) => facts.extractable = v,
-            Attribute::Sensitive(v) => facts.sensitive = v,
-            Attribute::Token(v) => facts.token_object = v,
-            _ => {}
-        }
-    }
-    Ok(facts)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -500,8 +444,8 @@ mod tests {
         let header_len = data.len();
         data.extend_from_slice(&[9; 16 + 16]);
         let h = parse_header(&data).unwrap();
-        assert_eq!(h.settings().module, settings().module);
-        assert_eq!(h.settings().pin_file, settings().pin_file);
+        assert_eq!(h.module, settings().module);
+        assert_eq!(h.pin_file, settings().pin_file);
         assert_eq!(h.token, "lnpd");
         assert_eq!(h.key_id, [3; 16]);
         assert_eq!(h.iv, [4; 12]);
