@@ -78,6 +78,44 @@ impl SqliteStore {
     fn conn(&self) -> io::Result<std::sync::MutexGuard<'_, Connection>> {
         self.conn.lock().map_err(|_| io_err("store lock poisoned"))
     }
+
+    /// Runs `f` in one SQLite transaction: everything it writes (the
+    /// wallet's change set and key-value records) is durable together once
+    /// this returns, or not at all.
+    pub fn in_transaction<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> io::Result<T> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction().map_err(io_err)?;
+        let value = f(&tx).map_err(io_err)?;
+        tx.commit().map_err(io_err)?;
+        Ok(value)
+    }
+
+    /// Writes a key (or with `None` removes it) inside [`Self::in_transaction`].
+    pub fn put_in(
+        tx: &rusqlite::Transaction<'_>,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> rusqlite::Result<()> {
+        check(primary, secondary, Some(key))
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        match value {
+            Some(v) => tx.execute(
+                "INSERT INTO kv (primary_ns, secondary_ns, key, value) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (primary_ns, secondary_ns, key) DO UPDATE SET value = excluded.value",
+                params![primary, secondary, key, v],
+            ),
+            None => tx.execute(
+                "DELETE FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2 AND key = ?3",
+                params![primary, secondary, key],
+            ),
+        }
+        .map(|_| ())
+    }
 }
 
 impl KVStoreSync for SqliteStore {
@@ -170,6 +208,31 @@ mod tests {
         }
         let s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.read("", "", "manager").unwrap(), vec![6]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_transaction_commits_all_or_nothing() {
+        let dir = std::env::temp_dir().join(format!("lnpd-kv-tx-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let s = SqliteStore::open(&dir.join("node.sqlite")).unwrap();
+        s.write("a", "", "gone", vec![9]).unwrap();
+        s.in_transaction(|tx| {
+            SqliteStore::put_in(tx, "a", "", "x", Some(&[1]))?;
+            SqliteStore::put_in(tx, "a", "", "gone", None)
+        })
+        .unwrap();
+        assert_eq!(s.read("a", "", "x").unwrap(), vec![1]);
+        assert!(s.read("a", "", "gone").is_err());
+        // A failing step (a bad key) rolls back the writes before it.
+        let r = s.in_transaction(|tx| {
+            SqliteStore::put_in(tx, "a", "", "y", Some(&[2]))?;
+            SqliteStore::put_in(tx, "a", "", "bad key!", Some(&[3]))
+        });
+        assert!(r.is_err());
+        assert!(s.read("a", "", "y").is_err());
+        assert_eq!(s.read("a", "", "x").unwrap(), vec![1]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
