@@ -138,7 +138,13 @@ pub struct ChainRpc {
     fallback_sat_per_kw: u32,
     fees: RwLock<FeeView>,
     runtime: tokio::runtime::Handle,
+    /// Told of every transaction LDK broadcasts (the wallet: closes, sweeps
+    /// and bumps that pay or spend it show as unconfirmed at once).
+    tap: std::sync::OnceLock<BroadcastTap>,
 }
+
+/// Something told of each transaction broadcast through LDK's interface.
+pub type BroadcastTap = Arc<dyn Fn(&[&Transaction]) + Send + Sync>;
 
 impl ChainRpc {
     /// Connects to `url` (http://host:port[/path]) with RPC credentials.
@@ -174,7 +180,26 @@ impl ChainRpc {
             fallback_sat_per_kw: fallback_sat_per_kw.max(MIN_FEERATE_SAT_PER_KW),
             fees: RwLock::new(FeeView::default()),
             runtime,
+            tap: std::sync::OnceLock::new(),
         }))
+    }
+
+    /// Tells `tap` of every transaction broadcast through LDK's interface
+    /// from now on (set once).
+    pub fn set_broadcast_tap(&self, tap: BroadcastTap) {
+        let _ = self.tap.set(tap);
+    }
+
+    /// The txids in the backend's mempool.
+    pub async fn mempool_txids(&self) -> Result<std::collections::HashSet<Txid>, ChainError> {
+        let v = self.call("getrawmempool", &[]).await?;
+        let list = v
+            .as_array()
+            .ok_or_else(|| Self::unexpected("getrawmempool", "not a list"))?;
+        Ok(list
+            .iter()
+            .filter_map(|t| t.as_str().and_then(|t| t.parse().ok()))
+            .collect())
     }
 
     /// One JSON-RPC call.
@@ -427,6 +452,9 @@ impl FeeEstimator for ChainRpc {
 
 impl BroadcasterInterface for ChainRpc {
     fn broadcast_transactions(&self, txs: &[&Transaction]) {
+        if let Some(tap) = self.tap.get() {
+            tap(txs);
+        }
         for tx in txs {
             let tx = (*tx).clone();
             // Detached: its own connection, so a slow backend never blocks LDK.
@@ -438,6 +466,20 @@ impl BroadcasterInterface for ChainRpc {
                 }
             });
         }
+    }
+}
+
+impl crate::wallet::ChainBlocks for ChainRpc {
+    async fn tip(&self) -> Result<(BlockHash, u32), String> {
+        self.best_block().await.map_err(|e| e.to_string())
+    }
+
+    async fn hash_at(&self, height: u32) -> Result<BlockHash, String> {
+        self.block_hash_at(height).await.map_err(|e| e.to_string())
+    }
+
+    async fn block(&self, hash: &BlockHash) -> Result<Block, String> {
+        ChainRpc::block(self, hash).await.map_err(|e| e.to_string())
     }
 }
 

@@ -55,32 +55,36 @@ impl Node {
                 counterparty_node_id,
                 channel_value_satoshis,
                 output_script,
+                user_channel_id,
                 ..
             } => {
-                let feerate = {
-                    use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
-                    (self
-                        .chain
-                        .get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee)
-                        as u64)
-                        .div_ceil(250)
-                        .max(1)
+                let fail = |why: String| {
+                    tracing::error!("cannot fund channel {temporary_channel_id}: {why}");
+                    let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                        &temporary_channel_id,
+                        &counterparty_node_id,
+                        "funding failed".into(),
+                    );
                 };
-                let built = self.wallet.build_spend(
+                let fee_rate = self.funding_fee_rate(user_channel_id);
+                let change = match self.change_script() {
+                    Ok(c) => c,
+                    Err(e) => {
+                        fail(format!("no change script from the signer: {e}"));
+                        return Ok(());
+                    }
+                };
+                let built = self.wallet.build_funding(
+                    user_channel_id,
                     output_script.clone(),
-                    channel_value_satoshis,
-                    false,
-                    feerate,
+                    bitcoin::Amount::from_sat(channel_value_satoshis),
+                    fee_rate,
+                    change,
                 );
                 let psbt = match built {
                     Ok(p) => p,
                     Err(e) => {
-                        tracing::error!("cannot fund channel {temporary_channel_id}: {e}");
-                        let _ = self.channel_manager.force_close_broadcasting_latest_txn(
-                            &temporary_channel_id,
-                            &counterparty_node_id,
-                            "funding failed".into(),
-                        );
+                        fail(e.to_string());
                         return Ok(());
                     }
                 };
@@ -90,6 +94,8 @@ impl Node {
                     .iter()
                     .position(|o| o.script_pubkey == output_script)
                 else {
+                    self.wallet.release(&psbt, Some(user_channel_id));
+                    fail("the funding output is missing from the built transaction".into());
                     return Ok(());
                 };
                 let outpoint = lightning::chain::transaction::OutPoint {
@@ -105,38 +111,30 @@ impl Node {
                         outpoint,
                     ) {
                     Ok(()) => {
-                        if let Ok(mut p) = self.pending_funding.lock() {
-                            p.insert(temporary_channel_id, psbt);
-                        }
-                        tracing::info!(channel = %temporary_channel_id, "funding transaction built; it is signed once the peer countersigned our first commitment");
+                        tracing::info!(channel = %temporary_channel_id, txid = %outpoint.txid, %fee_rate, "funding transaction built, its coins reserved; it is signed once the peer countersigned our first commitment");
                     }
                     Err(e) => {
-                        self.wallet.release(&psbt);
+                        self.wallet.release(&psbt, Some(user_channel_id));
                         tracing::error!("funding {temporary_channel_id}: {e:?}")
                     }
                 }
             }
             Event::FundingTxBroadcastSafe {
-                former_temporary_channel_id,
                 channel_id,
+                user_channel_id,
                 ..
             } => {
-                let psbt = self
-                    .pending_funding
-                    .lock()
-                    .ok()
-                    .and_then(|mut p| p.remove(&former_temporary_channel_id));
-                let Some(psbt) = psbt else {
+                let Some(psbt) = self.wallet.funding_psbt(user_channel_id) else {
                     tracing::error!(%channel_id, "no funding transaction kept for this channel");
                     return Ok(());
                 };
-                match self.sign_and_broadcast(psbt.clone()) {
+                match self.sign_and_broadcast_funding(psbt.clone(), user_channel_id) {
                     Ok(txid) => {
                         tracing::info!(%channel_id, %txid, "funding transaction signed and broadcast")
                     }
                     Err(e) => {
-                        self.wallet.release(&psbt);
-                        tracing::error!(%channel_id, "funding transaction not broadcast: {e}")
+                        self.wallet.release(&psbt, Some(user_channel_id));
+                        tracing::error!(%channel_id, "funding transaction not broadcast, its coins are free again: {e}")
                     }
                 }
             }
@@ -267,13 +265,15 @@ impl Node {
                 channel_id,
                 reason,
                 counterparty_node_id,
+                user_channel_id,
                 ..
             } => {
                 tracing::info!(%channel_id, peer = ?counterparty_node_id, "channel closed: {reason}");
-                if let Ok(mut p) = self.pending_funding.lock() {
-                    if let Some(psbt) = p.remove(&channel_id) {
-                        self.wallet.release(&psbt);
-                    }
+                self.forget_funding_fee_rate(user_channel_id);
+                // Coins reserved for a funding never broadcast are free again.
+                if let Some(psbt) = self.wallet.funding_psbt(user_channel_id) {
+                    self.wallet.release(&psbt, Some(user_channel_id));
+                    tracing::info!(%channel_id, "the unbroadcast funding's coins are free again");
                 }
             }
             Event::PaymentForwarded {

@@ -3,6 +3,10 @@
 //! builds a child (CPFP) or adds inputs from the wallet. This module lends it
 //! the watch-only wallet's coins and has the signer sign the wallet inputs;
 //! LDK then signs the anchor or HTLC input through the channel signer.
+//!
+//! One owner per coin: LDK is offered only coins no other spend holds, and
+//! the coins of a bump are locked in the wallet from its signature to its
+//! broadcast, so a withdrawal or a funding never takes them meanwhile.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,7 +15,7 @@ use std::time::Duration;
 use bitcoin::{Psbt, ScriptBuf, Transaction, Txid};
 use lightning::events::bump_transaction::sync::WalletSourceSync;
 use lightning::events::bump_transaction::{BumpTransactionEvent, Utxo};
-use lnpd_proto::signer::{reply, request, SignPsbtRequest};
+use lnpd_proto::signer::{reply, request, GetShutdownScriptRequest, SignPsbtRequest};
 
 use crate::signer_client::SignerConnection;
 use crate::wallet::Wallet;
@@ -51,16 +55,25 @@ impl WalletSourceSync for FeeBumpWallet {
     fn list_confirmed_utxos(&self) -> Result<Vec<Utxo>, ()> {
         Ok(self
             .wallet
-            .spendable_outputs()
+            .bump_coins()
             .into_iter()
-            .map(|(op, out, key)| Utxo::new_v0_p2wpkh(op, out.value, &key.wpubkey_hash()))
+            .map(|(op, out, hash)| Utxo::new_v0_p2wpkh(op, out.value, &hash))
             .collect())
     }
 
     fn get_change_script(&self) -> Result<ScriptBuf, ()> {
-        self.wallet.new_change_script().map_err(|e| {
-            tracing::error!("fee bump: no change address: {e}");
-        })
+        // From the signer, which hands each internal script out once.
+        match self.signer.call(
+            request::Body::GetShutdownScript(GetShutdownScriptRequest {}),
+            Duration::from_secs(30),
+        ) {
+            Ok(reply::Body::Script(s)) => Ok(ScriptBuf::from_bytes(s.script_pubkey)),
+            Ok(_) => Err(()),
+            Err(e) => {
+                tracing::error!("fee bump: no change script from the signer: {e}");
+                Err(())
+            }
+        }
     }
 
     fn sign_psbt(&self, mut psbt: Psbt) -> Result<Transaction, ()> {
@@ -74,6 +87,10 @@ impl WalletSourceSync for FeeBumpWallet {
                 }
             }
         }
+        // LDK retries the bump on its next block or timer.
+        self.wallet.claim_for_bump(&psbt).map_err(|e| {
+            tracing::warn!("fee bump not signed: {e}");
+        })?;
         tracing::info!(
             inputs = psbt.inputs.len(),
             own,
@@ -85,17 +102,26 @@ impl WalletSourceSync for FeeBumpWallet {
             }),
             Duration::from_secs(30),
         ) {
-            Ok(reply::Body::SignPsbt(p)) => p.psbt,
-            Ok(_) => return Err(()),
+            Ok(reply::Body::SignPsbt(p)) => Psbt::deserialize(&p.psbt).ok(),
+            Ok(_) => None,
             Err(e) => {
-                // LDK retries the bump on its next block or timer.
                 tracing::warn!("fee bump not signed: {e}");
-                return Err(());
+                None
             }
         };
-        let psbt = Psbt::deserialize(&signed).map_err(|_| ())?;
-        self.wallet
-            .finalize_own(psbt)
-            .map_err(|e| tracing::error!("fee bump: {e}"))
+        let finalized = signed.map(|p| self.wallet.finalize_own(p));
+        match finalized {
+            Some(Ok(tx)) => {
+                self.wallet.note_bump(&tx);
+                Ok(tx)
+            }
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::error!("fee bump: {e}");
+                }
+                self.wallet.release(&psbt, None);
+                Err(())
+            }
+        }
     }
 }

@@ -114,10 +114,10 @@ pub struct Node {
     pub chain_watch: Arc<ChainWatch>,
     /// The address the peer-to-peer listener is bound to.
     pub listen_addr: SocketAddr,
-    /// Funding transactions built but not yet signed: signed only once LDK
-    /// says broadcasting is safe (the first commitment is countersigned).
-    pub(crate) pending_funding:
-        std::sync::Mutex<std::collections::HashMap<lightning::ln::types::ChannelId, bitcoin::Psbt>>,
+    /// Fee rates asked for channels being opened (by user channel id),
+    /// until their funding is built.
+    pub(crate) funding_fee_rates:
+        std::sync::Mutex<std::collections::HashMap<u128, bitcoin::FeeRate>>,
     /// Payments by hash.
     pub payments: std::sync::Mutex<std::collections::BTreeMap<[u8; 32], PaymentRecord>>,
     /// The output sweeper.
@@ -167,24 +167,89 @@ impl Node {
             .unwrap_or_else(|_| unreachable!("node recipient always has an id"))
     }
 
-    /// Has the signer sign a wallet PSBT, then broadcasts it.
-    pub fn sign_and_broadcast(&self, psbt: bitcoin::Psbt) -> Result<bitcoin::Txid, String> {
+    /// Keeps the fee rate asked for the funding of channel `user_id`.
+    pub(crate) fn set_funding_fee_rate(&self, user_id: u128, rate: bitcoin::FeeRate) {
+        if let Ok(mut f) = self.funding_fee_rates.lock() {
+            f.insert(user_id, rate);
+        }
+    }
+
+    /// Forgets it (the channel was not created, or is gone).
+    pub(crate) fn forget_funding_fee_rate(&self, user_id: u128) {
+        if let Ok(mut f) = self.funding_fee_rates.lock() {
+            f.remove(&user_id);
+        }
+    }
+
+    /// The fee rate for channel `user_id`'s funding: the one asked at
+    /// open, else the estimate for a channel's transactions.
+    pub(crate) fn funding_fee_rate(&self, user_id: u128) -> bitcoin::FeeRate {
+        let asked = self
+            .funding_fee_rates
+            .lock()
+            .ok()
+            .and_then(|mut f| f.remove(&user_id));
+        asked.unwrap_or_else(|| {
+            use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
+            bitcoin::FeeRate::from_sat_per_kwu(u64::from(
+                self.chain
+                    .get_est_sat_per_1000_weight(ConfirmationTarget::NonAnchorChannelFee),
+            ))
+        })
+    }
+
+    /// Has the signer sign a wallet PSBT (blocking), and finalizes it.
+    pub fn sign_wallet_psbt(
+        &self,
+        psbt: &bitcoin::Psbt,
+    ) -> Result<bitcoin::Transaction, crate::signer_client::CallError> {
+        use crate::signer_client::CallError;
         use lnpd_proto::signer::{reply, request, SignPsbtRequest};
         let signed = match self.signer.call(
             request::Body::SignPsbt(SignPsbtRequest {
                 psbt: psbt.serialize(),
             }),
             Duration::from_secs(30),
-        ) {
-            Ok(reply::Body::SignPsbt(p)) => p.psbt,
-            Ok(_) => return Err("unexpected reply".into()),
-            Err(e) => return Err(format!("the signer did not sign: {e}")),
+        )? {
+            reply::Body::SignPsbt(p) => p.psbt,
+            _ => return Err(CallError::Unavailable("unexpected reply".into())),
         };
-        let psbt = bitcoin::Psbt::deserialize(&signed).map_err(|e| e.to_string())?;
-        let tx = self.wallet.finalize(psbt).map_err(|e| e.to_string())?;
+        let psbt = bitcoin::Psbt::deserialize(&signed)
+            .map_err(|e| CallError::Unavailable(format!("signed PSBT unreadable: {e}")))?;
+        self.wallet
+            .finalize(psbt)
+            .map_err(|e| CallError::Unavailable(e.to_string()))
+    }
+
+    /// A fresh script of the signer's wallet (internal chain) for change:
+    /// the signer hands out each one once, so change never reuses a close
+    /// or sweep destination it gave LDK (blocking).
+    pub fn change_script(&self) -> Result<bitcoin::ScriptBuf, crate::signer_client::CallError> {
+        use crate::signer_client::CallError;
+        use lnpd_proto::signer::{reply, request, GetShutdownScriptRequest};
+        match self.signer.call(
+            request::Body::GetShutdownScript(GetShutdownScriptRequest {}),
+            Duration::from_secs(30),
+        )? {
+            reply::Body::Script(s) => Ok(bitcoin::ScriptBuf::from_bytes(s.script_pubkey)),
+            _ => Err(CallError::Unavailable("unexpected reply".into())),
+        }
+    }
+
+    /// Has the signer sign a funding PSBT, broadcasts it, and ends the
+    /// channel `owner`'s reservation of its coins.
+    pub fn sign_and_broadcast_funding(
+        &self,
+        psbt: bitcoin::Psbt,
+        owner: u128,
+    ) -> Result<bitcoin::Txid, String> {
+        let tx = self
+            .sign_wallet_psbt(&psbt)
+            .map_err(|e| format!("the signer did not sign: {e}"))?;
         let txid = tx.compute_txid();
         use lightning::chain::chaininterface::BroadcasterInterface;
         self.chain.broadcast_transactions(&[&tx]);
+        self.wallet.note_broadcast(&[&tx], Some(owner));
         Ok(txid)
     }
 

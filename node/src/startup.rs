@@ -79,14 +79,16 @@ impl Node {
         .map_err(|e| fail("signer")(e.to_string()))?;
         let keys = Arc::new(keys);
         let conn = signer.clone();
-        let descriptor = tokio::task::spawn_blocking(move || {
+        let descriptors = tokio::task::spawn_blocking(move || {
             use lnpd_proto::signer::{reply, request, GetWalletDescriptorRequest};
             match conn.call_retrying(
                 "wallet descriptor",
                 request::Body::GetWalletDescriptor(GetWalletDescriptorRequest {}),
                 Duration::from_secs(30),
             ) {
-                Ok(reply::Body::GetWalletDescriptor(d)) => Ok(d.external_descriptor),
+                Ok(reply::Body::GetWalletDescriptor(d)) => {
+                    Ok((d.external_descriptor, d.internal_descriptor))
+                }
                 Ok(_) => Err("unexpected reply".to_string()),
                 Err(e) => Err(e.to_string()),
             }
@@ -94,11 +96,6 @@ impl Node {
         .await
         .map_err(|e| fail("wallet descriptor")(e.to_string()))?
         .map_err(fail("wallet descriptor"))?;
-        let wallet = Arc::new(
-            Wallet::new(&descriptor, settings.network, store.clone())
-                .map_err(|e| fail("wallet")(e.to_string()))?,
-        );
-        chain_watch.set_wallet(wallet.clone());
         let chain = ChainRpc::new(
             &settings.rpc_url,
             &settings.rpc_user,
@@ -106,6 +103,22 @@ impl Node {
             settings.fallback_feerate,
         )
         .map_err(|e| fail("chain backend")(e.to_string()))?;
+        let wallet = Arc::new(
+            Wallet::open(
+                &descriptors.0,
+                &descriptors.1,
+                settings.network,
+                store.clone(),
+                &*chain,
+            )
+            .await
+            .map_err(|e| fail("wallet")(e.to_string()))?,
+        );
+        chain_watch.set_wallet(wallet.clone());
+        {
+            let wallet = wallet.clone();
+            chain.set_broadcast_tap(Arc::new(move |txs| wallet.note_broadcast(txs, None)));
+        }
         chain.refresh_fees().await;
         let (tip_hash, tip_height) = chain
             .best_block()
@@ -175,6 +188,15 @@ impl Node {
             }
         };
         let channel_manager = Arc::new(channel_manager);
+        // Coins locked for a funding stay so only while LDK has the channel.
+        let live: std::collections::HashSet<u128> = channel_manager
+            .list_channels()
+            .iter()
+            .map(|c| c.user_channel_id)
+            .collect();
+        wallet
+            .reconcile_locks(&live)
+            .map_err(|e| fail("wallet")(e.to_string()))?;
 
         let tip_block = BestBlock::new(tip_hash, tip_height);
         let sweeper_args = || {
@@ -209,7 +231,7 @@ impl Node {
             .collect();
         {
             let mut cache = UnboundedCache::new();
-            let wallet_best = wallet.best_block_hash().unwrap_or(tip_hash);
+            let wallet_best = wallet.best_block().map_or(tip_hash, |(h, _)| h);
             let mut listeners: Vec<(BlockHash, &(dyn Listen + Send + Sync))> = vec![
                 (
                     manager_best,
@@ -287,7 +309,7 @@ impl Node {
             wallet,
             chain_watch,
             listen_addr,
-            pending_funding: Default::default(),
+            funding_fee_rates: Default::default(),
             payments: Default::default(),
             sweeper,
             fee_bump_wallet,

@@ -82,6 +82,7 @@ impl Node {
                 match spv.poll_best_tip().await {
                     Ok((_, true)) => {
                         feed_at = Some(tokio::time::Instant::now());
+                        node.keep_wallet_txs_in_mempool().await;
                         // Claim what a new block made spendable now rather
                         // than at the background processor's next sweep timer.
                         let sweeper = node.sweeper.clone();
@@ -99,6 +100,44 @@ impl Node {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         });
+    }
+
+    /// Sends again the wallet's unconfirmed transactions the backend's
+    /// mempool lost (a reorganisation, bcoin's `invalidateblock`, a
+    /// restarted backend); one missing for many tips in a row is forgotten,
+    /// its coins back in the wallet. Channel fundings are wallet spends too.
+    async fn keep_wallet_txs_in_mempool(&self) {
+        let txs = self.wallet.unconfirmed_txs();
+        if txs.is_empty() {
+            return;
+        }
+        let present = match self.chain.mempool_txids().await {
+            Ok(p) => p,
+            Err(e) => return tracing::warn!("cannot read the backend's mempool: {e}"),
+        };
+        let mut missing = std::collections::HashSet::new();
+        for tx in &txs {
+            let txid = tx.compute_txid();
+            if present.contains(&txid) {
+                continue;
+            }
+            missing.insert(txid);
+            match self.chain.send_raw_transaction(tx).await {
+                Ok(_) => {
+                    tracing::info!(%txid, "wallet transaction missing from the mempool: sent again")
+                }
+                Err(e) => {
+                    tracing::warn!(%txid, "wallet transaction missing from the mempool, not taken again: {e}")
+                }
+            }
+        }
+        for txid in self.wallet.note_missing(&missing) {
+            tracing::warn!(
+                %txid,
+                tips = crate::wallet::FORGET_AFTER_TIPS,
+                "wallet transaction still missing from the mempool: forgotten, its coins are spendable again"
+            );
+        }
     }
 
     /// Brings the signer's header chain up to the backend's tip; returns

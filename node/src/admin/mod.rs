@@ -12,6 +12,8 @@ use tonic::{Request, Response, Status};
 
 use crate::node::Node;
 
+mod wallet;
+
 /// Reads the admin token, creating it (random, mode 0600) on first use.
 pub fn load_or_create_token(path: &Path) -> std::io::Result<String> {
     if let Ok(t) = std::fs::read_to_string(path) {
@@ -214,23 +216,7 @@ impl node_server::Node for AdminService {
         &self,
         _r: Request<pb::BalanceRequest>,
     ) -> Result<Response<pb::BalanceReply>, Status> {
-        let b = self.node.wallet.balance();
-        let channels = self
-            .node
-            .channel_manager
-            .list_channels()
-            .into_iter()
-            .map(|c| pb::ChannelBalance {
-                channel_id: c.channel_id.to_string(),
-                outbound_msat: c.outbound_capacity_msat,
-                inbound_msat: c.inbound_capacity_msat,
-            })
-            .collect();
-        Ok(Response::new(pb::BalanceReply {
-            onchain_confirmed_sat: b.spendable_sat,
-            onchain_unconfirmed_sat: b.immature_sat,
-            channels,
-        }))
+        Ok(Response::new(self.wallet_balance()))
     }
 
     async fn connect_peer(
@@ -297,6 +283,13 @@ impl node_server::Node for AdminService {
                 "push is not supported: the signer refuses it unless configured (allow_push)",
             ));
         }
+        let fee_rate = self
+            .fee_rate(
+                r.fee_rate_sat_per_vb,
+                r.conf_target,
+                lightning::chain::chaininterface::ConfirmationTarget::NonAnchorChannelFee,
+            )
+            .await?;
         let mut config = lightning::util::config::UserConfig::default();
         config
             .channel_handshake_config
@@ -306,11 +299,15 @@ impl node_server::Node for AdminService {
         let mut b = [0u8; 16];
         getrandom::fill(&mut b).map_err(|e| Status::internal(format!("no randomness: {e}")))?;
         let user_id = u128::from_be_bytes(b);
+        self.node.set_funding_fee_rate(user_id, fee_rate);
         let id = self
             .node
             .channel_manager
             .create_channel(node_id, r.amount_sat, 0, user_id, None, Some(config))
-            .map_err(|e| Status::failed_precondition(format!("{e:?}")))?;
+            .map_err(|e| {
+                self.node.forget_funding_fee_rate(user_id);
+                Status::failed_precondition(format!("{e:?}"))
+            })?;
         Ok(Response::new(pb::OpenChannelReply {
             channel_id: id.to_string(),
             funding_txid: String::new(),
@@ -586,77 +583,25 @@ impl node_server::Node for AdminService {
         &self,
         r: Request<pb::WithdrawRequest>,
     ) -> Result<Response<pb::WithdrawReply>, Status> {
-        use std::str::FromStr;
-        let r = r.into_inner();
-        let network = self.node.settings.network;
-        let address = bitcoin::Address::from_str(&r.address)
-            .ok()
-            .and_then(|a| a.require_network(network).ok())
-            .ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "{:?} is not a {} address",
-                    r.address,
-                    network.to_core_arg()
-                ))
-            })?;
-        if !r.all && r.amount_sat == 0 {
-            return Err(Status::invalid_argument("give an amount, or --all"));
-        }
-        let feerate = match r.feerate_sat_per_vb {
-            Some(f) => f as u64,
-            None => {
-                use lightning::chain::chaininterface::{ConfirmationTarget, FeeEstimator};
-                (self
-                    .node
-                    .chain
-                    .get_est_sat_per_1000_weight(ConfirmationTarget::OutputSpendingFee)
-                    as u64)
-                    .div_ceil(250)
-            }
-        };
-        let psbt = self
-            .node
-            .wallet
-            .build_spend(address.script_pubkey(), r.amount_sat, r.all, feerate.max(1))
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
-        let conn = self.node.signer.clone();
-        let signed = tokio::task::spawn_blocking(move || {
-            use lnpd_proto::signer::{reply, request, SignPsbtRequest};
-            conn.call(
-                request::Body::SignPsbt(SignPsbtRequest {
-                    psbt: psbt.serialize(),
-                }),
-                std::time::Duration::from_secs(30),
-            )
-            .and_then(|r| match r {
-                reply::Body::SignPsbt(p) => Ok(p.psbt),
-                _ => Err(crate::signer_client::CallError::Unavailable(
-                    "unexpected reply".into(),
-                )),
-            })
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?
-        .map_err(|e| {
-            Status::permission_denied(format!("the signer did not sign the withdrawal: {e}"))
-        })?;
-        let psbt =
-            bitcoin::Psbt::deserialize(&signed).map_err(|e| Status::internal(e.to_string()))?;
-        let tx = self
-            .node
-            .wallet
-            .finalize(psbt)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        let txid = self
-            .node
-            .chain
-            .send_raw_transaction(&tx)
+        self.wallet_withdraw(r.into_inner())
             .await
-            .map_err(|e| Status::unavailable(format!("broadcast failed: {e}")))?;
-        tracing::info!(%txid, "withdrawal broadcast");
-        Ok(Response::new(pb::WithdrawReply {
-            txid: txid.to_string(),
-        }))
+            .map(Response::new)
+    }
+
+    async fn transactions(
+        &self,
+        _r: Request<pb::TransactionsRequest>,
+    ) -> Result<Response<pb::TransactionsReply>, Status> {
+        Ok(Response::new(self.wallet_transactions()))
+    }
+
+    async fn bump_fee(
+        &self,
+        r: Request<pb::BumpFeeRequest>,
+    ) -> Result<Response<pb::BumpFeeReply>, Status> {
+        self.wallet_bump_fee(r.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

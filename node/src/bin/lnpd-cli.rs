@@ -57,6 +57,8 @@ enum Cmd {
         /// channel goes on opening).
         #[arg(long, default_value_t = 7200)]
         timeout: u64,
+        #[command(flatten)]
+        fee: FeeArgs,
     },
     /// Wait until the node has caught up with its chain backend's best
     /// block, showing the heights.
@@ -118,20 +120,55 @@ enum Cmd {
     /// Payments sent and received.
     Payments,
     /// On-chain and channel balances.
+    ///
+    /// On-chain: spendable (confirmed, mature, free), unconfirmed (change
+    /// of our spends and receives not yet in a block), immature (coinbase
+    /// under 100 confirmations), reserved (held for a channel funding or a
+    /// spend being signed).
     Balance,
     /// Send on-chain funds (the signer only signs for its wallet, channels and allow-listed addresses).
+    ///
+    /// Coins are chosen by branch and bound (no change when an exact match
+    /// exists), change goes back to the wallet only above dust, and the
+    /// transaction signals replace-by-fee (see `bumpfee`).
     Withdraw {
         /// Destination address.
         address: String,
         /// Amount in satoshis (omit with --all).
         amount_sat: Option<u64>,
-        /// Send everything.
-        #[arg(long)]
+        /// Send every confirmed, free coin, less the fee (no change).
+        #[arg(long, conflicts_with = "amount_sat")]
         all: bool,
-        /// Feerate in sat/vB (default: the node's estimate).
-        #[arg(long)]
-        feerate: Option<u32>,
+        #[command(flatten)]
+        fee: FeeArgs,
     },
+    /// The on-chain wallet's transactions, newest first, with confirmations.
+    Transactions,
+    /// Replace a stuck (unconfirmed) wallet transaction with one paying a
+    /// higher fee rate (BIP 125); prints the replacement's txid.
+    ///
+    /// The signer signs the replacement like any spend (its policy checks
+    /// the fee). A channel's funding transaction cannot be replaced (the
+    /// channel is bound to its txid).
+    Bumpfee {
+        /// The transaction to replace.
+        txid: String,
+        /// The new fee rate in sat/vB: at least the old one plus 1.
+        #[arg(long)]
+        fee_rate: u64,
+    },
+}
+
+/// How a spend's fee rate is chosen (default: the node's estimate).
+#[derive(clap::Args)]
+struct FeeArgs {
+    /// Fee rate in sat/vB.
+    #[arg(long, alias = "feerate", conflicts_with = "conf_target")]
+    fee_rate: Option<u64>,
+    /// Aim for confirmation within this many blocks (the chain backend's
+    /// estimate; the node's default when it has none).
+    #[arg(long)]
+    conf_target: Option<u32>,
 }
 
 /// Every channel, as `channels` lists them.
@@ -249,6 +286,7 @@ async fn run(cli: Cli) -> Result<()> {
             announce,
             wait,
             timeout,
+            fee,
         } => {
             let r = client
                 .open_channel(pb::OpenChannelRequest {
@@ -256,6 +294,8 @@ async fn run(cli: Cli) -> Result<()> {
                     amount_sat,
                     push_msat: 0,
                     announce,
+                    fee_rate_sat_per_vb: fee.fee_rate,
+                    conf_target: fee.conf_target,
                 })
                 .await
                 .map_err(explain)?
@@ -502,16 +542,21 @@ async fn run(cli: Cli) -> Result<()> {
                 .map_err(explain)?
                 .into_inner();
             if cli.json {
-                println!(
-                    "{{\"onchain_spendable_sat\":{},\"onchain_immature_sat\":{},\"channels\":{}}}",
-                    b.onchain_confirmed_sat,
-                    b.onchain_unconfirmed_sat,
-                    b.channels.len()
-                );
+                let line = serde_json::json!({
+                    "onchain_spendable_sat": b.onchain_confirmed_sat,
+                    "onchain_unconfirmed_sat": b.onchain_unconfirmed_sat,
+                    "onchain_immature_sat": b.onchain_immature_sat,
+                    "onchain_reserved_sat": b.onchain_reserved_sat,
+                    "channels": b.channels.len(),
+                });
+                println!("{line}");
             } else {
                 println!(
-                    "on-chain spendable: {} sat\non-chain immature:  {} sat",
-                    b.onchain_confirmed_sat, b.onchain_unconfirmed_sat
+                    "on-chain spendable:   {} sat\non-chain unconfirmed: {} sat\non-chain immature:    {} sat\non-chain reserved:    {} sat",
+                    b.onchain_confirmed_sat,
+                    b.onchain_unconfirmed_sat,
+                    b.onchain_immature_sat,
+                    b.onchain_reserved_sat
                 );
                 for c in b.channels {
                     println!(
@@ -525,17 +570,68 @@ async fn run(cli: Cli) -> Result<()> {
             address,
             amount_sat,
             all,
-            feerate,
+            fee,
         } => {
             if amount_sat.is_none() && !all {
                 bail!("give an amount in satoshis, or --all");
             }
+            let feerate_sat_per_vb = fee
+                .fee_rate
+                .map(|f| u32::try_from(f).map_err(|_| anyhow!("fee rate {f} sat/vB is too high")))
+                .transpose()?;
             let r = client
                 .withdraw(pb::WithdrawRequest {
                     address,
                     amount_sat: amount_sat.unwrap_or(0),
                     all,
-                    feerate_sat_per_vb: feerate,
+                    feerate_sat_per_vb,
+                    conf_target: fee.conf_target,
+                })
+                .await
+                .map_err(explain)?
+                .into_inner();
+            println!("{}", r.txid);
+        }
+        Cmd::Transactions => {
+            let list = client
+                .transactions(pb::TransactionsRequest {})
+                .await
+                .map_err(explain)?
+                .into_inner()
+                .transactions;
+            for t in list {
+                if cli.json {
+                    let line = serde_json::json!({
+                        "txid": t.txid,
+                        "confirmations": t.confirmations,
+                        "height": t.height,
+                        "received_sat": t.received_sat,
+                        "sent_sat": t.sent_sat,
+                        "fee_sat": t.fee_sat,
+                    });
+                    println!("{line}");
+                } else {
+                    let net = i128::from(t.received_sat) - i128::from(t.sent_sat);
+                    let fee = t.fee_sat.map_or("-".to_string(), |f| format!("{f} sat"));
+                    println!(
+                        "{} {:>14} sat  fee {:>10}  {}",
+                        t.txid,
+                        format!("{net:+}"),
+                        fee,
+                        if t.confirmations == 0 {
+                            "unconfirmed".to_string()
+                        } else {
+                            format!("{} confirmations (block {})", t.confirmations, t.height)
+                        }
+                    );
+                }
+            }
+        }
+        Cmd::Bumpfee { txid, fee_rate } => {
+            let r = client
+                .bump_fee(pb::BumpFeeRequest {
+                    txid,
+                    fee_rate_sat_per_vb: fee_rate,
                 })
                 .await
                 .map_err(explain)?
