@@ -202,6 +202,29 @@ impl ChainRpc {
             .collect())
     }
 
+    /// Whether the backend's mempool holds `txid` (no answer: not known to).
+    pub async fn in_mempool(&self, txid: &Txid) -> bool {
+        self.call("getmempoolentry", &[json!(txid.to_string())])
+            .await
+            .is_ok_and(|v| v.is_object())
+    }
+
+    /// Whether `outpoint` is unspent in the backend's view, its mempool
+    /// included (false: spent, or never created).
+    pub async fn is_unspent(&self, outpoint: &bitcoin::OutPoint) -> Result<bool, ChainError> {
+        let v = self
+            .call(
+                "gettxout",
+                &[
+                    json!(outpoint.txid.to_string()),
+                    json!(outpoint.vout),
+                    json!(true),
+                ],
+            )
+            .await?;
+        Ok(!v.is_null())
+    }
+
     /// One JSON-RPC call.
     pub async fn call(&self, method: &str, params: &[Value]) -> Result<Value, ChainError> {
         Ok(self.rpc.call_method::<Json>(method, params).await?.0)

@@ -134,6 +134,11 @@ impl ChainWatch {
         }
     }
 
+    /// Whether `txid` funds a channel this node has had (closed ones too).
+    pub fn is_funding(&self, txid: &Txid) -> bool {
+        self.funding.lock().is_ok_and(|f| f.contains_key(txid))
+    }
+
     /// Funding proofs waiting for the signer (oldest first).
     pub fn pending_proofs(&self) -> Vec<pb::ProveFundingRequest> {
         self.proofs.lock().map(|p| p.clone()).unwrap_or_default()

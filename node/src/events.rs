@@ -122,6 +122,7 @@ impl Node {
             Event::FundingTxBroadcastSafe {
                 channel_id,
                 user_channel_id,
+                counterparty_node_id,
                 ..
             } => {
                 let Some(psbt) = self.wallet.funding_psbt(user_channel_id) else {
@@ -132,9 +133,22 @@ impl Node {
                     Ok(txid) => {
                         tracing::info!(%channel_id, %txid, "funding transaction signed and broadcast")
                     }
+                    Err(e) if e.is_unavailable() => {
+                        // Kept (coins and PSBT): LDK hands the event back later.
+                        tracing::warn!(%channel_id, "funding transaction not signed yet, retrying: {e}");
+                        std::thread::sleep(std::time::Duration::from_secs(1));
+                        return Err(lightning::events::ReplayEvent());
+                    }
                     Err(e) => {
+                        // Never funded: the channel is given up (nothing of
+                        // ours is on chain) and its coins are free again.
                         self.wallet.release(&psbt, Some(user_channel_id));
-                        tracing::error!(%channel_id, "funding transaction not broadcast, its coins are free again: {e}")
+                        tracing::error!(%channel_id, "the signer refused the funding transaction; closing the unfunded channel, its coins are free again: {e}");
+                        let _ = self.channel_manager.force_close_broadcasting_latest_txn(
+                            &channel_id,
+                            &counterparty_node_id,
+                            "funding refused by the signer".into(),
+                        );
                     }
                 }
             }

@@ -67,7 +67,13 @@ impl WalletSourceSync for FeeBumpWallet {
             request::Body::GetShutdownScript(GetShutdownScriptRequest {}),
             Duration::from_secs(30),
         ) {
-            Ok(reply::Body::Script(s)) => Ok(ScriptBuf::from_bytes(s.script_pubkey)),
+            Ok(reply::Body::Script(s)) => {
+                let script = ScriptBuf::from_bytes(s.script_pubkey);
+                self.wallet.adopt_change_script(&script).map_err(|e| {
+                    tracing::error!("fee bump: change script refused: {e}");
+                })?;
+                Ok(script)
+            }
             Ok(_) => Err(()),
             Err(e) => {
                 tracing::error!("fee bump: no change script from the signer: {e}");

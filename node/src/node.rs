@@ -227,13 +227,18 @@ impl Node {
     pub fn change_script(&self) -> Result<bitcoin::ScriptBuf, crate::signer_client::CallError> {
         use crate::signer_client::CallError;
         use lnpd_proto::signer::{reply, request, GetShutdownScriptRequest};
-        match self.signer.call(
+        let script = match self.signer.call(
             request::Body::GetShutdownScript(GetShutdownScriptRequest {}),
             Duration::from_secs(30),
         )? {
-            reply::Body::Script(s) => Ok(bitcoin::ScriptBuf::from_bytes(s.script_pubkey)),
-            _ => Err(CallError::Unavailable("unexpected reply".into())),
-        }
+            reply::Body::Script(s) => bitcoin::ScriptBuf::from_bytes(s.script_pubkey),
+            _ => return Err(CallError::Unavailable("unexpected reply".into())),
+        };
+        // The wallet watches up to it, however many the signer handed out.
+        self.wallet
+            .adopt_change_script(&script)
+            .map_err(|e| CallError::Unavailable(e.to_string()))?;
+        Ok(script)
     }
 
     /// Has the signer sign a funding PSBT, broadcasts it, and ends the
@@ -242,10 +247,8 @@ impl Node {
         &self,
         psbt: bitcoin::Psbt,
         owner: u128,
-    ) -> Result<bitcoin::Txid, String> {
-        let tx = self
-            .sign_wallet_psbt(&psbt)
-            .map_err(|e| format!("the signer did not sign: {e}"))?;
+    ) -> Result<bitcoin::Txid, crate::signer_client::CallError> {
+        let tx = self.sign_wallet_psbt(&psbt)?;
         let txid = tx.compute_txid();
         use lightning::chain::chaininterface::BroadcasterInterface;
         self.chain.broadcast_transactions(&[&tx]);

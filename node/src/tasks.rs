@@ -104,25 +104,19 @@ impl Node {
 
     /// Sends again the wallet's unconfirmed transactions the backend's
     /// mempool lost (a reorganisation, bcoin's `invalidateblock`, a
-    /// restarted backend); one missing for many tips in a row is forgotten,
-    /// its coins back in the wallet. Channel fundings are wallet spends too.
+    /// restarted backend). One missing whose inputs the backend shows spent
+    /// elsewhere (double-spent on a new branch) for several tips in a row
+    /// is forgotten, its other coins back in the wallet; one whose inputs
+    /// are unspent stays (it is valid; `bumpfee` replaces it if stuck).
+    /// Channel fundings are wallet spends too.
     async fn keep_wallet_txs_in_mempool(&self) {
-        let txs = self.wallet.unconfirmed_txs();
-        if txs.is_empty() {
-            return;
-        }
-        let present = match self.chain.mempool_txids().await {
-            Ok(p) => p,
-            Err(e) => return tracing::warn!("cannot read the backend's mempool: {e}"),
-        };
-        let mut missing = std::collections::HashSet::new();
-        for tx in &txs {
+        let mut conflicted = std::collections::HashSet::new();
+        for tx in self.wallet.unconfirmed_txs() {
             let txid = tx.compute_txid();
-            if present.contains(&txid) {
+            if self.chain.in_mempool(&txid).await {
                 continue;
             }
-            missing.insert(txid);
-            match self.chain.send_raw_transaction(tx).await {
+            match self.chain.send_raw_transaction(&tx).await {
                 Ok(_) => {
                     tracing::info!(%txid, "wallet transaction missing from the mempool: sent again")
                 }
@@ -130,12 +124,26 @@ impl Node {
                     tracing::warn!(%txid, "wallet transaction missing from the mempool, not taken again: {e}")
                 }
             }
+            if self.chain.in_mempool(&txid).await {
+                continue;
+            }
+            let mut spent_elsewhere = false;
+            for i in &tx.input {
+                // An unanswered check counts as unspent: never forget on doubt.
+                if matches!(self.chain.is_unspent(&i.previous_output).await, Ok(false)) {
+                    spent_elsewhere = true;
+                    break;
+                }
+            }
+            if spent_elsewhere {
+                conflicted.insert(txid);
+            }
         }
-        for txid in self.wallet.note_missing(&missing) {
+        for txid in self.wallet.note_missing(&conflicted) {
             tracing::warn!(
                 %txid,
                 tips = crate::wallet::FORGET_AFTER_TIPS,
-                "wallet transaction still missing from the mempool: forgotten, its coins are spendable again"
+                "wallet transaction double-spent on the best chain: forgotten, its other coins are spendable again"
             );
         }
     }

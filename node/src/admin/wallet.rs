@@ -78,35 +78,41 @@ impl AdminService {
     }
 
     /// Builds a wallet spend with `build` (its coins locked), has the
-    /// signer sign it and broadcasts it; on any failure the coins are
-    /// released. The caller records the broadcast transaction.
+    /// signer sign it, has `record` tell the wallet, and broadcasts it. A
+    /// spend not signed releases its coins. A signed one is recorded
+    /// whatever the backend answers (an error may hide an accepted
+    /// transaction; the wallet sends it again while the mempool lacks it),
+    /// so its coins are never offered to a second spend. Runs on a task of
+    /// its own: a client that hangs up does not cut it short.
     async fn sign_and_send(
         &self,
         what: &'static str,
         build: impl FnOnce(&Node) -> Result<Psbt, Status> + Send + 'static,
-    ) -> Result<(Txid, Transaction), Status> {
+        record: impl FnOnce(&Node, &Transaction) + Send + 'static,
+    ) -> Result<Txid, Status> {
         let node = self.node.clone();
-        let (tx, psbt) = tokio::task::spawn_blocking(move || {
-            let psbt = build(&node)?;
-            match node.sign_wallet_psbt(&psbt) {
-                Ok(tx) => Ok((tx, psbt)),
-                Err(e) => {
+        let task = tokio::spawn(async move {
+            let signer_side = node.clone();
+            let tx = tokio::task::spawn_blocking(move || {
+                let node = signer_side;
+                let psbt = build(&node)?;
+                node.sign_wallet_psbt(&psbt).map_err(|e| {
                     node.wallet.release(&psbt, None);
-                    Err(Status::permission_denied(format!(
-                        "the signer did not sign the {what}: {e}"
-                    )))
-                }
-            }
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))??;
-        match self.node.chain.send_raw_transaction(&tx).await {
-            Ok(txid) => Ok((txid, tx)),
-            Err(e) => {
-                self.node.wallet.release(&psbt, None);
-                Err(Status::unavailable(format!("broadcast failed: {e}")))
-            }
-        }
+                    Status::permission_denied(format!("the signer did not sign the {what}: {e}"))
+                })
+            })
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+            record(&node, &tx);
+            let txid = tx.compute_txid();
+            node.chain.send_raw_transaction(&tx).await.map_err(|e| {
+                Status::unavailable(format!(
+                    "the backend did not confirm the broadcast of {txid} ({e}); the wallet keeps \
+                     the transaction and sends it again while its mempool lacks it"
+                ))
+            })
+        });
+        task.await.map_err(|e| Status::internal(e.to_string()))?
     }
 
     pub(super) fn wallet_balance(&self) -> pb::BalanceReply {
@@ -164,21 +170,24 @@ impl AdminService {
             )
             .await?;
         let script = address.script_pubkey();
-        let (txid, tx) = self
-            .sign_and_send("withdrawal", move |node| {
-                let change = match amount {
-                    SpendAmount::Exact(_) => node.change_script().map_err(|e| {
-                        Status::unavailable(format!("no change script from the signer: {e}"))
-                    })?,
-                    // No change: every coin goes to the recipient.
-                    SpendAmount::All => script.clone(),
-                };
-                node.wallet
-                    .build_spend(script, amount, fee_rate, change)
-                    .map_err(wallet_status)
-            })
+        let txid = self
+            .sign_and_send(
+                "withdrawal",
+                move |node| {
+                    let change = match amount {
+                        SpendAmount::Exact(_) => node.change_script().map_err(|e| {
+                            Status::unavailable(format!("no change script from the signer: {e}"))
+                        })?,
+                        // No change: every coin goes to the recipient.
+                        SpendAmount::All => script.clone(),
+                    };
+                    node.wallet
+                        .build_spend(script, amount, fee_rate, change)
+                        .map_err(wallet_status)
+                },
+                |node, tx| node.wallet.note_broadcast(&[tx], None),
+            )
             .await?;
-        self.node.wallet.note_broadcast(&[&tx], None);
         tracing::info!(%txid, %fee_rate, "withdrawal broadcast");
         Ok(pb::WithdrawReply {
             txid: txid.to_string(),
@@ -223,14 +232,22 @@ impl AdminService {
             .iter()
             .filter_map(|c| c.funding_txo.map(|o| o.txid))
             .collect();
-        let (new_txid, tx) = self
-            .sign_and_send("replacement", move |node| {
-                node.wallet
-                    .bump_fee(txid, fee_rate, &funding)
-                    .map_err(wallet_status)
-            })
+        // Every channel's funding this node ever watched, closed ones too.
+        let is_funding = funding.contains(&txid) || self.node.chain_watch.is_funding(&txid);
+        let new_txid = self
+            .sign_and_send(
+                "replacement",
+                move |node| {
+                    let change = node.change_script().map_err(|e| {
+                        Status::unavailable(format!("no change script from the signer: {e}"))
+                    })?;
+                    node.wallet
+                        .bump_fee(txid, fee_rate, is_funding, change)
+                        .map_err(wallet_status)
+                },
+                move |node, tx| node.wallet.note_replacement(tx, txid),
+            )
             .await?;
-        self.node.wallet.note_replacement(&tx, txid);
         tracing::info!(replaced = %txid, txid = %new_txid, %fee_rate, "fee bumped");
         Ok(pb::BumpFeeReply {
             txid: new_txid.to_string(),

@@ -105,9 +105,11 @@ pub struct Wallet {
     /// replaces its own bumps (in memory: after a restart LDK picks other
     /// coins, and the replacement frees these).
     bumps: Mutex<HashSet<Txid>>,
-    /// Tips at which each unconfirmed wallet spend was found missing from
-    /// the backend's mempool and sent again.
+    /// Tips in a row at which each unconfirmed wallet transaction was
+    /// missing from the backend's mempool with an input spent elsewhere.
     missing: Mutex<HashMap<Txid, u32>>,
+    /// Coins locked for LDK bumps being signed, with the tips seen since.
+    bump_claims: Mutex<Vec<(Vec<bitcoin::OutPoint>, u32)>>,
     /// Blocks connected since the last write (the chain's checkpoints are
     /// written every few blocks when nothing of the wallet's changed).
     unsaved_blocks: Mutex<u32>,
@@ -150,10 +152,14 @@ impl Wallet {
                     .create_wallet_no_persist()
                     .map_err(|e| WalletError::Descriptor(e.to_string()))?;
                 let migrated = migrate::from_old_store(&mut w, &store, chain).await?;
-                if !migrated {
-                    let (hash, height) = chain.tip().await.map_err(WalletError::Chain)?;
-                    birthday(&mut w, BlockId { height, hash })?;
+                let top = w.latest_checkpoint().height();
+                if top == 0 {
+                    // New (or an old record that had seen no block): from the tip.
+                    let (_, height) = chain.tip().await.map_err(WalletError::Chain)?;
+                    anchor_recent(&mut w, chain, height).await?;
                     tracing::info!(height, "new wallet, watching from the chain's tip");
+                } else {
+                    anchor_recent(&mut w, chain, top).await?;
                 }
                 (w, migrate::old_store_removal(migrated))
             }
@@ -163,6 +169,7 @@ impl Wallet {
             store,
             bumps: Mutex::new(HashSet::new()),
             missing: Mutex::new(HashMap::new()),
+            bump_claims: Mutex::new(Vec::new()),
             unsaved_blocks: Mutex::new(0),
         };
         {
@@ -296,18 +303,32 @@ impl Wallet {
     }
 }
 
-/// Anchors a new wallet's chain at `tip`: BDK connects a block only to a
-/// chain it shares a block with, and a new wallet has only the genesis.
-fn birthday(w: &mut bdk_wallet::Wallet, tip: BlockId) -> Result<(), WalletError> {
-    if tip.height == 0 {
+/// Blocks below the first one a wallet sees whose hashes it keeps: a
+/// reorganisation of up to this depth still finds a common block.
+const ANCHOR_DEPTH: u32 = 100;
+
+/// Gives a new (or migrated) wallet the hashes of the blocks up to `top`
+/// from [`ANCHOR_DEPTH`] below: BDK connects a block only to a chain it
+/// shares a block with, and such a wallet has only the genesis and the
+/// blocks it replayed.
+async fn anchor_recent<C: ChainBlocks>(
+    w: &mut bdk_wallet::Wallet,
+    chain: &C,
+    top: u32,
+) -> Result<(), WalletError> {
+    if top == 0 {
         return Ok(());
     }
-    let chain = w.latest_checkpoint().insert(tip);
+    let mut cp = w.latest_checkpoint();
+    for height in top.saturating_sub(ANCHOR_DEPTH).max(1)..=top {
+        let hash = chain.hash_at(height).await.map_err(WalletError::Chain)?;
+        cp = cp.insert(BlockId { height, hash });
+    }
     w.apply_update(bdk_wallet::Update {
-        chain: Some(chain),
+        chain: Some(cp),
         ..Default::default()
     })
-    .map_err(|e| WalletError::Chain(format!("cannot anchor the wallet at the tip: {e}")))
+    .map_err(|e| WalletError::Chain(format!("cannot anchor the wallet at block {top}: {e}")))
 }
 
 fn finalize_inputs(mut psbt: Psbt, only_own: bool) -> Result<Psbt, WalletError> {

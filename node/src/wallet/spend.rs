@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 
 use bdk_wallet::error::CreateTxError;
+use bdk_wallet::KeychainKind;
 use bitcoin::hashes::Hash;
 use bitcoin::{Amount, FeeRate, OutPoint, Psbt, ScriptBuf, Transaction, TxOut, Txid, WPubkeyHash};
 use lightning::util::persist::KVStoreSync;
@@ -26,6 +27,8 @@ pub enum SpendAmount {
 
 /// Coinbase outputs are spendable after this many confirmations.
 const COINBASE_MATURITY: u32 = 100;
+/// How far past the wallet's look-ahead a change script is looked for.
+const MAX_SCRIPT_SEARCH: u32 = 20_000;
 
 fn funding_key(owner: u128) -> String {
     format!("{owner:032x}")
@@ -143,18 +146,20 @@ impl Wallet {
     }
 
     /// Builds a replacement of the wallet's unconfirmed transaction `txid`
-    /// paying `fee_rate` (BIP 125: at least the old rate plus 1 sat/vB; its
-    /// change output pays the difference, or more coins are added, which
-    /// are locked until [`Wallet::note_replacement`] or
-    /// [`Wallet::release`]). A channel's funding transaction is refused:
-    /// the channel is bound to its txid.
+    /// paying `fee_rate` (BIP 125: at least the old rate plus 1 sat/vB; the
+    /// change, now to `change`, pays the difference, or more coins are
+    /// added; its inputs are locked until [`Wallet::note_replacement`] or
+    /// [`Wallet::release`]). A channel's funding transaction is refused
+    /// (`is_channel_funding`, or one the wallet keeps for a channel): the
+    /// channel is bound to its txid.
     pub fn bump_fee(
         &self,
         txid: Txid,
         fee_rate: FeeRate,
-        channel_funding: &HashSet<Txid>,
+        is_channel_funding: bool,
+        change: ScriptBuf,
     ) -> Result<Psbt, WalletError> {
-        if channel_funding.contains(&txid) || self.funding_txids().contains(&txid) {
+        if is_channel_funding || self.funding_txids().contains(&txid) {
             return Err(WalletError::Invalid(format!(
                 "{txid} funds a channel: its txid is the channel's, so it cannot be replaced"
             )));
@@ -163,7 +168,7 @@ impl Wallet {
         let mut b = w
             .build_fee_bump(txid)
             .map_err(|e| WalletError::Invalid(format!("cannot replace {txid}: {e}")))?;
-        b.fee_rate(fee_rate);
+        b.fee_rate(fee_rate).drain_to(change);
         let psbt = b.finish().map_err(create_error)?;
         for i in &psbt.unsigned_tx.input {
             w.lock_outpoint(i.previous_output);
@@ -243,6 +248,18 @@ impl Wallet {
         let Ok(w) = self.inner() else {
             return Vec::new();
         };
+        self.free_for_bump(&w)
+            .into_iter()
+            .filter_map(|o| {
+                o.txout.script_pubkey.is_p2wpkh().then_some(())?;
+                let hash =
+                    WPubkeyHash::from_slice(o.txout.script_pubkey.as_bytes().get(2..)?).ok()?;
+                Some((o.outpoint, o.txout, hash))
+            })
+            .collect()
+    }
+
+    fn free_for_bump(&self, w: &bdk_wallet::Wallet) -> Vec<bdk_wallet::LocalOutput> {
         let bumps = self.bumps.lock().map(|b| b.clone()).unwrap_or_default();
         let tip = w.latest_checkpoint().height();
         w.list_output()
@@ -264,12 +281,6 @@ impl Wallet {
                     })
                 };
                 mature && !w.is_outpoint_locked(o.outpoint) && (!o.is_spent || spent_by_bump_only())
-            })
-            .filter_map(|o| {
-                let hash =
-                    WPubkeyHash::from_slice(o.txout.script_pubkey.as_bytes().get(2..)?).ok()?;
-                o.txout.script_pubkey.is_p2wpkh().then_some(())?;
-                Some((o.outpoint, o.txout, hash))
             })
             .collect()
     }
@@ -300,12 +311,17 @@ impl Wallet {
     }
 
     /// Locks the wallet's coins an LDK bump is about to spend, before the
-    /// signer signs it; refused if one is already another spend's (a
-    /// withdrawal or funding that picked it since LDK listed it). The
-    /// broadcast that follows ends the lock ([`Wallet::note_broadcast`]),
-    /// or [`Wallet::release`] on failure.
+    /// signer signs it; refused if one is no longer free for LDK (another
+    /// spend locked or spent it since LDK listed it). The broadcast that
+    /// follows ends the lock ([`Wallet::note_broadcast`]); a claim never
+    /// broadcast ends two tips later, or with [`Wallet::release`].
     pub fn claim_for_bump(&self, psbt: &Psbt) -> Result<(), WalletError> {
         let mut w = self.inner()?;
+        let free: HashSet<OutPoint> = self
+            .free_for_bump(&w)
+            .into_iter()
+            .map(|o| o.outpoint)
+            .collect();
         let own: Vec<OutPoint> = psbt
             .unsigned_tx
             .input
@@ -313,15 +329,69 @@ impl Wallet {
             .map(|i| i.previous_output)
             .filter(|o| w.list_output().any(|x| x.outpoint == *o))
             .collect();
-        if let Some(taken) = own.iter().find(|o| w.is_outpoint_locked(**o)) {
+        if let Some(taken) = own.iter().find(|o| !free.contains(o)) {
             return Err(WalletError::Invalid(format!(
-                "coin {taken} is reserved by another spend"
+                "coin {taken} is taken by another spend"
             )));
         }
-        for o in own {
-            w.lock_outpoint(o);
+        for o in &own {
+            w.lock_outpoint(*o);
+        }
+        if let Ok(mut c) = self.bump_claims.lock() {
+            c.push((own, 0));
         }
         Ok(())
+    }
+
+    /// Unlocks the coins of bump claims two tips old: LDK broadcasts a
+    /// bump as soon as it is signed, or gave it up.
+    pub(super) fn expire_bump_claims(&self) {
+        let expired: Vec<OutPoint> = match self.bump_claims.lock() {
+            Ok(mut c) => {
+                for claim in c.iter_mut() {
+                    claim.1 += 1;
+                }
+                let (old, young): (Vec<_>, Vec<_>) = c.drain(..).partition(|x| x.1 >= 2);
+                *c = young;
+                old.into_iter().flat_map(|x| x.0).collect()
+            }
+            Err(_) => return,
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let Ok(mut w) = self.inner() else { return };
+        for o in expired {
+            w.unlock_outpoint(o);
+        }
+        if let Err(e) = self.commit(&mut w, &[]) {
+            tracing::error!("wallet: cannot write ended bump claims: {e}");
+        }
+    }
+
+    /// Takes a change script the signer handed out: the wallet watches up
+    /// to its index (and its look-ahead beyond), so an output to it is
+    /// always found. Refused if it is not one of the wallet's internal
+    /// scripts.
+    pub fn adopt_change_script(&self, script: &ScriptBuf) -> Result<(), WalletError> {
+        let mut w = self.inner()?;
+        let index = match w.derivation_of_spk(script.clone()) {
+            Some((KeychainKind::Internal, i)) => Some(i),
+            Some((KeychainKind::External, _)) => None,
+            None => {
+                // Further than the look-ahead: the signer handed out many
+                // scripts never used on chain (it hands out at most
+                // `max_wallet_scripts`, 10 000 by default).
+                let from = w.next_derivation_index(KeychainKind::Internal);
+                (from..from.saturating_add(MAX_SCRIPT_SEARCH))
+                    .find(|i| w.peek_address(KeychainKind::Internal, *i).script_pubkey() == *script)
+            }
+        };
+        let index = index.ok_or_else(|| {
+            WalletError::Invalid("the change script is not one of the wallet's".into())
+        })?;
+        let _ = w.reveal_addresses_to(KeychainKind::Internal, index).count();
+        self.commit(&mut w, &[])
     }
 
     /// Remembers a bump transaction of LDK's signed from this wallet.

@@ -8,8 +8,9 @@
 //! only in stale blocks fall back to unconfirmed (coinbases out of the
 //! wallet) until a block of the new branch holds them; the node sends them
 //! again if the backend's mempool lost them, and forgets one that stays
-//! out of it for [`FORGET_AFTER_TIPS`] tips (double-spent on the new
-//! branch, or refused), so its coins are the wallet's again.
+//! out of it with an input spent elsewhere (double-spent on the new
+//! branch) for [`FORGET_AFTER_TIPS`] tips, so its other coins are the
+//! wallet's again.
 
 use std::collections::HashSet;
 
@@ -23,9 +24,9 @@ use super::{now_secs, Wallet};
 /// Blocks connected without a wallet change between two writes of the
 /// chain's checkpoints (a restart re-reads at most these).
 const SAVE_EVERY_BLOCKS: u32 = 10;
-/// New tips at which an unconfirmed wallet transaction may be missing from the
-/// backend's mempool (sent again each time) before the wallet forgets it
-/// and its coins are spendable again.
+/// New tips at which an unconfirmed wallet transaction may be missing from
+/// the backend's mempool with an input spent elsewhere before the wallet
+/// forgets it and its coins are spendable again.
 pub const FORGET_AFTER_TIPS: u32 = 6;
 
 impl Wallet {
@@ -84,15 +85,19 @@ impl Wallet {
         list.into_iter().map(|(_, t)| t).collect()
     }
 
-    /// After a new tip: `missing` were not in the backend's mempool (and
-    /// were sent again). One missing [`FORGET_AFTER_TIPS`] tips in a row is
-    /// forgotten (BDK's eviction): its coins come back to the wallet.
-    /// Returns the forgotten ones.
-    pub fn note_missing(&self, missing: &HashSet<Txid>) -> Vec<Txid> {
+    /// After a new tip: `conflicted` were missing from the backend's
+    /// mempool with an input the backend shows spent elsewhere or gone.
+    /// One so for [`FORGET_AFTER_TIPS`] tips in a row is forgotten (BDK's
+    /// eviction): its other coins come back to the wallet. One missing with
+    /// every input still unspent is never forgotten (it stays valid, and is
+    /// sent again). Also ends LDK bump claims never broadcast. Returns the
+    /// forgotten ones.
+    pub fn note_missing(&self, conflicted: &HashSet<Txid>) -> Vec<Txid> {
+        self.expire_bump_claims();
         let mut forget = Vec::new();
         if let Ok(mut m) = self.missing.lock() {
-            m.retain(|t, _| missing.contains(t));
-            for t in missing {
+            m.retain(|t, _| conflicted.contains(t));
+            for t in conflicted {
                 let n = m.entry(*t).or_insert(0);
                 *n += 1;
                 if *n >= FORGET_AFTER_TIPS {

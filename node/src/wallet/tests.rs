@@ -468,7 +468,7 @@ fn funding_coins_stay_reserved_across_restarts_until_reconciled() {
     // A funding refused for being a channel's.
     let txid = psbt.unsigned_tx.compute_txid();
     assert!(matches!(
-        w.bump_fee(txid, rate(5), &HashSet::new()),
+        w.bump_fee(txid, rate(5), false, script(1, 9)),
         Err(WalletError::Invalid(_))
     ));
     // Gone: the coins are free, the record dropped.
@@ -517,22 +517,21 @@ fn bump_fee_replaces_an_unconfirmed_spend() {
     let old_fee = w.transactions()[0].fee_sat.unwrap();
     // Too low a rate is refused by BIP 125's rules.
     assert!(w
-        .bump_fee(old.compute_txid(), rate(2), &HashSet::new())
+        .bump_fee(old.compute_txid(), rate(2), false, script(1, 1))
         .is_err());
     // A channel's funding txid is refused.
     assert!(matches!(
-        w.bump_fee(
-            old.compute_txid(),
-            rate(9),
-            &HashSet::from([old.compute_txid()])
-        ),
+        w.bump_fee(old.compute_txid(), rate(9), true, script(1, 1)),
         Err(WalletError::Invalid(_))
     ));
     let bumped = w
-        .bump_fee(old.compute_txid(), rate(9), &HashSet::new())
+        .bump_fee(old.compute_txid(), rate(9), false, script(1, 1))
         .unwrap();
     let new = bumped.unsigned_tx.clone();
     assert_eq!(new.input[0].previous_output, old.input[0].previous_output);
+    // The change moves to the script given (one the signer handed out).
+    assert!(new.output.iter().any(|o| o.script_pubkey == script(1, 1)));
+    assert!(!new.output.iter().any(|o| o.script_pubkey == script(1, 0)));
     assert!(new
         .output
         .iter()
@@ -548,7 +547,7 @@ fn bump_fee_replaces_an_unconfirmed_spend() {
     assert_eq!(w.transactions()[0].confirmations, 1);
     // Confirmed: nothing left to bump.
     assert!(w
-        .bump_fee(history[0].txid, rate(20), &HashSet::new())
+        .bump_fee(history[0].txid, rate(20), false, script(1, 2))
         .is_err());
 }
 
@@ -607,6 +606,50 @@ fn fee_bump_coins_are_free_mature_and_one_owner_at_a_time() {
     assert_eq!(w.describe_own_inputs(&mut described).unwrap(), 1);
     assert!(described.inputs[1].non_witness_utxo.is_some());
     assert!(described.inputs[0].bip32_derivation.is_empty());
+}
+
+#[test]
+fn a_bump_claim_refuses_a_coin_another_spend_took_and_ends_unbroadcast() {
+    let (_store, chain, w) = funded(100_000);
+    let (b, h) = chain.mine(vec![pay(6, &[(script(0, 0), 70_000)])]);
+    w.connect_block(&b, h);
+    let coins = w.bump_coins();
+    assert_eq!(coins.len(), 2);
+    let claim_of = |op: OutPoint| {
+        let mut tx = pay(7, &[(stranger(), 1_000)]);
+        tx.input.push(TxIn {
+            previous_output: op,
+            ..tx.input[0].clone()
+        });
+        bitcoin::Psbt::from_unsigned_tx(tx).unwrap()
+    };
+    // A withdrawal takes the 100 000 coin after LDK listed both: LDK's
+    // claim on it is refused.
+    let spend = spend_30k(&w);
+    let taken = spend.input[0].previous_output;
+    assert!(coins.iter().any(|c| c.0 == taken));
+    assert!(w.claim_for_bump(&claim_of(taken)).is_err());
+    // The other coin: claimed, never broadcast; free again two tips later.
+    let other = coins.iter().find(|c| c.0 != taken).unwrap().0;
+    w.claim_for_bump(&claim_of(other)).unwrap();
+    assert!(w.bump_coins().is_empty());
+    assert!(w.note_missing(&HashSet::new()).is_empty());
+    assert!(w.bump_coins().is_empty());
+    w.note_missing(&HashSet::new());
+    assert_eq!(w.bump_coins().len(), 1);
+}
+
+#[test]
+fn change_scripts_the_signer_hands_out_are_watched_however_far() {
+    let (_store, chain, w) = funded(100_000);
+    // Far past the look-ahead (1 000): found, and watched from then on.
+    w.adopt_change_script(&script(1, 1_500)).unwrap();
+    let (b, h) = chain.mine(vec![pay(8, &[(script(1, 2_400), 5_000)])]);
+    w.connect_block(&b, h);
+    assert_eq!(w.balance().confirmed_sat, 105_000);
+    // Not the wallet's internal chain: refused.
+    assert!(w.adopt_change_script(&script(0, 3)).is_err());
+    assert!(w.adopt_change_script(&stranger()).is_err());
 }
 
 #[test]
