@@ -51,10 +51,10 @@ async fn wallet_and_funding_follow_a_reorganisation() {
     // A withdrawal to the wallet itself (the signer knows its own
     // addresses), and a channel whose funding is broadcast.
     let own = ok(&a, &["newaddress"]);
-    let spend = ok(&a, &["withdraw", &own, "100000"]);
+    let spend = ok(&a, &["withdraw", &own, "100000", "--conf-target", "6"]);
     let b_id = node_id(&b);
     ok(&a, &["connect", &format!("{b_id}@{}", b.p2p_addr())]);
-    ok(&a, &["openchannel", &b_id, "200000"]);
+    ok(&a, &["openchannel", &b_id, "200000", "--fee-rate", "7"]);
     let funding = || {
         channel_with(&a, &b_id)
             .and_then(|c| c["funding_txo"].as_str().map(str::to_string))
@@ -92,6 +92,15 @@ async fn wallet_and_funding_follow_a_reorganisation() {
     chain.sync(&[&a]).await.unwrap();
     assert!(wait_for(30, || confirmations(&a, &spend) == Some(1)));
     assert_eq!(confirmations(&a, &funding), Some(1));
+    // The funding paid the rate asked at openchannel.
+    let funding_tx = block
+        .txdata
+        .iter()
+        .find(|t| t.compute_txid().to_string() == funding)
+        .unwrap();
+    let fee = tx_entry(&a, &funding).unwrap()["fee_sat"].as_u64().unwrap();
+    let rate = fee as f64 * 4.0 / funding_tx.weight().to_wu() as f64;
+    assert!((6.95..7.5).contains(&rate), "funding fee rate {rate} sat/vB");
     let coinbase = block.txdata[0].output[0].value.to_sat();
     assert_eq!(balance(&a, "onchain_immature_sat"), coinbase);
     let unconfirmed_before = balance(&a, "onchain_unconfirmed_sat");
