@@ -100,7 +100,10 @@ async fn wallet_and_funding_follow_a_reorganisation() {
         .unwrap();
     let fee = tx_entry(&a, &funding).unwrap()["fee_sat"].as_u64().unwrap();
     let rate = fee as f64 * 4.0 / funding_tx.weight().to_wu() as f64;
-    assert!((6.95..7.5).contains(&rate), "funding fee rate {rate} sat/vB");
+    assert!(
+        (6.95..7.5).contains(&rate),
+        "funding fee rate {rate} sat/vB"
+    );
     let coinbase = block.txdata[0].output[0].value.to_sat();
     assert_eq!(balance(&a, "onchain_immature_sat"), coinbase);
     let unconfirmed_before = balance(&a, "onchain_unconfirmed_sat");
