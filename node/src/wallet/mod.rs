@@ -348,9 +348,5 @@ fn finalize_inputs(mut psbt: Psbt, only_own: bool) -> Result<Psbt, WalletError> 
     Ok(psbt)
 }
 
-pub(crate) fn now_secs() -> u64 {
-    crate::node::now_secs()
-}
-
 #[cfg(test)]
 mod tests;

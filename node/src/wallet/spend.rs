@@ -14,7 +14,8 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Amount, FeeRate, OutPoint, Psbt, ScriptBuf, Transaction, TxOut, Txid, WPubkeyHash};
 use lightning::util::persist::KVStoreSync;
 
-use super::{now_secs, Wallet, WalletError, FUNDING_NS};
+use super::{Wallet, WalletError, FUNDING_NS};
+use crate::node::now_secs;
 
 /// How much a spend pays its recipient.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,15 +103,31 @@ impl Wallet {
         Psbt::deserialize(&bytes).ok()
     }
 
+    /// The funding records: key, and the PSBT when it reads.
+    fn funding_records(&self) -> Result<Vec<(String, Option<Psbt>)>, WalletError> {
+        let keys = self
+            .store
+            .list(FUNDING_NS, "")
+            .map_err(|e| WalletError::Store(e.to_string()))?;
+        Ok(keys
+            .into_iter()
+            .map(|k| {
+                let psbt = self
+                    .store
+                    .read(FUNDING_NS, "", &k)
+                    .ok()
+                    .and_then(|b| Psbt::deserialize(&b).ok());
+                (k, psbt)
+            })
+            .collect())
+    }
+
     /// Txids of the funding transactions kept for channels.
     fn funding_txids(&self) -> HashSet<Txid> {
-        self.store
-            .list(FUNDING_NS, "")
+        self.funding_records()
             .unwrap_or_default()
-            .iter()
-            .filter_map(|k| self.store.read(FUNDING_NS, "", k).ok())
-            .filter_map(|b| Psbt::deserialize(&b).ok())
-            .map(|p| p.unsigned_tx.compute_txid())
+            .into_iter()
+            .filter_map(|(_, p)| p.map(|p| p.unsigned_tx.compute_txid()))
             .collect()
     }
 
@@ -198,18 +215,9 @@ impl Wallet {
     /// exist (`live`: the user ids of the channels LDK has), and unlocks
     /// every coin no record owns (a spend interrupted before broadcast).
     pub fn reconcile_locks(&self, live: &HashSet<u128>) -> Result<(), WalletError> {
-        let keys = self
-            .store
-            .list(FUNDING_NS, "")
-            .map_err(|e| WalletError::Store(e.to_string()))?;
         let mut kv = Vec::new();
         let mut owned = HashSet::new();
-        for key in keys {
-            let psbt = self
-                .store
-                .read(FUNDING_NS, "", &key)
-                .ok()
-                .and_then(|b| Psbt::deserialize(&b).ok());
+        for (key, psbt) in self.funding_records()? {
             let owner = u128::from_str_radix(&key, 16).ok();
             match (psbt, owner) {
                 (Some(p), Some(o)) if live.contains(&o) => {
@@ -291,8 +299,10 @@ impl Wallet {
     pub fn describe_own_inputs(&self, psbt: &mut Psbt) -> Result<usize, WalletError> {
         let w = self.inner()?;
         let mut found = 0;
+        let mut ours: std::collections::HashMap<OutPoint, bdk_wallet::LocalOutput> =
+            w.list_output().map(|o| (o.outpoint, o)).collect();
         for (txin, input) in psbt.unsigned_tx.input.iter().zip(psbt.inputs.iter_mut()) {
-            let Some(out) = w.list_output().find(|o| o.outpoint == txin.previous_output) else {
+            let Some(out) = ours.remove(&txin.previous_output) else {
                 continue;
             };
             let described = w
@@ -322,12 +332,13 @@ impl Wallet {
             .into_iter()
             .map(|o| o.outpoint)
             .collect();
+        let ours: HashSet<OutPoint> = w.list_output().map(|o| o.outpoint).collect();
         let own: Vec<OutPoint> = psbt
             .unsigned_tx
             .input
             .iter()
             .map(|i| i.previous_output)
-            .filter(|o| w.list_output().any(|x| x.outpoint == *o))
+            .filter(|o| ours.contains(o))
             .collect();
         if let Some(taken) = own.iter().find(|o| !free.contains(o)) {
             return Err(WalletError::Invalid(format!(

@@ -19,7 +19,8 @@ use bitcoin::{Block, Transaction, Txid};
 use lightning::chain::transaction::TransactionData;
 use lightning::chain::{BestBlock, Listen};
 
-use super::{now_secs, Wallet};
+use super::Wallet;
+use crate::node::now_secs;
 
 /// Blocks connected without a wallet change between two writes of the
 /// chain's checkpoints (a restart re-reads at most these).
