@@ -9,12 +9,14 @@ use crate::state::{ChannelKind, CommitmentRecord, SetupRecord};
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{All, Message, Secp256k1};
 use bitcoin::sighash::{EcdsaSighashType, SighashCache};
-use bitcoin::{Amount, ScriptBuf, Transaction};
+use bitcoin::{Amount, ScriptBuf, Transaction, Txid};
 use lightning::chain::transaction::OutPoint as LdkOutPoint;
 use lightning::ln::chan_utils::{
     self, ChannelPublicKeys, ChannelTransactionParameters, CommitmentTransaction,
-    CounterpartyChannelTransactionParameters,
+    CounterpartyChannelTransactionParameters, HTLCOutputInCommitment, TrustedCommitmentTransaction,
+    TxCreationKeys,
 };
+use lightning::ln::channel_keys::{DelayedPaymentKey, RevocationKey};
 use lightning::types::features::ChannelTypeFeatures;
 
 use crate::error::SignerError;
@@ -114,6 +116,32 @@ pub fn rebuild(
 ) -> Result<Rebuilt, SignerError> {
     let number = CommitmentNumber::new(data.commitment_number)?;
     let point = parse_pubkey("per_commitment_point", &data.per_commitment_point)?;
+    let htlcs = buildable_htlcs(setup, data)?;
+    let directed = if holder_is_broadcaster {
+        params.as_holder_broadcastable()
+    } else {
+        params.as_counterparty_broadcastable()
+    };
+    let tx = CommitmentTransaction::new(
+        number.to_ldk(),
+        &point,
+        data.to_broadcaster_value_sat,
+        data.to_countersignatory_value_sat,
+        data.feerate_per_kw,
+        htlcs,
+        &directed,
+        secp,
+    );
+    Ok(Rebuilt { tx, number })
+}
+
+/// The HTLCs of `data` in LDK's form, refused where the commitment cannot
+/// be built soundly: more than 483 HTLCs, an HTLC that cannot pay its
+/// second-stage fee, outputs above the channel value.
+pub fn buildable_htlcs(
+    setup: &SetupRecord,
+    data: &CommitmentRecord,
+) -> Result<Vec<HTLCOutputInCommitment>, SignerError> {
     let htlcs = data.ldk_htlcs()?;
     let anchors = setup.is_anchors();
     if htlcs.len() > 483 {
@@ -141,22 +169,30 @@ pub fn rebuild(
     if total > setup.channel_value_sat {
         return Err(SignerError::invalid("outputs exceed the channel value"));
     }
-    let directed = if holder_is_broadcaster {
-        params.as_holder_broadcastable()
-    } else {
-        params.as_counterparty_broadcastable()
-    };
-    let tx = CommitmentTransaction::new(
-        number.to_ldk(),
-        &point,
-        data.to_broadcaster_value_sat,
-        data.to_countersignatory_value_sat,
-        data.feerate_per_kw,
-        htlcs,
-        &directed,
-        secp,
-    );
-    Ok(Rebuilt { tx, number })
+    Ok(htlcs)
+}
+
+/// What policy reads of a rebuilt commitment: the transaction and the keys
+/// of the broadcaster's to_local output.
+#[derive(Clone, Copy)]
+pub struct Built<'a> {
+    /// The unsigned transaction.
+    pub transaction: &'a Transaction,
+    /// The revocation key.
+    pub revocation_key: &'a RevocationKey,
+    /// The broadcaster's delayed-payment key.
+    pub delayed_payment_key: &'a DelayedPaymentKey,
+}
+
+impl<'a> Built<'a> {
+    /// The view of a commitment LDK's builder made.
+    pub fn of(t: &'a TrustedCommitmentTransaction<'a>) -> Self {
+        Built {
+            transaction: &t.built_transaction().transaction,
+            revocation_key: &t.keys().revocation_key,
+            delayed_payment_key: &t.keys().broadcaster_delayed_payment_key,
+        }
+    }
 }
 
 /// The 2-of-2 funding witness script.
@@ -211,20 +247,38 @@ pub fn htlc_countersignature_type(anchors: bool) -> EcdsaSighashType {
 pub fn htlc_sighashes(
     tx: &CommitmentTransaction,
     contest_delay: u16,
-    anchors: bool,
 ) -> Result<Vec<(Transaction, Message)>, SignerError> {
     let trusted = tx.trust();
-    let keys = trusted.keys();
-    let txid = trusted.txid();
-    let features = trusted.channel_type_features();
-    let mut out = Vec::with_capacity(tx.nondust_htlcs().len());
-    for h in tx.nondust_htlcs() {
+    htlc_transactions(
+        &trusted.txid(),
+        tx.negotiated_feerate_per_kw(),
+        contest_delay,
+        tx.nondust_htlcs(),
+        trusted.channel_type_features(),
+        trusted.keys(),
+    )
+}
+
+/// The second-stage transactions of a commitment's HTLC outputs (`htlcs`,
+/// with their output indices), each with the digest the countersignatory
+/// signs.
+pub fn htlc_transactions(
+    txid: &Txid,
+    feerate_per_kw: u32,
+    contest_delay: u16,
+    htlcs: &[HTLCOutputInCommitment],
+    features: &ChannelTypeFeatures,
+    keys: &TxCreationKeys,
+) -> Result<Vec<(Transaction, Message)>, SignerError> {
+    let sighash_type = htlc_countersignature_type(features.supports_anchors_zero_fee_htlc_tx());
+    let mut out = Vec::with_capacity(htlcs.len());
+    for h in htlcs {
         if h.transaction_output_index.is_none() {
             return Err(SignerError::internal("rebuilt HTLC has no output index"));
         }
         let htlc_tx = chan_utils::build_htlc_transaction(
-            &txid,
-            tx.negotiated_feerate_per_kw(),
+            txid,
+            feerate_per_kw,
             contest_delay,
             h,
             features,
@@ -232,13 +286,7 @@ pub fn htlc_sighashes(
             &keys.revocation_key,
         );
         let script = chan_utils::get_htlc_redeemscript(h, features, keys);
-        let msg = p2wsh_sighash(
-            &htlc_tx,
-            0,
-            &script,
-            h.amount_msat / 1000,
-            htlc_countersignature_type(anchors),
-        )?;
+        let msg = p2wsh_sighash(&htlc_tx, 0, &script, h.amount_msat / 1000, sighash_type)?;
         out.push((htlc_tx, msg));
     }
     Ok(out)

@@ -17,6 +17,7 @@ extern crate alloc;
 
 pub mod chain;
 pub mod commitment;
+pub mod counterparty_commitment;
 pub mod error;
 pub mod keys;
 pub mod ops;

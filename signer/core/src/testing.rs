@@ -98,6 +98,38 @@ impl TestHtlc {
     }
 }
 
+/// xorshift64*: a small seedable generator, so a randomised test's failure
+/// reproduces from its seed.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// A generator whose state is spread from `seed` (any seed works).
+    pub fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// The next 64 bits.
+    #[allow(clippy::should_implement_trait)] // not an iterator: never ends
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    /// An index below `n` (0 when `n` is 0).
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+}
+
 /// A deterministic entropy source for tests.
 pub fn test_entropy(seed: u8) -> Box<dyn crate::signer::Entropy> {
     let mut counter = 0u64;
@@ -264,7 +296,6 @@ impl Colluder {
         let htlc_sigs = crate::commitment::htlc_sighashes(
             &rebuilt.tx,
             params.as_holder_broadcastable().contest_delay(),
-            SetupRecord::from_wire(&holder.setup).is_anchors(),
         )?
         .iter()
         .map(|(_, m)| {

@@ -55,7 +55,7 @@ use lnpd_signer_core::commitment::commitment_fee_sat;
 use lnpd_signer_core::keys::KeyRing;
 use lnpd_signer_core::state::SetupRecord;
 use lnpd_signer_core::testing::{
-    memory_signer, ChannelPair, Colluder, PairOptions, SharedSigner, SignerHandle, TestChain,
+    memory_signer, ChannelPair, Colluder, PairOptions, Rng, SharedSigner, SignerHandle, TestChain,
     TestHtlc,
 };
 use lnpd_signer_core::{call, PolicyConfig, Seed, SignerError};
@@ -81,26 +81,6 @@ fn policy() -> PolicyConfig {
         max_htlc_cltv_window: 1_000,
         allow_push: true,
         ..Default::default()
-    }
-}
-
-/// xorshift64*: small, seedable, enough for a random walk.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
     }
 }
 

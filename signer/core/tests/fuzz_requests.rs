@@ -6,24 +6,10 @@
 
 use lnpd_proto::signer::{self as pb, reply, request};
 use lnpd_signer_core::testing::{
-    memory_signer, next_counterparty_request, ChannelPair, PairOptions,
+    memory_signer, next_counterparty_request, ChannelPair, PairOptions, Rng,
 };
 use lnpd_signer_core::PolicyConfig;
 use prost::Message;
-
-/// xorshift64*: deterministic, so a failure reproduces.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn corpus(p: &mut ChannelPair) -> Vec<Vec<u8>> {
     let id = p.alice.keys_id.clone();
@@ -89,33 +75,33 @@ fn corpus(p: &mut ChannelPair) -> Vec<Vec<u8>> {
 
 fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
-    match rng.below(6) {
+    match rng.index(6) {
         0 => {
-            for _ in 0..1 + rng.below(4) {
+            for _ in 0..1 + rng.index(4) {
                 if !v.is_empty() {
-                    let i = rng.below(v.len());
-                    v[i] ^= 1 << rng.below(8);
+                    let i = rng.index(v.len());
+                    v[i] ^= 1 << rng.index(8);
                 }
             }
         }
-        1 => v.truncate(rng.below(v.len() + 1)),
+        1 => v.truncate(rng.index(v.len() + 1)),
         2 => {
-            let i = rng.below(v.len() + 1);
-            let junk: Vec<u8> = (0..1 + rng.below(40)).map(|_| rng.next() as u8).collect();
+            let i = rng.index(v.len() + 1);
+            let junk: Vec<u8> = (0..1 + rng.index(40)).map(|_| rng.next() as u8).collect();
             v.splice(i..i, junk);
         }
         3 => {
             if !v.is_empty() {
-                let i = rng.below(v.len());
+                let i = rng.index(v.len());
                 v[i] = rng.next() as u8;
             }
         }
-        4 => v = (0..rng.below(300)).map(|_| rng.next() as u8).collect(),
+        4 => v = (0..rng.index(300)).map(|_| rng.next() as u8).collect(),
         _ => {
             // Duplicate a slice: repeated fields and overlong lengths.
             if v.len() > 2 {
-                let a = rng.below(v.len() - 1);
-                let b = a + 1 + rng.below(v.len() - a - 1);
+                let a = rng.index(v.len() - 1);
+                let b = a + 1 + rng.index(v.len() - a - 1);
                 let dup = v[a..b].to_vec();
                 v.extend_from_slice(&dup);
             }
@@ -137,7 +123,7 @@ fn random_and_mutated_requests_never_panic_nor_change_state_on_error() {
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
     let (mut errors, mut accepted) = (0, 0);
     for _ in 0..4000 {
-        let base = &corpus[rng.below(corpus.len())];
+        let base = &corpus[rng.index(corpus.len())];
         let input = mutate(&mut rng, base);
         let before = p.alice.signer.state_digest().expect("in-process signer");
         let out = p

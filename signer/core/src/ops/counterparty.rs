@@ -8,7 +8,7 @@ use bitcoin::secp256k1::{PublicKey, SecretKey};
 use lnpd_proto::signer::{self as pb};
 
 use super::shared::preimage_hashes;
-use crate::commitment::{self, parse_32, Rebuilt};
+use crate::commitment::{self, parse_32};
 use crate::error::SignerError;
 use crate::policy::commitment::{Proposed, Verdict};
 use crate::policy::revocation::{validate_counterparty_revocation, Revocation};
@@ -80,8 +80,14 @@ impl<S: Store> Signer<S> {
                 .as_ref()
                 .ok_or_else(|| SignerError::invalid("missing commitment"))?,
         )?;
-        let Rebuilt { tx, .. } = commitment::rebuild(&params, setup, false, data, &self.secp)?;
-        let trusted = tx.trust();
+        let secrets = self.secrets(&id);
+        let built = crate::counterparty_commitment::build(
+            &params,
+            setup,
+            data,
+            &secrets.revocation_base_key,
+            &self.secp,
+        )?;
         let mut accepted = record.clone();
         if accepted
             .counterparty
@@ -99,28 +105,22 @@ impl<S: Store> Signer<S> {
                 setup,
                 holder: false,
                 data,
-                built: &trusted,
+                built: built.built(),
                 contest_delay: params.as_counterparty_broadcastable().contest_delay(),
                 shown_hashes: &shown,
                 accepted: &accepted,
             },
             &self.facts(),
         )?;
-        let secrets = self.secrets(&id);
-        let sighash =
-            commitment::funding_sighash(&trusted.built_transaction().transaction, &params)?;
+        let sighash = commitment::funding_sighash(&built.transaction, &params)?;
         let signature = self.sign(&sighash, &secrets.funding_key);
-        let sighashes = commitment::htlc_sighashes(
-            &tx,
-            params.as_counterparty_broadcastable().contest_delay(),
-            setup.is_anchors(),
-        )?;
+        let sighashes = built.htlc_sighashes(&params, data.feerate_per_kw)?;
         let mut htlc_signatures = Vec::with_capacity(sighashes.len());
         if !sighashes.is_empty() {
             // Our HTLC key of this commitment, from the base point the
             // channel's parameters already carry.
             let htlc_key = crate::keys::derive_private_key(
-                &trusted.keys().per_commitment_point,
+                &built.per_commitment_point,
                 &secrets.htlc_base_key,
                 &params.holder_pubkeys.htlc_basepoint.to_public_key(),
             )?;

@@ -194,11 +194,8 @@ impl<S: Store> Signer<S> {
                 "channel {id}: the counterparty's signature does not match holder commitment {n} as rebuilt by the signer"
             ))
         })?;
-        let htlcs = commitment::htlc_sighashes(
-            &tx,
-            params.as_holder_broadcastable().contest_delay(),
-            setup.is_anchors(),
-        )?;
+        let htlcs =
+            commitment::htlc_sighashes(&tx, params.as_holder_broadcastable().contest_delay())?;
         if htlcs.len() != r.htlc_signatures.len() {
             return Err(SignerError::invalid(format!(
                 "channel {id}: {} HTLC signatures for {} HTLC outputs",
@@ -227,7 +224,7 @@ impl<S: Store> Signer<S> {
                 setup,
                 holder: true,
                 data: &data,
-                built: &trusted,
+                built: commitment::Built::of(&trusted),
                 contest_delay: params.as_holder_broadcastable().contest_delay(),
                 shown_hashes: &shown,
                 accepted: &accepted,

@@ -28,8 +28,8 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
 
+use crate::commitment::Built;
 use crate::state::{CommitmentRecord, SetupRecord};
-use lightning::ln::chan_utils::TrustedCommitmentTransaction;
 
 use crate::commitment::{commitment_fee_sat, htlc_tx_fee_sat, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
@@ -54,7 +54,7 @@ pub struct Proposed<'a> {
     /// per-commitment point in place).
     pub data: &'a CommitmentRecord,
     /// The transaction the signer built from it.
-    pub built: &'a TrustedCommitmentTransaction<'a>,
+    pub built: Built<'a>,
     /// The to_self_delay of the broadcaster's to_local output.
     pub contest_delay: u16,
     /// Payment hashes whose preimages the node showed with the request.
@@ -279,7 +279,7 @@ pub fn check_shape(
     setup: &SetupRecord,
     holder: bool,
     data: &CommitmentRecord,
-    built: &TrustedCommitmentTransaction,
+    built: Built<'_>,
 ) -> Result<(), SignerError> {
     let htlcs = data.ldk_htlcs()?;
     let anchors = setup.is_anchors();
@@ -343,7 +343,7 @@ pub fn check_shape(
     // The fee the transaction actually pays is what its outputs leave of the
     // channel: the declared fee plus trimmed HTLCs. Bounded at the highest
     // feerate plus the dust exposure.
-    let tx = &built.built_transaction().transaction;
+    let tx = built.transaction;
     let out_sat = tx
         .output
         .iter()

@@ -10,7 +10,9 @@ use alloc::format;
 
 use bitcoin::consensus::encode::deserialize;
 use bitcoin::{ScriptBuf, Transaction, TxOut};
-use lightning::ln::chan_utils::{get_revokeable_redeemscript, TrustedCommitmentTransaction};
+use lightning::ln::chan_utils::get_revokeable_redeemscript;
+
+use crate::commitment::Built;
 
 use crate::error::SignerError;
 use crate::policy::{PolicyConfig, RuleId};
@@ -26,7 +28,7 @@ const ANCHOR_SAT: u64 = 330;
 /// broadcaster's to_local output must carry.
 pub fn check_given(
     policy: &PolicyConfig,
-    expected: &TrustedCommitmentTransaction,
+    expected: Built<'_>,
     given: &[u8],
     dust_limit_sat: u64,
     to_self_delay: u16,
@@ -38,7 +40,7 @@ pub fn check_given(
     }
     let given: Transaction = deserialize(given)
         .map_err(|_| SignerError::invalid("the commitment transaction does not decode"))?;
-    let exp = &expected.built_transaction().transaction;
+    let exp = expected.transaction;
     policy.check(
         RuleId::CommitmentInputFunding,
         given.input.len() == 1
@@ -56,14 +58,9 @@ pub fn check_given(
     if given.output == exp.output {
         return Ok(());
     }
-    let keys = expected.keys();
     let to_local = |delay: u16| {
-        get_revokeable_redeemscript(
-            &keys.revocation_key,
-            delay,
-            &keys.broadcaster_delayed_payment_key,
-        )
-        .to_p2wsh()
+        get_revokeable_redeemscript(expected.revocation_key, delay, expected.delayed_payment_key)
+            .to_p2wsh()
     };
     // Warn mode lets a violation through and goes on: name at most a few.
     for (i, o) in given
