@@ -44,13 +44,16 @@ const WARMUP: usize = 20;
 struct Figures {
     p50: Duration,
     p99: Duration,
+    mean: Duration,
 }
 
 fn figures(mut d: Vec<Duration>) -> Figures {
     d.sort();
+    let total: Duration = d.iter().sum();
     Figures {
         p50: d[d.len() / 2],
         p99: d[(d.len() * 99) / 100],
+        mean: total / d.len() as u32,
     }
 }
 
@@ -60,6 +63,17 @@ fn us(d: Duration) -> f64 {
 
 /// Times Alice signing Bob's next commitment, `ITERATIONS` times, with `htlcs` pending.
 fn bench_sign(alice: Box<dyn SignerHandle>, htlcs: usize) -> Figures {
+    bench_sign_probed(alice, htlcs, &mut || ()).0
+}
+
+/// [`bench_sign`], calling `probe` when the timed requests start and when
+/// they end (after the warm-up, before the first timed request; after the
+/// last), for what the daemon measured over exactly those requests.
+fn bench_sign_probed<P>(
+    alice: Box<dyn SignerHandle>,
+    htlcs: usize,
+    probe: &mut dyn FnMut() -> P,
+) -> (Figures, (P, P)) {
     let bob = Box::new(memory_signer(2, PolicyConfig::default()));
     let mut pair = ChannelPair::open(
         alice,
@@ -81,8 +95,12 @@ fn bench_sign(alice: Box<dyn SignerHandle>, htlcs: usize) -> Figures {
         pair.htlcs.push(h);
     }
     let mut samples = Vec::with_capacity(iterations());
+    let mut first = None;
     for i in 0..WARMUP + iterations() {
         let req = next_counterparty_request(&mut pair).expect("request");
+        if i == WARMUP {
+            first = Some(probe());
+        }
         let t = Instant::now();
         let sig = call!(pair.alice.signer, SignCounterpartyCommitment(req.clone()) => SignCounterpartyCommitment).expect("sign");
         let dt = t.elapsed();
@@ -92,7 +110,8 @@ fn bench_sign(alice: Box<dyn SignerHandle>, htlcs: usize) -> Figures {
         }
         pair.complete_advance(req, sig).expect("advance");
     }
-    figures(samples)
+    let last = probe();
+    (figures(samples), (first.unwrap_or_else(&mut *probe), last))
 }
 
 fn bench_ecdh(signer: &mut dyn SignerHandle) -> Figures {
@@ -272,13 +291,29 @@ fn main() {
     );
     let dir = TempDir::new("bench");
 
+    // Its metrics endpoint on: where a round trip's time goes, as the
+    // daemon measured it.
     let grpc = if run("grpc") {
-        let mut p = SignerProcess::init("bench-grpc").expect("init signer");
+        let mut p = SignerProcess::init("bench-grpc")
+            .expect("init signer")
+            .with_run_args(&["--metrics-listen", "127.0.0.1:0"]);
         p.start().expect("start signer");
-        Some(p)
+        let file = p.data_dir().join("metrics.addr");
+        let started = Instant::now();
+        let addr = loop {
+            match std::fs::read_to_string(&file) {
+                Ok(a) if !a.trim().is_empty() => break a.trim().to_string(),
+                _ if started.elapsed() > Duration::from_secs(10) => {
+                    panic!("the daemon wrote no {}", file.display())
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        Some((p, addr))
     } else {
         None
     };
+    let mut breakdown = Breakdown::default();
     // The same without busy-polling at either end (`--busy-poll-us 0`).
     let sleeping = if run("grpc-sleeping") {
         let mut p = SignerProcess::init("bench-grpc-sleeping")
@@ -355,20 +390,21 @@ fn main() {
                 );
             }
         }
-        if let Some(p) = &grpc {
-            grpc_figures(&mut table, p, "gRPC+mTLS  ");
+        if let Some((p, addr)) = &grpc {
+            grpc_figures(&mut table, p, "gRPC+mTLS  ", Some((addr, &mut breakdown)));
         }
         if let Some(p) = &sleeping {
             let window = lnpd_proto::busy_poll::window();
             lnpd_proto::busy_poll::set_window(Duration::ZERO);
-            grpc_figures(&mut table, p, "no polling ");
+            grpc_figures(&mut table, p, "no polling ", None);
             lnpd_proto::busy_poll::set_window(window);
         }
         if let Some((_, p)) = &etcd {
-            grpc_figures(&mut table, p, "gRPC+etcd  ");
+            grpc_figures(&mut table, p, "gRPC+etcd  ", None);
         }
     }
     table.print();
+    breakdown.print();
     if let Some(note) = etcd_note {
         println!("\n{note}");
     }
@@ -395,13 +431,104 @@ fn main() {
     targets(&table);
 }
 
-/// The gRPC figures of a running daemon: signing with 0 and 20 HTLCs, ECDH.
-fn grpc_figures(table: &mut Table, process: &SignerProcess, label: &str) {
-    for htlcs in [0, 20] {
-        table.add(
-            &format!("{label} sign counterparty commitment, {htlcs} HTLC"),
-            bench_sign(Box::new(process.client().expect("client")), htlcs),
+/// What the daemon's own metrics hold at one moment: for the signing
+/// requests and for the durable writes, the histograms' sums (seconds) and
+/// counts.
+#[derive(Clone, Copy, Default)]
+struct DaemonSums {
+    handler: (f64, f64),
+    write: (f64, f64),
+}
+
+/// Reads the daemon's `/metrics` (`--metrics-listen`).
+fn daemon_sums(addr: &str) -> DaemonSums {
+    let samples = lnpd_tests::scrape::scrape(addr).expect("the daemon's metrics");
+    let pair = |name: &str, with: &[(&str, &str)]| {
+        let get = |suffix: &str| {
+            lnpd_tests::scrape::value(&samples, &format!("{name}_{suffix}"), with).unwrap_or(0.0)
+        };
+        (get("sum"), get("count"))
+    };
+    DaemonSums {
+        handler: pair(
+            "lnpd_signer_request_duration_seconds",
+            &[("op", "sign_counterparty_commitment")],
+        ),
+        write: pair(
+            "lnpd_signer_durable_write_duration_seconds",
+            &[("store", "redb")],
+        ),
+    }
+}
+
+/// Where one signing round trip's time goes, per run: the mean round trip
+/// as this client saw it, the mean time in the daemon's request handler
+/// (policy, signing, the durable write, the group commit's hand-off), and
+/// the mean durable write, as the daemon measured them over the same
+/// requests.
+#[derive(Default)]
+struct Breakdown {
+    rows: Vec<(String, Vec<[Duration; 3]>)>,
+}
+
+impl Breakdown {
+    fn add(&mut self, name: &str, client: Duration, (a, b): (DaemonSums, DaemonSums)) {
+        let mean = |(s0, c0): (f64, f64), (s1, c1): (f64, f64)| {
+            if c1 > c0 {
+                Duration::from_secs_f64((s1 - s0) / (c1 - c0))
+            } else {
+                Duration::ZERO
+            }
+        };
+        let row = [client, mean(a.handler, b.handler), mean(a.write, b.write)];
+        match self.rows.iter_mut().find(|(n, _)| n == name) {
+            Some((_, v)) => v.push(row),
+            None => self.rows.push((name.to_string(), vec![row])),
+        }
+    }
+
+    fn print(&self) {
+        if self.rows.is_empty() {
+            return;
+        }
+        println!(
+            "\nwhere a gRPC signing round trip goes (means, median of the runs): round trip seen by the client; in the daemon's handler; of which the durable write; outside the handler (TLS, HTTP/2, protobuf, both processes' wake-ups)"
         );
+        for (name, runs) in &self.rows {
+            let col = |i: usize| median(&runs.iter().map(|r| r[i]).collect::<Vec<_>>());
+            let (client, handler, write) = (col(0), col(1), col(2));
+            println!(
+                "  {name:<40} {:>8.1} µs   handler {:>7.1} µs   write {:>7.1} µs   outside {:>7.1} µs",
+                us(client),
+                us(handler),
+                us(write),
+                us(client.saturating_sub(handler)),
+            );
+        }
+    }
+}
+
+/// The gRPC figures of a running daemon: signing with 0 and 20 HTLCs, ECDH.
+/// With the daemon's metrics address, the signing figures' breakdown too.
+fn grpc_figures(
+    table: &mut Table,
+    process: &SignerProcess,
+    label: &str,
+    metrics: Option<(&str, &mut Breakdown)>,
+) {
+    let mut metrics = metrics;
+    for htlcs in [0, 20] {
+        let name = format!("{label} sign counterparty commitment, {htlcs} HTLC");
+        let client = Box::new(process.client().expect("client"));
+        match metrics.as_mut() {
+            Some((addr, breakdown)) => {
+                let addr = *addr;
+                let (f, sums) = bench_sign_probed(client, htlcs, &mut || daemon_sums(addr));
+                breakdown.add(&name, f.mean, sums);
+                table.add(&name, f);
+            }
+            None => table.add(&name, bench_sign(client, htlcs)),
+        }
     }
     table.add(
         &format!("{label} ECDH round trip"),

@@ -813,6 +813,10 @@ fn main() -> Result<()> {
         .enumerate()
         {
             let (m, lo, hi) = stat(k, i);
+            if m.is_nan() {
+                // A set-up skipped (`--only`, or etcd not installed).
+                continue;
+            }
             // Each run's ratio to that run's baseline: the machine's
             // drift between runs moves both alike.
             let mut ratios: Vec<f64> = all[k]
@@ -821,26 +825,32 @@ fn main() -> Result<()> {
                 .map(|(r, b)| 100.0 * r[i] / b[i])
                 .collect();
             ratios.sort_by(|a, b| a.total_cmp(b));
+            let vs_ldk = if ratios[0].is_nan() {
+                "(no baseline measured)".to_string()
+            } else {
+                format!(
+                    "{:>5.0}% ({:.0}–{:.0}%)",
+                    ratios[ratios.len() / 2],
+                    ratios[0],
+                    ratios[ratios.len() - 1]
+                )
+            };
             println!(
-                "{:<44} {:>8} {:>8.1} ({:>5.1}–{:<5.1}) {:>5.0}% ({:.0}–{:.0}%)",
-                name,
-                w,
-                m,
-                lo,
-                hi,
-                ratios[ratios.len() / 2],
-                ratios[0],
-                ratios[ratios.len() - 1]
+                "{:<44} {:>8} {:>8.1} ({:>5.1}–{:<5.1}) {vs_ldk}",
+                name, w, m, lo, hi,
             );
         }
     }
     for (i, w) in windows.iter().enumerate() {
-        println!(
-            "etcd against redb, {w} in flight: x{:.2} payments/s",
-            stat(3, i).0 / stat(2, i).0
-        );
+        let ratio = stat(3, i).0 / stat(2, i).0;
+        if !ratio.is_nan() {
+            println!("etcd against redb, {w} in flight: x{ratio:.2} payments/s");
+        }
     }
     for (what, trips) in [("redb", grpc_trips), ("etcd", etcd_trips)] {
+        if trips.is_empty() {
+            continue;
+        }
         println!();
         println!("gRPC round trips per operation, state in {what} (both nodes, whole run):");
         for (op, (n, total)) in trips.iter().filter(|(_, (n, _))| *n > 10) {
