@@ -29,6 +29,7 @@ use lightning::ln::chan_utils::{
     self, ChannelTransactionParameters, HTLCOutputInCommitment, TxCreationKeys,
 };
 use lightning::ln::channel_keys::{DelayedPaymentKey, HtlcKey, RevocationKey};
+use lightning::types::features::ChannelTypeFeatures;
 
 use crate::commitment::{self, Built, ANCHOR_OUTPUT_VALUE_SAT};
 use crate::error::SignerError;
@@ -54,6 +55,11 @@ pub struct CounterpartyCommitment {
     /// All five keys, derived only when there are HTLC outputs (their
     /// scripts and second-stage transactions need the HTLC keys).
     pub keys: Option<TxCreationKeys>,
+    /// What its second-stage HTLC transactions are built with: the
+    /// feerate, the delay on the peer's outputs and the channel type.
+    feerate_per_kw: u32,
+    contest_delay: u16,
+    features: ChannelTypeFeatures,
 }
 
 impl CounterpartyCommitment {
@@ -67,22 +73,17 @@ impl CounterpartyCommitment {
     }
 
     /// The second-stage HTLC transactions, each with the digest we sign
-    /// (none without HTLCs).
-    pub fn htlc_sighashes(
-        &self,
-        params: &ChannelTransactionParameters,
-        feerate_per_kw: u32,
-    ) -> Result<Vec<(Transaction, Message)>, SignerError> {
+    /// (none without HTLCs), built with what the commitment was built with.
+    pub fn htlc_sighashes(&self) -> Result<Vec<(Transaction, Message)>, SignerError> {
         let Some(keys) = &self.keys else {
             return Ok(Vec::new());
         };
-        let directed = params.as_counterparty_broadcastable();
         commitment::htlc_transactions(
             &self.txid,
-            feerate_per_kw,
-            directed.contest_delay(),
+            self.feerate_per_kw,
+            self.contest_delay,
             &self.htlcs,
-            directed.channel_type_features(),
+            &self.features,
             keys,
         )
     }
@@ -135,8 +136,11 @@ pub fn derived_key(
 
 /// Builds the peer's commitment `data` of a set-up channel. The same checks
 /// as [`commitment::rebuild`] refuse what cannot be built soundly; every
-/// policy rule is the validator's.
-pub fn build(
+/// policy rule is the validator's. `our_revocation_base_secret` must be the
+/// secret of `params`' holder revocation base point — both come from the
+/// channel's own secrets (`ops/counterparty.rs`, the one caller): a
+/// mismatched pair would yield a revocation key nobody can derive later.
+pub(crate) fn build(
     params: &ChannelTransactionParameters,
     setup: &SetupRecord,
     data: &CommitmentRecord,
@@ -298,6 +302,9 @@ pub fn build(
         delayed_payment_key,
         htlcs,
         keys,
+        feerate_per_kw: data.feerate_per_kw,
+        contest_delay: directed.contest_delay(),
+        features: features.clone(),
     };
     #[cfg(debug_assertions)]
     same_as_ldk(params, setup, data, &built, secp)?;
@@ -306,7 +313,7 @@ pub fn build(
 
 /// Whether `ours` is LDK's commitment for the same data: transaction,
 /// keys and HTLC output indices.
-pub fn same_as_ldk(
+pub(crate) fn same_as_ldk(
     params: &ChannelTransactionParameters,
     setup: &SetupRecord,
     data: &CommitmentRecord,
@@ -374,7 +381,11 @@ mod tests {
             (funding, payment, delayed, htlc)
         };
         let (f0, p0, d0, h0) = keys();
-        let (f1, p1, d1, h1) = keys();
+        let (mut f1, p1, d1, h1) = keys();
+        if rng.below(16) == 0 {
+            // One funding key on both sides: two anchors tie on (value, script).
+            f1 = f0;
+        }
         let (revocation_base_secret, ours_rev) = key(rng, secp);
         let (_, theirs_rev) = key(rng, secp);
         let pubkeys = |f, r: PublicKey, p, d: PublicKey, h: PublicKey| ChannelPublicKeys {
@@ -386,6 +397,7 @@ mod tests {
         };
         let value_sat = 100_000 + rng.below(10_000_000);
         let is_outbound = rng.below(2) == 0;
+        let vout = rng.below(4) as u32;
         let txid = bitcoin::Txid::from_byte_array([rng.below(256) as u8; 32]);
         let features = if anchors {
             lightning::types::features::ChannelTypeFeatures::anchors_zero_htlc_fee_and_dependencies(
@@ -404,7 +416,7 @@ mod tests {
             }),
             funding_outpoint: Some(LdkOutPoint {
                 txid,
-                index: rng.below(4) as u16,
+                index: vout as u16,
             }),
             splice_parent_funding_txid: None,
             channel_type_features: features,
@@ -415,7 +427,7 @@ mod tests {
             channel_value_sat: value_sat,
             funding_outpoint: Some(OutPointRecord {
                 txid: txid.to_byte_array().to_vec(),
-                vout: 0,
+                vout,
             }),
             channel_type: if anchors {
                 ChannelKind::AnchorsZeroFeeHtlcTx as i32
@@ -460,17 +472,23 @@ mod tests {
             0
         };
         let spendable = fee_room.saturating_sub(anchors_sat + 10_000);
-        let to_broadcaster = match rng.below(4) {
+        // Zero, random, or the value of an HTLC or an anchor (ties on
+        // value between an HTLC or anchor and a main output).
+        let mut main = |room: u64| match rng.below(6) {
             0 => 0,
-            _ => rng.below(spendable.max(1)),
+            1 => 5_000.min(room),
+            2 => ANCHOR_OUTPUT_VALUE_SAT.min(room),
+            _ => rng.below(room.max(1)),
         };
-        let to_countersignatory = match rng.below(4) {
-            0 => 0,
-            _ => rng.below((spendable - to_broadcaster).max(1)),
-        };
+        let to_broadcaster = main(spendable);
+        let to_countersignatory = main(spendable - to_broadcaster);
         let (_, point) = key(rng, secp);
         let data = CommitmentRecord {
-            commitment_number: rng.below(1 << 20),
+            commitment_number: match rng.below(8) {
+                // Near the last number BOLT 3 allows (2^48 - 1).
+                0 => (1u64 << 48) - 1 - rng.below(1000),
+                _ => rng.below(1 << 20),
+            },
             feerate_per_kw: 253 + rng.below(5000) as u32,
             to_broadcaster_value_sat: to_broadcaster,
             to_countersignatory_value_sat: to_countersignatory,
@@ -519,9 +537,7 @@ mod tests {
                             c.params.as_counterparty_broadcastable().contest_delay(),
                         )
                         .unwrap();
-                        let got = ours
-                            .htlc_sighashes(&c.params, c.data.feerate_per_kw)
-                            .unwrap();
+                        let got = ours.htlc_sighashes().unwrap();
                         assert_eq!(got, want, "case {i}");
                     }
                 }

@@ -114,7 +114,7 @@ impl<S: Store> Signer<S> {
         )?;
         let sighash = commitment::funding_sighash(&built.transaction, &params)?;
         let signature = self.sign(&sighash, &secrets.funding_key);
-        let sighashes = built.htlc_sighashes(&params, data.feerate_per_kw)?;
+        let sighashes = built.htlc_sighashes()?;
         let mut htlc_signatures = Vec::with_capacity(sighashes.len());
         if !sighashes.is_empty() {
             // Our HTLC key of this commitment, from the base point the
