@@ -312,7 +312,8 @@ pub(crate) fn build(
 }
 
 /// Whether `ours` is LDK's commitment for the same data: transaction,
-/// keys and HTLC output indices.
+/// keys and HTLC output indices (debug builds and tests).
+#[cfg(any(debug_assertions, test))]
 pub(crate) fn same_as_ldk(
     params: &ChannelTransactionParameters,
     setup: &SetupRecord,
