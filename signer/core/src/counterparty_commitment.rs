@@ -38,8 +38,6 @@ use crate::CommitmentNumber;
 
 /// The peer's commitment, as the signer built it.
 pub struct CounterpartyCommitment {
-    /// Its number, counting up.
-    pub number: CommitmentNumber,
     /// The unsigned transaction.
     pub transaction: Transaction,
     /// Its txid.
@@ -52,9 +50,9 @@ pub struct CounterpartyCommitment {
     pub delayed_payment_key: DelayedPaymentKey,
     /// The HTLC outputs in output order, each with its output index.
     pub htlcs: Vec<HTLCOutputInCommitment>,
-    /// All five keys, derived only when there are HTLC outputs (their
-    /// scripts and second-stage transactions need the HTLC keys).
-    pub keys: Option<TxCreationKeys>,
+    /// The peer's and our HTLC keys, derived only when there are HTLC
+    /// outputs (their scripts and second-stage transactions need them).
+    htlc_keys: Option<(HtlcKey, HtlcKey)>,
     /// What its second-stage HTLC transactions are built with: the
     /// feerate, the delay on the peer's outputs and the channel type.
     feerate_per_kw: u32,
@@ -72,10 +70,23 @@ impl CounterpartyCommitment {
         }
     }
 
+    /// All five keys in LDK's form, when there are HTLC outputs.
+    pub fn keys(&self) -> Option<TxCreationKeys> {
+        self.htlc_keys.map(|(theirs, ours)| {
+            all_keys(
+                self.per_commitment_point,
+                self.revocation_key,
+                self.delayed_payment_key,
+                theirs,
+                ours,
+            )
+        })
+    }
+
     /// The second-stage HTLC transactions, each with the digest we sign
     /// (none without HTLCs), built with what the commitment was built with.
     pub fn htlc_sighashes(&self) -> Result<Vec<(Transaction, Message)>, SignerError> {
-        let Some(keys) = &self.keys else {
+        let Some(keys) = self.keys() else {
             return Ok(Vec::new());
         };
         commitment::htlc_transactions(
@@ -84,8 +95,25 @@ impl CounterpartyCommitment {
             self.contest_delay,
             &self.htlcs,
             &self.features,
-            keys,
+            &keys,
         )
+    }
+}
+
+/// The peer's commitment keys in LDK's form (the peer broadcasts).
+fn all_keys(
+    point: PublicKey,
+    revocation_key: RevocationKey,
+    delayed_payment_key: DelayedPaymentKey,
+    their_htlc_key: HtlcKey,
+    our_htlc_key: HtlcKey,
+) -> TxCreationKeys {
+    TxCreationKeys {
+        per_commitment_point: point,
+        revocation_key,
+        broadcaster_htlc_key: their_htlc_key,
+        countersignatory_htlc_key: our_htlc_key,
+        broadcaster_delayed_payment_key: delayed_payment_key,
     }
 }
 
@@ -170,30 +198,34 @@ pub(crate) fn build(
         &theirs.delayed_payment_basepoint.to_public_key(),
         &point,
     )?);
-    let keys = if htlcs.is_empty() {
+    let htlc_keys = if htlcs.is_empty() {
         None
     } else {
-        Some(TxCreationKeys {
-            per_commitment_point: point,
-            revocation_key,
-            broadcaster_htlc_key: HtlcKey(derived_key(
+        Some((
+            HtlcKey(derived_key(
                 secp,
                 &theirs.htlc_basepoint.to_public_key(),
                 &point,
             )?),
-            countersignatory_htlc_key: HtlcKey(derived_key(
+            HtlcKey(derived_key(
                 secp,
                 &ours.htlc_basepoint.to_public_key(),
                 &point,
             )?),
-            broadcaster_delayed_payment_key: delayed_payment_key,
-        })
+        ))
     };
 
     // HTLC outputs first, in BOLT 3 order (value, script, then CLTV expiry;
     // the payment hash last, as LDK); a stable sort, like LDK's.
     let mut outputs: Vec<(TxOut, Option<usize>)> = Vec::with_capacity(htlcs.len() + 4);
-    if let Some(keys) = &keys {
+    if let Some((theirs_htlc, ours_htlc)) = htlc_keys {
+        let keys = &all_keys(
+            point,
+            revocation_key,
+            delayed_payment_key,
+            theirs_htlc,
+            ours_htlc,
+        );
         let mut with_outputs: Vec<(TxOut, HTLCOutputInCommitment)> = htlcs
             .drain(..)
             .map(|h| {
@@ -294,14 +326,13 @@ pub(crate) fn build(
     };
     let txid = transaction.compute_txid();
     let built = CounterpartyCommitment {
-        number,
         transaction,
         txid,
         per_commitment_point: point,
         revocation_key,
         delayed_payment_key,
         htlcs,
-        keys,
+        htlc_keys,
         feerate_per_kw: data.feerate_per_kw,
         contest_delay: directed.contest_delay(),
         features: features.clone(),
@@ -329,7 +360,7 @@ pub(crate) fn same_as_ldk(
         && keys.revocation_key == ours.revocation_key
         && keys.broadcaster_delayed_payment_key == ours.delayed_payment_key
         && keys.per_commitment_point == ours.per_commitment_point
-        && ours.keys.as_ref().is_none_or(|k| k == keys)
+        && ours.keys().is_none_or(|k| &k == keys)
         && ldk.tx.nondust_htlcs() == &ours.htlcs;
     if same {
         Ok(())
