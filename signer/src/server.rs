@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use lnpd_proto::signer::{self as pb, reply, request, signer_server};
 use lnpd_signer_core::store::Store;
-use lnpd_signer_core::{ChannelKeysId, Signer, SignerError};
+use lnpd_signer_core::{ChannelKeysId, NodeKey, Signer, SignerError};
 use tonic::{Request, Response, Status};
 
 /// What answers the node's calls: the signer core in this process
@@ -24,6 +24,16 @@ pub trait Backend: Send + Sync + 'static {
         &self,
         bodies: Vec<request::Body>,
     ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError>;
+    /// Answers a request that reads and writes no state (ECDH, the node id)
+    /// while another request holds the signer (a durable write), so that
+    /// onion peeling never waits for a write; `None`: served as usual.
+    fn call_apart(&self, _body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
+        None
+    }
+    /// Whether a request holds the signer now (one more would wait for it).
+    fn busy(&self) -> bool {
+        false
+    }
     /// Whether a call may block for long (a device waiting for its
     /// button): then it runs with `block_in_place`, which costs a thread
     /// hand-off that a sub-millisecond call does not need.
@@ -149,14 +159,13 @@ impl<B: Backend> Grpc<B> {
             !std::mem::replace(&mut g.draining, true)
         };
         if start {
-            // A task of its own: a caller that goes away (its request
-            // future dropped) must not strand the others.
+            // A thread of its own: a caller that goes away (its request
+            // future dropped) must not strand the others, and the runtime's
+            // worker stays free meanwhile for what needs no write (ECDH,
+            // `Backend::call_apart`). Requests that arrive while the thread
+            // starts join this group.
             let (backend, group) = (self.backend.clone(), self.group.clone());
-            tokio::spawn(async move {
-                // Lets requests that already arrived join this group.
-                tokio::task::yield_now().await;
-                drain(&*backend, &group);
-            });
+            tokio::task::spawn_blocking(move || drain(&*backend, &group));
         }
         rx.await
             .unwrap_or_else(|_| Err(SignerError::internal("the request was dropped unanswered")))
@@ -192,13 +201,11 @@ fn drain<B: Backend>(backend: &B, group: &Mutex<Group>) {
             Err(_) => return, // a panic while holding it: the senders drop, callers get an error
         };
         let (bodies, senders): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
-        let results = run_blocking(backend.may_block_long(), || {
-            if bodies.len() == 1 {
-                bodies.into_iter().map(|b| backend.call(b)).collect()
-            } else {
-                backend.call_group(bodies)
-            }
-        });
+        let results = if bodies.len() == 1 {
+            bodies.into_iter().map(|b| backend.call(b)).collect()
+        } else {
+            backend.call_group(bodies)
+        };
         for (tx, r) in senders.into_iter().zip(results) {
             let _ = tx.send(r);
         }
@@ -215,6 +222,9 @@ pub struct SignerService<S: Store> {
     witness: Option<Arc<crate::witness::Witness>>,
     counter: std::sync::atomic::AtomicU64,
     fence: Option<Arc<dyn Fence>>,
+    /// The node key of the active signer, for [`Backend::call_apart`]: set
+    /// while it signs (greeted, no rollback), cleared when it stops.
+    node_key: Mutex<Option<Arc<NodeKey>>>,
 }
 
 /// Whether this replica may still sign: checked before every request,
@@ -266,6 +276,7 @@ impl<S: Store> SignerService<S> {
             witness: None,
             counter: counter.into(),
             fence: None,
+            node_key: Mutex::new(None),
         }
     }
 
@@ -319,16 +330,29 @@ impl<S: Store> SignerService<S> {
             .inner
             .lock()
             .map_err(|_| SignerError::internal("signer state lock poisoned"))?;
+        let signing = matches!(&*slot, Slot::Active(s) if s.rollback().is_none());
+        self.keep_node_key(match &*slot {
+            Slot::Active(s) if signing => Some(&**s),
+            _ => None,
+        });
         if let Slot::Standby(why) = &*slot {
             return Err(SignerError::unavailable(why.clone()));
         }
         if let Some(Err(why)) = self.fence.as_ref().map(|f| f.check()) {
             tracing::warn!("stopped signing: {why}");
+            self.keep_node_key(None);
             *slot = Slot::Standby(why.clone());
             return Err(SignerError::unavailable(why));
         }
         match &mut *slot {
-            Slot::Active(signer) => f(signer),
+            Slot::Active(signer) => {
+                let result = f(signer);
+                if signer.rollback().is_some() {
+                    // The greeting found the state older than the node saw.
+                    self.keep_node_key(None);
+                }
+                result
+            }
             Slot::Greeting(signer) if greeting => {
                 let result = f(signer);
                 let refused =
@@ -348,6 +372,17 @@ impl<S: Store> SignerService<S> {
                 lnpd_proto::AWAITING_GREETING
             ))),
             Slot::Standby(why) => Err(SignerError::unavailable(why.clone())),
+        }
+    }
+
+    /// Keeps the node key of a signer that signs, or drops it (`None`).
+    fn keep_node_key(&self, signing: Option<&Signer<S>>) {
+        if let Ok(mut k) = self.node_key.lock() {
+            match (signing, k.is_some()) {
+                (Some(s), false) => *k = Some(Arc::new(s.node_key())),
+                (None, true) => *k = None,
+                _ => {}
+            }
         }
     }
 
@@ -549,6 +584,28 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
         self.with_active(false, |signer| self.batch_active(signer, bodies))
     }
 
+    fn busy(&self) -> bool {
+        matches!(
+            self.inner.try_lock(),
+            Err(std::sync::TryLockError::WouldBlock)
+        )
+    }
+
+    /// Only while a request holds the signer's lock: otherwise the usual
+    /// path, which checks the greeting, a standby and the fence, costs
+    /// nothing more. The key is kept only while the signer signs, and the
+    /// fence is checked here too (a replica that lost its lease stops).
+    fn call_apart(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
+        if !NodeKey::answers(body) || !self.busy() {
+            return None;
+        }
+        if let Some(Err(_)) = self.fence.as_ref().map(|f| f.check()) {
+            return None;
+        }
+        let key = self.node_key.lock().ok()?.clone()?;
+        key.handle(body)
+    }
+
     fn groups(&self) -> bool {
         true
     }
@@ -651,8 +708,22 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let op = req.body.as_ref().map_or("empty", |body| body.name());
         let result = match req.body {
             Some(body) if b.groups() && body.batchable() => self.grouped(body).await,
-            // What needs no write (`quick`) answers without a hand-off.
-            Some(body) => run_blocking(b.may_block_long() && !body.quick(), || b.call(body)),
+            Some(body) => match b.call_apart(&body) {
+                Some(r) => r,
+                // What needs no write (`quick`) answers without a hand-off
+                // unless it would wait for a request in progress; a write
+                // of the software signer runs off the worker, as a group's
+                // does.
+                None if b.groups() && (!body.quick() || b.busy()) => {
+                    let b = self.backend.clone();
+                    tokio::task::spawn_blocking(move || b.call(body))
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(SignerError::internal("the request's thread stopped"))
+                        })
+                }
+                None => run_blocking(b.may_block_long() && !body.quick(), || b.call(body)),
+            },
             None => Err(SignerError::invalid("empty request")),
         };
         self.awake.touch();
@@ -673,6 +744,13 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let b = &self.backend;
         let started = std::time::Instant::now();
         let results = match bodies {
+            // Off the worker for the software signer (see `call`).
+            Some(bodies) if b.groups() => {
+                let b = self.backend.clone();
+                tokio::task::spawn_blocking(move || b.call_batch(bodies))
+                    .await
+                    .unwrap_or_else(|_| Err(SignerError::internal("the batch's thread stopped")))
+            }
             Some(bodies) => run_blocking(b.may_block_long(), || b.call_batch(bodies)),
             None => Err(SignerError::invalid("a batched request has no body")),
         };
@@ -1078,4 +1156,200 @@ pub fn tls_config(
         .identity(Identity::from_pem(cert, key))
         .client_ca_root(Certificate::from_pem(ca))
         .client_auth_optional(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lnpd_signer_core::testing::memory_signer;
+    use lnpd_signer_core::PolicyConfig;
+    use signer_server::Signer as _;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Condvar;
+
+    fn ecdh() -> request::Body {
+        let other = bitcoin::secp256k1::PublicKey::from_secret_key(
+            &bitcoin::secp256k1::Secp256k1::new(),
+            &bitcoin::secp256k1::SecretKey::from_slice(&[3u8; 32]).expect("key"),
+        );
+        request::Body::Ecdh(pb::EcdhRequest {
+            recipient: 0,
+            other_key: other.serialize().to_vec(),
+            tweak: None,
+        })
+    }
+
+    fn ping() -> request::Body {
+        request::Body::Ping(pb::PingRequest { nonce: vec![1] })
+    }
+
+    #[test]
+    fn the_node_key_answers_only_beside_a_request_of_a_signer_that_signs() {
+        let service = SignerService::new(memory_signer(7, PolicyConfig::default()));
+        let alone = service.call(ecdh()).expect("ecdh");
+        // Nothing holds the signer: the usual way.
+        assert!(service.call_apart(&ecdh()).is_none());
+        {
+            let slot = service.slot();
+            let _held = slot.lock().expect("slot");
+            let apart = service.call_apart(&ecdh()).expect("answered apart");
+            assert_eq!(apart.expect("ecdh"), alone);
+            // Only what reads no state.
+            assert!(service.call_apart(&ping()).is_none());
+        }
+        // Standing by: the key is dropped at the next request.
+        *service.slot().lock().expect("slot") = Slot::Standby("standby: test".into());
+        assert!(service.call(ecdh()).is_err());
+        let slot = service.slot();
+        let _held = slot.lock().expect("slot");
+        assert!(service.call_apart(&ecdh()).is_none());
+    }
+
+    #[test]
+    fn a_signer_not_yet_greeted_answers_nothing_apart() {
+        let service = SignerService::greeted_first(memory_signer(8, PolicyConfig::default()));
+        assert!(service.call(ecdh()).is_err(), "not greeted");
+        let slot = service.slot();
+        let _held = slot.lock().expect("slot");
+        assert!(service.call_apart(&ecdh()).is_none());
+    }
+
+    /// A backend whose signing request blocks until released, and which
+    /// answers ECDH apart.
+    #[derive(Default)]
+    struct Slow {
+        released: Mutex<bool>,
+        wake: Condvar,
+        holding: AtomicBool,
+    }
+
+    impl Slow {
+        fn release(&self) {
+            if let Ok(mut r) = self.released.lock() {
+                *r = true;
+            }
+            self.wake.notify_all();
+        }
+    }
+
+    impl Backend for Slow {
+        fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
+            if matches!(body, request::Body::Ping(_)) {
+                return Ok(reply::Body::Ping(pb::PingReply { nonce: vec![1] }));
+            }
+            self.holding.store(true, Ordering::SeqCst);
+            let mut r = self.released.lock().expect("lock");
+            while !*r {
+                r = self.wake.wait(r).expect("wait");
+            }
+            self.holding.store(false, Ordering::SeqCst);
+            Err(SignerError::internal("released"))
+        }
+        fn call_batch(
+            &self,
+            bodies: Vec<request::Body>,
+        ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
+            Ok(bodies.into_iter().map(|b| self.call(b)).collect())
+        }
+        fn groups(&self) -> bool {
+            true
+        }
+        fn call_apart(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
+            matches!(body, request::Body::Ecdh(_)).then(|| {
+                Ok(reply::Body::Ecdh(pb::EcdhReply {
+                    shared_secret: vec![7; 32],
+                }))
+            })
+        }
+        fn busy(&self) -> bool {
+            self.holding.load(Ordering::SeqCst)
+        }
+    }
+
+    struct ReleaseOnDrop(Arc<Slow>);
+
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            self.0.release();
+        }
+    }
+
+    /// On the daemon's runtime (one worker), an ECDH is answered while a
+    /// write holds the signer, by request and by batch.
+    #[test]
+    fn ecdh_does_not_wait_for_a_request_in_progress() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        for batch in [false, true] {
+            let backend = Arc::new(Slow::default());
+            let grpc = Arc::new(Grpc {
+                backend: backend.clone(),
+                awake: Arc::new(lnpd_proto::busy_poll::Awake::new(Default::default())),
+                group: Arc::default(),
+            });
+            let sign = request::Body::SignHolderCommitment(pb::SignHolderCommitmentRequest {
+                channel_keys_id: vec![1; 32],
+                commitment_number: 1,
+            });
+            let slow = {
+                let grpc = grpc.clone();
+                rt.spawn(async move {
+                    if batch {
+                        let requests = vec![pb::Request {
+                            id: 1,
+                            body: Some(sign),
+                        }];
+                        let _ = grpc
+                            .batch(Request::new(pb::BatchRequest { requests }))
+                            .await;
+                    } else {
+                        let _ = grpc
+                            .call(Request::new(pb::Request {
+                                id: 1,
+                                body: Some(sign),
+                            }))
+                            .await;
+                    }
+                })
+            };
+            // Released whatever happens below: a failed assertion must not
+            // leave the runtime's shutdown waiting for the blocked request.
+            let _release = ReleaseOnDrop(backend.clone());
+            let started = std::time::Instant::now();
+            while !backend.holding.load(Ordering::SeqCst) {
+                assert!(started.elapsed() < std::time::Duration::from_secs(5));
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            // Each would wait for the write if it ran on the worker (the
+            // task below runs there, as a connection's request does).
+            for body in [ecdh(), ping()] {
+                let grpc = grpc.clone();
+                let (tx, rx) = std::sync::mpsc::channel();
+                rt.spawn(async move {
+                    let r = grpc
+                        .call(Request::new(pb::Request {
+                            id: 2,
+                            body: Some(body),
+                        }))
+                        .await;
+                    let _ = tx.send(r);
+                });
+                // Timed here: the runtime's timers need its worker.
+                let reply = rx
+                    .recv_timeout(std::time::Duration::from_secs(5))
+                    .expect("answered during the write")
+                    .expect("reply");
+                assert!(reply.into_inner().into_result().is_ok());
+                assert!(
+                    backend.holding.load(Ordering::SeqCst),
+                    "the write still holds"
+                );
+            }
+            backend.release();
+            rt.block_on(slow).expect("the slow request ends");
+        }
+    }
 }

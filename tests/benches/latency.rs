@@ -8,7 +8,8 @@
 //! the runs' min–max, and the median p99:
 //! - sign counterparty commitment with 0 and 20 HTLCs (rebuild, policy,
 //!   durable write of the new state, signatures);
-//! - ECDH;
+//! - ECDH, alone and while another connection has the daemon sign (over
+//!   gRPC);
 //! - the same signing with an in-memory store, to isolate the CPU cost;
 //! - the floor measured in the same runs: one redb commit of a 4 KiB
 //!   record with fsync, and one ECDSA signature.
@@ -74,6 +75,29 @@ fn bench_sign_probed<P>(
     htlcs: usize,
     probe: &mut dyn FnMut() -> P,
 ) -> (Figures, (P, P)) {
+    let mut pair = open_pair(alice, htlcs);
+    let mut samples = Vec::with_capacity(iterations());
+    let mut first = None;
+    for i in 0..WARMUP + iterations() {
+        let req = next_counterparty_request(&mut pair).expect("request");
+        if i == WARMUP {
+            first = Some(probe());
+        }
+        let t = Instant::now();
+        let sig = call!(pair.alice.signer, SignCounterpartyCommitment(req.clone()) => SignCounterpartyCommitment).expect("sign");
+        let dt = t.elapsed();
+        assert_eq!(sig.htlc_signatures.len(), htlcs);
+        if i >= WARMUP {
+            samples.push(dt);
+        }
+        pair.complete_advance(req, sig).expect("advance");
+    }
+    let last = probe();
+    (figures(samples), (first.unwrap_or_else(&mut *probe), last))
+}
+
+/// A channel of Alice's (`alice`) with `htlcs` pending, Bob in memory.
+fn open_pair(alice: Box<dyn SignerHandle>, htlcs: usize) -> ChannelPair {
     let bob = Box::new(memory_signer(2, PolicyConfig::default()));
     let mut pair = ChannelPair::open(
         alice,
@@ -94,24 +118,61 @@ fn bench_sign_probed<P>(
         pair.alice_msat -= h.amount_msat;
         pair.htlcs.push(h);
     }
+    pair
+}
+
+/// The ECDH round trip while another connection has the daemon sign: each
+/// ECDH is sent while a signature request is in flight (its durable write
+/// in progress or about to be), one per signature. What onion peeling waits
+/// for when payments are in flight.
+fn bench_ecdh_while_signing(process: &SignerProcess) -> Figures {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let stop = Arc::new(AtomicBool::new(false));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let signer = process.client().expect("client");
+    let signing = {
+        let (stop, in_flight) = (stop.clone(), in_flight.clone());
+        std::thread::spawn(move || {
+            let mut pair = open_pair(Box::new(signer), 0);
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let req = next_counterparty_request(&mut pair).expect("request");
+                n += 1;
+                // Odd while a request is in flight: its number.
+                in_flight.store(2 * n + 1, Ordering::SeqCst);
+                let sig = call!(pair.alice.signer, SignCounterpartyCommitment(req.clone()) => SignCounterpartyCommitment).expect("sign");
+                in_flight.store(2 * n, Ordering::SeqCst);
+                pair.complete_advance(req, sig).expect("advance");
+            }
+        })
+    };
+    let mut client = process.client().expect("client");
+    let other = bitcoin::secp256k1::PublicKey::from_secret_key(
+        &bitcoin::secp256k1::Secp256k1::new(),
+        &bitcoin::secp256k1::SecretKey::from_slice(&[3u8; 32]).expect("key"),
+    );
     let mut samples = Vec::with_capacity(iterations());
-    let mut first = None;
-    for i in 0..WARMUP + iterations() {
-        let req = next_counterparty_request(&mut pair).expect("request");
-        if i == WARMUP {
-            first = Some(probe());
+    let mut last = 0;
+    while samples.len() < WARMUP + iterations() {
+        let now = in_flight.load(Ordering::SeqCst);
+        if now.is_multiple_of(2) || now == last {
+            std::hint::spin_loop();
+            continue;
         }
+        last = now;
+        let body = request::Body::Ecdh(pb::EcdhRequest {
+            recipient: 0,
+            other_key: other.serialize().to_vec(),
+            tweak: None,
+        });
         let t = Instant::now();
-        let sig = call!(pair.alice.signer, SignCounterpartyCommitment(req.clone()) => SignCounterpartyCommitment).expect("sign");
-        let dt = t.elapsed();
-        assert_eq!(sig.htlc_signatures.len(), htlcs);
-        if i >= WARMUP {
-            samples.push(dt);
-        }
-        pair.complete_advance(req, sig).expect("advance");
+        client.handle(body).expect("ecdh");
+        samples.push(t.elapsed());
     }
-    let last = probe();
-    (figures(samples), (first.unwrap_or_else(&mut *probe), last))
+    stop.store(true, Ordering::SeqCst);
+    signing.join().expect("the signing thread");
+    figures(samples.split_off(WARMUP))
 }
 
 fn bench_ecdh(signer: &mut dyn SignerHandle) -> Figures {
@@ -534,6 +595,10 @@ fn grpc_figures(
         &format!("{label} ECDH round trip"),
         bench_ecdh(&mut process.client().expect("client")),
     );
+    table.add(
+        &format!("{label} ECDH round trip, another client signing"),
+        bench_ecdh_while_signing(process),
+    );
 }
 
 /// The targets, checked against this run's medians.
@@ -571,6 +636,11 @@ fn targets(table: &Table) {
     check(
         "gRPC ECDH round trip",
         p50("gRPC+mTLS   ECDH round trip"),
+        Some(Duration::from_micros(150)),
+    );
+    check(
+        "gRPC ECDH round trip, another client signing",
+        p50("gRPC+mTLS   ECDH round trip, another client signing"),
         Some(Duration::from_micros(150)),
     );
 }

@@ -34,5 +34,6 @@ pub mod testing;
 pub use error::{ErrorKind, SignerError};
 pub use keys::Seed;
 pub use lnpd_proto::{ChannelKeysId, CommitmentNumber};
+pub use ops::NodeKey;
 pub use policy::{PolicyConfig, RuleId, RuleMode};
 pub use signer::{Entropy, Signer, MAX_REQUEST_BYTES};

@@ -29,7 +29,7 @@ mod spend;
 mod wallet;
 
 pub use invoices::{approval_id, PendingApproval};
-pub use node::invoice_hash;
+pub use node::{invoice_hash, NodeKey};
 
 impl<S: Store> Signer<S> {
     /// Handles one typed request. Every refusal is logged here, once, with

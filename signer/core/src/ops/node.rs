@@ -5,13 +5,13 @@ use alloc::format;
 use alloc::vec::Vec;
 
 use bitcoin::hashes::{sha256, sha256d, Hash};
-use bitcoin::secp256k1::{ecdh::SharedSecret, Keypair, Message, Scalar};
+use bitcoin::secp256k1::{ecdh::SharedSecret, Keypair, Message, PublicKey, Scalar, SecretKey};
 use lightning::ln::msgs::{
     UnsignedChannelAnnouncement, UnsignedChannelUpdate, UnsignedNodeAnnouncement,
 };
 use lightning::routing::gossip::NodeId;
 use lightning::util::ser::LengthReadable;
-use lnpd_proto::signer::{self as pb, GossipKind, Recipient};
+use lnpd_proto::signer::{self as pb, reply, request, GossipKind, Recipient};
 
 use crate::commitment::{parse_32, parse_pubkey};
 use crate::error::SignerError;
@@ -74,30 +74,94 @@ impl<S: Store> Signer<S> {
         &self,
         r: &pb::GetNodeIdRequest,
     ) -> Result<pb::GetNodeIdReply, SignerError> {
-        node_only(r.recipient)?;
-        Ok(pb::GetNodeIdReply {
-            node_id: self.node_id().serialize().to_vec(),
-        })
+        node_id_reply(&self.node_id(), r)
     }
 
     pub(crate) fn ecdh(&self, r: &pb::EcdhRequest) -> Result<pb::EcdhReply, SignerError> {
-        node_only(r.recipient)?;
-        let other = parse_pubkey("other_key", &r.other_key)?;
-        let mut secret = *self.keys.node_secret();
-        if let Some(t) = &r.tweak {
-            let scalar = Scalar::from_be_bytes(parse_32("tweak", t)?)
-                .map_err(|_| SignerError::invalid("tweak is not a valid scalar"))?;
-            secret = secret
-                .mul_tweak(&scalar)
-                .map_err(|_| SignerError::invalid("tweak gives an invalid key"))?;
-        }
-        let shared = SharedSecret::new(&other, &secret);
-        secret.non_secure_erase();
-        Ok(pb::EcdhReply {
-            shared_secret: shared.secret_bytes().to_vec(),
-        })
+        ecdh_reply(self.keys.node_secret(), r)
     }
 
+    /// The node key apart from the signer (see [`NodeKey`]).
+    pub fn node_key(&self) -> NodeKey {
+        NodeKey {
+            secret: *self.keys.node_secret(),
+            node_id: self.node_id(),
+        }
+    }
+}
+
+fn node_id_reply(
+    node_id: &PublicKey,
+    r: &pb::GetNodeIdRequest,
+) -> Result<pb::GetNodeIdReply, SignerError> {
+    node_only(r.recipient)?;
+    Ok(pb::GetNodeIdReply {
+        node_id: node_id.serialize().to_vec(),
+    })
+}
+
+fn ecdh_reply(node_secret: &SecretKey, r: &pb::EcdhRequest) -> Result<pb::EcdhReply, SignerError> {
+    node_only(r.recipient)?;
+    let other = parse_pubkey("other_key", &r.other_key)?;
+    let mut secret = *node_secret;
+    if let Some(t) = &r.tweak {
+        let scalar = Scalar::from_be_bytes(parse_32("tweak", t)?)
+            .map_err(|_| SignerError::invalid("tweak is not a valid scalar"))?;
+        secret = secret
+            .mul_tweak(&scalar)
+            .map_err(|_| SignerError::invalid("tweak gives an invalid key"))?;
+    }
+    let shared = SharedSecret::new(&other, &secret);
+    secret.non_secure_erase();
+    Ok(pb::EcdhReply {
+        shared_secret: shared.secret_bytes().to_vec(),
+    })
+}
+
+/// The node key's operations that read and write no state: ECDH (onion
+/// peeling, the peer transport) and the node id. A daemon answers them
+/// with this copy of the key, apart from the signer, so that they never
+/// wait for a request in progress (a durable write). Erased on drop.
+#[derive(Clone)]
+pub struct NodeKey {
+    secret: SecretKey,
+    node_id: PublicKey,
+}
+
+impl NodeKey {
+    /// Whether `body` is one of the requests this answers.
+    pub fn answers(body: &request::Body) -> bool {
+        matches!(body, request::Body::Ecdh(_) | request::Body::GetNodeId(_))
+    }
+
+    /// The answer to `body`, as the signer would give it; `None` for a
+    /// request that needs the signer ([`Self::answers`] is false).
+    pub fn handle(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
+        match body {
+            request::Body::Ecdh(r) => Some(ecdh_reply(&self.secret, r).map(reply::Body::Ecdh)),
+            request::Body::GetNodeId(r) => {
+                Some(node_id_reply(&self.node_id, r).map(reply::Body::GetNodeId))
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Drop for NodeKey {
+    fn drop(&mut self) {
+        self.secret.non_secure_erase();
+    }
+}
+
+impl core::fmt::Debug for NodeKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NodeKey")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> Signer<S> {
     pub(crate) fn sign_invoice(
         &self,
         r: &pb::SignInvoiceRequest,
