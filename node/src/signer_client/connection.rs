@@ -141,6 +141,19 @@ pub(crate) fn is_rollback(e: &CallError) -> bool {
     e.refusal().and_then(|r| r.rule) == Some(lnpd_proto::RuleId::StateRollbackDetected)
 }
 
+/// Times and counts a round trip for the metrics.
+fn record_round_trip(op: &'static str, started: Instant, result: &Result<reply::Body, CallError>) {
+    metrics::histogram!("lnpd_node_signer_round_trip_duration_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(CallError::Unavailable(_)) => "unavailable",
+        Err(CallError::Refused(e)) => e.kind.as_str(),
+    };
+    metrics::counter!("lnpd_node_signer_requests_total", "op" => op, "outcome" => outcome)
+        .increment(1);
+}
+
 /// How long a deferred request waits for company before it goes alone.
 pub const DEFER_AT_MOST: Duration = Duration::from_millis(10);
 
@@ -284,15 +297,7 @@ impl Link {
         let op = body.name();
         let started = Instant::now();
         let result = self.call_now(body, timeout);
-        metrics::histogram!("lnpd_node_signer_round_trip_duration_seconds", "op" => op)
-            .record(started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(CallError::Unavailable(_)) => "unavailable",
-            Err(CallError::Refused(e)) => e.kind.as_str(),
-        };
-        metrics::counter!("lnpd_node_signer_requests_total", "op" => op, "outcome" => outcome)
-            .increment(1);
+        record_round_trip(op, started, &result);
         result
     }
 
@@ -461,6 +466,8 @@ pub struct SignerConnection {
     seen: Arc<AtomicU64>,
     rollback: Arc<Mutex<Option<String>>>,
     rolled_back: Arc<AtomicBool>,
+    /// The transport's way beside the link, if it has one.
+    lane: Option<SideLane>,
 }
 
 /// What [`SignerConnection::on_answer`] runs.
@@ -482,6 +489,12 @@ pub trait SignerTransport: Send + 'static {
     /// `timeout` for the reply. `Unavailable` drops the connection (the next
     /// call reconnects).
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError>;
+
+    /// A way to the signer beside the one [`Self::call`] takes, for what
+    /// needs no channel state (see [`SideLane`]); `None` if there is none.
+    fn side_lane(&self) -> Option<SideLane> {
+        None
+    }
 
     /// Sends requests to be handled in order and made durable together;
     /// one result per request. Without batch support: one call each.
@@ -510,13 +523,66 @@ pub struct GrpcTransport {
     grpc: GrpcCalls,
 }
 
+type Client = lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>;
+
 /// A gRPC client of the signer on a runtime of its own, however it was
 /// connected (dialled, or accepted from a signer that dials out).
 pub(crate) struct GrpcCalls {
     pub(crate) runtime: tokio::runtime::Runtime,
-    pub(crate) client:
-        Option<lnpd_proto::signer::signer_client::SignerClient<tonic::transport::Channel>>,
+    client: Option<Client>,
+    /// The same client, for the [`SideLane`].
+    shared: Arc<Mutex<Option<Client>>>,
     pub(crate) seen: Arc<AtomicU64>,
+}
+
+/// Requests that need no channel state (ECDH for onion peeling, the node
+/// id) go to the signer on their own HTTP/2 stream of the same connection:
+/// they neither wait for the requests in flight (a signature LDK asked for
+/// without waiting) nor hold them up; the signer answers them while it
+/// writes. Any failure falls back to the usual way, which reconnects.
+#[derive(Clone)]
+pub struct SideLane {
+    runtime: tokio::runtime::Handle,
+    client: Arc<Mutex<Option<Client>>>,
+    seen: Arc<AtomicU64>,
+}
+
+impl SideLane {
+    /// Whether `body` may take this lane.
+    pub fn takes(body: &request::Body) -> bool {
+        body.quick() && body.independent_of_channels()
+    }
+
+    /// One request; `Unavailable` when not connected.
+    fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let mut c = self
+            .client
+            .lock()
+            .ok()
+            .and_then(|c| c.clone())
+            .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
+        let seen = self.seen.clone();
+        let call = async move {
+            match tokio::time::timeout(timeout, client::call_counted(&mut c, body, &seen)).await {
+                Ok(Ok(r)) => r.map_err(CallError::from),
+                Ok(Err(status)) => Err(CallError::from_status(&status)),
+                Err(_) => Err(CallError::Unavailable(format!(
+                    "no answer within {timeout:?}"
+                ))),
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.runtime.block_on(call);
+        }
+        // On a runtime's thread (a peer connection's task): the call runs on
+        // the lane's runtime, this thread waits as it would for any call.
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.runtime.spawn(async move {
+            let _ = tx.send(call.await);
+        });
+        rx.recv_timeout(timeout + Duration::from_millis(100))
+            .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
+    }
 }
 
 impl GrpcCalls {
@@ -532,8 +598,26 @@ impl GrpcCalls {
                 .enable_all()
                 .build()?,
             client: None,
+            shared: Arc::new(Mutex::new(None)),
             seen: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// The open connection's client, or none (the [`SideLane`] follows).
+    pub(crate) fn set_client(&mut self, client: Option<Client>) {
+        if let Ok(mut s) = self.shared.lock() {
+            s.clone_from(&client);
+        }
+        self.client = client;
+    }
+
+    /// A lane beside the calls of this client (see [`SideLane`]).
+    pub(crate) fn side_lane(&self) -> SideLane {
+        SideLane {
+            runtime: self.runtime.handle().clone(),
+            client: self.shared.clone(),
+            seen: self.seen.clone(),
+        }
     }
 
     /// One request on the open connection.
@@ -557,7 +641,7 @@ impl GrpcCalls {
             ))),
         };
         if matches!(r, Err(CallError::Unavailable(_))) {
-            self.client = None;
+            self.set_client(None);
         }
         r
     }
@@ -583,7 +667,7 @@ impl GrpcCalls {
             ))),
         };
         if matches!(replies, Err(CallError::Unavailable(_))) {
-            self.client = None;
+            self.set_client(None);
         }
         let replies = replies?;
         if replies.len() != n {
@@ -649,7 +733,7 @@ impl SignerTransport for GrpcTransport {
             .runtime
             .block_on(client::connect(addr, &self.tls))
             .map_err(|e| e.to_string())?;
-        self.grpc.client = Some(c);
+        self.grpc.set_client(Some(c));
         Ok(())
     }
 
@@ -657,8 +741,12 @@ impl SignerTransport for GrpcTransport {
         Some(self.addrs[self.current % self.addrs.len()].clone())
     }
 
+    fn side_lane(&self) -> Option<SideLane> {
+        Some(self.grpc.side_lane())
+    }
+
     fn next_endpoint(&mut self, why: &str) {
-        self.grpc.client = None;
+        self.grpc.set_client(None);
         // A signer that waits for our greeting is the one to greet.
         if self.addrs.len() > 1 && !why.contains(lnpd_proto::AWAITING_GREETING) {
             self.current = named_active(why, &self.addrs)
@@ -725,6 +813,7 @@ impl SignerConnection {
         let rolled_back = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
         let (jobs, rx) = mpsc::channel::<Job>();
+        let lane = transport.side_lane();
         let connected = Arc::new(AtomicBool::new(false));
         let deferred = Arc::new(Mutex::new(Deferred::default()));
         let link = Arc::new(Mutex::new(Link {
@@ -790,6 +879,7 @@ impl SignerConnection {
             seen,
             rollback,
             rolled_back,
+            lane,
         }))
     }
 
@@ -899,6 +989,24 @@ impl SignerConnection {
 
     /// One call, waiting at most `timeout`.
     pub fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        // What needs no channel state takes the side lane once the link
+        // has greeted the signer (see [`SideLane`]).
+        if let Some(lane) = self
+            .lane
+            .as_ref()
+            .filter(|_| SideLane::takes(&body) && self.connected.load(Ordering::SeqCst))
+        {
+            let started = Instant::now();
+            match lane.call(body.clone(), timeout) {
+                Err(CallError::Unavailable(why)) => {
+                    tracing::debug!("signer side lane: {why}; taking the link")
+                }
+                result => {
+                    record_round_trip(body.name(), started, &result);
+                    return result;
+                }
+            }
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             // Waiting for the link counts against this call's timeout too.
             let deadline = Instant::now() + timeout;

@@ -243,7 +243,7 @@ impl SignerTransport for InboundTransport {
     fn connect(&mut self) -> Result<(), String> {
         match self.ready.take(WAIT) {
             Some((peer, c)) => {
-                self.grpc.client = Some(c);
+                self.grpc.set_client(Some(c));
                 self.peer = Some(peer);
                 Ok(())
             }
@@ -261,10 +261,14 @@ impl SignerTransport for InboundTransport {
         })
     }
 
+    fn side_lane(&self) -> Option<super::connection::SideLane> {
+        Some(self.grpc.side_lane())
+    }
+
     fn next_endpoint(&mut self, _why: &str) {
         // Closed: a signer whose connection ended dials again; a replica
         // standing by is taken after the others.
-        self.grpc.client = None;
+        self.grpc.set_client(None);
         self.peer = None;
     }
 
