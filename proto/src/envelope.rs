@@ -168,7 +168,14 @@ impl Body {
     /// Whether the answer depends on no channel's state (such a request may
     /// overtake channel requests the node still holds back).
     pub fn independent_of_channels(&self) -> bool {
-        matches!(self, Body::Ecdh(_) | Body::GetNodeId(_) | Body::Info(_))
+        self.node_key_only() || matches!(self, Body::Info(_))
+    }
+
+    /// Whether only the node key answers it, reading and writing no state
+    /// (ECDH, the node id): it need wait for no other request, at the node
+    /// (its own stream) or in the signer (answered beside a write).
+    pub fn node_key_only(&self) -> bool {
+        matches!(self, Body::Ecdh(_) | Body::GetNodeId(_))
     }
 }
 

@@ -144,6 +144,18 @@ struct Group {
 }
 
 impl<B: Backend> Grpc<B> {
+    /// Runs `f` on a blocking thread: the runtime's one worker keeps
+    /// serving the connections meanwhile (see `Backend::call_apart`).
+    async fn off_worker<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&B) -> Result<T, SignerError> + Send + 'static,
+    ) -> Result<T, SignerError> {
+        let b = self.backend.clone();
+        tokio::task::spawn_blocking(move || f(&b))
+            .await
+            .unwrap_or_else(|_| Err(SignerError::internal("the request's thread stopped")))
+    }
+
     /// Serves a batchable request with whatever else arrived meanwhile:
     /// the first waiting request starts a task that takes every waiting
     /// request, serves them with one durable write, and repeats until none
@@ -330,9 +342,8 @@ impl<S: Store> SignerService<S> {
             .inner
             .lock()
             .map_err(|_| SignerError::internal("signer state lock poisoned"))?;
-        let signing = matches!(&*slot, Slot::Active(s) if s.rollback().is_none());
         self.keep_node_key(match &*slot {
-            Slot::Active(s) if signing => Some(&**s),
+            Slot::Active(s) if s.rollback().is_none() => Some(&**s),
             _ => None,
         });
         if let Slot::Standby(why) = &*slot {
@@ -596,7 +607,7 @@ impl<S: Store + Send + 'static> Backend for SignerService<S> {
     /// nothing more. The key is kept only while the signer signs, and the
     /// fence is checked here too (a replica that lost its lease stops).
     fn call_apart(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
-        if !NodeKey::answers(body) || !self.busy() {
+        if !body.node_key_only() || !self.busy() {
             return None;
         }
         if let Some(Err(_)) = self.fence.as_ref().map(|f| f.check()) {
@@ -715,12 +726,7 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
                 // of the software signer runs off the worker, as a group's
                 // does.
                 None if b.groups() && (!body.quick() || b.busy()) => {
-                    let b = self.backend.clone();
-                    tokio::task::spawn_blocking(move || b.call(body))
-                        .await
-                        .unwrap_or_else(|_| {
-                            Err(SignerError::internal("the request's thread stopped"))
-                        })
+                    self.off_worker(move |b| b.call(body)).await
                 }
                 None => run_blocking(b.may_block_long() && !body.quick(), || b.call(body)),
             },
@@ -745,12 +751,7 @@ impl<B: Backend> signer_server::Signer for Grpc<B> {
         let started = std::time::Instant::now();
         let results = match bodies {
             // Off the worker for the software signer (see `call`).
-            Some(bodies) if b.groups() => {
-                let b = self.backend.clone();
-                tokio::task::spawn_blocking(move || b.call_batch(bodies))
-                    .await
-                    .unwrap_or_else(|_| Err(SignerError::internal("the batch's thread stopped")))
-            }
+            Some(bodies) if b.groups() => self.off_worker(move |b| b.call_batch(bodies)).await,
             Some(bodies) => run_blocking(b.may_block_long(), || b.call_batch(bodies)),
             None => Err(SignerError::invalid("a batched request has no body")),
         };

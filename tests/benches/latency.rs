@@ -148,10 +148,6 @@ fn bench_ecdh_while_signing(process: &SignerProcess) -> Figures {
         })
     };
     let mut client = process.client().expect("client");
-    let other = bitcoin::secp256k1::PublicKey::from_secret_key(
-        &bitcoin::secp256k1::Secp256k1::new(),
-        &bitcoin::secp256k1::SecretKey::from_slice(&[3u8; 32]).expect("key"),
-    );
     let mut samples = Vec::with_capacity(iterations());
     let mut last = 0;
     while samples.len() < WARMUP + iterations() {
@@ -161,11 +157,7 @@ fn bench_ecdh_while_signing(process: &SignerProcess) -> Figures {
             continue;
         }
         last = now;
-        let body = request::Body::Ecdh(pb::EcdhRequest {
-            recipient: 0,
-            other_key: other.serialize().to_vec(),
-            tweak: None,
-        });
+        let body = ecdh_request();
         let t = Instant::now();
         client.handle(body).expect("ecdh");
         samples.push(t.elapsed());
@@ -175,18 +167,23 @@ fn bench_ecdh_while_signing(process: &SignerProcess) -> Figures {
     figures(samples.split_off(WARMUP))
 }
 
-fn bench_ecdh(signer: &mut dyn SignerHandle) -> Figures {
+/// An ECDH request with a fixed peer key.
+fn ecdh_request() -> request::Body {
     let other = bitcoin::secp256k1::PublicKey::from_secret_key(
         &bitcoin::secp256k1::Secp256k1::new(),
         &bitcoin::secp256k1::SecretKey::from_slice(&[3u8; 32]).expect("key"),
     );
+    request::Body::Ecdh(pb::EcdhRequest {
+        recipient: 0,
+        other_key: other.serialize().to_vec(),
+        tweak: None,
+    })
+}
+
+fn bench_ecdh(signer: &mut dyn SignerHandle) -> Figures {
     let mut samples = Vec::with_capacity(iterations() * 2);
     for i in 0..WARMUP + iterations() * 2 {
-        let body = request::Body::Ecdh(pb::EcdhRequest {
-            recipient: 0,
-            other_key: other.serialize().to_vec(),
-            tweak: None,
-        });
+        let body = ecdh_request();
         let t = Instant::now();
         signer.handle(body).expect("ecdh");
         if i >= WARMUP {

@@ -548,11 +548,6 @@ pub struct SideLane {
 }
 
 impl SideLane {
-    /// Whether `body` may take this lane.
-    pub fn takes(body: &request::Body) -> bool {
-        body.quick() && body.independent_of_channels()
-    }
-
     /// One request; `Unavailable` when not connected.
     fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
         let mut c = self
@@ -562,15 +557,7 @@ impl SideLane {
             .and_then(|c| c.clone())
             .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
         let seen = self.seen.clone();
-        let call = async move {
-            match tokio::time::timeout(timeout, client::call_counted(&mut c, body, &seen)).await {
-                Ok(Ok(r)) => r.map_err(CallError::from),
-                Ok(Err(status)) => Err(CallError::from_status(&status)),
-                Err(_) => Err(CallError::Unavailable(format!(
-                    "no answer within {timeout:?}"
-                ))),
-            }
-        };
+        let call = async move { timed_call(&mut c, body, &seen, timeout).await };
         if tokio::runtime::Handle::try_current().is_err() {
             return self.runtime.block_on(call);
         }
@@ -582,6 +569,23 @@ impl SideLane {
         });
         rx.recv_timeout(timeout + Duration::from_millis(100))
             .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
+    }
+}
+
+/// One request on `c`, its answer or why there is none (no answer within
+/// `timeout` counts as unavailable).
+async fn timed_call(
+    c: &mut Client,
+    body: request::Body,
+    seen: &AtomicU64,
+    timeout: Duration,
+) -> Result<reply::Body, CallError> {
+    match tokio::time::timeout(timeout, client::call_counted(c, body, seen)).await {
+        Ok(Ok(r)) => r.map_err(CallError::from),
+        Ok(Err(status)) => Err(CallError::from_status(&status)),
+        Err(_) => Err(CallError::Unavailable(format!(
+            "no answer within {timeout:?}"
+        ))),
     }
 }
 
@@ -630,16 +634,9 @@ impl GrpcCalls {
             .client
             .as_mut()
             .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
-        let seen = &self.seen;
-        let r = match self.runtime.block_on(async {
-            tokio::time::timeout(timeout, client::call_counted(c, body, seen)).await
-        }) {
-            Ok(Ok(r)) => r.map_err(CallError::from),
-            Ok(Err(status)) => Err(CallError::from_status(&status)),
-            Err(_) => Err(CallError::Unavailable(format!(
-                "no answer within {timeout:?}"
-            ))),
-        };
+        let r = self
+            .runtime
+            .block_on(timed_call(c, body, &self.seen, timeout));
         if matches!(r, Err(CallError::Unavailable(_))) {
             self.set_client(None);
         }
@@ -994,7 +991,7 @@ impl SignerConnection {
         if let Some(lane) = self
             .lane
             .as_ref()
-            .filter(|_| SideLane::takes(&body) && self.connected.load(Ordering::SeqCst))
+            .filter(|_| body.node_key_only() && self.connected.load(Ordering::SeqCst))
         {
             let started = Instant::now();
             match lane.call(body.clone(), timeout) {

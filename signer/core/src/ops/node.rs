@@ -129,13 +129,8 @@ pub struct NodeKey {
 }
 
 impl NodeKey {
-    /// Whether `body` is one of the requests this answers.
-    pub fn answers(body: &request::Body) -> bool {
-        matches!(body, request::Body::Ecdh(_) | request::Body::GetNodeId(_))
-    }
-
     /// The answer to `body`, as the signer would give it; `None` for a
-    /// request that needs the signer ([`Self::answers`] is false).
+    /// request that needs the signer (not `Body::node_key_only`).
     pub fn handle(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
         match body {
             request::Body::Ecdh(r) => Some(ecdh_reply(&self.secret, r).map(reply::Body::Ecdh)),
