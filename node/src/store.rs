@@ -18,7 +18,14 @@ use rusqlite::{params, Connection, OptionalExtension};
 /// LDK's key-value store in one SQLite file.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Writes that need only be durable with the next one (see
+    /// [`SqliteStore::ride_along`]): primary, secondary, key, value or
+    /// removal. The latest for a key wins.
+    riders: Mutex<Vec<Rider>>,
 }
+
+/// One write waiting for the next: (primary, secondary, key, value or removal).
+type Rider = (String, String, String, Option<Vec<u8>>);
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::Other, e.to_string())
@@ -72,7 +79,53 @@ impl SqliteStore {
         .map_err(io_err)?;
         Ok(SqliteStore {
             conn: Mutex::new(conn),
+            riders: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Has a key written (or with `None` removed) in the same transaction
+    /// as the next write or removal, whichever thread makes it, and not
+    /// before. Used for what must be durable no later than LDK's next
+    /// monitor update, without a disk flush of its own.
+    pub fn ride_along(&self, primary: &str, secondary: &str, key: &str, value: Option<Vec<u8>>) {
+        let Ok(mut riders) = self.riders.lock() else {
+            return;
+        };
+        riders.retain(|(p, s, k, _)| !(p == primary && s == secondary && k == key));
+        riders.push((primary.into(), secondary.into(), key.into(), value));
+    }
+
+    /// Writes `primary/secondary/key` (or removes it) with every rider, in
+    /// one transaction. Riders go back in the queue if it fails.
+    fn put_with_riders(
+        &self,
+        primary: &str,
+        secondary: &str,
+        key: &str,
+        value: Option<&[u8]>,
+    ) -> io::Result<()> {
+        check(primary, secondary, Some(key))?;
+        let riders: Vec<Rider> = self
+            .riders
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default();
+        let written = self.in_transaction(|tx| {
+            for (p, s, k, v) in &riders {
+                Self::put_in(tx, p, s, k, v.as_deref())?;
+            }
+            Self::put_in(tx, primary, secondary, key, value)
+        });
+        if written.is_err() && !riders.is_empty() {
+            if let Ok(mut r) = self.riders.lock() {
+                let newer = std::mem::replace(&mut *r, riders);
+                for (p, s, k, v) in newer {
+                    r.retain(|(p2, s2, k2, _)| !(*p2 == p && *s2 == s && *k2 == k));
+                    r.push((p, s, k, v));
+                }
+            }
+        }
+        written
     }
 
     fn conn(&self) -> io::Result<std::sync::MutexGuard<'_, Connection>> {
@@ -138,26 +191,11 @@ impl KVStoreSync for SqliteStore {
     }
 
     fn write(&self, primary: &str, secondary: &str, key: &str, buf: Vec<u8>) -> io::Result<()> {
-        check(primary, secondary, Some(key))?;
-        self.conn()?
-            .execute(
-                "INSERT INTO kv (primary_ns, secondary_ns, key, value) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (primary_ns, secondary_ns, key) DO UPDATE SET value = excluded.value",
-                params![primary, secondary, key, buf],
-            )
-            .map(|_| ())
-            .map_err(io_err)
+        self.put_with_riders(primary, secondary, key, Some(&buf))
     }
 
     fn remove(&self, primary: &str, secondary: &str, key: &str, _lazy: bool) -> io::Result<()> {
-        check(primary, secondary, Some(key))?;
-        self.conn()?
-            .execute(
-                "DELETE FROM kv WHERE primary_ns = ?1 AND secondary_ns = ?2 AND key = ?3",
-                params![primary, secondary, key],
-            )
-            .map(|_| ())
-            .map_err(io_err)
+        self.put_with_riders(primary, secondary, key, None)
     }
 
     fn list(&self, primary: &str, secondary: &str) -> io::Result<Vec<String>> {
@@ -233,6 +271,39 @@ mod tests {
         assert!(r.is_err());
         assert!(s.read("a", "", "y").is_err());
         assert_eq!(s.read("a", "", "x").unwrap(), vec![1]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn riders_are_written_with_the_next_write_and_not_before() {
+        let dir = std::env::temp_dir().join(format!("lnpd-kv-ride-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("node.sqlite");
+        {
+            let s = SqliteStore::open(&path).unwrap();
+            s.write("q", "", "old", vec![0]).unwrap();
+            s.ride_along("q", "", "a", Some(vec![1]));
+            s.ride_along("q", "", "old", None);
+            assert!(s.read("q", "", "a").is_err(), "not before the next write");
+            // A write that fails keeps them for the next one.
+            assert!(s.write("m", "", "bad key!", vec![2]).is_err());
+            assert!(s.read("q", "", "a").is_err());
+            // The latest for a key wins.
+            s.ride_along("q", "", "a", Some(vec![3]));
+            s.write("m", "", "monitor", vec![4]).unwrap();
+            assert_eq!(s.read("q", "", "a").unwrap(), vec![3]);
+            assert!(s.read("q", "", "old").is_err());
+            // A removal carries them too, once.
+            s.ride_along("q", "", "b", Some(vec![5]));
+            s.remove("m", "", "monitor", false).unwrap();
+            assert_eq!(s.read("q", "", "b").unwrap(), vec![5]);
+            s.write("q", "", "b", vec![6]).unwrap();
+            assert_eq!(s.read("q", "", "b").unwrap(), vec![6]);
+        }
+        let s = SqliteStore::open(&path).unwrap();
+        assert_eq!(s.read("q", "", "a").unwrap(), vec![3]);
+        assert_eq!(s.list("q", "").unwrap().len(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
