@@ -107,13 +107,22 @@ struct Job {
 }
 
 /// Requests the node already answered for (a revocation LDK checked
-/// itself), sent with the next request in one batch, or on their own after
+/// itself, a holder commitment validation whose answer LDK was told is
+/// pending), sent with the next request in one batch, or on their own after
 /// [`DEFER_AT_MOST`]. Apart from the link, so queueing one never waits for
 /// a call in progress.
 #[derive(Default)]
 struct Deferred {
-    bodies: Vec<request::Body>,
+    entries: Vec<DeferredEntry>,
     since: Option<Instant>,
+}
+
+/// One deferred request, and who waits for its answer, if anyone.
+struct DeferredEntry {
+    body: request::Body,
+    /// Gets the signer's judgement (never "unavailable": the request is
+    /// kept and sent again); the connection's answer hook runs after it.
+    done: Option<Done>,
 }
 
 /// The transport and its reconnect state; one call at a time.
@@ -132,6 +141,17 @@ struct Link {
     rolled_back: Arc<AtomicBool>,
     /// Set when LDK was told "pending" and needs `signer_unblocked`.
     pending: Arc<AtomicBool>,
+    /// A deferred request someone waited for was answered: the answer
+    /// hook is due once the call in progress is done.
+    answer_due: bool,
+}
+
+/// Runs the answer hook, if one is set.
+fn run_hook(hook: &Mutex<Option<AnswerHook>>) {
+    let hook = hook.lock().ok().and_then(|h| h.clone());
+    if let Some(hook) = hook {
+        hook();
+    }
 }
 
 /// Whether `e` is the signer's refusal for an older state
@@ -159,12 +179,12 @@ pub const DEFER_AT_MOST: Duration = Duration::from_millis(10);
 
 impl Link {
     /// Takes up to `n` of the oldest deferred requests.
-    fn take_deferred(&self, n: usize) -> Vec<request::Body> {
+    fn take_deferred(&self, n: usize) -> Vec<DeferredEntry> {
         match self.deferred.lock() {
             Ok(mut d) => {
-                let take = d.bodies.len().min(n);
-                let out: Vec<request::Body> = d.bodies.drain(..take).collect();
-                if d.bodies.is_empty() {
+                let take = d.entries.len().min(n);
+                let out: Vec<DeferredEntry> = d.entries.drain(..take).collect();
+                if d.entries.is_empty() {
                     d.since = None;
                 }
                 out
@@ -174,13 +194,13 @@ impl Link {
     }
 
     /// Puts requests that could not be sent back in front of the queue.
-    fn restore_deferred(&self, mut bodies: Vec<request::Body>) {
-        if bodies.is_empty() {
+    fn restore_deferred(&self, mut entries: Vec<DeferredEntry>) {
+        if entries.is_empty() {
             return;
         }
         if let Ok(mut d) = self.deferred.lock() {
-            bodies.append(&mut d.bodies);
-            d.bodies = bodies;
+            entries.append(&mut d.entries);
+            d.entries = entries;
             d.since.get_or_insert_with(Instant::now);
         }
     }
@@ -190,7 +210,7 @@ impl Link {
     }
 
     fn deferred_len(&self) -> usize {
-        self.deferred.lock().map(|d| d.bodies.len()).unwrap_or(0)
+        self.deferred.lock().map(|d| d.entries.len()).unwrap_or(0)
     }
 
     /// Holds the deferred requests back for `d` (they failed as a whole:
@@ -221,63 +241,78 @@ impl Link {
     /// company; on failure they stay queued, in their order.
     fn flush(&mut self, timeout: Duration) -> Result<(), CallError> {
         self.connect()?;
-        let bodies = self.take_deferred(lnpd_proto::MAX_BATCH);
-        if bodies.is_empty() {
+        let entries = self.take_deferred(lnpd_proto::MAX_BATCH);
+        if entries.is_empty() {
             return Ok(());
         }
-        let results = match self.transport.call_batch(bodies.clone(), timeout) {
+        let bodies = entries.iter().map(|e| e.body.clone()).collect();
+        let results = match self.transport.call_batch(bodies, timeout) {
             Ok(results) => results,
             Err(e @ CallError::Unavailable(_)) => {
                 let r = Err(e);
                 self.note(&r);
-                self.restore_deferred(bodies);
+                self.restore_deferred(entries);
                 return r.map(|_| ());
             }
             Err(e) => {
                 // Refused as a whole (not by a rule on one of them): all
                 // kept, sent again later.
                 tracing::error!("the signer refused a batch of deferred requests: {e}");
-                self.restore_deferred(bodies);
+                self.restore_deferred(entries);
                 self.hold_deferred(Duration::from_secs(1));
                 return Ok(());
             }
         };
-        self.settle_deferred(bodies, results);
+        self.settle_deferred(entries, results);
         Ok(())
     }
 
     /// The signer's answers to deferred requests. LDK was told each was
-    /// fine (it had checked it): a refusal is loud, and one refused for an
-    /// older state (nothing written) is kept to be sent again once the
-    /// latest state is back.
+    /// fine (it had checked it) or that its answer is pending: a refusal is
+    /// loud and goes to whoever waits, and one refused for an older state
+    /// (nothing written) is kept to be sent again once the latest state is
+    /// back.
     fn settle_deferred(
         &mut self,
-        bodies: Vec<request::Body>,
+        entries: Vec<DeferredEntry>,
         results: Vec<Result<reply::Body, CallError>>,
     ) {
         let mut again = Vec::new();
         let mut lost = None;
-        for (body, r) in bodies.into_iter().zip(results) {
+        let mut answered = false;
+        for (entry, r) in entries.into_iter().zip(results) {
             match r {
                 Err(e) if is_rollback(&e) => {
                     self.rolled_back.store(true, Ordering::SeqCst);
-                    again.push(body);
+                    again.push(entry);
                 }
                 // Not handled (no signer, a standby, a greeting due):
                 // sent again, and the link reconnects.
                 Err(e @ CallError::Unavailable(_)) => {
-                    again.push(body);
+                    again.push(entry);
                     lost = Some(e);
                 }
                 // The signer failed on it (a bug, a poisoned lock), it did
                 // not judge it: kept, sent again later.
                 Err(CallError::Refused(e)) if e.kind == lnpd_proto::ErrorKind::Internal => {
                     tracing::error!("a deferred request failed in the signer, kept: {e}");
-                    again.push(body);
+                    again.push(entry);
                 }
-                Err(e) => tracing::error!("a deferred request was refused by the signer: {e}"),
-                Ok(_) => {}
+                r => {
+                    if let Err(e) = &r {
+                        tracing::error!("a deferred request was refused by the signer: {e}");
+                    }
+                    if let Some(done) = entry.done {
+                        done(r);
+                        answered = true;
+                    }
+                }
             }
+        }
+        if answered {
+            // Someone was told "pending" for it (LDK): it asks again once
+            // the call that carried it has its own answer in place.
+            self.answer_due = true;
         }
         if let Some(e) = lost {
             self.note(&Err(e));
@@ -334,7 +369,7 @@ impl Link {
             self.note(&result);
             return result;
         }
-        let mut bodies = deferred.clone();
+        let mut bodies: Vec<request::Body> = deferred.iter().map(|e| e.body.clone()).collect();
         bodies.push(body);
         match self.transport.call_batch(bodies, timeout) {
             Ok(mut results) => {
@@ -447,7 +482,8 @@ pub struct SignerConnection {
     /// without waiting, go through a worker thread (a runtime cannot block
     /// on another one); plain threads (LDK's background processor) call the
     /// link directly, saving two thread hand-offs per request.
-    jobs: mpsc::Sender<Job>,
+    /// `None` asks the worker to send the deferred requests now.
+    jobs: mpsc::Sender<Option<Job>>,
     /// Requests handed to the worker, and how many of them were answered:
     /// a direct call waits for those submitted before it, so that requests
     /// reach the signer in order.
@@ -809,10 +845,11 @@ impl SignerConnection {
         let rollback = Arc::new(Mutex::new(None));
         let rolled_back = Arc::new(AtomicBool::new(false));
         let pending = Arc::new(AtomicBool::new(false));
-        let (jobs, rx) = mpsc::channel::<Job>();
+        let (jobs, rx) = mpsc::channel::<Option<Job>>();
         let lane = transport.side_lane();
         let connected = Arc::new(AtomicBool::new(false));
         let deferred = Arc::new(Mutex::new(Deferred::default()));
+        let on_answer: Arc<Mutex<Option<AnswerHook>>> = Arc::new(Mutex::new(None));
         let link = Arc::new(Mutex::new(Link {
             transport: Box::new(transport),
             endpoint: endpoint.to_string(),
@@ -824,26 +861,44 @@ impl SignerConnection {
             rollback: rollback.clone(),
             rolled_back: rolled_back.clone(),
             pending: pending.clone(),
+            answer_due: false,
         }));
         let worker_link = link.clone();
         let worker_deferred = deferred.clone();
+        let worker_hook = on_answer.clone();
         std::thread::Builder::new()
             .name("lnpd-signer-client".into())
             .spawn(move || loop {
-                match rx.recv_timeout(DEFER_AT_MOST) {
-                    Ok(job) => {
-                        let result = match worker_link.lock() {
-                            Ok(mut l) => l.call(job.body, job.timeout),
-                            Err(_) => Err(CallError::Unavailable("signer link poisoned".into())),
+                let now = match rx.recv_timeout(DEFER_AT_MOST) {
+                    Ok(Some(job)) => {
+                        let (result, due) = match worker_link.lock() {
+                            Ok(mut l) => {
+                                let r = l.call(job.body, job.timeout);
+                                (r, std::mem::take(&mut l.answer_due))
+                            }
+                            Err(_) => (
+                                Err(CallError::Unavailable("signer link poisoned".into())),
+                                false,
+                            ),
                         };
                         (job.done)(result);
+                        if due {
+                            run_hook(&worker_hook);
+                        }
+                        continue;
                     }
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        // Deferred requests with no company go alone.
+                    Ok(None) => true,
+                    Err(mpsc::RecvTimeoutError::Timeout) => false,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                };
+                {
+                    {
+                        // Deferred requests with no company go alone, at
+                        // once when someone waits for an answer.
                         // (Not while waiting to reconnect: the link logs that.)
-                        let due = worker_deferred
-                            .lock()
-                            .is_ok_and(|d| d.since.is_some_and(|t| t.elapsed() >= DEFER_AT_MOST));
+                        let due = worker_deferred.lock().is_ok_and(|d| {
+                            d.since.is_some_and(|t| now || t.elapsed() >= DEFER_AT_MOST)
+                        });
                         if !due {
                             continue;
                         }
@@ -857,10 +912,13 @@ impl SignerConnection {
                                 if let Err(e) = l.flush(Duration::from_secs(10)) {
                                     tracing::debug!("deferred signer request not sent yet: {e}");
                                 }
+                                if std::mem::take(&mut l.answer_due) {
+                                    drop(l);
+                                    run_hook(&worker_hook);
+                                }
                             }
                         }
                     }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             })?;
         Ok(Arc::new(SignerConnection {
@@ -868,7 +926,7 @@ impl SignerConnection {
             jobs,
             submitted: Arc::new(AtomicUsize::new(0)),
             answered: Arc::new(AtomicUsize::new(0)),
-            on_answer: Arc::new(Mutex::new(None)),
+            on_answer,
             deferred,
             connected,
             pending,
@@ -910,17 +968,51 @@ impl SignerConnection {
     /// alone after [`DEFER_AT_MOST`]. Used for the peer's revocation, which
     /// LDK checks against the peer's commitment point before asking.
     pub fn defer(&self, body: request::Body) {
-        let queued = match self.deferred.lock() {
+        self.defer_entry(body, None);
+    }
+
+    /// Queues a request whose answer `done` waits for (its caller told LDK
+    /// "pending"): it goes with the next request for a channel, or alone
+    /// when [`Self::flush_waited`] is called, or after [`DEFER_AT_MOST`].
+    /// `done` gets the signer's judgement on the connection's thread; the
+    /// hook set with [`Self::on_answer`] runs after it.
+    pub fn defer_with(
+        &self,
+        body: request::Body,
+        done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
+    ) {
+        self.defer_entry(body, Some(Box::new(done)));
+    }
+
+    fn defer_entry(&self, body: request::Body, done: Option<Done>) {
+        let entry = DeferredEntry { body, done };
+        let refused = match self.deferred.lock() {
             Ok(mut d) => {
-                d.bodies.push(body.clone());
+                d.entries.push(entry);
                 d.since.get_or_insert_with(Instant::now);
-                true
+                None
             }
-            Err(_) => false,
+            Err(_) => Some(entry),
         };
-        if !queued {
+        if let Some(entry) = refused {
             tracing::error!("deferred queue broken: sending a deferred request now");
-            let _ = self.call(body, Duration::from_secs(10));
+            let r = self.call(entry.body, Duration::from_secs(10));
+            if let Some(done) = entry.done {
+                done(r);
+            }
+        }
+    }
+
+    /// Sends the deferred requests now if someone waits for one of them's
+    /// answer (LDK's handling of a message ended without the request that
+    /// would have carried them). Does not wait.
+    pub fn flush_waited(&self) {
+        let waited = self
+            .deferred
+            .lock()
+            .is_ok_and(|d| d.entries.iter().any(|e| e.done.is_some()));
+        if waited {
+            let _ = self.jobs.send(None);
         }
     }
 
@@ -953,7 +1045,7 @@ impl SignerConnection {
                 }
             }),
         };
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+        if let Err(mpsc::SendError(Some(job))) = self.jobs.send(Some(job)) {
             (job.done)(Err(CallError::Unavailable(
                 "signer client thread stopped".into(),
             )));
@@ -1022,7 +1114,12 @@ impl SignerConnection {
                 match self.link.try_lock() {
                     Ok(mut l) => {
                         let left = deadline.saturating_duration_since(Instant::now());
-                        return l.call(body, left.max(Duration::from_millis(1)));
+                        let result = l.call(body, left.max(Duration::from_millis(1)));
+                        if std::mem::take(&mut l.answer_due) {
+                            drop(l);
+                            run_hook(&self.on_answer);
+                        }
+                        return result;
                     }
                     Err(std::sync::TryLockError::Poisoned(_)) => {
                         return Err(CallError::Unavailable("signer link poisoned".into()))
@@ -1040,13 +1137,13 @@ impl SignerConnection {
         }
         let (tx, rx) = mpsc::sync_channel(1);
         self.jobs
-            .send(Job {
+            .send(Some(Job {
                 body,
                 timeout,
                 done: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
-            })
+            }))
             .map_err(|_| CallError::Unavailable("signer client thread stopped".into()))?;
         rx.recv_timeout(timeout)
             .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
@@ -1122,5 +1219,157 @@ mod tests {
             refused.refusal().and_then(|e| e.rule),
             Some(lnpd_proto::RuleId::PaymentMax)
         );
+    }
+
+    /// The round trips a [`Recording`] saw: the names of each one's requests.
+    type Trips = Arc<Mutex<Vec<Vec<&'static str>>>>;
+
+    /// Records what reaches the signer (one entry per round trip: the
+    /// names of its requests); refuses validations when `refuse` is set.
+    struct Recording {
+        trips: Trips,
+        refuse: bool,
+    }
+
+    impl Recording {
+        fn answer(&self, body: &request::Body) -> Result<reply::Body, CallError> {
+            match body {
+                request::Body::ValidateHolderCommitment(_) if self.refuse => Err(
+                    SignerError::policy(lnpd_proto::RuleId::CommitmentFeeRange, "too high").into(),
+                ),
+                _ => Ok(reply::Body::Ping(lnpd_proto::signer::PingReply::default())),
+            }
+        }
+    }
+
+    impl SignerTransport for Recording {
+        fn connect(&mut self) -> Result<(), String> {
+            Ok(())
+        }
+        fn call(&mut self, body: request::Body, _: Duration) -> Result<reply::Body, CallError> {
+            if !matches!(body, request::Body::Info(_)) {
+                self.trips.lock().unwrap().push(vec![body.name()]);
+            }
+            self.answer(&body)
+        }
+        fn call_batch(
+            &mut self,
+            bodies: Vec<request::Body>,
+            _: Duration,
+        ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
+            self.trips
+                .lock()
+                .unwrap()
+                .push(bodies.iter().map(request::Body::name).collect());
+            Ok(bodies.iter().map(|b| self.answer(b)).collect())
+        }
+    }
+
+    /// A connection over a [`Recording`], and how often its answer hook ran.
+    fn recording(refuse: bool) -> (Arc<SignerConnection>, Trips, Arc<AtomicUsize>) {
+        let trips = Arc::new(Mutex::new(Vec::new()));
+        let t = Recording {
+            trips: trips.clone(),
+            refuse,
+        };
+        let conn = SignerConnection::start_with("test", t).unwrap();
+        let hooked = Arc::new(AtomicUsize::new(0));
+        let h = hooked.clone();
+        conn.on_answer(move || {
+            h.fetch_add(1, Ordering::SeqCst);
+        });
+        (conn, trips, hooked)
+    }
+
+    fn validation() -> request::Body {
+        request::Body::ValidateHolderCommitment(Default::default())
+    }
+
+    fn signature() -> request::Body {
+        request::Body::SignCounterpartyCommitment(Default::default())
+    }
+
+    #[test]
+    fn a_queued_validation_goes_with_the_next_request_and_is_answered_first() {
+        let (conn, trips, hooked) = recording(false);
+        let (tx, rx) = mpsc::channel();
+        let t = tx.clone();
+        conn.defer_with(validation(), move |r| {
+            t.send(("validation", r.is_ok())).unwrap()
+        });
+        conn.submit(signature(), Duration::from_secs(5), move |r| {
+            tx.send(("signature", r.is_ok())).unwrap()
+        });
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let second = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!([first, second], [("validation", true), ("signature", true)]);
+        assert_eq!(
+            *trips.lock().unwrap(),
+            vec![vec![
+                "validate_holder_commitment",
+                "sign_counterparty_commitment"
+            ]],
+            "one round trip for both"
+        );
+        assert!(wait(|| hooked.load(Ordering::SeqCst) >= 1), "LDK not told");
+    }
+
+    #[test]
+    fn a_queued_validation_without_company_goes_when_flushed() {
+        let (conn, trips, hooked) = recording(false);
+        let (tx, rx) = mpsc::channel();
+        conn.defer(request::Body::ValidateCounterpartyRevocation(
+            Default::default(),
+        ));
+        conn.defer_with(validation(), move |r| tx.send(r.is_ok()).unwrap());
+        conn.flush_waited();
+        assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        assert_eq!(
+            *trips.lock().unwrap(),
+            vec![vec![
+                "validate_counterparty_revocation",
+                "validate_holder_commitment"
+            ]],
+            "in their order, in one round trip"
+        );
+        assert!(wait(|| hooked.load(Ordering::SeqCst) == 1), "LDK not told");
+    }
+
+    #[test]
+    fn a_refused_queued_validation_is_reported_once_and_not_sent_again() {
+        let (conn, trips, _) = recording(true);
+        let (tx, rx) = mpsc::channel();
+        conn.defer_with(validation(), move |r| {
+            let rule = r.err().and_then(|e| e.refusal().and_then(|r| r.rule));
+            tx.send(rule).unwrap()
+        });
+        conn.flush_waited();
+        assert_eq!(
+            rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+            Some(lnpd_proto::RuleId::CommitmentFeeRange)
+        );
+        let (tx, rx) = mpsc::channel();
+        conn.submit(signature(), Duration::from_secs(5), move |r| {
+            tx.send(r.is_ok()).unwrap()
+        });
+        assert!(rx.recv_timeout(Duration::from_secs(5)).unwrap());
+        assert_eq!(
+            *trips.lock().unwrap(),
+            vec![
+                vec!["validate_holder_commitment"],
+                vec!["sign_counterparty_commitment"]
+            ]
+        );
+    }
+
+    /// Waits (up to 5 s) for `cond`: the hook runs on the connection's thread.
+    fn wait(cond: impl Fn() -> bool) -> bool {
+        for _ in 0..500 {
+            if cond() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        cond()
     }
 }
