@@ -22,6 +22,7 @@ use lightning_net_tokio::SocketDescriptor;
 use crate::chain::ChainRpc;
 use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
+use crate::signer_client::queued::FlushAfterMessages;
 use crate::signer_client::RemoteKeysManager;
 use crate::store::SqliteStore;
 
@@ -80,7 +81,7 @@ pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     Arc<GossipSync>,
     IgnoringMessageHandler,
     Arc<TracingLogger>,
-    IgnoringMessageHandler,
+    Arc<FlushAfterMessages>,
     Arc<RemoteKeysManager>,
     Arc<ChainMonitor>,
 >;

@@ -12,6 +12,7 @@ pub mod ldk_types;
 pub mod logger;
 pub mod metrics;
 pub mod node;
+pub mod refused_validation;
 pub mod signer_chain;
 pub mod signer_client;
 pub mod startup;

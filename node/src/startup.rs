@@ -28,6 +28,7 @@ use crate::fee_bump::FeeBumpWallet;
 use crate::ldk_types::{ChainMonitor, ChannelManager, PeerManager, Sweeper};
 use crate::logger::TracingLogger;
 use crate::node::{fail, now_secs, Node, NodeError, NodeSettings, MANAGER_KEY};
+use crate::signer_client::queued::FlushAfterMessages;
 use crate::signer_client::{RemoteKeysManager, SignerConnection};
 use crate::store::SqliteStore;
 use crate::wallet::Wallet;
@@ -152,6 +153,20 @@ impl Node {
         .await
         .map_err(|e| fail("channel monitors")(e.to_string()))?
         .map_err(|e| fail("channel monitors")(e.to_string()))?;
+        // Validations queued when the node stopped go to the signer before
+        // LDK runs (it asks for the secrets they release).
+        let live: Vec<_> = monitors.iter().map(|(_, m)| m.get_funding_txo()).collect();
+        let (store2, conn) = (store.clone(), signer.clone());
+        let (_, refused) = tokio::task::spawn_blocking(move || {
+            crate::signer_client::queued::replay(&store2, &conn, &live, Duration::from_secs(60))
+        })
+        .await
+        .map_err(|e| fail("queued validations")(e.to_string()))?
+        .map_err(fail("queued validations"))?;
+        for r in &refused {
+            // Before LDK runs: it must not ask the signer for that commitment.
+            keys.validations().mark_refused(r.keys_id, r.number);
+        }
         let saved = store.read("", "", MANAGER_KEY).ok();
         let (manager_best, channel_manager) = match saved {
             Some(bytes) => {
@@ -272,7 +287,7 @@ impl Node {
             chan_handler: channel_manager.clone(),
             route_handler: gossip.clone(),
             onion_message_handler: IgnoringMessageHandler {},
-            custom_message_handler: IgnoringMessageHandler {},
+            custom_message_handler: Arc::new(FlushAfterMessages(signer.clone())),
             send_only_message_handler: chain_monitor.clone(),
         };
         let peer_manager = Arc::new(PeerManager::new(
@@ -320,6 +335,22 @@ impl Node {
             background: std::sync::Mutex::new(None),
             signer_chain_height: Default::default(),
         });
+        // Holder-commitment validations may now go with the signature LDK
+        // asks next: their records ride with LDK's monitor writes, and a
+        // refusal closes the channel with the previous commitment.
+        let weak = Arc::downgrade(&node);
+        node.keys.validations().enable(
+            node.store.clone(),
+            Arc::new(move |r| {
+                if let Some(node) = weak.upgrade() {
+                    node.close_with_previous_commitment(r);
+                }
+            }),
+        );
+        for r in refused {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.close_with_previous_commitment(r));
+        }
         node.spawn_listener(listener);
         node.spawn_chain_poller(tip_hash, tip_height);
         node.start_background_processor();

@@ -32,6 +32,7 @@ use lnpd_proto::signer::{self as pb, request};
 use super::connection::expect_reply;
 use super::connection::{CallError, SignerConnection};
 use super::convert;
+use super::queued::{QueuedValidation, RefusedValidation, ValidationQueue};
 use crate::chain_watch::TxSource;
 
 /// How long a call LDK can retry later waits before answering "pending".
@@ -54,6 +55,63 @@ pub struct RemoteChannelSigner {
     ahead: Arc<Mutex<Ahead>>,
     /// Counterparty commitment signatures asked for without waiting.
     counterparty_sigs: Arc<Mutex<Vec<(SigKey, SigSlot)>>>,
+    /// Whether validations may be queued (shared by the node's signers).
+    queue: Arc<ValidationQueue>,
+    /// Where this channel's holder-commitment validations stand.
+    validations: Arc<Mutex<Validations>>,
+}
+
+/// Where a channel's holder-commitment validations stand (see
+/// [`super::queued`]).
+#[derive(Default)]
+struct Validations {
+    /// LDK's index of a validation queued and not yet judged.
+    queued: Option<u64>,
+    /// The latest holder commitment the signer validated (this process).
+    validated: Option<HolderCommitmentTransaction>,
+    /// The channel's parameters, once LDK handed them over.
+    params: Option<ChannelTransactionParameters>,
+    /// The feerate and HTLCs of the latest counterparty commitment LDK
+    /// asked to sign.
+    counterparty_shape: Option<Shape>,
+}
+
+/// What a commitment holds, seen from our side: the feerate, our and the
+/// peer's balance, the HTLC outputs (hash, amount, expiry) sorted. Equal
+/// for our commitment and the peer's when both have the same updates.
+type Shape = (u32, u64, u64, Vec<([u8; 32], u64, u32)>);
+
+fn shape(tx: &CommitmentTransaction, ours: bool) -> Shape {
+    let mut htlcs: Vec<_> = tx
+        .nondust_htlcs()
+        .iter()
+        .map(|h| (h.payment_hash.0, h.amount_msat, h.cltv_expiry))
+        .collect();
+    htlcs.sort_unstable();
+    let (broadcaster, other) = (
+        tx.to_broadcaster_value_sat(),
+        tx.to_countersignatory_value_sat(),
+    );
+    let (us, them) = if ours {
+        (broadcaster, other)
+    } else {
+        (other, broadcaster)
+    };
+    (tx.negotiated_feerate_per_kw(), us, them, htlcs)
+}
+
+/// Keeps what a validation's reply brought ahead of LDK asking: the
+/// previous state's secret and our point after next, by LDK index.
+fn note_ahead(ahead: &Mutex<Ahead>, idx: u64, reply: &pb::ValidateHolderCommitmentReply) {
+    if let Ok(mut ahead) = ahead.lock() {
+        // LDK indexes commitments downwards: the previous state is idx + 1.
+        ahead.secret = <[u8; 32]>::try_from(reply.previous_secret.as_slice())
+            .ok()
+            .map(|s| (idx + 1, zeroize::Zeroizing::new(s)));
+        ahead.point = PublicKey::from_slice(&reply.upcoming_per_commitment_point)
+            .ok()
+            .and_then(|p| Some((idx.checked_sub(2)?, p)));
+    }
 }
 
 /// A counterparty commitment: its number (LDK's index) and txid.
@@ -88,7 +146,12 @@ fn sig(bytes: &[u8]) -> Result<Signature, CallError> {
 impl RemoteChannelSigner {
     /// Fetches the channel's public keys. LDK cannot take an error here, so
     /// this waits for the signer as long as it takes, logging as it goes.
-    pub fn new(conn: Arc<SignerConnection>, txs: Arc<dyn TxSource>, keys_id: [u8; 32]) -> Self {
+    pub fn new(
+        conn: Arc<SignerConnection>,
+        txs: Arc<dyn TxSource>,
+        queue: Arc<ValidationQueue>,
+        keys_id: [u8; 32],
+    ) -> Self {
         let body = request::Body::GetChannelPublicKeys(pb::GetChannelPublicKeysRequest {
             channel_keys_id: keys_id.to_vec(),
         });
@@ -117,7 +180,101 @@ impl RemoteChannelSigner {
             setup_sent: Arc::new(Mutex::new(false)),
             ahead: Arc::new(Mutex::new(Ahead::default())),
             counterparty_sigs: Arc::new(Mutex::new(Vec::new())),
+            queue,
+            validations: Arc::new(Mutex::new(Validations::default())),
         }
+    }
+
+    /// LDK's index of a validation queued or refused, for which the secret
+    /// of the state before it and our point after next are "pending".
+    fn unjudged(&self) -> Option<u64> {
+        self.validations
+            .lock()
+            .ok()
+            .and_then(|v| v.queued)
+            .or_else(|| self.queue.refused_number(&self.keys_id))
+    }
+
+    /// Queues the validation of `holder_tx` (answered at once, judged with
+    /// the signature LDK asks next) when that signature is expected: the
+    /// peer's commitment lacks what ours has. `false`: validate now.
+    fn queue_validation(
+        &self,
+        holder_tx: &HolderCommitmentTransaction,
+        request: &pb::ValidateHolderCommitmentRequest,
+    ) -> bool {
+        let Some(journal) = self.queue.journal() else {
+            return false;
+        };
+        if !self.setup_sent.lock().is_ok_and(|s| *s) {
+            return false;
+        }
+        let n = holder_tx.commitment_number();
+        let Ok(mut v) = self.validations.lock() else {
+            return false;
+        };
+        let (Some(previous), Some(params)) = (v.validated.clone(), v.params.clone()) else {
+            return false;
+        };
+        let signature_follows = v
+            .counterparty_shape
+            .as_ref()
+            .is_some_and(|s| *s != shape(holder_tx, true));
+        if v.queued.is_some()
+            || self.queue.refused_number(&self.keys_id).is_some()
+            || previous.commitment_number() != n + 1
+            || !signature_follows
+        {
+            return false;
+        }
+        let record = QueuedValidation {
+            number: n,
+            request: request.clone(),
+            previous: previous.clone(),
+            params: params.clone(),
+        };
+        journal.queued(&self.keys_id, record.encode());
+        v.queued = Some(n);
+        drop(v);
+        let (validations, ahead, queue, journal) = (
+            self.validations.clone(),
+            self.ahead.clone(),
+            self.queue.clone(),
+            journal.clone(),
+        );
+        let (keys_id, holder) = (self.keys_id, holder_tx.clone());
+        let body = request::Body::ValidateHolderCommitment(request.clone());
+        self.conn.defer_with(body, move |r| {
+            let r = expect_reply!(r, ValidateHolderCommitment);
+            let Ok(mut v) = validations.lock() else {
+                return;
+            };
+            // The answers first, then "no longer queued": LDK asking in
+            // between finds one or the other, never goes to the signer.
+            match r {
+                Ok(reply) => {
+                    note_ahead(&ahead, n, &reply);
+                    v.queued = None;
+                    v.validated = Some(holder);
+                    journal.answered(&keys_id);
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "the signer refused holder commitment {n} after LDK moved to it: {e}; \
+                         closing the channel with the previous one"
+                    );
+                    v.queued = None;
+                    queue.refused(RefusedValidation {
+                        keys_id,
+                        number: n,
+                        previous,
+                        params,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        });
+        true
     }
 
     fn id(&self) -> Vec<u8> {
@@ -150,6 +307,9 @@ impl RemoteChannelSigner {
             SetupChannel
         )?;
         *sent = true;
+        if let Ok(mut v) = self.validations.lock() {
+            v.params = Some(params.clone());
+        }
         Ok(())
     }
 
@@ -217,6 +377,13 @@ impl ChannelSigner for RemoteChannelSigner {
         {
             return Ok(point);
         }
+        if self
+            .unjudged()
+            .is_some_and(|n| n.checked_sub(2) == Some(idx))
+        {
+            // Comes with the queued validation's answer.
+            return Err(());
+        }
         let body = request::Body::GetPerCommitmentPoint(pb::GetPerCommitmentPointRequest {
             channel_keys_id: self.id(),
             commitment_number: convert::number(idx),
@@ -243,6 +410,10 @@ impl ChannelSigner for RemoteChannelSigner {
         if let Some(secret) = early {
             return Ok(secret);
         }
+        if self.unjudged().is_some_and(|n| n + 1 == idx) {
+            // Released with the queued validation, if the signer accepts it.
+            return Err(());
+        }
         let body = request::Body::ReleaseCommitmentSecret(pb::ReleaseCommitmentSecretRequest {
             channel_keys_id: self.id(),
             commitment_number: convert::number(idx),
@@ -263,7 +434,7 @@ impl ChannelSigner for RemoteChannelSigner {
         holder_tx: &HolderCommitmentTransaction,
         outbound_htlc_preimages: Vec<PaymentPreimage>,
     ) -> Result<(), ()> {
-        let body = request::Body::ValidateHolderCommitment(pb::ValidateHolderCommitmentRequest {
+        let request = pb::ValidateHolderCommitmentRequest {
             channel_keys_id: self.id(),
             commitment: Some(convert::commitment_data(holder_tx)),
             counterparty_signature: holder_tx.counterparty_sig.serialize_compact().to_vec(),
@@ -277,21 +448,21 @@ impl ChannelSigner for RemoteChannelSigner {
                 .map(|p| p.0.to_vec())
                 .collect(),
             release_previous: true,
-        });
+        };
+        if self.queue_validation(holder_tx, &request) {
+            return Ok(());
+        }
+        let body = request::Body::ValidateHolderCommitment(request);
         let r = expect_reply!(
             self.conn
                 .call_retrying("validate holder commitment", body, VALIDATION_PATIENCE),
             ValidateHolderCommitment
         );
-        if let (Ok(reply), Ok(mut ahead)) = (&r, self.ahead.lock()) {
-            // LDK indexes commitments downwards: the previous state is idx + 1.
-            let idx = holder_tx.commitment_number();
-            ahead.secret = <[u8; 32]>::try_from(reply.previous_secret.as_slice())
-                .ok()
-                .map(|s| (idx + 1, zeroize::Zeroizing::new(s)));
-            ahead.point = PublicKey::from_slice(&reply.upcoming_per_commitment_point)
-                .ok()
-                .and_then(|p| Some((idx.checked_sub(2)?, p)));
+        if let Ok(reply) = &r {
+            note_ahead(&self.ahead, holder_tx.commitment_number(), reply);
+            if let Ok(mut v) = self.validations.lock() {
+                v.validated = Some(holder_tx.clone());
+            }
         }
         self.blocking("validate holder commitment", r.map(|_| ()))
     }
@@ -343,6 +514,9 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
             commitment_tx.commitment_number(),
             commitment_tx.trust().txid(),
         );
+        if let Ok(mut v) = self.validations.lock() {
+            v.counterparty_shape = Some(shape(commitment_tx, false));
+        }
         let Ok(mut slots) = self.counterparty_sigs.lock() else {
             tracing::error!("sign counterparty commitment: signature cache poisoned");
             return Err(());
@@ -423,6 +597,12 @@ impl EcdsaChannelSigner for RemoteChannelSigner {
         commitment_tx: &HolderCommitmentTransaction,
         _secp: &Secp256k1<All>,
     ) -> Result<Signature, ()> {
+        if self.queue.refused_number(&self.keys_id) == Some(commitment_tx.commitment_number()) {
+            // The signer refused it (LDK moved to it before): the node
+            // closes with the previous one instead (`refused_validation`).
+            tracing::debug!("not asking the signer for the holder commitment it refused");
+            return Err(());
+        }
         let body = request::Body::SignHolderCommitment(pb::SignHolderCommitmentRequest {
             channel_keys_id: self.id(),
             commitment_number: convert::number(commitment_tx.commitment_number()),

@@ -51,6 +51,8 @@ pub enum KeysError {
 pub struct RemoteKeysManager {
     conn: Arc<SignerConnection>,
     txs: Arc<dyn TxSource>,
+    /// Whether channel signers may queue holder-commitment validations.
+    validations: Arc<super::queued::ValidationQueue>,
     node_id: PublicKey,
     inbound_payment_key: Zeroizing<[u8; 32]>,
     peer_storage_key: Zeroizing<[u8; 32]>,
@@ -65,6 +67,12 @@ fn key32(v: &[u8]) -> Result<Zeroizing<[u8; 32]>, KeysError> {
 }
 
 impl RemoteKeysManager {
+    /// Where channel signers queue holder-commitment validations (off
+    /// until enabled; see [`super::queued`]).
+    pub fn validations(&self) -> &super::queued::ValidationQueue {
+        &self.validations
+    }
+
     /// Asks the signer for the node id and the node-side keys (waiting up to
     /// `patience` for it to come up) and checks the protocol version.
     pub fn new(
@@ -106,6 +114,7 @@ impl RemoteKeysManager {
         Ok(RemoteKeysManager {
             conn,
             txs,
+            validations: Default::default(),
             node_id,
             inbound_payment_key: key32(&keys.inbound_payment_key)?,
             peer_storage_key: key32(&keys.peer_storage_key)?,
@@ -301,7 +310,12 @@ impl SignerProvider for RemoteKeysManager {
     }
 
     fn derive_channel_signer(&self, channel_keys_id: [u8; 32]) -> RemoteChannelSigner {
-        RemoteChannelSigner::new(self.conn.clone(), self.txs.clone(), channel_keys_id)
+        RemoteChannelSigner::new(
+            self.conn.clone(),
+            self.txs.clone(),
+            self.validations.clone(),
+            channel_keys_id,
+        )
     }
 
     fn get_destination_script(&self, channel_keys_id: [u8; 32]) -> Result<ScriptBuf, ()> {
