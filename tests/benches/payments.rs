@@ -21,7 +21,8 @@
 //! runs of every set-up (default 3; each figure is the median of the runs,
 //! min–max beside it), `--quick` for one short run, `--only
 //! ldk|core|grpc|etcd` for one set-up, `--busy-poll-us N` for the polling
-//! window of the daemons and the nodes' transport).
+//! window of the daemons and the nodes' transport, `--validate-apart` for
+//! holder-commitment validations not queued to go with the next signature).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -88,14 +89,34 @@ impl SignerTransport for Timed {
         timeout: Duration,
     ) -> Result<Vec<Result<reply::Body, CallError>>, CallError> {
         let op = bodies.last().map(request::Body::name).unwrap_or("batch");
+        let has = |name: &str| {
+            bodies[..bodies.len().saturating_sub(1)]
+                .iter()
+                .any(|b| b.name() == name)
+        };
+        let key = match (
+            if bodies.len() == 1 { "alone" } else { op },
+            has("validate_holder_commitment"),
+            has("validate_counterparty_revocation"),
+        ) {
+            ("sign_counterparty_commitment", true, true) => {
+                "revocation + validation + sign_counterparty_commitment"
+            }
+            ("sign_counterparty_commitment", true, false) => {
+                "validation + sign_counterparty_commitment"
+            }
+            ("sign_counterparty_commitment", false, _) => {
+                "revocation + sign_counterparty_commitment"
+            }
+            ("validate_holder_commitment", _, _) => "revocation + validate_holder_commitment",
+            (_, true, _) => "validation + other",
+            ("alone", _, _) if op == "validate_holder_commitment" => "queued validation alone",
+            ("alone", _, _) => "deferred request alone",
+            _ => "batch, other",
+        };
         let start = Instant::now();
         let r = self.0.call_batch(bodies, timeout);
         if let Ok(mut m) = ROUND_TRIPS.lock() {
-            let key = match op {
-                "sign_counterparty_commitment" => "revocation + sign_counterparty_commitment",
-                "validate_holder_commitment" => "revocation + validate_holder_commitment",
-                _ => "batch, other",
-            };
             let e = m.entry(key).or_insert((0, Duration::ZERO));
             e.0 += 1;
             e.1 += start.elapsed();
@@ -128,6 +149,47 @@ fn remote_keys(conn: Arc<SignerConnection>) -> Result<Arc<RemoteKeysManager>> {
         txs,
         Duration::from_secs(10),
     )?))
+}
+
+/// Whether holder-commitment validations wait for the signer apart from
+/// the signature after them (`--validate-apart`: the node before they were
+/// queued), for comparing both in one invocation.
+static VALIDATE_APART: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Keys the benchmark nodes use, told about the node's store.
+trait BenchKeys: Keys {
+    /// The node's store is open: the remote signer's queued validations
+    /// ride with its monitor writes, as in lnpd.
+    fn use_store(&self, _store: &Arc<SqliteStore>) {}
+}
+
+impl BenchKeys for KeysManager {}
+
+impl BenchKeys for RemoteKeysManager {
+    fn use_store(&self, store: &Arc<SqliteStore>) {
+        if VALIDATE_APART.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        self.validations().enable(
+            store.clone(),
+            Arc::new(|r| {
+                eprintln!(
+                    "the signer refused a queued validation in the benchmark: {}",
+                    r.reason
+                )
+            }),
+        );
+    }
+}
+
+/// Sends the validations no signature took along (lnpd does it when LDK's
+/// peer manager ends a round of processing).
+fn flush_waited() {
+    if let Ok(c) = CONNECTIONS.lock() {
+        for conn in c.iter() {
+            conn.flush_waited();
+        }
+    }
 }
 
 /// Takes the "answered" mark.
@@ -238,7 +300,7 @@ type Peers<K> = PeerManager<
 >;
 
 /// One benchmark node.
-struct BenchNode<K: Keys> {
+struct BenchNode<K: BenchKeys> {
     id: PublicKey,
     manager: Arc<Manager<K>>,
     monitor: Arc<Monitor<K>>,
@@ -253,10 +315,11 @@ fn now() -> Duration {
         .unwrap_or_default()
 }
 
-impl<K: Keys> BenchNode<K> {
+impl<K: BenchKeys> BenchNode<K> {
     fn new(keys: Arc<K>, tag: &str, genesis: BestBlock) -> Result<Self> {
         let dir = TempDir::new(tag);
         let store = Arc::new(SqliteStore::open(&dir.path.join("node.sqlite"))?);
+        keys.use_store(&store);
         let logger = Arc::new(TracingLogger);
         let chain = Arc::new(BenchChain::default());
         let graph = Arc::new(NetworkGraph::new(Network::Regtest, logger.clone()));
@@ -313,7 +376,7 @@ struct Progress {
 }
 
 /// Two nodes, connected, with one channel from `a` to `b`.
-struct Pair<K: Keys> {
+struct Pair<K: BenchKeys> {
     a: BenchNode<K>,
     b: BenchNode<K>,
     a_pipe: Pipe,
@@ -334,7 +397,7 @@ fn header(prev: BlockHash, height: u32) -> Header {
     }
 }
 
-impl<K: Keys> Pair<K> {
+impl<K: BenchKeys> Pair<K> {
     fn new(a: BenchNode<K>, b: BenchNode<K>, genesis: BestBlock) -> Result<Self> {
         let a_pipe = Pipe {
             id: 1,
@@ -391,6 +454,7 @@ impl<K: Keys> Pair<K> {
                 node.manager.process_pending_htlc_forwards();
                 node.peers.process_events();
             }
+            flush_waited();
             let progress = self.progress.clone();
             let handler = |who: &'static str, m: Arc<Manager<K>>| {
                 let progress = progress.clone();
@@ -566,7 +630,7 @@ impl<K: Keys> Pair<K> {
     }
 }
 
-fn handle<K: Keys>(who: &str, m: &Manager<K>, progress: &Mutex<Progress>, event: Event) {
+fn handle<K: BenchKeys>(who: &str, m: &Manager<K>, progress: &Mutex<Progress>, event: Event) {
     match event {
         Event::OpenChannelRequest {
             temporary_channel_id,
@@ -609,7 +673,7 @@ fn handle<K: Keys>(who: &str, m: &Manager<K>, progress: &Mutex<Progress>, event:
 }
 
 /// Runs one set-up: opens the channel, warms up, measures each window.
-fn measure<K: Keys>(
+fn measure<K: BenchKeys>(
     make: impl Fn(&str) -> Result<Arc<K>>,
     payments: usize,
     windows: &[usize],
@@ -643,6 +707,9 @@ fn main() -> Result<()> {
     // Under `cargo test` (no --bench) it runs once as a smoke test.
     let smoke = !args.iter().any(|a| a == "--bench");
     let quick = args.iter().any(|a| a == "--quick");
+    if args.iter().any(|a| a == "--validate-apart") {
+        VALIDATE_APART.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
     let payments = args
         .iter()
         .position(|a| a == "--payments")
