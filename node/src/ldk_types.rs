@@ -22,6 +22,7 @@ use lightning_net_tokio::SocketDescriptor;
 use crate::chain::ChainRpc;
 use crate::fee_bump::FeeBumpWallet;
 use crate::logger::TracingLogger;
+use crate::signer_client::onion_ecdh::PrefetchOnions;
 use crate::signer_client::queued::FlushAfterMessages;
 use crate::signer_client::RemoteKeysManager;
 use crate::store::SqliteStore;
@@ -77,7 +78,7 @@ pub type GossipSync =
 /// The peer manager.
 pub type PeerManager = lightning::ln::peer_handler::PeerManager<
     SocketDescriptor,
-    Arc<ChannelManager>,
+    Arc<PrefetchOnions<Arc<ChannelManager>>>,
     Arc<GossipSync>,
     IgnoringMessageHandler,
     Arc<TracingLogger>,

@@ -28,6 +28,7 @@ use crate::fee_bump::FeeBumpWallet;
 use crate::ldk_types::{ChainMonitor, ChannelManager, PeerManager, Sweeper};
 use crate::logger::TracingLogger;
 use crate::node::{fail, now_secs, Node, NodeError, NodeSettings, MANAGER_KEY};
+use crate::signer_client::onion_ecdh::PrefetchOnions;
 use crate::signer_client::queued::FlushAfterMessages;
 use crate::signer_client::{RemoteKeysManager, SignerConnection};
 use crate::store::SqliteStore;
@@ -284,7 +285,10 @@ impl Node {
             logger.clone(),
         ));
         let handler = MessageHandler {
-            chan_handler: channel_manager.clone(),
+            chan_handler: Arc::new(PrefetchOnions::new(channel_manager.clone(), {
+                let keys = keys.clone();
+                move |point| keys.ask_onion_ecdh(point)
+            })),
             route_handler: gossip.clone(),
             onion_message_handler: IgnoringMessageHandler {},
             custom_message_handler: Arc::new(FlushAfterMessages(signer.clone())),

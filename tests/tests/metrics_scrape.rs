@@ -54,7 +54,7 @@ async fn metrics_and_health_follow_what_the_daemons_do() {
         .open_channel(&a, &b, 1_000_000)
         .await
         .expect("channel");
-    pay(&a, &b, 5_000_000, "scraped").expect("payment");
+    pay(&a, &b, 30_000_000, "scraped").expect("payment");
     let refused = a.cli(&[
         "withdraw",
         "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080",
@@ -110,9 +110,14 @@ async fn metrics_and_health_follow_what_the_daemons_do() {
         .unwrap_or(0.0)
             >= 1.0
     );
-    assert_eq!(value(&s, "lnpd_signer_channels", &[]), Some(1.0));
-    assert_eq!(value(&s, "lnpd_signer_pending_approvals", &[]), Some(0.0));
-    assert!(value(&s, "lnpd_signer_chain_height", &[]).unwrap_or(0.0) > 100.0);
+    // The backend's status is read at most once per STATUS_FOR: these
+    // gauges may lag the channel and the chain by that long.
+    assert!(wait_for(30, || {
+        let s = scrape(&signer_metrics).unwrap();
+        value(&s, "lnpd_signer_channels", &[]) == Some(1.0)
+            && value(&s, "lnpd_signer_pending_approvals", &[]) == Some(0.0)
+            && value(&s, "lnpd_signer_chain_height", &[]).unwrap_or(0.0) > 100.0
+    }));
 
     // The node: its peer, its usable channel, the payment, the signer's
     // round trips, the chain (caught up with the backend).
@@ -139,6 +144,23 @@ async fn metrics_and_health_follow_what_the_daemons_do() {
         )
         .unwrap_or(0.0)
             >= 2.0
+    );
+    // Paid back: the incoming HTLC's onion ECDH was asked for when the
+    // HTLC arrived, and LDK took that answer.
+    pay(&b, &a, 1_000_000, "back").expect("payment back");
+    assert!(wait_for(30, || {
+        let n = scrape(&node_metrics).unwrap();
+        value(
+            &n,
+            "lnpd_node_payments_total",
+            &[("direction", "inbound"), ("outcome", "succeeded")],
+        ) == Some(1.0)
+    }));
+    let n = scrape(&node_metrics).unwrap();
+    assert!(value(&n, "lnpd_node_ecdh_total", &[("asked", "ahead")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        value(&n, "lnpd_node_ecdh_total", &[("asked", "now")]).unwrap_or(0.0) >= 1.0,
+        "the peer handshake's ECDH"
     );
     assert!(wait_for(30, || {
         let n = scrape(&node_metrics).unwrap();

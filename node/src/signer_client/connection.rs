@@ -606,6 +606,24 @@ impl SideLane {
         rx.recv_timeout(timeout + Duration::from_millis(100))
             .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
     }
+
+    /// One request sent without waiting: `done` gets its answer on the
+    /// lane's runtime (`Unavailable` at once when not connected).
+    fn spawn(
+        &self,
+        body: request::Body,
+        timeout: Duration,
+        done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
+    ) {
+        let Some(mut c) = self.client.lock().ok().and_then(|c| c.clone()) else {
+            done(Err(CallError::Unavailable("not connected".into())));
+            return;
+        };
+        let seen = self.seen.clone();
+        self.runtime.spawn(async move {
+            done(timed_call(&mut c, body, &seen, timeout).await);
+        });
+    }
 }
 
 /// One request on `c`, its answer or why there is none (no answer within
@@ -1147,6 +1165,33 @@ impl SignerConnection {
             .map_err(|_| CallError::Unavailable("signer client thread stopped".into()))?;
         rx.recv_timeout(timeout)
             .map_err(|_| CallError::Unavailable(format!("no answer within {timeout:?}")))?
+    }
+
+    /// Sends a request that needs no channel state (ECDH, the node id) on
+    /// the side lane without waiting; `done` gets the answer on another
+    /// thread. `Unavailable` at once where there is no side lane (not
+    /// gRPC, not connected yet): the caller then asks the usual way.
+    pub fn call_beside(
+        &self,
+        body: request::Body,
+        timeout: Duration,
+        done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
+    ) {
+        match self
+            .lane
+            .as_ref()
+            .filter(|_| body.node_key_only() && self.connected.load(Ordering::SeqCst))
+        {
+            Some(lane) => {
+                let op = body.name();
+                let started = Instant::now();
+                lane.spawn(body, timeout, move |r| {
+                    record_round_trip(op, started, &r);
+                    done(r)
+                })
+            }
+            None => done(Err(CallError::Unavailable("no side lane".into()))),
+        }
     }
 
     /// A call retried while the signer is unavailable, for operations LDK

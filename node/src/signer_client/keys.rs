@@ -53,6 +53,8 @@ pub struct RemoteKeysManager {
     txs: Arc<dyn TxSource>,
     /// Whether channel signers may queue holder-commitment validations.
     validations: Arc<super::queued::ValidationQueue>,
+    /// ECDH of incoming onions asked for when their HTLC arrived.
+    onion_ecdh: super::onion_ecdh::EcdhAhead,
     node_id: PublicKey,
     inbound_payment_key: Zeroizing<[u8; 32]>,
     peer_storage_key: Zeroizing<[u8; 32]>,
@@ -71,6 +73,12 @@ impl RemoteKeysManager {
     /// until enabled; see [`super::queued`]).
     pub fn validations(&self) -> &super::queued::ValidationQueue {
         &self.validations
+    }
+
+    /// Starts the ECDH LDK will ask for to decode an incoming HTLC's onion
+    /// (see [`super::onion_ecdh`]).
+    pub fn ask_onion_ecdh(&self, point: PublicKey) {
+        self.onion_ecdh.ask(&self.conn, point)
     }
 
     /// Asks the signer for the node id and the node-side keys (waiting up to
@@ -115,6 +123,7 @@ impl RemoteKeysManager {
             conn,
             txs,
             validations: Default::default(),
+            onion_ecdh: Default::default(),
             node_id,
             inbound_payment_key: key32(&keys.inbound_payment_key)?,
             peer_storage_key: key32(&keys.peer_storage_key)?,
@@ -217,6 +226,13 @@ impl NodeSigner for RemoteKeysManager {
         tweak: Option<&Scalar>,
     ) -> Result<SharedSecret, ()> {
         node_only(recipient)?;
+        if tweak.is_none() {
+            if let Some(s) = self.onion_ecdh.take(other_key) {
+                metrics::counter!("lnpd_node_ecdh_total", "asked" => "ahead").increment(1);
+                return Ok(s);
+            }
+        }
+        metrics::counter!("lnpd_node_ecdh_total", "asked" => "now").increment(1);
         let body = request::Body::Ecdh(pb::EcdhRequest {
             recipient: pb::Recipient::Node as i32,
             other_key: other_key.serialize().to_vec(),

@@ -9,6 +9,7 @@ pub mod connection;
 pub mod convert;
 pub mod inbound;
 pub mod keys;
+pub mod onion_ecdh;
 pub mod queued;
 
 pub use channel::RemoteChannelSigner;
