@@ -50,6 +50,8 @@ use lightning::routing::scoring::{ProbabilisticScorer, ProbabilisticScoringDecay
 use lightning::sign::{KeysManager, Recipient};
 use lnpd_node::ldk_types::{ChainMonitorOf, ChannelManagerOf};
 use lnpd_node::logger::TracingLogger;
+use lnpd_node::signer_client::connection::SideLane;
+use lnpd_node::signer_client::onion_ecdh::PrefetchOnions;
 use lnpd_node::signer_client::{
     CallError, GrpcTransport, RemoteKeysManager, SignerConnection, SignerTransport,
 };
@@ -71,6 +73,11 @@ struct Timed(GrpcTransport);
 impl SignerTransport for Timed {
     fn connect(&mut self) -> Result<(), String> {
         self.0.connect()
+    }
+    // ECDH takes it as in lnpd; its round trips are read from the node's
+    // metrics (`ecdh_trips`).
+    fn side_lane(&self) -> Option<SideLane> {
+        self.0.side_lane()
     }
     fn call(&mut self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
         let op = body.name();
@@ -161,11 +168,17 @@ trait BenchKeys: Keys {
     /// The node's store is open: the remote signer's queued validations
     /// ride with its monitor writes, as in lnpd.
     fn use_store(&self, _store: &Arc<SqliteStore>) {}
+    /// An HTLC arrived: the remote signer starts its onion's ECDH, as in
+    /// lnpd.
+    fn ask_onion_ecdh(&self, _point: PublicKey) {}
 }
 
 impl BenchKeys for KeysManager {}
 
 impl BenchKeys for RemoteKeysManager {
+    fn ask_onion_ecdh(&self, point: PublicKey) {
+        RemoteKeysManager::ask_onion_ecdh(self, point)
+    }
     fn use_store(&self, store: &Arc<SqliteStore>) {
         if VALIDATE_APART.load(std::sync::atomic::Ordering::SeqCst) {
             return;
@@ -290,7 +303,7 @@ type Monitor<K> = ChainMonitorOf<K, BenchChain>;
 type Manager<K> = ChannelManagerOf<K, BenchChain>;
 type Peers<K> = PeerManager<
     Pipe,
-    Arc<Manager<K>>,
+    Arc<PrefetchOnions<Arc<Manager<K>>>>,
     IgnoringMessageHandler,
     IgnoringMessageHandler,
     Arc<TracingLogger>,
@@ -342,7 +355,10 @@ impl<K: BenchKeys> BenchNode<K> {
         ));
         let peers = Arc::new(PeerManager::new(
             MessageHandler {
-                chan_handler: manager.clone(),
+                chan_handler: Arc::new(PrefetchOnions::new(manager.clone(), {
+                    let keys = keys.clone();
+                    move |point| keys.ask_onion_ecdh(point)
+                })),
                 route_handler: IgnoringMessageHandler {},
                 onion_message_handler: IgnoringMessageHandler {},
                 custom_message_handler: IgnoringMessageHandler {},
@@ -696,6 +712,12 @@ fn measure<K: BenchKeys>(
 
 fn main() -> Result<()> {
     // LDK's warnings and errors only: a benchmark must not measure logging.
+    match lnpd_telemetry::install() {
+        Ok(h) => {
+            let _ = METRICS.set(h);
+        }
+        Err(e) => eprintln!("no ECDH round-trip figures: {e}"),
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
         .with_writer(std::io::stderr)
@@ -947,8 +969,43 @@ fn add_trips(
 
 /// The round trips timed so far, and a fresh count for the next set-up.
 fn take_round_trips() -> BTreeMap<&'static str, (u32, Duration)> {
-    ROUND_TRIPS
+    let mut trips = ROUND_TRIPS
         .lock()
         .map(|mut m| std::mem::take(&mut *m))
-        .unwrap_or_default()
+        .unwrap_or_default();
+    // ECDH from the metrics, which see both of its ways.
+    trips.remove("ecdh");
+    let (n, total) = ecdh_trips();
+    if let Ok(mut seen) = ECDH_SEEN.lock() {
+        let (n0, t0) = std::mem::replace(&mut *seen, (n, total));
+        if n > n0 {
+            trips.insert("ecdh", (n - n0, total.saturating_sub(t0)));
+        }
+    }
+    trips
+}
+
+/// The nodes' metrics (the round trips of the side lane, which the bench's
+/// transport does not see).
+static METRICS: std::sync::OnceLock<lnpd_telemetry::PrometheusHandle> = std::sync::OnceLock::new();
+/// The ECDH count and time already reported.
+static ECDH_SEEN: Mutex<(u32, Duration)> = Mutex::new((0, Duration::ZERO));
+
+/// ECDH round trips of both nodes so far (count, total time), from the
+/// node's round-trip histogram.
+fn ecdh_trips() -> (u32, Duration) {
+    let Some(text) = METRICS.get().map(|h| h.render()) else {
+        return (0, Duration::ZERO);
+    };
+    let value = |suffix: &str| -> f64 {
+        let name = format!("lnpd_node_signer_round_trip_duration_seconds_{suffix}{{");
+        text.lines()
+            .filter(|l| l.starts_with(&name) && l.contains("op=\"ecdh\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    (
+        value("count") as u32,
+        Duration::from_secs_f64(value("sum").max(0.0)),
+    )
 }
