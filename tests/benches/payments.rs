@@ -65,6 +65,7 @@ use lnpd_signer_core::store::MemoryStore;
 use lnpd_signer_core::testing::memory_signer;
 use lnpd_signer_core::Signer;
 use lnpd_tests::process::{SignerProcess, TempDir};
+use lnpd_tests::scrape;
 use prost::Message;
 
 /// Round trips per operation of the gRPC set-up (count, total time).
@@ -962,15 +963,8 @@ fn main() -> Result<()> {
         }
     }
     if let Some(text) = METRICS.get().map(|h| h.render()) {
-        let asked = |how: &str| -> f64 {
-            text.lines()
-                .filter(|l| {
-                    l.starts_with("lnpd_node_ecdh_total{")
-                        && l.contains(&format!("asked=\"{how}\""))
-                })
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum()
-        };
+        let samples = scrape::parse(&text);
+        let asked = |how| scrape::sum(&samples, "lnpd_node_ecdh_total", &[("asked", how)]);
         let (ahead, now) = (asked("ahead"), asked("now"));
         if ahead + now > 0.0 {
             println!(
@@ -1026,12 +1020,10 @@ fn ecdh_trips() -> (u32, Duration) {
     let Some(text) = METRICS.get().map(|h| h.render()) else {
         return (0, Duration::ZERO);
     };
-    let value = |suffix: &str| -> f64 {
-        let name = format!("lnpd_node_signer_round_trip_duration_seconds_{suffix}{{");
-        text.lines()
-            .filter(|l| l.starts_with(&name) && l.contains("op=\"ecdh\""))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+    let samples = scrape::parse(&text);
+    let value = |suffix: &str| {
+        let name = format!("lnpd_node_signer_round_trip_duration_seconds_{suffix}");
+        scrape::sum(&samples, &name, &[("op", "ecdh")])
     };
     (
         value("count") as u32,

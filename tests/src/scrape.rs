@@ -40,6 +40,16 @@ pub struct Sample {
     pub value: f64,
 }
 
+impl Sample {
+    /// Whether this is `name` with (at least) the labels `with`.
+    pub fn is(&self, name: &str, with: &[(&str, &str)]) -> bool {
+        self.name == name
+            && with
+                .iter()
+                .all(|(k, v)| self.labels.get(*k).map(String::as_str) == Some(*v))
+    }
+}
+
 /// Parses a `/metrics` body (comments skipped).
 pub fn parse(body: &str) -> Vec<Sample> {
     let mut out = Vec::new();
@@ -74,17 +84,19 @@ pub fn parse(body: &str) -> Vec<Sample> {
     out
 }
 
-/// The value of `name` with (at least) the labels `with`, if present.
-pub fn value(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Option<f64> {
+/// The sum of `name`'s values over every sample with (at least) the
+/// labels `with` (0 when none).
+pub fn sum(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> f64 {
     samples
         .iter()
-        .find(|s| {
-            s.name == name
-                && with
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-        })
+        .filter(|s| s.is(name, with))
         .map(|s| s.value)
+        .sum()
+}
+
+/// The value of `name` with (at least) the labels `with`, if present.
+pub fn value(samples: &[Sample], name: &str, with: &[(&str, &str)]) -> Option<f64> {
+    samples.iter().find(|s| s.is(name, with)).map(|s| s.value)
 }
 
 /// Scrapes `addr`'s `/metrics`.

@@ -584,14 +584,18 @@ pub struct SideLane {
 }
 
 impl SideLane {
-    /// One request; `Unavailable` when not connected.
-    fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
-        let mut c = self
-            .client
+    /// The connection's client; `Unavailable` when not connected.
+    fn client(&self) -> Result<Client, CallError> {
+        self.client
             .lock()
             .ok()
             .and_then(|c| c.clone())
-            .ok_or_else(|| CallError::Unavailable("not connected".into()))?;
+            .ok_or_else(|| CallError::Unavailable("not connected".into()))
+    }
+
+    /// One request; `Unavailable` when not connected.
+    fn call(&self, body: request::Body, timeout: Duration) -> Result<reply::Body, CallError> {
+        let mut c = self.client()?;
         let seen = self.seen.clone();
         let call = async move { timed_call(&mut c, body, &seen, timeout).await };
         if tokio::runtime::Handle::try_current().is_err() {
@@ -615,9 +619,9 @@ impl SideLane {
         timeout: Duration,
         done: impl FnOnce(Result<reply::Body, CallError>) + Send + 'static,
     ) {
-        let Some(mut c) = self.client.lock().ok().and_then(|c| c.clone()) else {
-            done(Err(CallError::Unavailable("not connected".into())));
-            return;
+        let mut c = match self.client() {
+            Ok(c) => c,
+            Err(e) => return done(Err(e)),
         };
         let seen = self.seen.clone();
         self.runtime.spawn(async move {
