@@ -205,6 +205,18 @@ impl BenchKeys for RemoteKeysManager {
     }
 }
 
+/// Ends a set-up's signer connections with it (their threads stop), so that
+/// no later set-up waits on them or flushes to a signer that has stopped.
+struct ForgetConnections;
+
+impl Drop for ForgetConnections {
+    fn drop(&mut self) {
+        if let Ok(mut c) = CONNECTIONS.lock() {
+            c.clear();
+        }
+    }
+}
+
 /// Sends the validations no signature took along (lnpd does it when LDK's
 /// peer manager ends a round of processing).
 fn flush_waited() {
@@ -704,6 +716,8 @@ fn measure<K: BenchKeys>(
     payments: usize,
     windows: &[usize],
 ) -> Result<Vec<f64>> {
+    // Declared first, dropped last: after the nodes.
+    let _forget = ForgetConnections;
     let genesis_hash = bitcoin::blockdata::constants::genesis_block(Network::Regtest).block_hash();
     let genesis = BestBlock::new(genesis_hash, 0);
     let a = BenchNode::new(make("a")?, "bench-a", genesis)?;
