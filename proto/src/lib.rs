@@ -58,6 +58,9 @@ pub mod ids;
 #[cfg(feature = "ldk")]
 pub mod ldk;
 pub mod rules;
+/// Bounds on connections held at once, in all and per address.
+#[cfg(feature = "grpc")]
+pub mod slots;
 
 pub use envelope::{AWAITING_GREETING, MAX_BATCH, SIGNER_PROTOCOL_VERSION};
 pub use error::{ErrorKind, SignerError};

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use lnpd_proto::signer::{self as pb, reply, request, signer_server};
+use lnpd_proto::slots::{self, Slots};
 use lnpd_signer_core::store::Store;
 use lnpd_signer_core::{ChannelKeysId, NodeKey, Signer, SignerError};
 use tonic::{Request, Response, Status};
@@ -938,33 +939,6 @@ impl<B: Backend> lnpd_telemetry::Probe for BackendProbe<B> {
     }
 }
 
-/// Connections held, in all and by address.
-#[derive(Default)]
-struct Slots {
-    total: usize,
-    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
-}
-
-/// An accepted connection's place in [`Slots`], freed when dropped.
-struct HeldSlot {
-    slots: Arc<Mutex<Slots>>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for HeldSlot {
-    fn drop(&mut self) {
-        if let Ok(mut s) = self.slots.lock() {
-            s.total = s.total.saturating_sub(1);
-            if let Some(n) = s.by_ip.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    s.by_ip.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
 /// A connection served, with what must happen when it ends (`G` dropped):
 /// a slot freed, or the dialler told to dial again.
 pub struct Conn<G> {
@@ -1027,9 +1001,9 @@ impl<G: Send + Sync + Unpin + 'static> tonic::transport::server::Connected for C
 fn accepted(
     listener: tokio::net::TcpListener,
     limits: ServerLimits,
-) -> impl tokio_stream::Stream<Item = std::io::Result<Conn<HeldSlot>>> {
+) -> impl tokio_stream::Stream<Item = std::io::Result<Conn<slots::Slot>>> {
     use tokio_stream::StreamExt;
-    let slots = Arc::new(Mutex::new(Slots::default()));
+    let slots = Slots::new(limits.max_connections, limits.max_connections_per_ip);
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |conn| {
         let stream = match conn {
@@ -1040,19 +1014,16 @@ fn accepted(
             Ok(a) => a.ip(),
             Err(_) => return None,
         };
-        {
-            let Ok(mut s) = slots.lock() else {
-                return None;
-            };
-            let from_ip = s.by_ip.get(&ip).copied().unwrap_or(0);
-            if s.total >= limits.max_connections || from_ip >= limits.max_connections_per_ip {
+        let slot = match slots.take(ip) {
+            Ok(slot) => slot,
+            Err(full) => {
                 // Logged once per 100 refusals: a flood must not flood the log.
                 let n = refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if n.is_multiple_of(100) {
                     tracing::warn!(
                         %ip,
-                        held = s.total,
-                        from_ip,
+                        held = full.total,
+                        from_ip = full.from_ip,
                         "connection refused: the server holds its limit of connections \
                          ({} in all, {} per address)",
                         limits.max_connections,
@@ -1061,18 +1032,13 @@ fn accepted(
                 }
                 return None;
             }
-            s.total += 1;
-            *s.by_ip.entry(ip).or_insert(0) += 1;
-        }
+        };
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!("cannot set TCP_NODELAY: {e}");
         }
         Some(Ok(Conn {
             inner: stream,
-            _guard: HeldSlot {
-                slots: slots.clone(),
-                ip,
-            },
+            _guard: slot,
         }))
     })
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use lnpd_proto::client::{self, SignerTls};
 use lnpd_proto::signer::signer_client::SignerClient;
 use lnpd_proto::signer::{reply, request};
+use lnpd_proto::slots::Slots;
 use tonic::transport::Channel;
 
 use super::connection::{CallError, GrpcCalls, SignerTransport};
@@ -131,56 +132,13 @@ impl InboundTransport {
     }
 }
 
-/// Handshakes in progress, by source address.
-#[derive(Default)]
-struct Handshakes {
-    total: usize,
-    by_ip: std::collections::HashMap<std::net::IpAddr, usize>,
-}
-
-/// A handshake's place in [`Handshakes`], freed when dropped.
-struct HandshakeSlot {
-    all: Arc<Mutex<Handshakes>>,
-    ip: std::net::IpAddr,
-}
-
-impl HandshakeSlot {
-    fn take(all: &Arc<Mutex<Handshakes>>, ip: std::net::IpAddr) -> Option<Self> {
-        let mut h = all.lock().ok()?;
-        let from_ip = h.by_ip.get(&ip).copied().unwrap_or(0);
-        if h.total >= MAX_HANDSHAKES || from_ip >= MAX_HANDSHAKES_PER_IP {
-            return None;
-        }
-        h.total += 1;
-        *h.by_ip.entry(ip).or_insert(0) += 1;
-        Some(HandshakeSlot {
-            all: all.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        if let Ok(mut h) = self.all.lock() {
-            h.total = h.total.saturating_sub(1);
-            if let Some(n) = h.by_ip.get_mut(&self.ip) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    h.by_ip.remove(&self.ip);
-                }
-            }
-        }
-    }
-}
-
 async fn accept_loop(
     listener: tokio::net::TcpListener,
     tls: SignerTls,
     ready: Arc<Ready>,
     allow_from: Vec<std::net::IpAddr>,
 ) {
-    let handshakes = Arc::new(Mutex::new(Handshakes::default()));
+    let handshakes = Slots::new(MAX_HANDSHAKES, MAX_HANDSHAKES_PER_IP);
     // The first ten logged, then one in 100: a flood must not flood the log.
     let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let note_refusal = {
@@ -209,7 +167,7 @@ async fn accept_loop(
             ));
             continue;
         }
-        let Some(slot) = HandshakeSlot::take(&handshakes, ip) else {
+        let Ok(slot) = handshakes.take(ip) else {
             note_refusal(format!(
                 "closed a connection from {peer}: handshakes already in progress from it ({MAX_HANDSHAKES_PER_IP}) or in all ({MAX_HANDSHAKES})"
             ));
