@@ -23,6 +23,8 @@ pub mod seed_seal;
 pub mod server;
 pub mod store_etcd;
 pub mod store_redb;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod tls;
 pub mod witness;
 

@@ -1128,11 +1128,10 @@ pub fn tls_config(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{Held, HeldBackend, ReleaseOnDrop};
     use lnpd_signer_core::testing::memory_signer;
     use lnpd_signer_core::PolicyConfig;
     use signer_server::Signer as _;
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Condvar;
 
     fn ecdh() -> request::Body {
         let other = bitcoin::secp256k1::PublicKey::from_secret_key(
@@ -1181,66 +1180,6 @@ mod tests {
         assert!(service.call_apart(&ecdh()).is_none());
     }
 
-    /// A backend whose signing request blocks until released, and which
-    /// answers ECDH apart.
-    #[derive(Default)]
-    struct Slow {
-        released: Mutex<bool>,
-        wake: Condvar,
-        holding: AtomicBool,
-    }
-
-    impl Slow {
-        fn release(&self) {
-            if let Ok(mut r) = self.released.lock() {
-                *r = true;
-            }
-            self.wake.notify_all();
-        }
-    }
-
-    impl Backend for Slow {
-        fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
-            if matches!(body, request::Body::Ping(_)) {
-                return Ok(reply::Body::Ping(pb::PingReply { nonce: vec![1] }));
-            }
-            self.holding.store(true, Ordering::SeqCst);
-            let mut r = self.released.lock().expect("lock");
-            while !*r {
-                r = self.wake.wait(r).expect("wait");
-            }
-            self.holding.store(false, Ordering::SeqCst);
-            Err(SignerError::internal("released"))
-        }
-        fn call_batch(
-            &self,
-            bodies: Vec<request::Body>,
-        ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
-            Ok(bodies.into_iter().map(|b| self.call(b)).collect())
-        }
-        fn groups(&self) -> bool {
-            true
-        }
-        fn call_apart(&self, body: &request::Body) -> Option<Result<reply::Body, SignerError>> {
-            matches!(body, request::Body::Ecdh(_)).then(|| {
-                Ok(reply::Body::Ecdh(pb::EcdhReply {
-                    shared_secret: vec![7; 32],
-                }))
-            })
-        }
-        fn busy(&self) -> bool {
-            self.holding.load(Ordering::SeqCst)
-        }
-    }
-
-    struct ReleaseOnDrop(Arc<Slow>);
-
-    impl Drop for ReleaseOnDrop {
-        fn drop(&mut self) {
-            self.0.release();
-        }
-    }
-
     /// On the daemon's runtime (one worker), an ECDH is answered while a
     /// write holds the signer, by request and by batch.
     #[test]
@@ -1251,9 +1190,9 @@ mod tests {
             .build()
             .expect("runtime");
         for batch in [false, true] {
-            let backend = Arc::new(Slow::default());
+            let held = Arc::new(Held::default());
             let grpc = Arc::new(Grpc {
-                backend: backend.clone(),
+                backend: Arc::new(HeldBackend(held.clone())),
                 awake: Arc::new(lnpd_proto::busy_poll::Awake::new(Default::default())),
                 group: Arc::default(),
             });
@@ -1284,12 +1223,8 @@ mod tests {
             };
             // Released whatever happens below: a failed assertion must not
             // leave the runtime's shutdown waiting for the blocked request.
-            let _release = ReleaseOnDrop(backend.clone());
-            let started = std::time::Instant::now();
-            while !backend.holding.load(Ordering::SeqCst) {
-                assert!(started.elapsed() < std::time::Duration::from_secs(5));
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            let _release = ReleaseOnDrop(held.clone());
+            assert!(held.wait_holding(std::time::Duration::from_secs(5)));
             // Each would wait for the write if it ran on the worker (the
             // task below runs there, as a connection's request does).
             for body in [ecdh(), ping()] {
@@ -1310,12 +1245,9 @@ mod tests {
                     .expect("answered during the write")
                     .expect("reply");
                 assert!(reply.into_inner().into_result().is_ok());
-                assert!(
-                    backend.holding.load(Ordering::SeqCst),
-                    "the write still holds"
-                );
+                assert!(held.holding(), "the write still holds");
             }
-            backend.release();
+            held.release();
             rt.block_on(slow).expect("the slow request ends");
         }
     }

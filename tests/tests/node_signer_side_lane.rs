@@ -4,88 +4,14 @@
 //! open stands in for a slow durable write; before the side lane, the ECDH
 //! waited behind it until its own timeout.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use lnpd_node::signer_client::SignerConnection;
 use lnpd_proto::signer::{self as pb, reply, request};
-use lnpd_signer::server::{self, Backend, Incoming, ServerLimits};
-use lnpd_signer_core::SignerError;
+use lnpd_signer::server::{self, Incoming, ServerLimits};
+use lnpd_signer::testing::{Held, HeldBackend, ReleaseOnDrop};
 use lnpd_tests::process::SignerProcess;
-
-/// A signer that answers the greeting, pings and ECDH at once, and holds a
-/// holder-commitment signature until released.
-#[derive(Default)]
-struct Held {
-    released: Mutex<bool>,
-    wake: Condvar,
-    holding: AtomicBool,
-}
-
-impl Held {
-    fn release(&self) {
-        if let Ok(mut r) = self.released.lock() {
-            *r = true;
-        }
-        self.wake.notify_all();
-    }
-}
-
-struct HeldBackend(Arc<Held>);
-
-impl Backend for HeldBackend {
-    fn call(&self, body: request::Body) -> Result<reply::Body, SignerError> {
-        match body {
-            request::Body::Info(_) => Ok(reply::Body::Info(pb::InfoReply {
-                protocol_version: lnpd_proto::SIGNER_PROTOCOL_VERSION,
-                ..Default::default()
-            })),
-            request::Body::Ping(p) => Ok(reply::Body::Ping(pb::PingReply { nonce: p.nonce })),
-            request::Body::Ecdh(_) => Ok(reply::Body::Ecdh(pb::EcdhReply {
-                shared_secret: vec![7; 32],
-            })),
-            _ => {
-                let held = &self.0;
-                held.holding.store(true, Ordering::SeqCst);
-                let mut r = held
-                    .released
-                    .lock()
-                    .map_err(|_| SignerError::internal("lock"))?;
-                while !*r {
-                    r = held
-                        .wake
-                        .wait(r)
-                        .map_err(|_| SignerError::internal("lock"))?;
-                }
-                held.holding.store(false, Ordering::SeqCst);
-                Err(SignerError::internal("released by the test"))
-            }
-        }
-    }
-
-    fn call_batch(
-        &self,
-        bodies: Vec<request::Body>,
-    ) -> Result<Vec<Result<reply::Body, SignerError>>, SignerError> {
-        Ok(bodies.into_iter().map(|b| self.call(b)).collect())
-    }
-
-    /// Served as the software signer is: writes off the runtime's worker.
-    fn groups(&self) -> bool {
-        true
-    }
-}
-
-/// Released whatever happens: a failed assertion must not leave the
-/// server's thread blocked.
-struct ReleaseOnDrop(Arc<Held>);
-
-impl Drop for ReleaseOnDrop {
-    fn drop(&mut self) {
-        self.0.release();
-    }
-}
 
 #[test]
 fn ecdh_does_not_wait_for_a_signature_in_flight() {
@@ -154,14 +80,10 @@ fn ecdh_does_not_wait_for_a_signature_in_flight() {
             let _ = done_tx.send(r);
         },
     );
-    let waited = std::time::Instant::now();
-    while !held.holding.load(Ordering::SeqCst) {
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "the signature reached the signer"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    assert!(
+        held.wait_holding(Duration::from_secs(10)),
+        "the signature reached the signer"
+    );
 
     // The ECDH is answered while the signature is still held.
     let ecdh = conn.call(
@@ -176,10 +98,7 @@ fn ecdh_does_not_wait_for_a_signature_in_flight() {
         Ok(reply::Body::Ecdh(r)) => assert_eq!(r.shared_secret, vec![7; 32]),
         other => panic!("ECDH waited for the signature in flight: {other:?}"),
     }
-    assert!(
-        held.holding.load(Ordering::SeqCst),
-        "the signature was still in flight"
-    );
+    assert!(held.holding(), "the signature was still in flight");
     assert_eq!(conn.unanswered(), 1);
 
     // The held request then gets its own answer.
