@@ -356,17 +356,9 @@ fn main() {
             .expect("init signer")
             .with_run_args(&["--metrics-listen", "127.0.0.1:0"]);
         p.start().expect("start signer");
-        let file = p.data_dir().join("metrics.addr");
-        let started = Instant::now();
-        let addr = loop {
-            match std::fs::read_to_string(&file) {
-                Ok(a) if !a.trim().is_empty() => break a.trim().to_string(),
-                _ if started.elapsed() > Duration::from_secs(10) => {
-                    panic!("the daemon wrote no {}", file.display())
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
-        };
+        let addr = p
+            .metrics_addr(Duration::from_secs(10))
+            .expect("the daemon's metrics address");
         Some((p, addr))
     } else {
         None

@@ -14,7 +14,10 @@
 //! monitors persist to lnpd's SQLite store (fsync'd, as in `lnpd`), their
 //! peer managers talk over in-memory pipes (Noise encryption included), and
 //! one loop pumps messages and events without sleeping, so what differs is
-//! the cost of signing.
+//! the cost of signing. For the gRPC set-ups it also prints where a
+//! payment's time goes: the nodes' round trips to their signers, and of
+//! those the time in the daemons' handlers and durable writes (read from
+//! their `/metrics`).
 //!
 //! Run: `cargo build --workspace --bins && cargo bench -p lnpd-tests --bench payments`
 //! (`-- --payments N` to change the count, `--runs R` for the number of
@@ -213,6 +216,79 @@ impl Drop for ForgetConnections {
     fn drop(&mut self) {
         if let Ok(mut c) = CONNECTIONS.lock() {
             c.clear();
+        }
+        if let Ok(mut d) = DAEMON_METRICS.lock() {
+            d.clear();
+        }
+    }
+}
+
+/// The metrics endpoints of the set-up's signer daemons.
+static DAEMON_METRICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// One window's figures: payments per second and, per payment, where the
+/// signers' time went (remote set-ups over gRPC; zero otherwise).
+#[derive(Clone, Copy)]
+struct Window {
+    rate: f64,
+    signer: SignerTime,
+}
+
+/// Time spent on the signers: the nodes' round trips on their link to the
+/// signer (ECDH, which runs beside, aside), the daemons' request handlers
+/// over the same requests, and the durable writes within them.
+#[derive(Clone, Copy, Default)]
+struct SignerTime {
+    link: Duration,
+    handler: Duration,
+    write: Duration,
+}
+
+impl SignerTime {
+    /// The totals so far: the link's round trips as timed here, the
+    /// daemons' as they measured them (their `/metrics`).
+    fn now() -> SignerTime {
+        let link = ROUND_TRIPS
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .filter(|(op, _)| **op != "ecdh")
+                    .map(|(_, (_, t))| *t)
+                    .sum()
+            })
+            .unwrap_or_default();
+        let (mut handler, mut write) = (0.0, 0.0);
+        let addrs = DAEMON_METRICS.lock().map(|d| d.clone()).unwrap_or_default();
+        for addr in addrs {
+            match scrape::scrape(&addr) {
+                Ok(samples) => {
+                    let name = "lnpd_signer_request_duration_seconds_sum";
+                    handler += scrape::sum(&samples, name, &[])
+                        - scrape::sum(&samples, name, &[("op", "ecdh")]);
+                    write += scrape::sum(
+                        &samples,
+                        "lnpd_signer_durable_write_duration_seconds_sum",
+                        &[],
+                    );
+                }
+                Err(e) => eprintln!("the signer daemon's metrics at {addr}: {e}"),
+            }
+        }
+        let secs = |v: f64| Duration::from_secs_f64(v.max(0.0));
+        SignerTime {
+            link,
+            handler: secs(handler),
+            write: secs(write),
+        }
+    }
+
+    /// Per payment, from the totals `before` to these, over `n` payments.
+    fn per_payment(self, before: SignerTime, n: usize) -> SignerTime {
+        let n = n.max(1) as u32;
+        SignerTime {
+            link: self.link.saturating_sub(before.link) / n,
+            handler: self.handler.saturating_sub(before.handler) / n,
+            write: self.write.saturating_sub(before.write) / n,
         }
     }
 }
@@ -715,7 +791,7 @@ fn measure<K: BenchKeys>(
     make: impl Fn(&str) -> Result<Arc<K>>,
     payments: usize,
     windows: &[usize],
-) -> Result<Vec<f64>> {
+) -> Result<Vec<Window>> {
     // Declared first, dropped last: after the nodes.
     let _forget = ForgetConnections;
     let genesis_hash = bitcoin::blockdata::constants::genesis_block(Network::Regtest).block_hash();
@@ -728,8 +804,12 @@ fn measure<K: BenchKeys>(
     windows
         .iter()
         .map(|w| {
+            let before = SignerTime::now();
             let t = pair.pay(payments, *w)?;
-            Ok(payments as f64 / t.as_secs_f64())
+            Ok(Window {
+                rate: payments as f64 / t.as_secs_f64(),
+                signer: SignerTime::now().per_payment(before, payments),
+            })
         })
         .collect()
 }
@@ -803,7 +883,15 @@ fn main() -> Result<()> {
     };
 
     println!("payments of {PAYMENT_MSAT} msat over one {CHANNEL_SAT} sat anchor channel, {payments} per measurement, {runs} runs of every set-up (median, min–max)");
-    let skipped = || Ok(vec![f64::NAN; windows.len()]);
+    let skipped = || {
+        Ok(vec![
+            Window {
+                rate: f64::NAN,
+                signer: SignerTime::default(),
+            };
+            windows.len()
+        ])
+    };
     let policy = PolicyConfig::default();
     let signers: Mutex<Vec<SignerProcess>> = Mutex::new(Vec::new());
     let daemons = std::sync::atomic::AtomicUsize::new(0);
@@ -819,8 +907,13 @@ fn main() -> Result<()> {
         if let Some(us) = &busy_poll {
             s = s.with_run_args(&["--busy-poll-us", us]);
         }
+        // Its metrics: where a payment's time goes.
+        s = s.with_run_args(&["--metrics-listen", "127.0.0.1:0"]);
         let addr = s.start()?;
         s.wait_serving(Duration::from_secs(30))?;
+        if let Ok(mut d) = DAEMON_METRICS.lock() {
+            d.push(s.metrics_addr(Duration::from_secs(10))?);
+        }
         let conn =
             SignerConnection::start_with(&addr, Timed(GrpcTransport::new(&addr, s.node_tls())?))?;
         if let Ok(mut v) = signers.lock() {
@@ -842,9 +935,12 @@ fn main() -> Result<()> {
         }
     };
     // Figures of every run: baseline, in-process core, gRPC, gRPC + etcd.
-    let mut all: [Vec<Vec<f64>>; 4] = Default::default();
+    let mut all: [Vec<Vec<Window>>; 4] = Default::default();
     let mut grpc_trips = BTreeMap::new();
     let mut etcd_trips = BTreeMap::new();
+    // ECDH LDK needed in the gRPC set-ups: answered by the one asked when
+    // the HTLC arrived, asked then.
+    let mut ecdh_ahead = (0.0, 0.0);
     for _ in 0..runs {
         let baseline = if skip("ldk") {
             skipped()
@@ -880,6 +976,10 @@ fn main() -> Result<()> {
             )
             .context("in-process signer core set-up")
         }?;
+        // The in-process core's ECDH (in the node's metrics too) are not
+        // the gRPC set-up's.
+        drop(take_round_trips());
+        let asked_before = ecdh_asked();
         let grpc = if skip("grpc") {
             skipped()
         } else {
@@ -896,6 +996,9 @@ fn main() -> Result<()> {
             }
         }?;
         add_trips(&mut etcd_trips, take_round_trips());
+        let asked_after = ecdh_asked();
+        ecdh_ahead.0 += asked_after.0 - asked_before.0;
+        ecdh_ahead.1 += asked_after.1 - asked_before.1;
         // Each run's daemons stop before the next run starts its own.
         if let Ok(mut v) = signers.lock() {
             v.clear();
@@ -909,7 +1012,7 @@ fn main() -> Result<()> {
     }
     // Per window: median, min and max over the runs.
     let stat = |k: usize, i: usize| -> (f64, f64, f64) {
-        let mut v: Vec<f64> = all[k].iter().map(|r| r[i]).collect();
+        let mut v: Vec<f64> = all[k].iter().map(|r| r[i].rate).collect();
         v.sort_by(|a, b| a.total_cmp(b));
         (v[v.len() / 2], v[0], v[v.len() - 1])
     };
@@ -938,7 +1041,7 @@ fn main() -> Result<()> {
             let mut ratios: Vec<f64> = all[k]
                 .iter()
                 .zip(&all[0])
-                .map(|(r, b)| 100.0 * r[i] / b[i])
+                .map(|(r, b)| 100.0 * r[i].rate / b[i].rate)
                 .collect();
             ratios.sort_by(|a, b| a.total_cmp(b));
             let vs_ldk = if ratios[0].is_nan() {
@@ -963,6 +1066,38 @@ fn main() -> Result<()> {
             println!("etcd against redb, {w} in flight: x{ratio:.2} payments/s");
         }
     }
+    // Per payment, median of the runs: its time against LDK's alone, and
+    // where the signers' share of it went.
+    let median_ms = |v: Vec<f64>| -> f64 {
+        let mut v = v;
+        v.sort_by(|a, b| a.total_cmp(b));
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let mut said = false;
+    for (k, name) in [(2, "gRPC, state in redb"), (3, "gRPC, state in etcd")] {
+        for (i, w) in windows.iter().enumerate() {
+            let runs = &all[k];
+            if runs.iter().any(|r| r[i].rate.is_nan()) {
+                continue;
+            }
+            if !said {
+                println!("\nwhere a payment's time goes (ms per payment, median of the runs): the payment; LDK's alone (baseline); the nodes' round trips to their signers (ECDH, beside them, not counted); in the daemons' handlers; of which durable writes; outside the handlers (TLS, HTTP/2, protobuf, both processes' wake-ups)");
+                said = true;
+            }
+            let col =
+                |f: &dyn Fn(&Window) -> f64| median_ms(runs.iter().map(|r| f(&r[i])).collect());
+            let ms = |d: Duration| d.as_secs_f64() * 1e3;
+            let payment = col(&|x| 1e3 / x.rate);
+            let baseline = median_ms(all[0].iter().map(|r| 1e3 / r[i].rate).collect());
+            let link = col(&|x| ms(x.signer.link));
+            let handler = col(&|x| ms(x.signer.handler));
+            let write = col(&|x| ms(x.signer.write));
+            let outside = col(&|x| ms(x.signer.link.saturating_sub(x.signer.handler)));
+            println!(
+                "  {name}, {w} in flight: payment {payment:.2}, LDK alone {baseline:.2}, round trips {link:.2}, handlers {handler:.2}, writes {write:.2}, outside {outside:.2}"
+            );
+        }
+    }
     for (what, trips) in [("redb", grpc_trips), ("etcd", etcd_trips)] {
         if trips.is_empty() {
             continue;
@@ -976,15 +1111,11 @@ fn main() -> Result<()> {
             );
         }
     }
-    if let Some(text) = METRICS.get().map(|h| h.render()) {
-        let samples = scrape::parse(&text);
-        let asked = |how| scrape::sum(&samples, "lnpd_node_ecdh_total", &[("asked", how)]);
-        let (ahead, now) = (asked("ahead"), asked("now"));
-        if ahead + now > 0.0 {
-            println!(
-                "ECDH LDK needed (remote set-ups, whole run): {ahead} answered by the one asked when the HTLC arrived, {now} asked then"
-            );
-        }
+    let (ahead, now) = ecdh_ahead;
+    if ahead + now > 0.0 {
+        println!(
+            "ECDH LDK needed (gRPC set-ups, whole run): {ahead} answered by the one asked when the HTLC arrived, {now} asked then"
+        );
     }
     // The signers before the etcd cluster they keep their state in.
     drop(signers);
@@ -1002,6 +1133,17 @@ fn add_trips(
         e.0 += n;
         e.1 += t;
     }
+}
+
+/// The node's count of the ECDH LDK needed so far: answered by the one
+/// asked when the HTLC arrived, asked then.
+fn ecdh_asked() -> (f64, f64) {
+    let Some(text) = METRICS.get().map(|h| h.render()) else {
+        return (0.0, 0.0);
+    };
+    let samples = scrape::parse(&text);
+    let asked = |how| scrape::sum(&samples, "lnpd_node_ecdh_total", &[("asked", how)]);
+    (asked("ahead"), asked("now"))
 }
 
 /// The round trips timed so far, and a fresh count for the next set-up.

@@ -328,6 +328,23 @@ impl SignerProcess {
         self.dir.path.join("signer")
     }
 
+    /// The address of the running daemon's metrics endpoint (started with
+    /// `--metrics-listen 127.0.0.1:0`), as it writes it to its data
+    /// directory; waits for it at most `within`.
+    pub fn metrics_addr(&self, within: Duration) -> Result<String> {
+        let file = self.data_dir().join("metrics.addr");
+        let until = Instant::now() + within;
+        loop {
+            match std::fs::read_to_string(&file) {
+                Ok(a) if !a.trim().is_empty() => return Ok(a.trim().to_string()),
+                _ if Instant::now() > until => {
+                    bail!("the daemon wrote no {} within {within:?}", file.display())
+                }
+                _ => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    }
+
     /// The TLS files a node uses to reach this signer.
     pub fn node_tls(&self) -> SignerTls {
         SignerTls::from_signer_dir(&self.data_dir().join("tls"))
