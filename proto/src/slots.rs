@@ -48,11 +48,6 @@ impl Slots {
         })
     }
 
-    /// The limits: in all, per address.
-    pub fn limits(&self) -> (usize, usize) {
-        (self.max_total, self.max_per_ip)
-    }
-
     /// A place for `ip`, or what was held when none was left.
     pub fn take(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, Full> {
         // A poisoned lock only means a holder panicked; the counts are

@@ -1135,13 +1135,18 @@ fn add_trips(
     }
 }
 
+/// The nodes' metrics now (none when the recorder could not be installed).
+fn node_metrics() -> Vec<scrape::Sample> {
+    METRICS
+        .get()
+        .map(|h| scrape::parse(&h.render()))
+        .unwrap_or_default()
+}
+
 /// The node's count of the ECDH LDK needed so far: answered by the one
 /// asked when the HTLC arrived, asked then.
 fn ecdh_asked() -> (f64, f64) {
-    let Some(text) = METRICS.get().map(|h| h.render()) else {
-        return (0.0, 0.0);
-    };
-    let samples = scrape::parse(&text);
+    let samples = node_metrics();
     let asked = |how| scrape::sum(&samples, "lnpd_node_ecdh_total", &[("asked", how)]);
     (asked("ahead"), asked("now"))
 }
@@ -1173,10 +1178,7 @@ static ECDH_SEEN: Mutex<(u32, Duration)> = Mutex::new((0, Duration::ZERO));
 /// ECDH round trips of both nodes so far (count, total time), from the
 /// node's round-trip histogram.
 fn ecdh_trips() -> (u32, Duration) {
-    let Some(text) = METRICS.get().map(|h| h.render()) else {
-        return (0, Duration::ZERO);
-    };
-    let samples = scrape::parse(&text);
+    let samples = node_metrics();
     let value = |suffix: &str| {
         let name = format!("lnpd_node_signer_round_trip_duration_seconds_{suffix}");
         scrape::sum(&samples, &name, &[("op", "ecdh")])
